@@ -1,0 +1,96 @@
+"""Users and the gateway keys that bill them."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from billing.database import insert_ignoring_duplicates
+from billing.ledger import CreditChange, apply_credit
+from schema.tables import api_keys, users
+
+
+class AccountError(ValueError):
+    """An account operation cannot be done as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class NewUser:
+    email: str
+    name: str | None = None
+    telegram_id: int | None = None
+    opening_credits: int = 0
+
+
+def user_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "email": row.email,
+        "name": row.name,
+        "telegramId": row.telegramId,
+        "balance": row.balance,
+        "createdAt": row.createdAt.isoformat() + "Z",
+    }
+
+
+def create_user(connection: Connection, new: NewUser, now: datetime) -> dict[str, Any]:
+    """Create a user; a non-zero opening balance is written as the user's first transaction."""
+    email = new.email.strip().lower()
+    if "@" not in email or len(email) > 191:
+        raise AccountError(f"not an email address: {new.email!r}")
+    if new.opening_credits < 0:
+        raise AccountError("opening credits cannot be negative")
+    savepoint = connection.begin_nested()
+    try:
+        created = connection.execute(
+            users.insert().values(
+                email=email,
+                name=new.name,
+                telegramId=new.telegram_id,
+                balance=0,
+                createdAt=now,
+                updatedAt=now,
+            )
+        ).inserted_primary_key
+    except IntegrityError:
+        savepoint.rollback()
+        taken = (
+            f"email {email}" if new.telegram_id is None else f"email {email} or telegram id {new.telegram_id}"
+        )
+        raise AccountError(f"a user with {taken} exists") from None
+    savepoint.commit()
+    assert created is not None
+    user_id = int(created[0])
+    if new.opening_credits:
+        change = CreditChange(
+            user_id, new.opening_credits, f"opening:{user_id}", "opening", reason="opening balance"
+        )
+        apply_credit(connection, change, now)
+    return find_user(connection, str(user_id))
+
+
+def find_user(connection: Connection, email_or_id: str) -> dict[str, Any]:
+    """A user by numeric id or by email."""
+    wanted = email_or_id.strip()
+    condition = users.c.id == int(wanted) if wanted.isdigit() else users.c.email == wanted.lower()
+    row = connection.execute(sa.select(users).where(condition)).one_or_none()
+    if row is None:
+        raise AccountError(f"no user {email_or_id!r}")
+    return user_json(row)
+
+
+def link_key(connection: Connection, remote_key_id: str, user_id: int, now: datetime) -> dict[str, Any]:
+    """Make the gateway key bill ``user_id``; an existing link is moved to that user."""
+    key = remote_key_id.strip()
+    if not key or len(key) > 64:
+        raise AccountError("a remote key id is 1 to 64 characters")
+    row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
+    statement = insert_ignoring_duplicates(api_keys, connection.dialect.name)
+    if connection.execute(statement, row).rowcount == 0:
+        connection.execute(
+            api_keys.update().where(api_keys.c.remoteKeyId == key).values(userId=user_id, updatedAt=now)
+        )
+    return {"remoteKeyId": key, "userId": user_id}

@@ -1,0 +1,263 @@
+"""The ledger rules: charge usage and move credits, exactly once, by the database's unique constraints.
+
+Batch-first: ``apply_usage`` takes a list of usages and returns one outcome per usage, all in the
+caller's transaction (billing never commits). Which usages are new is decided by inserting them with
+``ON CONFLICT DO NOTHING`` / ``INSERT IGNORE`` and counting what was written — never by reading first.
+
+Locks are taken in one order in every transaction — webhook log rows (by event id), then user rows
+(by id), then new usage and transaction rows — so concurrent batches cannot deadlock each other.
+Every balance change is a ``credit_transactions`` row carrying the balance after it, so a user's
+balance is always the sum of their transactions and equals their newest transaction's ``balance``.
+"""
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from billing.database import insert_ignoring_duplicates
+from schema.tables import api_keys, credit_transactions, usage_records, users
+
+
+class UsageStatus(StrEnum):
+    CHARGED = "charged"
+    DUPLICATE = "duplicate"
+    UNKNOWN_KEY = "unknown_key"
+
+
+class CreditStatus(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    INSUFFICIENT = "insufficient"
+    CONFLICT = "conflict"
+
+
+class UnknownUser(LookupError):
+    """No user has that id."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One usage at the gateway, as billing needs it, whichever way it arrived."""
+
+    usage_key: str
+    remote_key_id: str
+    model: str
+    credit_cost: int
+    used_at: datetime
+    source: str
+    event_id: str | None = None
+    request_id: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class UsageOutcome:
+    status: UsageStatus
+    user_id: int | None = None
+    balance: int | None = None  # after this charge; set when charged
+
+    @property
+    def overdrawn(self) -> bool:
+        """Usage already happened at the gateway, so a charge may leave the balance below zero."""
+        return self.balance is not None and self.balance < 0
+
+
+@dataclass(frozen=True)
+class CreditChange:
+    """A top-up, an opening balance, a deduction: anything that is not a usage."""
+
+    user_id: int
+    amount: int
+    reference: str
+    type: str
+    reason: str | None = None
+    source: str | None = None
+    allow_overdraft: bool = False
+
+
+@dataclass(frozen=True)
+class CreditOutcome:
+    status: CreditStatus
+    balance: int
+    change: int
+    transaction_id: int | None = None
+
+
+def key_owners(connection: Connection, remote_key_ids: Iterable[str]) -> dict[str, int]:
+    """The user behind each known gateway key."""
+    wanted = sorted(set(remote_key_ids))
+    if not wanted:
+        return {}
+    rows = connection.execute(
+        sa.select(api_keys.c.remoteKeyId, api_keys.c.userId).where(api_keys.c.remoteKeyId.in_(wanted))
+    )
+    return {key: user for key, user in rows}
+
+
+def lock_balances(connection: Connection, user_ids: Collection[int]) -> dict[int, int]:
+    """Lock the users' rows in id order (the one order every transaction uses) and read their balances."""
+    if not user_ids:
+        return {}
+    query = (
+        sa.select(users.c.id, users.c.balance)
+        .where(users.c.id.in_(sorted(user_ids)))
+        .order_by(users.c.id)
+        .with_for_update()
+    )
+    return {user_id: balance for user_id, balance in connection.execute(query)}
+
+
+def insert_new(connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
+    """Insert ``rows`` skipping those whose unique ``key`` exists; return the keys actually inserted.
+
+    One multi-row statement first; when it wrote fewer rows than given, it is rolled back to a savepoint
+    and the rows are inserted one by one, each statement's row count telling whether that row was new.
+    """
+    if not rows:
+        return set()
+    statement = insert_ignoring_duplicates(table, connection.dialect.name)
+    savepoint = connection.begin_nested()
+    if connection.execute(statement, list(rows)).rowcount == len(rows):
+        savepoint.commit()
+        return {row[key] for row in rows}
+    savepoint.rollback()
+    return {row[key] for row in rows if connection.execute(statement, row).rowcount == 1}
+
+
+def set_balances(connection: Connection, balances: Mapping[int, int], now: datetime) -> None:
+    if not balances:
+        return
+    statement = (
+        users.update()
+        .where(users.c.id == sa.bindparam("user_id"))
+        .values(balance=sa.bindparam("new_balance"), updatedAt=now)
+    )
+    connection.execute(statement, [{"user_id": u, "new_balance": b} for u, b in sorted(balances.items())])
+
+
+def _usage_row(usage: Usage, user_id: int, now: datetime) -> dict[str, Any]:
+    return {
+        "usageKey": usage.usage_key,
+        "userId": user_id,
+        "remoteKeyId": usage.remote_key_id,
+        "eventId": usage.event_id,
+        "requestId": usage.request_id,
+        "model": usage.model,
+        "promptTokens": usage.prompt_tokens,
+        "completionTokens": usage.completion_tokens,
+        "totalTokens": usage.total_tokens,
+        "creditCost": usage.credit_cost,
+        "source": usage.source,
+        "usedAt": usage.used_at,
+        "createdAt": now,
+    }
+
+
+def _record_ids(connection: Connection, usage_keys: Collection[str]) -> dict[str, int]:
+    if not usage_keys:
+        return {}
+    query = sa.select(usage_records.c.usageKey, usage_records.c.id).where(
+        usage_records.c.usageKey.in_(sorted(usage_keys))
+    )
+    return {key: record_id for key, record_id in connection.execute(query)}
+
+
+def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) -> list[UsageOutcome]:
+    """Charge each usage once: one outcome per usage, in order, inside the caller's transaction."""
+    owners = key_owners(connection, (u.remote_key_id for u in usages))
+    candidates: dict[str, int] = {}  # usage key -> index of its first billable usage in this batch
+    for index, usage in enumerate(usages):
+        if usage.remote_key_id in owners:
+            candidates.setdefault(usage.usage_key, index)
+    balances = lock_balances(connection, {owners[usages[i].remote_key_id] for i in candidates.values()})
+    new_rows = [
+        _usage_row(usages[index], owners[usages[index].remote_key_id], now)
+        for _, index in sorted(candidates.items())
+    ]
+    inserted = insert_new(connection, usage_records, new_rows, "usageKey")
+    record_ids = _record_ids(connection, inserted)
+
+    outcomes: list[UsageOutcome] = []
+    transactions: list[dict[str, Any]] = []
+    changed: dict[int, int] = {}
+    for index, usage in enumerate(usages):
+        user_id = owners.get(usage.remote_key_id)
+        if user_id is None:
+            outcomes.append(UsageOutcome(UsageStatus.UNKNOWN_KEY))
+            continue
+        if candidates[usage.usage_key] != index or usage.usage_key not in inserted:
+            outcomes.append(UsageOutcome(UsageStatus.DUPLICATE, user_id))
+            continue
+        balances[user_id] -= usage.credit_cost
+        changed[user_id] = balances[user_id]
+        transactions.append(
+            {
+                "userId": user_id,
+                "type": "usage",
+                "amount": -usage.credit_cost,
+                "balance": balances[user_id],
+                "reference": f"usage:{usage.usage_key}",
+                "usageRecordId": record_ids[usage.usage_key],
+                "reason": usage.model,
+                "source": usage.source,
+                "createdAt": now,
+            }
+        )
+        outcomes.append(UsageOutcome(UsageStatus.CHARGED, user_id, balances[user_id]))
+    if transactions:
+        connection.execute(credit_transactions.insert(), transactions)
+    set_balances(connection, changed, now)
+    return outcomes
+
+
+def apply_credit(connection: Connection, change: CreditChange, now: datetime) -> CreditOutcome:
+    """Apply a non-usage balance change once per reference.
+
+    A repeated reference is a duplicate (or a conflict when it names another user or amount) and changes
+    nothing. A change that would take the balance below zero is refused unless ``allow_overdraft``.
+    """
+    balance = lock_balances(connection, [change.user_id]).get(change.user_id)
+    if balance is None:
+        raise UnknownUser(change.user_id)
+    new_balance = balance + change.amount
+    row = {
+        "userId": change.user_id,
+        "type": change.type,
+        "amount": change.amount,
+        "balance": new_balance,
+        "reference": change.reference,
+        "reason": change.reason,
+        "source": change.source,
+        "createdAt": now,
+    }
+    savepoint = connection.begin_nested()
+    if not insert_new(connection, credit_transactions, [row], "reference"):
+        savepoint.commit()
+        return _repeated_credit(connection, change, balance)
+    if new_balance < 0 and not change.allow_overdraft:
+        savepoint.rollback()
+        return CreditOutcome(CreditStatus.INSUFFICIENT, balance, 0)
+    savepoint.commit()
+    set_balances(connection, {change.user_id: new_balance}, now)
+    transaction_id = connection.execute(
+        sa.select(credit_transactions.c.id).where(credit_transactions.c.reference == change.reference)
+    ).scalar_one()
+    return CreditOutcome(CreditStatus.APPLIED, new_balance, change.amount, transaction_id)
+
+
+def _repeated_credit(connection: Connection, change: CreditChange, balance: int) -> CreditOutcome:
+    earlier = connection.execute(
+        sa.select(credit_transactions.c.id, credit_transactions.c.userId, credit_transactions.c.amount).where(
+            credit_transactions.c.reference == change.reference
+        )
+    ).one()
+    same = earlier.userId == change.user_id and earlier.amount == change.amount
+    status = CreditStatus.DUPLICATE if same else CreditStatus.CONFLICT
+    return CreditOutcome(status, balance, 0, earlier.id)

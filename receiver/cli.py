@@ -1,0 +1,182 @@
+"""``creditrelay``: the command line of CONTRACT §5. Account commands print one JSON object on stdout."""
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import uvicorn
+from sqlalchemy import Connection, Engine
+from starlette.applications import Starlette
+
+from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
+from billing.database import DatabaseUnavailable, make_engine, run_transaction
+from billing.ledger import CreditChange, CreditStatus, apply_credit
+from receiver.app import create_app
+from receiver.ingest import utc_now
+from receiver.logs import configure_logging
+from schema.migrate import head_revision, is_current, upgrade
+from schema.settings import Settings, SettingsError, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked; printed on stderr, exit 1."""
+
+
+def _emit(value: dict[str, Any]) -> int:
+    print(json.dumps(value))
+    return 0
+
+
+def _engine(settings: Settings) -> Engine:
+    return make_engine(settings.database_url)
+
+
+def _transaction(settings: Settings, work: Callable[[Connection], dict[str, Any]]) -> int:
+    return _emit(run_transaction(_engine(settings), work))
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    upgrade(_engine(settings))
+    return _emit({"database": settings.database_url.get_backend_name(), "revision": head_revision()})
+
+
+def asgi_app() -> Starlette:
+    """The app each uvicorn worker builds from the environment (``serve`` checked it first)."""
+    settings = load_settings()
+    configure_logging()
+    return create_app(settings, make_engine(settings.database_url))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_secrets()
+    if not is_current(_engine(settings)):
+        raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
+    configure_logging()
+    uvicorn.run(
+        "receiver.cli:asgi_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
+    new = NewUser(args.email, args.name, args.telegram_id, args.credits)
+    return _transaction(settings, lambda c: create_user(c, new, utc_now(time.time)))
+
+
+def cmd_user_show(args: argparse.Namespace, settings: Settings) -> int:
+    return _transaction(settings, lambda c: find_user(c, args.user))
+
+
+def cmd_key_link(args: argparse.Namespace, settings: Settings) -> int:
+    def work(connection: Connection) -> dict[str, Any]:
+        user = find_user(connection, args.user)
+        return link_key(connection, args.remote_key_id, user["id"], utc_now(time.time)) | {
+            "email": user["email"]
+        }
+
+    return _transaction(settings, work)
+
+
+def cmd_topup(args: argparse.Namespace, settings: Settings) -> int:
+    if not 0 < len(args.reference) <= 128:
+        raise CommandError("--reference must be 1 to 128 characters")
+
+    def work(connection: Connection) -> dict[str, Any]:
+        user = find_user(connection, args.user)
+        change = CreditChange(user["id"], args.amount, f"topup:{args.reference}", "topup", reason=args.reason)
+        outcome = apply_credit(connection, change, utc_now(time.time))
+        if outcome.status is CreditStatus.CONFLICT:
+            raise CommandError(f"reference {args.reference!r} was used for another top-up")
+        return {
+            "userId": user["id"],
+            "email": user["email"],
+            "amount": args.amount,
+            "balance": outcome.balance,
+            "duplicate": outcome.status is CreditStatus.DUPLICATE,
+            "reference": args.reference,
+            "transactionId": outcome.transaction_id,
+        }
+
+    return _transaction(settings, work)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creditrelay", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(parent: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(commands, "migrate", cmd_migrate, "create or upgrade the schema of DATABASE_URL")
+    serve = command(commands, "serve", cmd_serve, "run the receiver")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4000)
+    serve.add_argument("--workers", type=_positive, default=1)
+
+    user = command(commands, "user", cmd_user_show, "create or show a user").add_subparsers(required=True)
+    create = command(user, "create", cmd_user_create, "create a user")
+    create.add_argument("--email", required=True)
+    create.add_argument("--name")
+    create.add_argument("--telegram-id", type=int)
+    create.add_argument("--credits", type=_non_negative, default=0)
+    command(user, "show", cmd_user_show, "show a user").add_argument("user", metavar="EMAIL_OR_ID")
+
+    key = command(commands, "key", cmd_key_link, "gateway keys").add_subparsers(required=True)
+    link = command(key, "link", cmd_key_link, "the gateway key bills that user")
+    link.add_argument("remote_key_id", metavar="REMOTE_KEY_ID")
+    link.add_argument("--user", required=True, metavar="EMAIL_OR_ID")
+
+    topup = command(commands, "topup", cmd_topup, "add credits once per reference")
+    topup.add_argument("user", metavar="EMAIL_OR_ID")
+    topup.add_argument("amount", type=_positive, metavar="AMOUNT")
+    topup.add_argument("--reference", required=True)
+    topup.add_argument("--reason")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except SettingsError as error:
+        print(f"creditrelay: {error}", file=sys.stderr)
+        return 2
+    except (CommandError, AccountError) as error:
+        print(f"creditrelay: {error}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as error:
+        print(f"creditrelay: database unavailable: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""One error type carrying its HTTP status, and the one place errors are rendered as JSON."""
+
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from billing.database import DatabaseUnavailable
+
+log = structlog.get_logger()
+
+
+class ApiError(Exception):
+    """An answer other than success: ``status_code`` and a message safe to show the caller."""
+
+    def __init__(self, status_code: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status_code: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"success": False, "message": message, **extra}, status_code=status_code)
+
+
+async def render_api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.message, **exc.extra)
+
+
+async def render_unavailable(_request: Request, exc: Exception) -> Response:
+    log.warning("database_unavailable", error=str(exc))
+    return JSONResponse(
+        {"success": False, "message": "Database unavailable, retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def render_http_exception(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail)
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: render_api_error,
+    DatabaseUnavailable: render_unavailable,
+    HTTPException: render_http_exception,
+}

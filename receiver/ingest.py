@@ -1,0 +1,30 @@
+"""Hands parsed events to billing, one transaction per unit of work, off the event loop."""
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from billing.database import run_transaction
+from billing.deliveries import DeliveryOutcome, record_deliveries
+from schema.wire import Event
+
+
+def utc_now(clock: Callable[[], float]) -> datetime:
+    return datetime.fromtimestamp(clock(), UTC).replace(tzinfo=None)
+
+
+class Ingestor:
+    """Applies delivered events and answers only after their transaction has committed."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def ingest_batch(self, events: Sequence[Event]) -> list[DeliveryOutcome]:
+        return run_transaction(self.engine, lambda c: record_deliveries(c, events, utc_now(self.clock)))
+
+    async def ingest(self, event: Event) -> DeliveryOutcome:
+        outcomes = await run_in_threadpool(self.ingest_batch, [event])
+        return outcomes[0]

@@ -1,0 +1,81 @@
+"""The usage webhook endpoints of CONTRACT §3: parse, authenticate, hand to billing, render."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from billing.database import DatabaseUnavailable, ping
+from billing.deliveries import DeliveryOutcome, DeliveryStatus
+from receiver.bodies import read_limited, require_json
+from receiver.errors import ApiError
+from receiver.ingest import Ingestor
+from schema.signing import WebhookSecret, verify_signature
+from schema.wire import EnvelopeError, parse_event
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class WebhookService:
+    secrets: tuple[WebhookSecret, ...]
+    body_limit: int
+    ingestor: Ingestor
+    engine: Engine
+    clock: Callable[[], float]
+
+
+def _service(request: Request) -> WebhookService:
+    service: WebhookService = request.app.state.webhooks
+    return service
+
+
+def render_outcome(outcome: DeliveryOutcome) -> Response:
+    status = outcome.status
+    if status is DeliveryStatus.CONFLICT:
+        raise ApiError(409, f"Event {outcome.event_id} was already received with a different body")
+    if status is DeliveryStatus.UNBILLABLE:
+        raise ApiError(422, outcome.error or "Event cannot be billed", eventId=outcome.event_id)
+    body: dict[str, object] = {"success": True, "eventId": outcome.event_id}
+    if status is DeliveryStatus.CHARGED:
+        body |= {"message": "Event processed successfully", "duplicate": False}
+    elif status is DeliveryStatus.DUPLICATE:
+        body |= {"message": "Event already processed", "duplicate": True}
+    else:
+        body |= {"message": "Event type ignored", "ignored": True}
+    return JSONResponse(body)
+
+
+async def receive_event(request: Request) -> Response:
+    service = _service(request)
+    structlog.contextvars.clear_contextvars()
+    body = await read_limited(request, service.body_limit)
+    if not verify_signature(service.secrets, body, request.headers, service.clock()):
+        log.info("webhook_rejected", reason="signature")
+        raise ApiError(401, "Invalid webhook signature")
+    require_json(request)
+    try:
+        event = parse_event(body)
+    except EnvelopeError as error:
+        raise ApiError(400, str(error)) from None
+    structlog.contextvars.bind_contextvars(event_id=event.event_id)
+    outcome = await service.ingestor.ingest(event)
+    log.info("webhook_event", status=outcome.status.value, user_id=outcome.user_id, balance=outcome.balance)
+    return render_outcome(outcome)
+
+
+async def health(request: Request) -> Response:
+    service = _service(request)
+    now = datetime.fromtimestamp(service.clock(), UTC).isoformat().replace("+00:00", "Z")
+    try:
+        await run_in_threadpool(ping, service.engine)
+    except DatabaseUnavailable:
+        return JSONResponse(
+            {"success": False, "message": "Database unavailable", "timestamp": now}, status_code=503
+        )
+    return JSONResponse({"success": True, "message": "Webhook service is healthy", "timestamp": now})

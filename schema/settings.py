@@ -1,0 +1,90 @@
+"""Configuration from the environment (CONTRACT §2), read once at an entry point and passed down.
+
+A ``.env`` file in the working directory is read too; the real environment wins over it. A bad value is
+refused with a ``SettingsError`` that names the variable and never repeats a secret.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from starlette.config import Config
+
+from schema.signing import SecretError, WebhookSecret, parse_secrets
+
+DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
+DEFAULT_BODY_LIMIT = 64 * 1024
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or unusable; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: URL
+    webhook_secrets: tuple[WebhookSecret, ...]
+    admin_token: str | None = None
+    new_api_base_url: str | None = None
+    new_api_admin_token: str | None = None
+    new_api_user_id: str | None = None
+    credit_sync_secret: str | None = None
+    body_limit: int = DEFAULT_BODY_LIMIT
+
+    def require_secrets(self) -> tuple[WebhookSecret, ...]:
+        if not self.webhook_secrets:
+            raise SettingsError("WEBHOOK_SECRET is not set: serve needs at least one secret")
+        return self.webhook_secrets
+
+
+def parse_database_url(value: str) -> URL:
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise SettingsError("DATABASE_URL is not a SQLAlchemy URL") from None
+    if url.get_backend_name() not in ("sqlite", "mysql"):
+        raise SettingsError("DATABASE_URL must be sqlite:///… or mysql+pymysql://…")
+    if url.get_backend_name() == "mysql" and url.get_driver_name() != "pymysql":
+        raise SettingsError("DATABASE_URL: MySQL is reached through pymysql (mysql+pymysql://…)")
+    return url
+
+
+def _optional(config: Config, name: str) -> str | None:
+    value = config(name, default="")
+    return value.strip() or None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+    """Read and check every variable of CONTRACT §2."""
+    present = env_file if env_file is not None and env_file.is_file() else None
+    config = Config(present, environ=dict(os.environ if environ is None else environ))
+    database_url = parse_database_url(config("DATABASE_URL", default=DEFAULT_DATABASE_URL))
+    secrets_text = config("WEBHOOK_SECRET", default="")
+    try:
+        secrets = parse_secrets(secrets_text) if secrets_text.strip() else ()
+    except SecretError as error:
+        raise SettingsError(f"WEBHOOK_SECRET: {error}") from None
+    admin_token = _optional(config, "ADMIN_TOKEN")
+    if admin_token is not None and len(admin_token) < 32:
+        raise SettingsError("ADMIN_TOKEN must be at least 32 characters")
+    polling = {
+        name: _optional(config, name)
+        for name in ("NEW_API_BASE_URL", "NEW_API_ADMIN_TOKEN", "NEW_API_USER_ID")
+    }
+    if any(polling.values()) and not all(polling.values()):
+        missing = ", ".join(name for name, value in polling.items() if not value)
+        raise SettingsError(
+            f"{missing}: polling needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID"
+        )
+    return Settings(
+        database_url=database_url,
+        webhook_secrets=secrets,
+        admin_token=admin_token,
+        new_api_base_url=polling["NEW_API_BASE_URL"],
+        new_api_admin_token=polling["NEW_API_ADMIN_TOKEN"],
+        new_api_user_id=polling["NEW_API_USER_ID"],
+        credit_sync_secret=_optional(config, "CREDIT_SYNC_SECRET"),
+    )

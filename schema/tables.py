@@ -1,0 +1,140 @@
+"""The tables of CONTRACT §4, with seed 004's SQL-visible camelCase names.
+
+Attributes are snake_case in Python; the column names are the seed's, so its monitoring SQL runs
+unchanged. Credits are BIGINT. Times are naive UTC. Identifier columns compare byte-for-byte on MySQL
+(``utf8mb4_bin``) exactly as they do on SQLite, so ``evt-A`` and ``evt-a`` are two events on both.
+
+Exactly-once is a fact of these constraints: ``webhook_logs.eventId`` is unique per delivery;
+``usage_records.usageKey`` (the gateway's request id, else the event id) is unique per usage and those
+rows are never cleaned up; ``credit_transactions.reference`` is unique per balance change and
+``credit_transactions.usageRecordId`` makes usage records and usage transactions one-to-one.
+"""
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlmodel import Field, SQLModel
+
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")  # a 64 KiB body does not fit MySQL's TEXT
+
+MYSQL_TABLE_OPTIONS = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def column(name: str, **kwargs: Any) -> Any:
+    """A SQLModel field whose SQL column is called ``name``."""
+    return Field(sa_column_kwargs={"name": name}, **kwargs)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    email: str = Field(max_length=191, unique=True)
+    name: str | None = Field(default=None, max_length=191)
+    telegram_id: int | None = column("telegramId", default=None, unique=True, sa_type=sa.BigInteger)
+    balance: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+    updated_at: datetime = column("updatedAt", sa_type=Timestamp)
+
+
+class ApiKey(SQLModel, table=True):
+    """A gateway key (new-api token id) and the user it bills."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    remote_key_id: str = column("remoteKeyId", max_length=64, unique=True)
+    user_id: int = column("userId", foreign_key="users.id", index=True, sa_type=Id)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+    updated_at: datetime = column("updatedAt", sa_type=Timestamp)
+
+
+class UsageRecord(SQLModel, table=True):
+    """One usage at the gateway, charged once; never cleaned up, so a late replay is still a duplicate."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (sa.Index(None, "userId", "createdAt"), MYSQL_TABLE_OPTIONS)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    usage_key: str = column("usageKey", max_length=160, unique=True)
+    user_id: int = column("userId", foreign_key="users.id", sa_type=Id)
+    remote_key_id: str = column("remoteKeyId", max_length=64)
+    event_id: str | None = column("eventId", default=None, max_length=64, index=True)
+    request_id: str | None = column("requestId", default=None, max_length=128)
+    model: str = Field(max_length=128)
+    prompt_tokens: int = column("promptTokens", default=0, sa_type=sa.BigInteger)
+    completion_tokens: int = column("completionTokens", default=0, sa_type=sa.BigInteger)
+    total_tokens: int = column("totalTokens", default=0, sa_type=sa.BigInteger)
+    credit_cost: int = column("creditCost", sa_type=sa.BigInteger)
+    source: str = Field(max_length=16)
+    used_at: datetime = column("usedAt", sa_type=Timestamp)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+
+
+class CreditTransaction(SQLModel, table=True):
+    """One balance change; ``balance`` is the user's balance after it."""
+
+    __tablename__ = "credit_transactions"
+    __table_args__ = (
+        sa.Index(None, "userId", "id"),
+        sa.Index(None, "createdAt"),
+        sa.CheckConstraint("(type = 'usage') = (usageRecordId IS NOT NULL)", name="usage_has_record"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    user_id: int = column("userId", foreign_key="users.id", sa_type=Id)
+    type: str = Field(max_length=16)
+    amount: int = Field(sa_type=sa.BigInteger)
+    balance: int = Field(sa_type=sa.BigInteger)
+    reference: str = Field(max_length=191, unique=True)
+    usage_record_id: int | None = column(
+        "usageRecordId", default=None, foreign_key="usage_records.id", unique=True, sa_type=Id
+    )
+    reason: str | None = Field(default=None, max_length=255)
+    source: str | None = Field(default=None, max_length=64)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+
+
+class WebhookLog(SQLModel, table=True):
+    """One row per delivered event id: what arrived, and what became of it."""
+
+    __tablename__ = "webhook_logs"
+    __table_args__ = (sa.Index(None, "status", "createdAt"), MYSQL_TABLE_OPTIONS)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    event_id: str = column("eventId", max_length=64, unique=True)
+    event_type: str = column("eventType", max_length=64)
+    payload: str = Field(sa_type=LongText)
+    payload_hash: str = column("payloadHash", max_length=64)
+    status: str = Field(max_length=16)
+    error_msg: str | None = column("errorMsg", default=None, max_length=1000)
+    processed_at: datetime | None = column("processedAt", default=None, sa_type=Timestamp)
+    created_at: datetime = column("createdAt", sa_type=Timestamp, index=True)
+
+
+metadata = SQLModel.metadata
+users = metadata.tables["users"]
+api_keys = metadata.tables["api_keys"]
+usage_records = metadata.tables["usage_records"]
+credit_transactions = metadata.tables["credit_transactions"]
+webhook_logs = metadata.tables["webhook_logs"]

@@ -1,0 +1,147 @@
+"""The usage event envelope of CONTRACT §3: parse raw bytes into a checked event, or say which field is wrong.
+
+Parsing is strict on purpose: the body must be UTF-8 JSON with no duplicate keys and no NaN/Infinity,
+integers are JSON integers (not ``15.0``, not ``"15"``, not ``true``) within BIGINT, and every failure
+names the field. Unknown extra fields are kept.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+BIGINT_MAX = 2**63 - 1
+USAGE_EVENT = "usage"
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
+
+Count = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+RemoteKeyId = Annotated[int, Field(ge=0, le=BIGINT_MAX)] | Identifier
+
+
+class EnvelopeError(ValueError):
+    """The body is not a valid event; ``str(error)`` names the field and the problem."""
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    eventId: Identifier
+    eventType: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    timestamp: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP)]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class UsageData(BaseModel):
+    """The ``data`` of a ``usage`` event."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    remoteKeyId: RemoteKeyId
+    model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    creditCost: Count
+    promptTokens: Count = 0
+    completionTokens: Count = 0
+    totalTokens: Count = 0
+    requestId: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    userId: RemoteKeyId | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A parsed event with the exact text it arrived as and a hash of its canonical form."""
+
+    event_id: str
+    event_type: str
+    timestamp: int
+    usage: UsageData | None
+    payload: str
+    payload_hash: str
+
+    @property
+    def usage_key(self) -> str:
+        """What makes a usage unique: its gateway request id when it has one, else its event id."""
+        if self.usage is not None and self.usage.requestId is not None:
+            return usage_key_for_request(self.usage.requestId)
+        return f"evt:{self.event_id}"
+
+
+def usage_key_for_request(request_id: str) -> str:
+    return f"req:{request_id}"
+
+
+def _reject_constant(name: str) -> Any:
+    raise EnvelopeError(f"body: {name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise EnvelopeError(f"body: duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    # Union members show up in the location as type tags ("constrained-int", "str"); they are not fields.
+    parts = [str(part) for part in (prefix, *loc) if part != "" and str(part) not in _TYPE_TAGS]
+    return ".".join(parts) or "body"
+
+
+_TYPE_TAGS = {"int", "str", "constrained-int", "constrained-str"}
+
+
+def _describe(error: ValidationError, prefix: str = "") -> str:
+    errors = error.errors(include_url=False)
+    where = _field_path(prefix, errors[0]["loc"])
+    messages = [e["msg"] for e in errors if _field_path(prefix, e["loc"]) == where]
+    return f"{where}: {' or '.join(dict.fromkeys(messages))}"
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, an object at the top."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvelopeError("body: not UTF-8") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
+    except RecursionError:
+        raise EnvelopeError("body: JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise EnvelopeError("body: must be a JSON object")
+    return value
+
+
+def canonical_hash(value: Any) -> str:
+    """SHA-256 of the value's canonical JSON: key order and white space do not change it."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_event(body: bytes) -> Event:
+    """Parse and check one event body (CONTRACT §3)."""
+    document = parse_json_object(body)
+    try:
+        envelope = _Envelope.model_validate(document)
+    except ValidationError as error:
+        raise EnvelopeError(_describe(error)) from None
+    usage = None
+    if envelope.eventType == USAGE_EVENT:
+        try:
+            usage = UsageData.model_validate(envelope.data)
+        except ValidationError as error:
+            raise EnvelopeError(_describe(error, "data")) from None
+    return Event(
+        event_id=envelope.eventId,
+        event_type=envelope.eventType,
+        timestamp=envelope.timestamp,
+        usage=usage,
+        payload=body.decode("utf-8"),
+        payload_hash=canonical_hash(document),
+    )

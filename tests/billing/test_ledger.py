@@ -1,0 +1,150 @@
+"""billing/ledger.py: usage charged once per usage key, credits once per reference, balances exact."""
+
+import threading
+from datetime import datetime
+
+import pytest
+from sqlalchemy import Connection
+
+from billing.accounts import NewUser, create_user, link_key
+from billing.ledger import (
+    CreditChange,
+    CreditStatus,
+    UnknownUser,
+    Usage,
+    UsageStatus,
+    apply_credit,
+    apply_usage,
+)
+from tests.billing.conftest import NOW, in_transaction
+from tests.receiver.test_webhooks import assert_ledger_consistent
+from tests.support.database import Database
+
+
+def make_user(database: Database, email: str, credits: int, key: str) -> int:
+    def work(connection: Connection) -> int:
+        user = create_user(connection, NewUser(email, opening_credits=credits), NOW)
+        link_key(connection, key, user["id"], NOW)
+        return int(user["id"])
+
+    return in_transaction(database, work)
+
+
+def usage(key: str, cost: int, remote_key: str = "k1") -> Usage:
+    return Usage(
+        usage_key=key,
+        remote_key_id=remote_key,
+        model="gpt-4",
+        credit_cost=cost,
+        used_at=NOW,
+        source="webhook",
+    )
+
+
+def test_batch_outcomes_follow_the_input_order(database: Database) -> None:
+    """Charged, repeated-in-batch and unknown-key usages each get their own outcome, in order."""
+    alice = make_user(database, "alice@example.com", 100, "k1")
+    batch = [usage("u1", 10), usage("u2", 5), usage("u1", 10), usage("u3", 1, remote_key="nobody")]
+    outcomes = in_transaction(database, lambda c: apply_usage(c, batch, NOW))
+    assert [o.status for o in outcomes] == [
+        UsageStatus.CHARGED,
+        UsageStatus.CHARGED,
+        UsageStatus.DUPLICATE,
+        UsageStatus.UNKNOWN_KEY,
+    ]
+    assert [o.balance for o in outcomes[:2]] == [90, 85]
+    assert database.scalar("SELECT balance FROM users WHERE id = :id", id=alice) == 85
+    assert_ledger_consistent(database)
+
+
+def test_usage_already_charged_in_an_earlier_batch_is_a_duplicate(database: Database) -> None:
+    """A second batch with a charged usage key charges only what is new (the slow path of insert_new)."""
+    make_user(database, "alice@example.com", 100, "k1")
+    in_transaction(database, lambda c: apply_usage(c, [usage("u1", 10)], NOW))
+    outcomes = in_transaction(
+        database, lambda c: apply_usage(c, [usage("u0", 1), usage("u1", 10), usage("u2", 2)], NOW)
+    )
+    assert [o.status for o in outcomes] == [UsageStatus.CHARGED, UsageStatus.DUPLICATE, UsageStatus.CHARGED]
+    assert database.scalar("SELECT balance FROM users") == 87
+    assert_ledger_consistent(database)
+
+
+def test_usage_may_overdraw_and_says_so(database: Database) -> None:
+    """Usage already happened at the gateway: the charge goes through and reports the overdraft."""
+    make_user(database, "alice@example.com", 5, "k1")
+    [outcome] = in_transaction(database, lambda c: apply_usage(c, [usage("u1", 8)], NOW))
+    assert outcome.status is UsageStatus.CHARGED
+    assert outcome.balance == -3
+    assert outcome.overdrawn
+
+
+def test_credit_is_applied_once_per_reference(database: Database) -> None:
+    """A repeated reference is a duplicate, with another amount a conflict; neither changes the balance."""
+    alice = make_user(database, "alice@example.com", 0, "k1")
+    top_up = CreditChange(alice, 50, "topup:order-1", "topup")
+    first = in_transaction(database, lambda c: apply_credit(c, top_up, NOW))
+    again = in_transaction(database, lambda c: apply_credit(c, top_up, NOW))
+    other = in_transaction(
+        database, lambda c: apply_credit(c, CreditChange(alice, 70, "topup:order-1", "topup"), NOW)
+    )
+    assert (first.status, first.balance, first.change) == (CreditStatus.APPLIED, 50, 50)
+    assert (again.status, again.balance, again.change) == (CreditStatus.DUPLICATE, 50, 0)
+    assert again.transaction_id == first.transaction_id
+    assert other.status is CreditStatus.CONFLICT
+    assert database.scalar("SELECT balance FROM users") == 50
+    assert_ledger_consistent(database)
+
+
+def test_deduction_below_zero_is_refused_unless_allowed(database: Database) -> None:
+    """A refused deduction writes nothing, not even its reference; an allowed overdraft goes through."""
+    alice = make_user(database, "alice@example.com", 30, "k1")
+    refused = in_transaction(
+        database, lambda c: apply_credit(c, CreditChange(alice, -40, "d:1", "deduct"), NOW)
+    )
+    assert (refused.status, refused.balance) == (CreditStatus.INSUFFICIENT, 30)
+    assert database.count("credit_transactions", "reference = 'd:1'") == 0
+    allowed = CreditChange(alice, -40, "d:2", "adjustment", allow_overdraft=True)
+    assert in_transaction(database, lambda c: apply_credit(c, allowed, NOW)).balance == -10
+    assert_ledger_consistent(database)
+
+
+def test_credit_for_a_missing_user_raises(database: Database) -> None:
+    """There is no balance to change for a user that does not exist."""
+    with pytest.raises(UnknownUser):
+        in_transaction(database, lambda c: apply_credit(c, CreditChange(999, 5, "x", "topup"), NOW))
+
+
+def test_concurrent_overlapping_batches_charge_each_usage_once(database: Database) -> None:
+    """Eight threads apply overlapping batches over three users: no deadlock escapes, each usage once."""
+    users = [make_user(database, f"u{i}@example.com", 10_000, f"k{i}") for i in range(3)]
+    batches = [
+        [
+            usage(f"u{(t * 7 + j) % 60}", 1 + (t * 7 + j) % 60 % 5, f"k{(t * 7 + j) % 60 % 3}")
+            for j in range(25)
+        ]
+        for t in range(8)
+    ]
+    errors: list[BaseException] = []
+
+    def run(batch: list[Usage]) -> None:
+        try:
+            in_transaction(database, lambda c: apply_usage(c, batch, datetime(2026, 1, 1)))
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    distinct = {u.usage_key: u for b in batches for u in b}
+    assert database.count("usage_records") == len(distinct)
+    spent = {f"k{i}": 0 for i in range(3)}
+    for u in distinct.values():
+        spent[u.remote_key_id] += u.credit_cost
+    for i, user_id in enumerate(users):
+        assert (
+            database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == 10_000 - spent[f"k{i}"]
+        )
+    assert_ledger_consistent(database)

@@ -1,0 +1,59 @@
+"""Fixtures shared by every test: a migrated database on SQLite and on MySQL, users, a running receiver.
+
+MySQL is reached at ``CREDITRELAY_TEST_MYSQL_URL`` (``.ci/run`` sets it; default: the machine's MariaDB as
+root). Each pytest-xdist worker gets a database of its own, migrated once and emptied before each test.
+Set ``CREDITRELAY_TEST_MYSQL_URL=skip`` to run the SQLite half alone on a machine without MySQL.
+"""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from billing.database import make_engine
+from schema.migrate import upgrade
+from tests.support.database import Database, clean
+
+MYSQL_URL = os.environ.get(
+    "CREDITRELAY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/creditrelay_test"
+)
+KINDS = ["sqlite"] + ([] if MYSQL_URL == "skip" else ["mysql"])
+
+
+@pytest.fixture(scope="session")
+def mysql_url(worker_id: str) -> URL:
+    base = sa.make_url(MYSQL_URL)
+    name = f"{base.database}_{worker_id}"
+    admin = sa.create_engine(base._replace(database=None))
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+            connection.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    except sa.exc.OperationalError as error:
+        pytest.fail(f"MySQL is not reachable at {base.host}:{base.port} ({error.orig}); run .ci/run")
+    finally:
+        admin.dispose()
+    url = base.set(database=name)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=KINDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url = sa.make_url(f"sqlite:///{tmp_path / 'creditrelay.db'}")
+        engine = make_engine(url, busy_timeout_ms=10_000)
+        upgrade(engine)
+    else:
+        url = request.getfixturevalue("mysql_url")
+        engine = make_engine(url)
+        clean(engine)
+    try:
+        yield Database(request.param, url, engine)
+    finally:
+        engine.dispose()

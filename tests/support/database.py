@@ -1,0 +1,88 @@
+"""A migrated database of either kind, and a way to make it unavailable the way that kind fails."""
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from billing.database import make_engine
+from tests.support.tcp_proxy import TcpProxy
+
+TABLES = ("credit_transactions", "usage_records", "webhook_logs", "api_keys", "users")
+
+
+@dataclass
+class Database:
+    kind: str
+    url: URL
+    engine: Engine
+    _extra: list[Engine] = field(default_factory=list)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(sa.text(sql), params))
+
+    def count(self, table: str, where: str = "1=1", **params: Any) -> int:
+        return int(self.scalar(f"SELECT COUNT(*) FROM {table} WHERE {where}", **params))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a request could change: row counts and balances."""
+        counts = {table: self.count(table) for table in TABLES}
+        balances = self.rows("SELECT id, balance FROM users ORDER BY id")
+        return {"counts": counts, "balances": [tuple(r) for r in balances]}
+
+    @contextmanager
+    def fragile_engine(self) -> Iterator[tuple[Engine, Any]]:
+        """An engine plus a context manager that makes the database unavailable to it while open.
+
+        MySQL: the engine reaches the server through a TCP proxy that the outage cuts (as if the server
+        stopped). SQLite has no server: the outage is another process holding the database's write lock.
+        """
+        if self.kind == "mysql":
+            with TcpProxy(self.url.host or "127.0.0.1", self.url.port or 3306) as proxy:
+                engine = make_engine(self.url.set(host="127.0.0.1", port=proxy.port))
+
+                @contextmanager
+                def outage() -> Iterator[None]:
+                    proxy.cut()
+                    try:
+                        yield
+                    finally:
+                        proxy.restore()
+
+                try:
+                    yield engine, outage
+                finally:
+                    engine.dispose()
+            return
+        engine = make_engine(self.url, busy_timeout_ms=300)
+
+        @contextmanager
+        def locked() -> Iterator[None]:
+            holder = sqlite3.connect(str(self.url.database), isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            try:
+                yield
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+
+        try:
+            yield engine, locked
+        finally:
+            engine.dispose()
+
+
+def clean(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for table in TABLES:
+            connection.execute(sa.text(f"DELETE FROM {table}"))

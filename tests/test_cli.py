@@ -1,0 +1,116 @@
+"""The `creditrelay` console script, run as an operator runs it (CONTRACT §5)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.database import Database
+from tests.support.signing import SECRET
+
+CREDITRELAY = str(Path(sys.executable).with_name("creditrelay"))
+
+
+def run(database: Database | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_SECRET", "DATABASE_URL")}
+    if database is not None:
+        environ["DATABASE_URL"] = database.url.render_as_string(hide_password=False)
+    environ |= env
+    return subprocess.run(
+        [CREDITRELAY, *args], capture_output=True, text=True, env=environ, timeout=60, check=False
+    )
+
+
+def ok(database: Database, *args: str) -> Any:
+    result = run(database, *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_account_commands_print_json(database: Database) -> None:
+    """migrate, user create/show, key link and topup print one JSON object each."""
+    assert ok(database, "migrate")["revision"] == "0001"
+    created = ok(
+        database,
+        "user",
+        "create",
+        "--email",
+        "Ops@Example.com",
+        "--name",
+        "Ops",
+        "--telegram-id",
+        "42",
+        "--credits",
+        "500",
+    )
+    assert (created["email"], created["balance"], created["telegramId"]) == ("ops@example.com", 500, 42)
+    assert ok(database, "user", "show", "ops@example.com")["id"] == created["id"]
+    assert ok(database, "user", "show", str(created["id"]))["balance"] == 500
+    assert ok(database, "key", "link", "7", "--user", "ops@example.com") == {
+        "remoteKeyId": "7",
+        "userId": created["id"],
+        "email": "ops@example.com",
+    }
+    first = ok(database, "topup", "ops@example.com", "250", "--reference", "order-9", "--reason", "paid")
+    again = ok(database, "topup", "ops@example.com", "250", "--reference", "order-9")
+    assert (first["balance"], first["duplicate"]) == (750, False)
+    assert (again["balance"], again["duplicate"]) == (750, True)
+    assert database.count("credit_transactions") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("user", "show", "nobody@example.com"), "no user 'nobody@example.com'"),
+        (("user", "create", "--email", "not-an-email"), "not an email address"),
+        (("topup", "nobody@example.com", "5", "--reference", "r"), "no user"),
+    ],
+)
+def test_account_errors_go_to_stderr_with_a_non_zero_exit(
+    database: Database, args: tuple[str, ...], message: str
+) -> None:
+    """A command that cannot be done says why on stderr and exits 1, printing nothing on stdout."""
+    result = run(database, *args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert message in result.stderr
+
+
+def test_a_second_user_with_the_same_email_is_refused(database: Database) -> None:
+    """Emails are unique (case-insensitively)."""
+    ok(database, "user", "create", "--email", "a@example.com")
+    result = run(database, "user", "create", "--email", "A@example.com")
+    assert result.returncode == 1
+    assert "exists" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "WEBHOOK_SECRET"),
+        ({"WEBHOOK_SECRET": "too-short"}, "WEBHOOK_SECRET"),
+        ({"WEBHOOK_SECRET": SECRET, "DATABASE_URL": "postgres://x/y"}, "DATABASE_URL"),
+        ({"WEBHOOK_SECRET": SECRET, "ADMIN_TOKEN": "weak"}, "ADMIN_TOKEN"),
+        ({"WEBHOOK_SECRET": SECRET, "NEW_API_BASE_URL": "http://gw"}, "NEW_API_ADMIN_TOKEN"),
+    ],
+)
+def test_serve_refuses_bad_settings_naming_the_variable(
+    database: Database, env: dict[str, str], variable: str
+) -> None:
+    """A missing or unusable setting stops serve at start with the variable's name, never its value."""
+    result = run(database, "serve", **env)
+    assert result.returncode == 2
+    assert variable in result.stderr
+    for secret in ("WEBHOOK_SECRET", "ADMIN_TOKEN"):
+        assert secret not in env or env[secret] not in result.stderr
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    """serve will not start on a schema that `migrate` has not brought up to date."""
+    result = run(None, "serve", DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}", WEBHOOK_SECRET=SECRET)
+    assert result.returncode == 1
+    assert "creditrelay migrate" in result.stderr
