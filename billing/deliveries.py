@@ -1,11 +1,15 @@
 """Webhook deliveries: record each event id once in ``webhook_logs`` and bill the usage it carries.
 
 A delivery's fate is decided by constraints: the log row is inserted with ``ON CONFLICT DO NOTHING`` /
-``INSERT IGNORE`` in a transient ``received`` state and then locked; a row still ``received`` is this
-transaction's own (every committed row has a final state), a ``failed`` row with the same body is
-retried (a key may have been linked since), anything else is a duplicate, or a conflict when the body
-differs. Usage then goes through ``ledger.apply_usage``, whose usage key catches the same usage arriving
-under another event id.
+``INSERT IGNORE`` in a transient ``received`` state, then read back. A row still ``received`` is this
+transaction's own (every committed row has a final state; an insert that meets another transaction's
+uncommitted row waits for it, and READ COMMITTED reads then see its commit). A ``failed`` row with the
+same body is retried (a key may have been linked since), anything else is a duplicate, or a conflict
+when the body differs. Money is guarded one level down: usage goes through ``ledger.apply_usage``, whose
+usage key is charged only by the transaction whose insert wrote it.
+
+The read back is deliberately not ``FOR UPDATE``: the insert already holds a shared lock on a duplicate
+row, and 40 racing deliveries upgrading it to exclusive deadlock each other.
 """
 
 from collections.abc import Sequence
@@ -71,13 +75,10 @@ def _log_row(event: Event, now: datetime) -> dict[str, Any]:
 
 
 def _claim(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, tuple[str, str]]:
-    """Insert the log rows that are new, then lock every row of the batch; eventId -> (hash, status)."""
+    """Insert the log rows that are new, then read every row of the batch; eventId -> (hash, status)."""
     insert_new(connection, webhook_logs, [_log_row(e, now) for e in events], "eventId")
-    query = (
-        sa.select(webhook_logs.c.eventId, webhook_logs.c.payloadHash, webhook_logs.c.status)
-        .where(webhook_logs.c.eventId.in_([e.event_id for e in events]))
-        .order_by(webhook_logs.c.eventId)
-        .with_for_update()
+    query = sa.select(webhook_logs.c.eventId, webhook_logs.c.payloadHash, webhook_logs.c.status).where(
+        webhook_logs.c.eventId.in_([e.event_id for e in events])
     )
     return {event_id: (digest, status) for event_id, digest, status in connection.execute(query)}
 

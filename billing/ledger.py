@@ -4,8 +4,9 @@ Batch-first: ``apply_usage`` takes a list of usages and returns one outcome per 
 caller's transaction (billing never commits). Which usages are new is decided by inserting them with
 ``ON CONFLICT DO NOTHING`` / ``INSERT IGNORE`` and counting what was written — never by reading first.
 
-Locks are taken in one order in every transaction — webhook log rows (by event id), then user rows
-(by id), then new usage and transaction rows — so concurrent batches cannot deadlock each other.
+Locks are taken in one order in every transaction — webhook log rows (inserted in event id order), then
+user rows (``FOR UPDATE`` in id order), then new usage and transaction rows — so concurrent batches do
+not deadlock each other; the deadlocks a database reports anyway are retried by ``run_transaction``.
 Every balance change is a ``credit_transactions`` row carrying the balance after it, so a user's
 balance is always the sum of their transactions and equals their newest transaction's ``balance``.
 """
