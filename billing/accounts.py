@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from billing.database import insert_ignoring_duplicates
 from billing.ledger import CreditChange, apply_credit
+from schema.database import insert_ignoring_duplicates
 from schema.tables import api_keys, users
 
 
@@ -57,17 +57,13 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> dict[str
         ).inserted_primary_key
     except IntegrityError:
         savepoint.rollback()
-        taken = (
-            f"email {email}" if new.telegram_id is None else f"email {email} or telegram id {new.telegram_id}"
-        )
+        taken = f"email {email}" if new.telegram_id is None else f"email {email} or telegram id {new.telegram_id}"
         raise AccountError(f"a user with {taken} exists") from None
     savepoint.commit()
     assert created is not None
     user_id = int(created[0])
     if new.opening_credits:
-        change = CreditChange(
-            user_id, new.opening_credits, f"opening:{user_id}", "opening", reason="opening balance"
-        )
+        change = CreditChange(user_id, new.opening_credits, f"opening:{user_id}", "opening", reason="opening balance")
         apply_credit(connection, change, now)
     return find_user(connection, str(user_id))
 
@@ -90,7 +86,5 @@ def link_key(connection: Connection, remote_key_id: str, user_id: int, now: date
     row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
     statement = insert_ignoring_duplicates(api_keys, connection.dialect.name)
     if connection.execute(statement, row).rowcount == 0:
-        connection.execute(
-            api_keys.update().where(api_keys.c.remoteKeyId == key).values(userId=user_id, updatedAt=now)
-        )
+        connection.execute(api_keys.update().where(api_keys.c.remoteKeyId == key).values(userId=user_id, updatedAt=now))
     return {"remoteKeyId": key, "userId": user_id}

@@ -117,9 +117,7 @@ def _repeat(first: DeliveryOutcome, same_body: bool) -> DeliveryOutcome:
     return first
 
 
-def record_deliveries(
-    connection: Connection, events: Sequence[Event], now: datetime
-) -> list[DeliveryOutcome]:
+def record_deliveries(connection: Connection, events: Sequence[Event], now: datetime) -> list[DeliveryOutcome]:
     """Record and bill a batch of delivered events; one outcome per event, in order."""
     first: dict[str, int] = {}
     for index, event in enumerate(events):
@@ -144,9 +142,7 @@ def record_deliveries(
             settled.append(ignored)
         else:
             to_bill.append(event)
-    for event, outcome in zip(
-        to_bill, apply_usage(connection, [usage_of(e) for e in to_bill], now), strict=True
-    ):
+    for event, outcome in zip(to_bill, apply_usage(connection, [usage_of(e) for e in to_bill], now), strict=True):
         verdicts[event.event_id] = _from_usage(event, outcome)
         settled.append(verdicts[event.event_id])
     _finish(connection, settled, now)

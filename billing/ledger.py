@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.database import insert_ignoring_duplicates
+from schema.database import insert_ignoring_duplicates
 from schema.tables import api_keys, credit_transactions, usage_records, users
 
 
@@ -179,8 +179,7 @@ def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) 
             candidates.setdefault(usage.usage_key, index)
     balances = lock_balances(connection, {owners[usages[i].remote_key_id] for i in candidates.values()})
     new_rows = [
-        _usage_row(usages[index], owners[usages[index].remote_key_id], now)
-        for _, index in sorted(candidates.items())
+        _usage_row(usages[index], owners[usages[index].remote_key_id], now) for _, index in sorted(candidates.items())
     ]
     inserted = insert_new(connection, usage_records, new_rows, "usageKey")
     record_ids = _record_ids(connection, inserted)

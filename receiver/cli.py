@@ -1,24 +1,29 @@
-"""``creditrelay``: the command line of CONTRACT §5. Account commands print one JSON object on stdout."""
+"""``creditrelay``: the command line of CONTRACT §5. Account commands print one JSON object on stdout.
+
+Heavy modules (uvicorn, alembic, the apps) are imported by the commands that use them, so a cron job
+or an account command starts quickly.
+"""
 
 import argparse
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from sqlalchemy import Connection, Engine
-from starlette.applications import Starlette
 
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
-from billing.database import DatabaseUnavailable, make_engine, run_transaction
+from billing.database import DatabaseUnavailable, run_transaction
 from billing.ledger import CreditChange, CreditStatus, apply_credit
-from receiver.app import create_app
 from receiver.ingest import utc_now
 from receiver.logs import configure_logging
-from schema.migrate import head_revision, is_current, upgrade
+from schema.database import make_engine
 from schema.settings import Settings, SettingsError, load_settings
+from sender import cli as sender_cli
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -41,18 +46,26 @@ def _transaction(settings: Settings, work: Callable[[Connection], dict[str, Any]
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from schema.migrate import head_revision, upgrade
+
     upgrade(_engine(settings))
     return _emit({"database": settings.database_url.get_backend_name(), "revision": head_revision()})
 
 
-def asgi_app() -> Starlette:
+def asgi_app() -> "Starlette":
     """The app each uvicorn worker builds from the environment (``serve`` checked it first)."""
+    from receiver.app import create_app
+
     settings = load_settings()
     configure_logging()
     return create_app(settings, make_engine(settings.database_url))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from schema.migrate import is_current
+
     settings.require_secrets()
     if not is_current(_engine(settings)):
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
@@ -81,9 +94,7 @@ def cmd_user_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_key_link(args: argparse.Namespace, settings: Settings) -> int:
     def work(connection: Connection) -> dict[str, Any]:
         user = find_user(connection, args.user)
-        return link_key(connection, args.remote_key_id, user["id"], utc_now(time.time)) | {
-            "email": user["email"]
-        }
+        return link_key(connection, args.remote_key_id, user["id"], utc_now(time.time)) | {"email": user["email"]}
 
     return _transaction(settings, work)
 
@@ -158,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     topup.add_argument("amount", type=_positive, metavar="AMOUNT")
     topup.add_argument("--reference", required=True)
     topup.add_argument("--reason")
+
+    sender_cli.register(commands, command)
     return parser
 
 

@@ -75,7 +75,5 @@ async def health(request: Request) -> Response:
     try:
         await run_in_threadpool(ping, service.engine)
     except DatabaseUnavailable:
-        return JSONResponse(
-            {"success": False, "message": "Database unavailable", "timestamp": now}, status_code=503
-        )
+        return JSONResponse({"success": False, "message": "Database unavailable", "timestamp": now}, status_code=503)
     return JSONResponse({"success": True, "message": "Webhook service is healthy", "timestamp": now})

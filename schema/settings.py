@@ -70,15 +70,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     admin_token = _optional(config, "ADMIN_TOKEN")
     if admin_token is not None and len(admin_token) < 32:
         raise SettingsError("ADMIN_TOKEN must be at least 32 characters")
-    polling = {
-        name: _optional(config, name)
-        for name in ("NEW_API_BASE_URL", "NEW_API_ADMIN_TOKEN", "NEW_API_USER_ID")
-    }
+    polling = {name: _optional(config, name) for name in ("NEW_API_BASE_URL", "NEW_API_ADMIN_TOKEN", "NEW_API_USER_ID")}
     if any(polling.values()) and not all(polling.values()):
         missing = ", ".join(name for name, value in polling.items() if not value)
-        raise SettingsError(
-            f"{missing}: polling needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID"
-        )
+        raise SettingsError(f"{missing}: polling needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID")
     return Settings(
         database_url=database_url,
         webhook_secrets=secrets,

@@ -58,9 +58,7 @@ class WebhookSecret:
                 raise SecretError("a whsec_ secret must hold at least 24 bytes of key")
             return cls(text, key)
         if len(text) < MIN_SECRET_LENGTH:
-            raise SecretError(
-                f"each secret must be at least {MIN_SECRET_LENGTH} characters or a whsec_ secret"
-            )
+            raise SecretError(f"each secret must be at least {MIN_SECRET_LENGTH} characters or a whsec_ secret")
         return cls(text, text.encode())
 
 
@@ -126,9 +124,7 @@ def _candidate_signatures(header: str) -> list[bytes]:
     return found
 
 
-def _verify_standard(
-    secrets: Sequence[WebhookSecret], body: bytes, headers: Mapping[str, str], now: float
-) -> bool:
+def _verify_standard(secrets: Sequence[WebhookSecret], body: bytes, headers: Mapping[str, str], now: float) -> bool:
     msg_id = headers.get(STD_ID_HEADER, "")
     timestamp = headers.get(STD_TIMESTAMP_HEADER, "")
     if not msg_id or len(msg_id) > _MAX_ID_LENGTH or not _TIMESTAMP.fullmatch(timestamp):
@@ -144,9 +140,7 @@ def _verify_standard(
     return matched
 
 
-def verify_signature(
-    secrets: Sequence[WebhookSecret], body: bytes, headers: Mapping[str, str], now: float
-) -> bool:
+def verify_signature(secrets: Sequence[WebhookSecret], body: bytes, headers: Mapping[str, str], now: float) -> bool:
     """True when either scheme's headers carry a valid signature of ``body`` under one of ``secrets``.
 
     ``headers`` must look names up case-insensitively (Starlette's ``Headers`` does).

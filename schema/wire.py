@@ -101,8 +101,8 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
     return f"{where}: {' or '.join(dict.fromkeys(messages))}"
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, an object at the top."""
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -113,6 +113,12 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
     except RecursionError:
         raise EnvelopeError("body: JSON nested too deeply") from None
+    return value
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Strict JSON with an object at the top."""
+    value = parse_json(body)
     if not isinstance(value, dict):
         raise EnvelopeError("body: must be a JSON object")
     return value

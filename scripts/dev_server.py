@@ -16,8 +16,9 @@ from pathlib import Path
 from sqlalchemy import Connection
 
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
-from billing.database import make_engine, run_transaction
+from billing.database import run_transaction
 from receiver.ingest import utc_now
+from schema.database import make_engine
 from schema.migrate import upgrade
 from schema.settings import load_settings
 

@@ -9,17 +9,19 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from billing.database import make_engine
+from receiver.app import create_app
+from schema.database import make_engine
 from schema.migrate import upgrade
 from tests.support.database import Database, clean
+from tests.support.receiver import Receiver, add_user, settings_for
+from tests.support.server import serving
 
-MYSQL_URL = os.environ.get(
-    "CREDITRELAY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/creditrelay_test"
-)
+MYSQL_URL = os.environ.get("CREDITRELAY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/creditrelay_test")
 KINDS = ["sqlite"] + ([] if MYSQL_URL == "skip" else ["mysql"])
 
 
@@ -57,3 +59,12 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield Database(request.param, url, engine)
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def receiver(database: Database) -> Iterator[Receiver]:
+    """The receiver under uvicorn on a loopback socket, with alice (1000 credits) owning gateway key 1."""
+    user_id = add_user(database.engine)
+    app = create_app(settings_for(database), database.engine)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield Receiver(url, client, user_id)

@@ -3,16 +3,14 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.database import Database
+from tests.support.processes import CREDITRELAY
 from tests.support.signing import SECRET
-
-CREDITRELAY = str(Path(sys.executable).with_name("creditrelay"))
 
 
 def run(database: Database | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -20,9 +18,7 @@ def run(database: Database | None, *args: str, **env: str) -> subprocess.Complet
     if database is not None:
         environ["DATABASE_URL"] = database.url.render_as_string(hide_password=False)
     environ |= env
-    return subprocess.run(
-        [CREDITRELAY, *args], capture_output=True, text=True, env=environ, timeout=60, check=False
-    )
+    return subprocess.run([CREDITRELAY, *args], capture_output=True, text=True, env=environ, timeout=60, check=False)
 
 
 def ok(database: Database, *args: str) -> Any:
@@ -98,9 +94,7 @@ def test_a_second_user_with_the_same_email_is_refused(database: Database) -> Non
         ({"WEBHOOK_SECRET": SECRET, "NEW_API_BASE_URL": "http://gw"}, "NEW_API_ADMIN_TOKEN"),
     ],
 )
-def test_serve_refuses_bad_settings_naming_the_variable(
-    database: Database, env: dict[str, str], variable: str
-) -> None:
+def test_serve_refuses_bad_settings_naming_the_variable(database: Database, env: dict[str, str], variable: str) -> None:
     """A missing or unusable setting stops serve at start with the variable's name, never its value."""
     result = run(database, "serve", **env)
     assert result.returncode == 2

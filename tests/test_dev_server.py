@@ -1,7 +1,6 @@
 """`make run`'s script: it serves, and the curl + openssl example it prints works as printed."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -9,13 +8,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_printed_curl_example_charges_then_is_a_duplicate(tmp_path: Path) -> None:
@@ -30,9 +25,7 @@ def test_printed_curl_example_charges_then_is_a_duplicate(tmp_path: Path) -> Non
         "--data-dir",
         str(tmp_path),
     ]
-    server = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
-    )
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30
         while True:

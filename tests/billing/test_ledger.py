@@ -84,9 +84,7 @@ def test_credit_is_applied_once_per_reference(database: Database) -> None:
     top_up = CreditChange(alice, 50, "topup:order-1", "topup")
     first = in_transaction(database, lambda c: apply_credit(c, top_up, NOW))
     again = in_transaction(database, lambda c: apply_credit(c, top_up, NOW))
-    other = in_transaction(
-        database, lambda c: apply_credit(c, CreditChange(alice, 70, "topup:order-1", "topup"), NOW)
-    )
+    other = in_transaction(database, lambda c: apply_credit(c, CreditChange(alice, 70, "topup:order-1", "topup"), NOW))
     assert (first.status, first.balance, first.change) == (CreditStatus.APPLIED, 50, 50)
     assert (again.status, again.balance, again.change) == (CreditStatus.DUPLICATE, 50, 0)
     assert again.transaction_id == first.transaction_id
@@ -98,9 +96,7 @@ def test_credit_is_applied_once_per_reference(database: Database) -> None:
 def test_deduction_below_zero_is_refused_unless_allowed(database: Database) -> None:
     """A refused deduction writes nothing, not even its reference; an allowed overdraft goes through."""
     alice = make_user(database, "alice@example.com", 30, "k1")
-    refused = in_transaction(
-        database, lambda c: apply_credit(c, CreditChange(alice, -40, "d:1", "deduct"), NOW)
-    )
+    refused = in_transaction(database, lambda c: apply_credit(c, CreditChange(alice, -40, "d:1", "deduct"), NOW))
     assert (refused.status, refused.balance) == (CreditStatus.INSUFFICIENT, 30)
     assert database.count("credit_transactions", "reference = 'd:1'") == 0
     allowed = CreditChange(alice, -40, "d:2", "adjustment", allow_overdraft=True)
@@ -118,10 +114,7 @@ def test_concurrent_overlapping_batches_charge_each_usage_once(database: Databas
     """Eight threads apply overlapping batches over three users: no deadlock escapes, each usage once."""
     users = [make_user(database, f"u{i}@example.com", 10_000, f"k{i}") for i in range(3)]
     batches = [
-        [
-            usage(f"u{(t * 7 + j) % 60}", 1 + (t * 7 + j) % 60 % 5, f"k{(t * 7 + j) % 60 % 3}")
-            for j in range(25)
-        ]
+        [usage(f"u{(t * 7 + j) % 60}", 1 + (t * 7 + j) % 60 % 5, f"k{(t * 7 + j) % 60 % 3}") for j in range(25)]
         for t in range(8)
     ]
     errors: list[BaseException] = []
@@ -144,7 +137,5 @@ def test_concurrent_overlapping_batches_charge_each_usage_once(database: Databas
     for u in distinct.values():
         spent[u.remote_key_id] += u.credit_cost
     for i, user_id in enumerate(users):
-        assert (
-            database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == 10_000 - spent[f"k{i}"]
-        )
+        assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == 10_000 - spent[f"k{i}"]
     assert_ledger_consistent(database)

@@ -3,8 +3,8 @@
 import httpx
 
 from receiver.app import create_app
-from tests.receiver.conftest import OPENING, add_user, settings_for
 from tests.support.database import Database
+from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
 from tests.support.signing import encode, seed_headers, usage_event
 

@@ -3,8 +3,8 @@
 import pytest
 import sqlalchemy as sa
 
-from tests.receiver.conftest import Receiver
 from tests.support.database import Database
+from tests.support.receiver import Receiver
 from tests.support.signing import encode, seed_headers, usage_event
 
 SEED_QUERIES = [

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from tests.receiver.conftest import OPENING, Receiver, add_user
 from tests.support.database import Database
+from tests.support.receiver import OPENING, Receiver, add_user
 from tests.support.signing import OTHER_SECRET, encode, seed_headers, standard_headers, usage_event
 
 SEED_PAYLOAD = (
@@ -43,9 +43,7 @@ def assert_ledger_consistent(database: Database) -> None:
     assert orphans == 0
 
 
-def test_seed_example_is_charged_once_and_redelivery_is_a_duplicate(
-    receiver: Receiver, database: Database
-) -> None:
+def test_seed_example_is_charged_once_and_redelivery_is_a_duplicate(receiver: Receiver, database: Database) -> None:
     """The seed's example payload costs 15 credits once; the same delivery again is a duplicate."""
     first = post(receiver, SEED_PAYLOAD)
     assert first.status_code == 200
@@ -60,9 +58,7 @@ def test_seed_example_is_charged_once_and_redelivery_is_a_duplicate(
     assert again.json()["duplicate"] is True
     assert balance(database, receiver.user_id) == OPENING - 15
     assert database.count("usage_records") == 1
-    assert database.rows("SELECT eventId, status, errorMsg FROM webhook_logs") == [
-        ("test-001", "processed", None)
-    ]
+    assert database.rows("SELECT eventId, status, errorMsg FROM webhook_logs") == [("test-001", "processed", None)]
     assert database.rows("SELECT type, amount, balance FROM credit_transactions ORDER BY id") == [
         ("opening", OPENING, OPENING),
         ("usage", -15, OPENING - 15),
@@ -96,10 +92,7 @@ def test_forty_concurrent_deliveries_of_one_event_charge_once(receiver: Receiver
 
     async def race() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=receiver.url, timeout=60) as client:
-            sends = [
-                client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
-                for _ in range(40)
-            ]
+            sends = [client.post("/api/webhooks/events", content=body, headers=seed_headers(body)) for _ in range(40)]
             return await asyncio.gather(*sends)
 
     replies = asyncio.run(race())
@@ -111,9 +104,7 @@ def test_forty_concurrent_deliveries_of_one_event_charge_once(receiver: Receiver
     assert_ledger_consistent(database)
 
 
-def test_four_hundred_events_from_eight_senders_leave_the_exact_balance(
-    receiver: Receiver, database: Database
-) -> None:
+def test_four_hundred_events_from_eight_senders_leave_the_exact_balance(receiver: Receiver, database: Database) -> None:
     """400 distinct events over 8 concurrent senders and two users: opening minus the exact sum."""
     second = add_user(database.engine, "bob@example.com", credits=500, key="2")
     events = [usage_event(f"evt-{i}", cost=i % 13, key=1 + i % 2) for i in range(400)]
@@ -153,9 +144,7 @@ def test_new_event_id_for_a_charged_request_id_is_a_duplicate(receiver: Receiver
     ]
 
 
-def test_unknown_key_is_422_recorded_failed_and_processed_after_linking(
-    receiver: Receiver, database: Database
-) -> None:
+def test_unknown_key_is_422_recorded_failed_and_processed_after_linking(receiver: Receiver, database: Database) -> None:
     """An event for an unlinked key is kept as failed; redelivered after `key link`, it is charged."""
     body = encode(usage_event("evt-orphan", key="key-77", cost=20))
     reply = post(receiver, body)
@@ -199,9 +188,7 @@ def _without(field: str) -> bytes:
 
 
 BAD_REQUESTS = [
-    pytest.param(
-        VALID, {"Content-Type": "application/json"}, 401, "Invalid webhook signature", id="no-signature"
-    ),
+    pytest.param(VALID, {"Content-Type": "application/json"}, 401, "Invalid webhook signature", id="no-signature"),
     pytest.param(
         VALID,
         {"Content-Type": "application/json", "X-Webhook-Signature": "0" * 64},
@@ -225,9 +212,7 @@ BAD_REQUESTS = [
     ),
     pytest.param(b"not json", None, 400, "body: not valid JSON", id="not-json"),
     pytest.param(b"[1, 2]", None, 400, "body: must be a JSON object", id="json-array"),
-    pytest.param(
-        encode({"eventType": "usage", "timestamp": 1, "data": {}}), None, 400, "eventId", id="no-event-id"
-    ),
+    pytest.param(encode({"eventType": "usage", "timestamp": 1, "data": {}}), None, 400, "eventId", id="no-event-id"),
     pytest.param(encode(usage_event("x" * 65)), None, 400, "eventId", id="event-id-too-long"),
     pytest.param(_without("creditCost"), None, 400, "data.creditCost", id="no-credit-cost"),
     pytest.param(_without("model"), None, 400, "data.model", id="no-model"),
@@ -289,9 +274,7 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert database.snapshot() == before
 
 
-def test_standard_webhooks_signed_by_the_reference_library_is_accepted(
-    receiver: Receiver, database: Database
-) -> None:
+def test_standard_webhooks_signed_by_the_reference_library_is_accepted(receiver: Receiver, database: Database) -> None:
     """A request signed by the spec's own Python library is charged."""
     body = encode(usage_event("evt-std"))
     reply = post(receiver, body, standard_headers(body, "evt-std"))

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from billing.database import make_engine
+from schema.database import make_engine
 from tests.support.tcp_proxy import TcpProxy
 
 TABLES = ("credit_transactions", "usage_records", "webhook_logs", "api_keys", "users")

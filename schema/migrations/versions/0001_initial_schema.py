@@ -52,9 +52,7 @@ def upgrade() -> None:
         mysql_engine="InnoDB",
     )
     op.create_index(op.f("ix_webhook_logs_createdAt"), "webhook_logs", ["createdAt"], unique=False)
-    op.create_index(
-        op.f("ix_webhook_logs_status_createdAt"), "webhook_logs", ["status", "createdAt"], unique=False
-    )
+    op.create_index(op.f("ix_webhook_logs_status_createdAt"), "webhook_logs", ["status", "createdAt"], unique=False)
     op.create_table(
         "api_keys",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -94,9 +92,7 @@ def upgrade() -> None:
         mysql_engine="InnoDB",
     )
     op.create_index(op.f("ix_usage_records_eventId"), "usage_records", ["eventId"], unique=False)
-    op.create_index(
-        op.f("ix_usage_records_userId_createdAt"), "usage_records", ["userId", "createdAt"], unique=False
-    )
+    op.create_index(op.f("ix_usage_records_userId_createdAt"), "usage_records", ["userId", "createdAt"], unique=False)
     op.create_table(
         "credit_transactions",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -124,12 +120,8 @@ def upgrade() -> None:
         mysql_collate="utf8mb4_bin",
         mysql_engine="InnoDB",
     )
-    op.create_index(
-        op.f("ix_credit_transactions_createdAt"), "credit_transactions", ["createdAt"], unique=False
-    )
-    op.create_index(
-        op.f("ix_credit_transactions_userId_id"), "credit_transactions", ["userId", "id"], unique=False
-    )
+    op.create_index(op.f("ix_credit_transactions_createdAt"), "credit_transactions", ["createdAt"], unique=False)
+    op.create_index(op.f("ix_credit_transactions_userId_id"), "credit_transactions", ["userId", "id"], unique=False)
 
 
 def downgrade() -> None:

@@ -1,21 +1,17 @@
 """A receiver served by uvicorn on a loopback socket, over the parametrized database, with one user."""
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
-import pytest
 from sqlalchemy import Connection, Engine
 
 from billing.accounts import NewUser, create_user, link_key
 from billing.database import run_transaction
-from receiver.app import create_app
 from receiver.ingest import utc_now
 from schema.settings import Settings
 from schema.signing import parse_secrets
 from tests.support.database import Database
-from tests.support.server import serving
 from tests.support.signing import OTHER_SECRET, SECRET, STANDARD_SECRET
 
 OPENING = 1000
@@ -39,11 +35,3 @@ def add_user(engine: Engine, email: str = "alice@example.com", credits: int = OP
         return int(user["id"])
 
     return run_transaction(engine, work)
-
-
-@pytest.fixture
-def receiver(database: Database) -> Iterator[Receiver]:
-    user_id = add_user(database.engine)
-    app = create_app(settings_for(database), database.engine)
-    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-        yield Receiver(url, client, user_id)

@@ -1,0 +1,246 @@
+"""The durable outbox: an event is accepted only once it is committed here, and leaves only when delivered.
+
+Any SQLAlchemy URL works; the default is a SQLite file under ``./data/`` (WAL, ``synchronous=FULL``, so
+``enqueue`` returning means the event survives ``kill -9`` and power loss). The two tables are the
+outbox's own and are created on open. One relay process drains one outbox: on start it releases the
+claims a killed predecessor left behind.
+"""
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from schema.database import (
+    MYSQL_TABLE_OPTIONS,
+    Id,
+    LongText,
+    Timestamp,
+    insert_ignoring_duplicates,
+    make_engine,
+)
+from sender.delivery import SNIPPET_LENGTH, Attempt, utc_datetime
+
+DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+metadata = sa.MetaData()
+outbox_events = sa.Table(
+    "outbox_events",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("eventId", sa.String(64), nullable=False, unique=True),
+    sa.Column("body", LongText, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("nextAttemptAt", Timestamp, nullable=False),
+    sa.Column("claimedUntil", Timestamp, nullable=True),
+    sa.Column("lastError", sa.String(SNIPPET_LENGTH + 50), nullable=True),
+    sa.Column("createdAt", Timestamp, nullable=False),
+    sa.Column("deliveredAt", Timestamp, nullable=True),
+    sa.Index("ix_outbox_events_due", "status", "nextAttemptAt"),
+    **MYSQL_TABLE_OPTIONS,
+)
+outbox_attempts = sa.Table(
+    "outbox_attempts",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("eventId", sa.String(64), nullable=False, index=True),
+    sa.Column("attemptedAt", Timestamp, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("statusCode", sa.Integer, nullable=True),
+    sa.Column("latencyMs", sa.Integer, nullable=False),
+    sa.Column("snippet", sa.String(SNIPPET_LENGTH * 4), nullable=False),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    event_id: str
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What becomes of an event after an attempt."""
+
+    attempt: Attempt
+    status: str
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+
+
+def _event_json(row: Any) -> dict[str, Any]:
+    def iso(moment: datetime | None) -> str | None:
+        return None if moment is None else moment.isoformat() + "Z"
+
+    return {
+        "eventId": row.eventId,
+        "status": row.status,
+        "attempts": row.attempts,
+        "nextAttemptAt": iso(row.nextAttemptAt),
+        "lastError": row.lastError,
+        "createdAt": iso(row.createdAt),
+        "deliveredAt": iso(row.deliveredAt),
+    }
+
+
+class Outbox:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    @classmethod
+    def open(cls, url: str = DEFAULT_OUTBOX_URL) -> "Outbox":
+        return cls(make_engine(url))
+
+    def enqueue(self, events: Sequence[tuple[str, bytes]], now: datetime | None = None) -> int:
+        """Commit the events (event id, exact body); an id already in the outbox is kept as it was.
+
+        Returns how many were new. When this returns, the events are on disk.
+        """
+        now = now or utc_datetime(time.time())
+        rows = [
+            {
+                "eventId": event_id,
+                "body": body.decode(),
+                "status": PENDING,
+                "attempts": 0,
+                "nextAttemptAt": now,
+                "createdAt": now,
+            }
+            for event_id, body in events
+        ]
+        if not rows:
+            return 0
+        statement = insert_ignoring_duplicates(outbox_events, self.engine.dialect.name)
+        with self.engine.begin() as connection:
+            return int(connection.execute(statement, rows).rowcount)
+
+    def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxEvent]:
+        """Take up to ``limit`` due events, oldest due first, and hold them for ``lease``."""
+        query = (
+            sa.select(outbox_events.c.id, outbox_events.c.eventId, outbox_events.c.body, outbox_events.c.attempts)
+            .where(
+                outbox_events.c.status == PENDING,
+                outbox_events.c.nextAttemptAt <= now,
+                sa.or_(outbox_events.c.claimedUntil.is_(None), outbox_events.c.claimedUntil <= now),
+            )
+            .order_by(outbox_events.c.nextAttemptAt, outbox_events.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.engine.begin() as connection:
+            rows = list(connection.execute(query))
+            if rows:
+                connection.execute(
+                    outbox_events.update()
+                    .where(outbox_events.c.id.in_([r.id for r in rows]))
+                    .values(claimedUntil=now + lease)
+                )
+        return [OutboxEvent(r.eventId, r.body.encode(), r.attempts) for r in rows]
+
+    def settle(self, settlements: Iterable[Settlement]) -> None:
+        """Record attempts and move their events on, in one transaction."""
+        settlements = list(settlements)
+        if not settlements:
+            return
+        attempts = [
+            {
+                "eventId": s.attempt.event_id,
+                "attemptedAt": utc_datetime(s.attempt.attempted_at),
+                "verdict": s.attempt.verdict.value,
+                "statusCode": s.attempt.status_code,
+                "latencyMs": s.attempt.latency_ms,
+                "snippet": s.attempt.snippet,
+            }
+            for s in settlements
+        ]
+        update = (
+            outbox_events.update()
+            .where(outbox_events.c.eventId == sa.bindparam("event_id"))
+            .values(
+                attempts=outbox_events.c.attempts + 1,
+                status=sa.bindparam("new_status"),
+                nextAttemptAt=sa.func.coalesce(sa.bindparam("next_at", type_=Timestamp), outbox_events.c.nextAttemptAt),
+                claimedUntil=None,
+                lastError=sa.bindparam("error"),
+                deliveredAt=sa.bindparam("delivered_at", type_=Timestamp),
+            )
+        )
+        changes = [
+            {
+                "event_id": s.attempt.event_id,
+                "new_status": s.status,
+                "next_at": s.next_attempt_at,
+                "error": s.error,
+                "delivered_at": utc_datetime(s.attempt.attempted_at) if s.status == DELIVERED else None,
+            }
+            for s in sorted(settlements, key=lambda s: s.attempt.event_id)
+        ]
+        with self.engine.begin() as connection:
+            connection.execute(outbox_attempts.insert(), attempts)
+            connection.execute(update, changes)
+
+    def release_claims(self) -> int:
+        """Make events a killed relay had in flight due again (they may reach the receiver twice)."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                outbox_events.update()
+                .where(outbox_events.c.status == PENDING, outbox_events.c.claimedUntil.is_not(None))
+                .values(claimedUntil=None)
+            )
+            return int(result.rowcount)
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(outbox_events.c.status, sa.func.count()).group_by(outbox_events.c.status)
+            )
+            found = {status: int(count) for status, count in rows}
+        return {status: found.get(status, 0) for status in (PENDING, DELIVERED, DEAD)}
+
+    def list_events(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = sa.select(outbox_events).order_by(outbox_events.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(outbox_events.c.status == status)
+        with self.engine.connect() as connection:
+            return [_event_json(row) for row in connection.execute(query)]
+
+    def attempts_of(self, event_id: str) -> list[dict[str, Any]]:
+        query = sa.select(outbox_attempts).where(outbox_attempts.c.eventId == event_id).order_by(outbox_attempts.c.id)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def requeue(self, event_ids: Sequence[str] | None, now: datetime) -> int:
+        """Put dead events (all of them, or those named) back in the queue with a fresh schedule."""
+        condition = outbox_events.c.status == DEAD
+        if event_ids is not None:
+            condition = condition & outbox_events.c.eventId.in_(list(event_ids))
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                outbox_events.update()
+                .where(condition)
+                .values(status=PENDING, attempts=0, nextAttemptAt=now, claimedUntil=None)
+            )
+            return int(result.rowcount)
+
+    def purge(self, statuses: Sequence[str], older_than: datetime) -> int:
+        """Delete delivered (or dead) events created before ``older_than``, with their attempts."""
+        if PENDING in statuses:
+            raise ValueError("pending events are never purged")
+        doomed = sa.select(outbox_events.c.eventId).where(
+            outbox_events.c.status.in_(list(statuses)), outbox_events.c.createdAt < older_than
+        )
+        with self.engine.begin() as connection:
+            ids = [row.eventId for row in connection.execute(doomed)]
+            if not ids:
+                return 0
+            connection.execute(outbox_attempts.delete().where(outbox_attempts.c.eventId.in_(ids)))
+            return int(connection.execute(outbox_events.delete().where(outbox_events.c.eventId.in_(ids))).rowcount)

@@ -1,0 +1,85 @@
+"""The relay's HTTP intake for gateways that are not written in Python (``creditrelay relay``).
+
+``POST /events`` takes one unsigned event or a JSON array of them, checks each against the envelope,
+commits them all to the outbox and only then answers 202 with their event ids; the relay in the same
+process signs and delivers them. An event without ``eventId`` gets one minted here, once, at accept time —
+but a gateway that may retry its own POST should mint ids itself (or send ``requestId``), or a retried
+POST becomes a second event. ``GET /health`` reports the outbox.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from schema.wire import EnvelopeError, parse_event, parse_json
+from sender.delivery import utc_datetime
+from sender.events import encode_event, mint_event_id
+from sender.outbox import Outbox
+from sender.relay import OutboxRelay
+
+BODY_LIMIT = 4 * 1024 * 1024
+
+
+def _refuse(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"success": False, "message": message}, status_code=status_code)
+
+
+def accept_events(body: bytes) -> list[tuple[str, bytes]]:
+    """Check a POSTed body and turn it into (event id, exact bytes to send) pairs; raise EnvelopeError."""
+    document = parse_json(body)
+    items: list[Any] = document if isinstance(document, list) else [document]
+    if not items:
+        raise EnvelopeError("body: no events")
+    accepted = []
+    for index, item in enumerate(items):
+        where = f"events[{index}]" if isinstance(document, list) else "event"
+        if not isinstance(item, dict):
+            raise EnvelopeError(f"{where}: must be a JSON object")
+        if "eventId" not in item:
+            item = {"eventId": mint_event_id(), **item}
+        encoded = encode_event(item)
+        try:
+            event = parse_event(encoded)
+        except EnvelopeError as error:
+            raise EnvelopeError(f"{where}.{error}") from None
+        accepted.append((event.event_id, encoded))
+    return accepted
+
+
+def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float] = time.time) -> Starlette:
+    async def post_events(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > BODY_LIMIT:
+            return _refuse(413, f"Body larger than {BODY_LIMIT} bytes")
+        try:
+            events = accept_events(body)
+        except EnvelopeError as error:
+            return _refuse(400, str(error))
+        await asyncio.to_thread(outbox.enqueue, events, utc_datetime(clock()))
+        relay.notify()
+        ids = [event_id for event_id, _ in events]
+        return JSONResponse({"success": True, "accepted": len(ids), "eventIds": ids}, status_code=202)
+
+    async def health(_request: Request) -> Response:
+        counts = await asyncio.to_thread(outbox.counts)
+        return JSONResponse({"success": True, "message": "Relay is running", **counts})
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    routes = [Route("/events", post_events, methods=["POST"]), Route("/health", health, methods=["GET"])]
+    return Starlette(routes=routes, lifespan=lifespan)

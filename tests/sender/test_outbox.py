@@ -1,0 +1,119 @@
+"""sender/outbox.py and sender/relay.py on SQLite and MySQL: durable, ordered, leased, settled by schedule."""
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+
+from schema.signing import WebhookSecret
+from sender.delivery import Attempt, Signer, Verdict
+from sender.events import encode_event, usage_event
+from sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, metadata
+from sender.relay import OutboxRelay, RelayConfig, settle
+from tests.support.database import Database
+from tests.support.scripted_receiver import Reply, scripted_receiver
+from tests.support.signing import SECRET
+
+T0 = datetime(2026, 5, 1, 12, 0, 0)
+LEASE = timedelta(seconds=60)
+
+
+@pytest.fixture
+def outbox(database: Database) -> Iterator[Outbox]:
+    box = Outbox(database.engine)
+    try:
+        yield box
+    finally:
+        metadata.drop_all(database.engine)
+
+
+def events(count: int, start: int = 0) -> list[tuple[str, bytes]]:
+    made = [
+        usage_event(remote_key_id=1, model="m", credit_cost=1, event_id=f"e{i:03}") for i in range(start, start + count)
+    ]
+    return [(e["eventId"], encode_event(e)) for e in made]
+
+
+def test_enqueue_is_idempotent_by_event_id(outbox: Outbox) -> None:
+    """Enqueueing an event id twice keeps one event, and the first body."""
+    assert outbox.enqueue(events(3), T0) == 3
+    assert outbox.enqueue(events(4), T0) == 1
+    assert outbox.counts() == {PENDING: 4, DELIVERED: 0, DEAD: 0}
+
+
+def test_claims_are_oldest_due_first_and_leased(outbox: Outbox) -> None:
+    """Due events come oldest first; a claimed event is not handed out again until its lease ends or is freed."""
+    outbox.enqueue(events(1, start=5), T0 + timedelta(seconds=5))
+    outbox.enqueue(events(2), T0)
+    first = outbox.claim_due(T0 + timedelta(seconds=10), 2, LEASE)
+    assert [e.event_id for e in first] == ["e000", "e001"]
+    assert [e.event_id for e in outbox.claim_due(T0 + timedelta(seconds=10), 10, LEASE)] == ["e005"]
+    assert outbox.claim_due(T0 + timedelta(seconds=11), 10, LEASE) == []
+    assert len(outbox.claim_due(T0 + timedelta(seconds=71), 10, LEASE)) == 3
+    assert outbox.release_claims() == 3
+    assert len(outbox.claim_due(T0 + timedelta(seconds=72), 10, LEASE)) == 3
+
+
+def _attempt(event_id: str, verdict: Verdict, status: int | None, retry_after: float | None = None) -> Attempt:
+    return Attempt(event_id, T0.timestamp(), verdict, status, 12, "snippet", retry_after)
+
+
+def test_settle_follows_the_schedule_then_gives_up() -> None:
+    """Retryable failures wait the schedule's next delay (or a longer Retry-After); past its end, dead."""
+    config = RelayConfig(url="http://x", schedule=(5, 300), clock=lambda: 1000.0)
+    event = OutboxEvent("e1", b"{}", attempts=0)
+    retry = settle(event, _attempt("e1", Verdict.RETRY, 503), config)
+    assert (retry.status, retry.next_attempt_at) == (PENDING, datetime(1970, 1, 1, 0, 16, 45))
+    later = settle(OutboxEvent("e1", b"{}", 1), _attempt("e1", Verdict.RETRY, 429, retry_after=900), config)
+    assert later.next_attempt_at == datetime(1970, 1, 1, 0, 31, 40)
+    assert settle(OutboxEvent("e1", b"{}", 2), _attempt("e1", Verdict.RETRY, None), config).status == DEAD
+    assert settle(event, _attempt("e1", Verdict.REFUSED, 422), config).status == DEAD
+    assert settle(event, _attempt("e1", Verdict.DELIVERED, 200), config).status == DELIVERED
+
+
+def test_dead_events_can_be_requeued_and_old_delivered_ones_purged(outbox: Outbox) -> None:
+    """`outbox retry` revives dead events; `outbox purge` removes delivered ones and never pending ones."""
+    outbox.enqueue(events(3), T0)
+    claimed = outbox.claim_due(T0, 10, LEASE)
+    outbox.settle(
+        [
+            settle(claimed[0], _attempt("e000", Verdict.REFUSED, 422), RelayConfig("u")),
+            settle(claimed[1], _attempt("e001", Verdict.DELIVERED, 200), RelayConfig("u")),
+        ]
+    )
+    assert outbox.counts() == {PENDING: 1, DELIVERED: 1, DEAD: 1}
+    assert outbox.list_events(DEAD)[0]["lastError"] == "422: snippet"
+    assert outbox.requeue(None, T0) == 1
+    assert outbox.purge([DELIVERED], T0 + timedelta(days=1)) == 1
+    with pytest.raises(ValueError, match="never purged"):
+        outbox.purge([PENDING], T0)
+    assert outbox.counts() == {PENDING: 2, DELIVERED: 0, DEAD: 0}
+    assert [a["verdict"] for a in outbox.attempts_of("e000")] == ["refused"]
+
+
+def test_outbox_drains_once_the_receiver_comes_back(outbox: Outbox) -> None:
+    """Receiver down: every attempt is recorded and the events wait; receiver up: the outbox empties."""
+    with scripted_receiver() as probe:
+        url = probe.url
+    port = int(url.split(":")[2].split("/")[0])
+    outbox.enqueue(events(20), T0)
+    config = RelayConfig(url=url, schedule=(0,) * 10, clock=lambda: T0.timestamp() + 1)
+    relay = OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), config)
+
+    async def drain(passes: int) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(passes):
+                await relay.drain_once(client)
+
+    asyncio.run(drain(3))
+    assert outbox.counts()[PENDING] == 20
+    assert [a["statusCode"] for a in outbox.attempts_of("e007")] == [None, None, None]
+    with scripted_receiver(Reply(503), port=port) as receiver:
+        asyncio.run(drain(3))
+    assert outbox.counts() == {PENDING: 0, DELIVERED: 20, DEAD: 0}
+    assert len({s.headers["webhook-id"] for s in receiver.seen}) == 20
+    attempts = outbox.attempts_of(receiver.seen[0].headers["webhook-id"])
+    assert [a["verdict"] for a in attempts][-1] == "delivered"
+    assert all(a["latencyMs"] >= 0 for a in attempts)
