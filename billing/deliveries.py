@@ -14,7 +14,7 @@ row, and 40 racing deliveries upgrading it to exclusive deadlock each other.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from billing.ledger import Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
+from schema.database import utc
 from schema.tables import webhook_logs
 from schema.wire import Event
 
@@ -53,7 +54,7 @@ def usage_of(event: Event) -> Usage:
         remote_key_id=str(data.remoteKeyId),
         model=data.model,
         credit_cost=data.creditCost,
-        used_at=datetime.fromtimestamp(event.timestamp, UTC).replace(tzinfo=None),
+        used_at=utc(event.timestamp),
         source="webhook",
         event_id=event.event_id,
         request_id=data.requestId,

@@ -7,19 +7,31 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from billing.polling import Poller
+from receiver.background import polling_lifespan
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.ingest import Ingestor
 from receiver.webhooks import WebhookService, health, receive_event
 from schema.settings import Settings
 
 
-def create_app(settings: Settings, engine: Engine, *, clock: Callable[[], float] = time.time) -> Starlette:
-    """The receiver for ``settings``, on ``engine`` (already migrated)."""
+def create_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    clock: Callable[[], float] = time.time,
+    poller: Poller | None = None,
+) -> Starlette:
+    """The receiver for ``settings``, on ``engine`` (already migrated); with ``poller`` and ``POLL_INTERVAL``
+    it also polls new-api in the background."""
     routes = [
         Route("/api/webhooks/events", receive_event, methods=["POST"]),
         Route("/api/webhooks/health", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    lifespan = None
+    if poller is not None and settings.poll_interval:
+        lifespan = polling_lifespan(poller, settings.poll_interval)
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.webhooks = WebhookService(
         secrets=settings.require_secrets(),
         body_limit=settings.body_limit,

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
 
+from billing import cli as billing_cli
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
 from billing.database import DatabaseUnavailable, run_transaction
 from billing.ledger import CreditChange, CreditStatus, apply_credit
-from receiver.ingest import utc_now
 from receiver.logs import configure_logging
-from schema.database import make_engine
+from schema.database import make_engine, utc
 from schema.settings import Settings, SettingsError, load_settings
 from sender import cli as sender_cli
 
@@ -58,7 +58,8 @@ def asgi_app() -> "Starlette":
 
     settings = load_settings()
     configure_logging()
-    return create_app(settings, make_engine(settings.database_url))
+    poller = billing_cli.make_poller(settings) if settings.polling_enabled and settings.poll_interval else None
+    return create_app(settings, make_engine(settings.database_url), poller=poller)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -69,7 +70,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_secrets()
     if not is_current(_engine(settings)):
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
-    configure_logging()
     uvicorn.run(
         "receiver.cli:asgi_app",
         factory=True,
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
     new = NewUser(args.email, args.name, args.telegram_id, args.credits)
-    return _transaction(settings, lambda c: create_user(c, new, utc_now(time.time)))
+    return _transaction(settings, lambda c: create_user(c, new, utc(time.time())))
 
 
 def cmd_user_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -94,7 +94,7 @@ def cmd_user_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_key_link(args: argparse.Namespace, settings: Settings) -> int:
     def work(connection: Connection) -> dict[str, Any]:
         user = find_user(connection, args.user)
-        return link_key(connection, args.remote_key_id, user["id"], utc_now(time.time)) | {"email": user["email"]}
+        return link_key(connection, args.remote_key_id, user["id"], utc(time.time())) | {"email": user["email"]}
 
     return _transaction(settings, work)
 
@@ -106,7 +106,7 @@ def cmd_topup(args: argparse.Namespace, settings: Settings) -> int:
     def work(connection: Connection) -> dict[str, Any]:
         user = find_user(connection, args.user)
         change = CreditChange(user["id"], args.amount, f"topup:{args.reference}", "topup", reason=args.reason)
-        outcome = apply_credit(connection, change, utc_now(time.time))
+        outcome = apply_credit(connection, change, utc(time.time()))
         if outcome.status is CreditStatus.CONFLICT:
             raise CommandError(f"reference {args.reference!r} was used for another top-up")
         return {
@@ -171,11 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     topup.add_argument("--reason")
 
     sender_cli.register(commands, command)
+    billing_cli.register(commands, command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()  # JSON lines on stderr: stdout carries only the command's answer
     try:
         settings = load_settings()
         handler: Handler = args.handler

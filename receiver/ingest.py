@@ -1,18 +1,14 @@
 """Hands parsed events to billing, one transaction per unit of work, off the event loop."""
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from billing.database import run_transaction
 from billing.deliveries import DeliveryOutcome, record_deliveries
+from schema.database import utc
 from schema.wire import Event
-
-
-def utc_now(clock: Callable[[], float]) -> datetime:
-    return datetime.fromtimestamp(clock(), UTC).replace(tzinfo=None)
 
 
 class Ingestor:
@@ -23,7 +19,7 @@ class Ingestor:
         self.clock = clock
 
     def ingest_batch(self, events: Sequence[Event]) -> list[DeliveryOutcome]:
-        return run_transaction(self.engine, lambda c: record_deliveries(c, events, utc_now(self.clock)))
+        return run_transaction(self.engine, lambda c: record_deliveries(c, events, utc(self.clock())))
 
     async def ingest(self, event: Event) -> DeliveryOutcome:
         outcomes = await run_in_threadpool(self.ingest_batch, [event])

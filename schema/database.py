@@ -8,6 +8,7 @@ the latest commit), UTC sessions, utf8mb4, stale pooled connections replaced.
 Billing's ledger and the sender's outbox both use these engines.
 """
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,12 @@ from sqlalchemy.engine import URL
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")  # naive UTC, microseconds
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")  # a 64 KiB body does not fit MySQL's TEXT
+
+
+def utc(seconds: float) -> datetime:
+    """Unix seconds as the naive UTC datetime every table stores."""
+    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+
 
 # Identifiers compare byte for byte on MySQL, as they do on SQLite.
 MYSQL_TABLE_OPTIONS: dict[str, Any] = {

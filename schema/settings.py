@@ -33,6 +33,14 @@ class Settings:
     new_api_user_id: str | None = None
     credit_sync_secret: str | None = None
     body_limit: int = DEFAULT_BODY_LIMIT
+    poll_interval: float | None = None
+    poll_quota_per_credit: int = 1
+    poll_overlap_seconds: int = 300
+    poll_lookback_hours: int = 24
+
+    @property
+    def polling_enabled(self) -> bool:
+        return self.new_api_base_url is not None
 
     def require_secrets(self) -> tuple[WebhookSecret, ...]:
         if not self.webhook_secrets:
@@ -55,6 +63,17 @@ def parse_database_url(value: str) -> URL:
 def _optional(config: Config, name: str) -> str | None:
     value = config(name, default="")
     return value.strip() or None
+
+
+def _number(config: Config, name: str, default: str, *, minimum: float, integer: bool = True) -> float:
+    text = config(name, default=default).strip()
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a{'n integer' if integer else ' number'}, not {text!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}")
+    return value
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
@@ -82,4 +101,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         new_api_admin_token=polling["NEW_API_ADMIN_TOKEN"],
         new_api_user_id=polling["NEW_API_USER_ID"],
         credit_sync_secret=_optional(config, "CREDIT_SYNC_SECRET"),
+        poll_interval=_number(config, "POLL_INTERVAL", "0", minimum=0, integer=False) or None,
+        poll_quota_per_credit=int(_number(config, "POLL_QUOTA_PER_CREDIT", "1", minimum=1)),
+        poll_overlap_seconds=int(_number(config, "POLL_OVERLAP_SECONDS", "300", minimum=0)),
+        poll_lookback_hours=int(_number(config, "POLL_LOOKBACK_HOURS", "24", minimum=1)),
     )

@@ -18,7 +18,8 @@ from sqlmodel import Field, SQLModel
 
 from schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp
 
-SQLModel.metadata.naming_convention = {
+metadata = SQLModel.metadata
+metadata.naming_convention = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
@@ -122,7 +123,56 @@ class WebhookLog(SQLModel, table=True):
     created_at: datetime = column("createdAt", sa_type=Timestamp, index=True)
 
 
-metadata = SQLModel.metadata
+class PollState(SQLModel, table=True):
+    """How far the poller has committed: every upstream log up to ``watermark`` (inclusive) is billed."""
+
+    __tablename__ = "poll_state"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    name: str = Field(primary_key=True, max_length=64)
+    watermark: int = Field(sa_type=sa.BigInteger)  # Unix seconds
+    updated_at: datetime = column("updatedAt", sa_type=Timestamp)
+
+
+class UnbilledUsage(SQLModel, table=True):
+    """Upstream usage the poller saw but could not bill (no linked key), kept until it is charged."""
+
+    __tablename__ = "unbilled_usage"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    usage_key: str = column("usageKey", max_length=160, unique=True)
+    remote_key_id: str = column("remoteKeyId", max_length=64, index=True)
+    upstream_id: int = column("upstreamId", sa_type=sa.BigInteger)
+    quota: int = Field(sa_type=sa.BigInteger)
+    credits: int = Field(sa_type=sa.BigInteger)
+    model: str = Field(max_length=128)
+    reason: str = Field(max_length=255)
+    payload: str = Field(sa_type=LongText)
+    used_at: datetime = column("usedAt", sa_type=Timestamp)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+    charged_at: datetime | None = column("chargedAt", default=None, sa_type=Timestamp)
+
+
+class ReconcileRun(SQLModel, table=True):
+    """One run of ``creditrelay reconcile`` and what it found."""
+
+    __tablename__ = "reconcile_runs"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    started_at: datetime = column("startedAt", sa_type=Timestamp, index=True)
+    window_start: datetime = column("windowStart", sa_type=Timestamp)
+    window_end: datetime = column("windowEnd", sa_type=Timestamp)
+    fixed: bool = Field(default=False)
+    discrepancies: int = Field(default=0)
+    report: str = Field(sa_type=LongText)
+
+
+poll_state = metadata.tables["poll_state"]
+unbilled_usage = metadata.tables["unbilled_usage"]
+reconcile_runs = metadata.tables["reconcile_runs"]
+
 users = metadata.tables["users"]
 api_keys = metadata.tables["api_keys"]
 usage_records = metadata.tables["usage_records"]

@@ -17,8 +17,7 @@ from sqlalchemy import Connection
 
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
 from billing.database import run_transaction
-from receiver.ingest import utc_now
-from schema.database import make_engine
+from schema.database import make_engine, utc
 from schema.migrate import upgrade
 from schema.settings import load_settings
 
@@ -38,7 +37,7 @@ def dev_secret(data_dir: Path) -> str:
 
 
 def ensure_demo_user(connection: Connection) -> dict[str, object]:
-    now = utc_now(time.time)
+    now = utc(time.time())
     try:
         user = find_user(connection, "demo@example.com")
     except AccountError:

@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import uvicorn
 
+from schema.database import utc
 from schema.settings import Settings
 from schema.wire import EnvelopeError, parse_event
-from sender.delivery import DeliveryPolicy, Signer, Verdict, deliver, utc_datetime
+from sender.delivery import DeliveryPolicy, Signer, Verdict, deliver
 from sender.outbox import DEAD, DEFAULT_OUTBOX_URL, DELIVERED, PENDING, Outbox
 from sender.relay import DEFAULT_SCHEDULE, OutboxRelay, RelayConfig
 from sender.sidecar import create_sidecar
@@ -81,7 +82,7 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_outbox(args: argparse.Namespace, _settings: Settings) -> int:
     outbox = Outbox.open(args.outbox)
-    now = utc_datetime(time.time())
+    now = utc(time.time())
     result: dict[str, Any]
     if args.action == "status":
         result = outbox.counts()

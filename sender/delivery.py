@@ -10,7 +10,7 @@ import email.utils
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from enum import StrEnum
 
 import httpx
@@ -179,7 +179,3 @@ def deliver(
     )
     retrying(once)
     return attempts
-
-
-def utc_datetime(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)

@@ -22,8 +22,9 @@ from schema.database import (
     Timestamp,
     insert_ignoring_duplicates,
     make_engine,
+    utc,
 )
-from sender.delivery import SNIPPET_LENGTH, Attempt, utc_datetime
+from sender.delivery import SNIPPET_LENGTH, Attempt
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
@@ -105,7 +106,7 @@ class Outbox:
 
         Returns how many were new. When this returns, the events are on disk.
         """
-        now = now or utc_datetime(time.time())
+        now = now or utc(time.time())
         rows = [
             {
                 "eventId": event_id,
@@ -154,7 +155,7 @@ class Outbox:
         attempts = [
             {
                 "eventId": s.attempt.event_id,
-                "attemptedAt": utc_datetime(s.attempt.attempted_at),
+                "attemptedAt": utc(s.attempt.attempted_at),
                 "verdict": s.attempt.verdict.value,
                 "statusCode": s.attempt.status_code,
                 "latencyMs": s.attempt.latency_ms,
@@ -180,7 +181,7 @@ class Outbox:
                 "new_status": s.status,
                 "next_at": s.next_attempt_at,
                 "error": s.error,
-                "delivered_at": utc_datetime(s.attempt.attempted_at) if s.status == DELIVERED else None,
+                "delivered_at": utc(s.attempt.attempted_at) if s.status == DELIVERED else None,
             }
             for s in sorted(settlements, key=lambda s: s.attempt.event_id)
         ]

@@ -17,7 +17,8 @@ import httpx
 import structlog
 from sqlalchemy.exc import OperationalError
 
-from sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async, utc_datetime
+from schema.database import utc
+from sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
 from sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Settlement
 
 log = structlog.get_logger()
@@ -51,7 +52,7 @@ def settle(event: OutboxEvent, attempt: Attempt, config: RelayConfig) -> Settlem
     delay = config.schedule[tries - 1]
     if attempt.retry_after is not None:
         delay = max(delay, min(attempt.retry_after, config.retry_after_max))
-    return Settlement(attempt, PENDING, utc_datetime(config.clock() + delay), error)
+    return Settlement(attempt, PENDING, utc(config.clock() + delay), error)
 
 
 class OutboxRelay:
@@ -68,7 +69,7 @@ class OutboxRelay:
 
     async def drain_once(self, client: httpx.AsyncClient) -> int:
         """Try every event due now (up to a batch); how many were tried."""
-        now = utc_datetime(self.config.clock())
+        now = utc(self.config.clock())
         lease = timedelta(seconds=self.config.lease)
         due = await asyncio.to_thread(self.outbox.claim_due, now, self.config.concurrency * 4, lease)
         if not due:

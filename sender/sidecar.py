@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from schema.database import utc
 from schema.wire import EnvelopeError, parse_event, parse_json
-from sender.delivery import utc_datetime
 from sender.events import encode_event, mint_event_id
 from sender.outbox import Outbox
 from sender.relay import OutboxRelay
@@ -62,7 +62,7 @@ def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float
             events = accept_events(body)
         except EnvelopeError as error:
             return _refuse(400, str(error))
-        await asyncio.to_thread(outbox.enqueue, events, utc_datetime(clock()))
+        await asyncio.to_thread(outbox.enqueue, events, utc(clock()))
         relay.notify()
         ids = [event_id for event_id, _ in events]
         return JSONResponse({"success": True, "accepted": len(ids), "eventIds": ids}, status_code=202)

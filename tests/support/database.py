@@ -11,9 +11,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from schema.database import make_engine
+from schema.tables import metadata
 from tests.support.tcp_proxy import TcpProxy
 
-TABLES = ("credit_transactions", "usage_records", "webhook_logs", "api_keys", "users")
+TABLES = tuple(t.name for t in reversed(metadata.sorted_tables))  # children before parents
 
 
 @dataclass

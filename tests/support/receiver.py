@@ -8,7 +8,7 @@ from sqlalchemy import Connection, Engine
 
 from billing.accounts import NewUser, create_user, link_key
 from billing.database import run_transaction
-from receiver.ingest import utc_now
+from schema.database import utc
 from schema.settings import Settings
 from schema.signing import parse_secrets
 from tests.support.database import Database
@@ -30,8 +30,8 @@ def settings_for(database: Database) -> Settings:
 
 def add_user(engine: Engine, email: str = "alice@example.com", credits: int = OPENING, key: str = "1") -> int:
     def work(connection: Connection) -> int:
-        user = create_user(connection, NewUser(email, opening_credits=credits), utc_now(time.time))
-        link_key(connection, key, user["id"], utc_now(time.time))
+        user = create_user(connection, NewUser(email, opening_credits=credits), utc(time.time()))
+        link_key(connection, key, user["id"], utc(time.time()))
         return int(user["id"])
 
     return run_transaction(engine, work)

@@ -1,0 +1,236 @@
+"""The polling fallback: bill new-api's consume logs through the same path as webhooks.
+
+A pass covers [watermark - overlap, now] (first run: ``--since`` or the look-back), in time slices
+oldest first. Each slice is fetched whole (every page, with tenacity backing off on upstream errors),
+then billed in one transaction that also moves the watermark to the slice's end — so the watermark never
+passes what is committed, and an outage mid-backfill resumes at the first slice not yet billed. The
+overlap re-reads recent rows, catching rows that became visible out of id order; re-reading is harmless
+because each row's usage key (``req:<request_id>``, or ``req:newapi-log-<id>`` without one) is the one a
+webhook for the same request would carry.
+"""
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import Connection, Engine
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from billing.database import run_transaction
+from billing.ledger import Usage, UsageStatus, apply_usage, insert_new
+from billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient, UpstreamError
+from schema.database import utc
+from schema.tables import poll_state, unbilled_usage
+from schema.wire import usage_key_for_request
+
+log = structlog.get_logger()
+STATE_NAME = "new-api"
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    quota_per_credit: int = 1
+    overlap_seconds: int = 300
+    lookback_hours: int = 24
+    slice_seconds: int = 3600
+    attempts: int = 6
+    backoff_max: float = 60.0
+
+
+@dataclass
+class PollReport:
+    window_start: int
+    window_end: int
+    watermark: int | None = None
+    rows: int = 0
+    charged: int = 0
+    duplicates: int = 0
+    unbilled: int = 0
+    unknown_tokens: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "windowStart": self.window_start,
+            "windowEnd": self.window_end,
+            "watermark": self.watermark,
+            "rows": self.rows,
+            "charged": self.charged,
+            "duplicates": self.duplicates,
+            "unbilled": self.unbilled,
+            "unknownTokens": self.unknown_tokens,
+        }
+
+
+def credits_for(quota: int, quota_per_credit: int) -> int:
+    """Credits for a quota, rounded up (a usage is never free because of rounding)."""
+    return -(-quota // quota_per_credit) if quota > 0 else 0
+
+
+def usage_from_log(row: ConsumeLog, config: PollConfig) -> Usage:
+    return Usage(
+        usage_key=usage_key_for_request(row.request_key),
+        remote_key_id=str(row.token_id),
+        model=(row.model_name or "unknown")[:128],
+        credit_cost=credits_for(row.quota, config.quota_per_credit),
+        used_at=utc(row.created_at),
+        source="poll",
+        request_id=row.request_key[:128],
+        prompt_tokens=max(row.prompt_tokens, 0),
+        completion_tokens=max(row.completion_tokens, 0),
+        total_tokens=max(row.prompt_tokens + row.completion_tokens, 0),
+    )
+
+
+def _unbilled_reason(row: ConsumeLog) -> str:
+    if row.quota < 0:
+        return f"negative quota {row.quota} (a refund entry): not a usage charge"
+    if row.token_id == 0:
+        return "no token id on the log row"
+    return f"token {row.token_id} is not linked to a user (creditrelay key link {row.token_id} --user …)"
+
+
+def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollConfig, now: datetime) -> PollReport:
+    """Charge upstream rows once each and keep the unbillable ones; counts only (window left to the caller)."""
+    report = PollReport(0, 0, rows=len(rows))
+    billable = [r for r in rows if r.quota >= 0]
+    outcomes = apply_usage(connection, [usage_from_log(r, config) for r in billable], now)
+    unbillable = [r for r in rows if r.quota < 0]
+    charged_keys = []
+    for row, outcome in zip(billable, outcomes, strict=True):
+        if outcome.status is UsageStatus.CHARGED:
+            report.charged += 1
+            charged_keys.append(usage_key_for_request(row.request_key))
+        elif outcome.status is UsageStatus.DUPLICATE:
+            report.duplicates += 1
+        else:
+            unbillable.append(row)
+    for row in unbillable:
+        report.unknown_tokens[str(row.token_id)] = report.unknown_tokens.get(str(row.token_id), 0) + 1
+    report.unbilled = len(unbillable)
+    insert_new(
+        connection,
+        unbilled_usage,
+        [
+            {
+                "usageKey": usage_key_for_request(row.request_key),
+                "remoteKeyId": str(row.token_id),
+                "upstreamId": row.id,
+                "quota": row.quota,
+                "credits": credits_for(row.quota, config.quota_per_credit),
+                "model": (row.model_name or "unknown")[:128],
+                "reason": _unbilled_reason(row)[:255],
+                "payload": json.dumps(row.raw, ensure_ascii=False),
+                "usedAt": utc(row.created_at),
+                "createdAt": now,
+            }
+            for row in unbillable
+        ],
+        "usageKey",
+    )
+    if charged_keys:
+        connection.execute(
+            unbilled_usage.update()
+            .where(unbilled_usage.c.usageKey.in_(charged_keys), unbilled_usage.c.chargedAt.is_(None))
+            .values(chargedAt=now)
+        )
+    return report
+
+
+def read_watermark(connection: Connection) -> int | None:
+    query = sa.select(poll_state.c.watermark).where(poll_state.c.name == STATE_NAME)
+    value = connection.execute(query).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def advance_watermark(connection: Connection, watermark: int, now: datetime) -> None:
+    """Move the watermark forward to ``watermark`` (never back)."""
+    row = {"name": STATE_NAME, "watermark": watermark, "updatedAt": now}
+    if not insert_new(connection, poll_state, [row], "name"):
+        connection.execute(
+            poll_state.update()
+            .where(poll_state.c.name == STATE_NAME, poll_state.c.watermark < watermark)
+            .values(watermark=watermark, updatedAt=now)
+        )
+
+
+class Poller:
+    def __init__(
+        self,
+        engine: Engine,
+        client: NewApiClient,
+        config: PollConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        progress: Callable[[int, int, PollReport], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.config = config
+        self.clock = clock
+        self.sleep = sleep
+        self.progress = progress
+
+    def _page(self, start: int, end: int, page: int) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception_type(UpstreamError),
+            stop=stop_after_attempt(self.config.attempts),
+            wait=wait_random_exponential(multiplier=1, max=self.config.backoff_max),
+            sleep=self.sleep,
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "upstream_retry", attempt=state.attempt_number, error=str(state.outcome and state.outcome.exception())
+            ),
+        )
+        return retrying(self.client.consume_logs, start, end, page, PAGE_SIZE)
+
+    def fetch(self, start: int, end: int) -> list[ConsumeLog]:
+        """Every consume log created in [start, end], each once (rows shifting between pages are merged)."""
+        seen: dict[int, ConsumeLog] = {}
+        page = 1
+        while True:
+            result = self._page(start, end, page)
+            for row in result.items:
+                seen[row.id] = row
+            if len(result.items) < PAGE_SIZE or page * PAGE_SIZE >= result.total:
+                return sorted(seen.values(), key=lambda r: r.id)
+            page += 1
+
+    def run_once(self, since: int | None = None) -> PollReport:
+        """One pass; raises ``UpstreamError`` when new-api stays away (what was committed stays committed)."""
+        now = int(self.clock())
+        watermark = run_transaction(self.engine, read_watermark)
+        if since is not None:
+            start = since
+        elif watermark is not None:
+            start = watermark - self.config.overlap_seconds
+        else:
+            start = now - self.config.lookback_hours * 3600
+        report = PollReport(start, now, watermark)
+        slices = list(range(start, now + 1, self.config.slice_seconds))
+        for done, slice_start in enumerate(slices, start=1):
+            slice_end = min(slice_start + self.config.slice_seconds - 1, now)
+            rows = self.fetch(slice_start, slice_end)
+
+            def bill(connection: Connection, rows: list[ConsumeLog] = rows, end: int = slice_end) -> PollReport:
+                part = bill_logs(connection, rows, self.config, utc(self.clock()))
+                advance_watermark(connection, end, utc(self.clock()))
+                return part
+
+            part = run_transaction(self.engine, bill)
+            report.rows += part.rows
+            report.charged += part.charged
+            report.duplicates += part.duplicates
+            report.unbilled += part.unbilled
+            for token, count in part.unknown_tokens.items():
+                report.unknown_tokens[token] = report.unknown_tokens.get(token, 0) + count
+            report.watermark = max(report.watermark or slice_end, slice_end)
+            if self.progress is not None:
+                self.progress(done, len(slices), report)
+        log.info("poll_pass", **report.as_json())
+        return report

@@ -1,0 +1,251 @@
+"""Reconciliation: does the ledger add up, does it match new-api, and is anything stuck as failed?
+
+1. The ledger: every usage record has exactly one usage transaction and vice versa; each user's balance
+   equals the sum of their transactions and their newest transaction's ``balance``.
+2. Upstream against local, over a window: every new-api consume log must be a usage record with the
+   same usage key (missing), and every local usage with a request id must be upstream (extra); a
+   per-token table compares counts and credits.
+3. Webhook deliveries left ``failed``.
+
+``--fix`` charges the missing upstream usage and re-runs the failed deliveries through billing (both
+idempotent); it never touches a balance that does not add up — that calls for a person.
+"""
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from billing.database import run_transaction
+from billing.deliveries import record_deliveries
+from billing.newapi import ConsumeLog
+from billing.polling import PollConfig, Poller, bill_logs, credits_for
+from schema.database import utc
+from schema.tables import api_keys, credit_transactions, reconcile_runs, usage_records, users, webhook_logs
+from schema.wire import EnvelopeError, parse_event, usage_key_for_request
+
+CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    subject: str
+    user: str | None
+    detail: str
+
+
+@dataclass
+class TokenSummary:
+    token: str
+    upstream_rows: int = 0
+    upstream_credits: int = 0
+    local_rows: int = 0
+    local_credits: int = 0
+
+
+@dataclass
+class ReconcileReport:
+    window_start: int
+    window_end: int
+    upstream_checked: bool
+    findings: list[Finding] = field(default_factory=list)
+    tokens: list[TokenSummary] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "windowStart": self.window_start,
+            "windowEnd": self.window_end,
+            "upstreamChecked": self.upstream_checked,
+            "discrepancies": len(self.findings),
+            "findings": [asdict(f) for f in self.findings],
+            "tokens": [asdict(t) for t in self.tokens],
+            "fixed": self.fixed,
+        }
+
+
+def ledger_findings(connection: Connection) -> list[Finding]:
+    """Balances that do not add up, and usage records or usage transactions without their pair."""
+    newest = (
+        sa.select(credit_transactions.c.balance)
+        .where(credit_transactions.c.userId == users.c.id)
+        .order_by(credit_transactions.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    total = (
+        sa.select(sa.func.coalesce(sa.func.sum(credit_transactions.c.amount), 0))
+        .where(credit_transactions.c.userId == users.c.id)
+        .scalar_subquery()
+    )
+    findings = []
+    for row in connection.execute(
+        sa.select(users.c.email, users.c.balance, total.label("total"), newest.label("newest"))
+    ):
+        if row.balance != row.total or row.balance != (row.newest or 0):
+            detail = (
+                f"balance {row.balance}, sum of transactions {row.total}, newest transaction's balance {row.newest}"
+            )
+            findings.append(Finding("balance", row.email, row.email, detail))
+    unpaired = (
+        sa.select(usage_records.c.usageKey, usage_records.c.eventId, users.c.email)
+        .join(users, users.c.id == usage_records.c.userId)
+        .outerjoin(credit_transactions, credit_transactions.c.usageRecordId == usage_records.c.id)
+        .where(credit_transactions.c.id.is_(None))
+    )
+    for record in connection.execute(unpaired):
+        findings.append(Finding("usage_without_transaction", record.usageKey, record.email, f"event {record.eventId}"))
+    orphan = (
+        sa.select(credit_transactions.c.reference, users.c.email)
+        .join(users, users.c.id == credit_transactions.c.userId)
+        .outerjoin(usage_records, usage_records.c.id == credit_transactions.c.usageRecordId)
+        .where(credit_transactions.c.type == "usage", usage_records.c.id.is_(None))
+    )
+    for entry in connection.execute(orphan):
+        findings.append(Finding("transaction_without_usage", entry.reference, entry.email, "usage without its record"))
+    return findings
+
+
+def failed_deliveries(connection: Connection) -> list[Any]:
+    query = sa.select(webhook_logs.c.eventId, webhook_logs.c.errorMsg, webhook_logs.c.payload).where(
+        webhook_logs.c.status == "failed"
+    )
+    return list(connection.execute(query.order_by(webhook_logs.c.createdAt)))
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+def _existing_keys(connection: Connection, keys: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(keys):
+        found |= set(connection.scalars(sa.select(usage_records.c.usageKey).where(usage_records.c.usageKey.in_(chunk))))
+    return found
+
+
+def _token_owners(connection: Connection) -> dict[str, str]:
+    rows = connection.execute(sa.select(api_keys.c.remoteKeyId, users.c.email).join(users))
+    return {key: email for key, email in rows}
+
+
+def compare_upstream(
+    connection: Connection, logs: Sequence[ConsumeLog], window: tuple[datetime, datetime], config: PollConfig
+) -> tuple[list[Finding], list[TokenSummary], list[ConsumeLog]]:
+    """Findings, the per-token table, and the upstream rows that have no usage record."""
+    usage = [row for row in logs if row.quota >= 0]
+    upstream_keys = {usage_key_for_request(row.request_key): row for row in usage}
+    present = _existing_keys(connection, list(upstream_keys))
+    owners = _token_owners(connection)
+    tokens: dict[str, TokenSummary] = {}
+    findings, missing = [], []
+    for key, row in upstream_keys.items():
+        summary = tokens.setdefault(str(row.token_id), TokenSummary(str(row.token_id)))
+        summary.upstream_rows += 1
+        summary.upstream_credits += credits_for(row.quota, config.quota_per_credit)
+        if key not in present:
+            missing.append(row)
+            owner = owners.get(str(row.token_id))
+            hint = "" if owner else f"; token {row.token_id} is not linked to a user"
+            detail = f"new-api log {row.id} ({row.quota} quota, {row.model_name}) is not charged{hint}"
+            findings.append(Finding("missing", key, owner, detail))
+    local = connection.execute(
+        sa.select(usage_records.c.usageKey, usage_records.c.remoteKeyId, usage_records.c.creditCost, users.c.email)
+        .join(users, users.c.id == usage_records.c.userId)
+        .where(usage_records.c.usedAt.between(*window))
+    )
+    for record in local:
+        summary = tokens.setdefault(record.remoteKeyId, TokenSummary(record.remoteKeyId))
+        summary.local_rows += 1
+        summary.local_credits += record.creditCost
+        if record.usageKey.startswith("req:") and record.usageKey not in upstream_keys:
+            detail = "charged here, not in new-api's consume logs"
+            findings.append(Finding("extra", record.usageKey, record.email, detail))
+    return findings, sorted(tokens.values(), key=lambda t: t.token), missing
+
+
+def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> list[str]:
+    events = []
+    for row in rows:
+        try:
+            events.append(parse_event(row.payload.encode()))
+        except EnvelopeError:
+            continue
+    outcomes = record_deliveries(connection, events, now)
+    return [f"webhook {o.event_id}: {o.status.value}" for o in outcomes if o.status.value in ("charged", "duplicate")]
+
+
+class Reconciler:
+    def __init__(self, engine: Engine, poller: Poller | None, config: PollConfig) -> None:
+        self.engine = engine
+        self.poller = poller
+        self.config = config
+
+    def run(self, since: int, until: int, *, fix: bool, now: datetime) -> ReconcileReport:
+        logs = self.poller.fetch(since, until) if self.poller is not None else []
+        window = (utc(since), utc(until))
+        report = ReconcileReport(since, until, upstream_checked=self.poller is not None)
+        if fix:
+
+            def repair(connection: Connection) -> list[str]:
+                _, _, missing = compare_upstream(connection, logs, window, self.config)
+                fixed = []
+                if missing:
+                    billed = bill_logs(connection, missing, self.config, now)
+                    fixed.append(f"charged {billed.charged} missing upstream usage(s)")
+                return fixed + _redeliver(connection, failed_deliveries(connection), now)
+
+            report.fixed = run_transaction(self.engine, repair)
+
+        def check(connection: Connection) -> None:
+            report.findings = ledger_findings(connection)
+            if self.poller is not None:
+                upstream, report.tokens, _ = compare_upstream(connection, logs, window, self.config)
+                report.findings += upstream
+            for row in failed_deliveries(connection):
+                report.findings.append(Finding("failed_webhook", row.eventId, None, row.errorMsg or "failed"))
+            connection.execute(
+                reconcile_runs.insert().values(
+                    startedAt=now,
+                    windowStart=window[0],
+                    windowEnd=window[1],
+                    fixed=fix,
+                    discrepancies=len(report.findings),
+                    report=json.dumps(report.as_json()),
+                )
+            )
+
+        run_transaction(self.engine, check)
+        return report
+
+
+def render_table(report: ReconcileReport) -> str:
+    """The report as an operator reads it in a terminal."""
+    lines = [
+        f"reconcile {utc(report.window_start).isoformat()}Z .. {utc(report.window_end).isoformat()}Z"
+        f"  (upstream {'checked' if report.upstream_checked else 'not configured: ledger only'})",
+    ]
+    if report.tokens:
+        lines += ["", f"{'token':>10}  {'new-api rows':>12}  {'credits':>10}  {'charged rows':>12}  {'credits':>10}"]
+        for t in report.tokens:
+            upstream = f"{t.upstream_rows:>12}  {t.upstream_credits:>10}"
+            lines.append(f"{t.token:>10}  {upstream}  {t.local_rows:>12}  {t.local_credits:>10}")
+    for item in report.fixed:
+        lines.append(f"fixed: {item}")
+    if report.findings:
+        lines += ["", f"{'kind':<26} {'subject':<40} {'user':<28} detail"]
+        for f in report.findings:
+            lines.append(f"{f.kind:<26} {f.subject:<40} {f.user or '-':<28} {f.detail}")
+    lines += ["", "OK: no discrepancies" if report.ok else f"{len(report.findings)} discrepancies"]
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Work the receiver does besides answering requests: the polling loop when ``POLL_INTERVAL`` is set."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+
+from billing.database import DatabaseUnavailable
+from billing.newapi import UpstreamError
+from billing.polling import Poller
+
+log = structlog.get_logger()
+
+
+async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event) -> None:
+    """One pass every ``interval`` seconds, off the event loop; a failed pass is logged and retried next time."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(poller.run_once)
+        except (UpstreamError, DatabaseUnavailable) as error:
+            log.error("poll_failed", error=str(error))
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            continue
+
+
+def polling_lifespan(poller: Poller, interval: float) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(poll_forever(poller, interval, stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    return lifespan

@@ -1,0 +1,34 @@
+"""billing/cleanup.py: old processed and ignored logs go; failed and recent logs, usage and money stay."""
+
+from datetime import timedelta
+
+from billing.cleanup import delete_old_logs
+from billing.deliveries import record_deliveries
+from schema.wire import parse_event
+from tests.billing.conftest import NOW, in_transaction
+from tests.support.database import Database
+from tests.support.receiver import add_user
+from tests.support.signing import encode, usage_event
+
+
+def deliver(database: Database, body: dict[str, object], days_ago: int) -> None:
+    event = parse_event(encode(body))
+    in_transaction(database, lambda c: record_deliveries(c, [event], NOW - timedelta(days=days_ago)))
+
+
+def test_cleanup_keeps_failed_and_recent_logs_and_every_charge(database: Database) -> None:
+    """Only processed/ignored logs older than the cut-off are deleted, in batches; replays stay duplicates."""
+    add_user(database.engine)
+    for i in range(25):
+        deliver(database, usage_event(f"old-{i}", cost=1), days_ago=10)
+    deliver(database, {"eventId": "old-ping", "eventType": "ping", "timestamp": 1}, days_ago=10)
+    deliver(database, usage_event("old-failed", key="nobody"), days_ago=10)
+    deliver(database, usage_event("recent", cost=1), days_ago=1)
+    before = database.snapshot()
+
+    assert delete_old_logs(database.engine, NOW - timedelta(days=7), batch=10) == 26
+    assert database.rows("SELECT eventId FROM webhook_logs ORDER BY eventId") == [("old-failed",), ("recent",)]
+    after = database.snapshot()
+    assert after["balances"] == before["balances"]
+    assert after["counts"]["usage_records"] == before["counts"]["usage_records"] == 26
+    assert after["counts"]["credit_transactions"] == before["counts"]["credit_transactions"]

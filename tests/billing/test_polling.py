@@ -1,0 +1,166 @@
+"""billing/polling.py against a stand-in new-api: every upstream usage charged once, however it arrives."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from billing.deliveries import record_deliveries
+from billing.newapi import NewApiClient, UpstreamError
+from billing.polling import PollConfig, Poller, read_watermark
+from schema.wire import parse_event
+from tests.billing.conftest import NOW, in_transaction
+from tests.receiver.test_webhooks import assert_ledger_consistent
+from tests.support.database import Database
+from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.receiver import add_user
+from tests.support.signing import encode, usage_event
+
+T = 1_800_000_000  # "now" for the poller
+
+
+@dataclass
+class Setup:
+    api: FakeNewApi
+    database: Database
+    user_id: int
+    sleeps: list[float]
+    clock: list[float]
+
+    def poller(self, config: PollConfig | None = None) -> Poller:
+        client = NewApiClient(self.api.url, ADMIN_TOKEN, ADMIN_USER)
+        return Poller(
+            self.database.engine,
+            client,
+            config or PollConfig(),
+            clock=lambda: self.clock[0],
+            sleep=self.sleeps.append,
+        )
+
+    def balance(self) -> int:
+        return int(self.database.scalar("SELECT balance FROM users WHERE id = :id", id=self.user_id))
+
+
+@pytest.fixture
+def setup(database: Database) -> Iterator[Setup]:
+    user_id = add_user(database.engine, credits=100_000, key="5")
+    with fake_newapi() as api:
+        yield Setup(api, database, user_id, [], [float(T)])
+
+
+def test_usage_delivered_by_webhook_then_polled_is_charged_once(setup: Setup) -> None:
+    """The webhook's requestId and the log's request_id are one usage key."""
+    event = parse_event(encode(usage_event("evt-1", cost=40, key=5, request_id="req-abc")))
+    in_transaction(setup.database, lambda c: record_deliveries(c, [event], NOW))
+    setup.api.add(T - 60, token_id=5, quota=40, request_id="req-abc")
+    report = setup.poller().run_once()
+    assert (report.rows, report.charged, report.duplicates) == (1, 0, 1)
+    assert setup.balance() == 100_000 - 40
+    assert setup.database.count("usage_records") == 1
+
+
+def test_a_repeated_poll_charges_nothing_more(setup: Setup) -> None:
+    """Polling the same window twice is a no-op the second time."""
+    for i in range(30):
+        setup.api.add(T - 1000 + i, token_id=5, quota=10 + i, request_id=f"r{i}")
+    first = setup.poller().run_once()
+    second = setup.poller().run_once(since=T - 3600)
+    assert (first.charged, second.charged, second.duplicates) == (30, 0, 30)
+    assert setup.balance() == 100_000 - sum(10 + i for i in range(30))
+    assert_ledger_consistent(setup.database)
+
+
+def test_rows_appearing_out_of_id_order_inside_the_overlap_are_charged(setup: Setup) -> None:
+    """A row committed late (visible after a newer one was polled) is caught by the next pass's overlap."""
+    late = setup.api.add(T - 30, token_id=5, quota=7, request_id="late", hidden=True)
+    setup.api.add(T - 10, token_id=5, quota=5, request_id="early")
+    setup.poller().run_once()
+    assert setup.balance() == 100_000 - 5
+    setup.api.hidden.discard(late["id"])
+    setup.clock[0] = T + 60
+    report = setup.poller().run_once()
+    assert (report.charged, report.duplicates) == (1, 1)
+    assert setup.balance() == 100_000 - 12
+
+
+def test_pages_are_walked_to_the_end(setup: Setup) -> None:
+    """More rows than a page (page_size is capped at 100 upstream) are all billed."""
+    for i in range(250):
+        setup.api.add(T - 500 + i, token_id=5, quota=1, request_id="" if i % 2 else f"q{i}")
+    report = setup.poller().run_once()
+    assert (report.rows, report.charged) == (250, 250)
+    assert setup.database.count("usage_records", "requestId LIKE 'newapi-log-%'") == 125
+
+
+def test_an_outage_mid_backfill_resumes_without_loss_or_double_charge(setup: Setup) -> None:
+    """new-api fails during a 24-hour backfill: committed slices stay, the watermark stops there, the rest follows."""
+    spent = 0
+    for hour in range(24):
+        for i in range(15):
+            setup.api.add(T - 86_000 + hour * 3600 + i * 60, token_id=5, quota=hour + i + 1, request_id=f"h{hour}-{i}")
+            spent += hour + i + 1
+    setup.api.fail_after = 10
+    with pytest.raises(UpstreamError):
+        setup.poller(PollConfig(attempts=3)).run_once()
+    assert len(setup.sleeps) == 2
+    watermark = in_transaction(setup.database, read_watermark)
+    assert watermark is not None
+    committed = setup.database.count("usage_records")
+    assert 0 < committed < 360
+    assert setup.balance() == 100_000 - int(setup.database.scalar("SELECT SUM(creditCost) FROM usage_records"))
+
+    setup.api.fail_after = None
+    setup.clock[0] = T + 120
+    report = setup.poller().run_once()
+    assert report.window_start == watermark - 300
+    assert setup.database.count("usage_records") == 360
+    assert setup.balance() == 100_000 - spent
+    assert_ledger_consistent(setup.database)
+
+
+def test_unlinked_tokens_are_recorded_reported_and_charged_once_linked(setup: Setup) -> None:
+    """Usage of an unknown token is kept in unbilled_usage and reported; after `key link` it is charged."""
+    setup.api.add(T - 100, token_id=9, quota=25, request_id="orphan")
+    setup.api.add(T - 90, token_id=0, quota=3, request_id="no-token")
+    report = setup.poller().run_once()
+    assert report.unknown_tokens == {"9": 1, "0": 1}
+    assert setup.database.rows("SELECT remoteKeyId, chargedAt FROM unbilled_usage ORDER BY remoteKeyId") == [
+        ("0", None),
+        ("9", None),
+    ]
+    other = add_user(setup.database.engine, "dora@example.com", credits=100, key="9")
+    setup.clock[0] = T + 30
+    setup.poller().run_once()
+    assert setup.database.scalar("SELECT balance FROM users WHERE id = :id", id=other) == 75
+    assert setup.database.count("unbilled_usage", "chargedAt IS NOT NULL") == 1
+
+
+def test_a_refusal_with_http_200_is_an_upstream_error(setup: Setup) -> None:
+    """new-api's `success: false` is retried, then reported; nothing is billed and the watermark stays unset."""
+    setup.api.add(T - 100, token_id=5, quota=25)
+    setup.api.refuse_with_200 = True
+    with pytest.raises(UpstreamError, match="refused"):
+        setup.poller(PollConfig(attempts=2)).run_once()
+    assert setup.database.count("usage_records") == 0
+    assert in_transaction(setup.database, read_watermark) is None
+
+
+def test_quota_converts_to_credits_rounding_up(setup: Setup) -> None:
+    """With 1000 quota per credit, 1500 quota costs 2 credits and 1000 costs 1."""
+    setup.api.add(T - 100, token_id=5, quota=1500, request_id="a")
+    setup.api.add(T - 99, token_id=5, quota=1000, request_id="b")
+    setup.poller(PollConfig(quota_per_credit=1000)).run_once()
+    assert setup.balance() == 100_000 - 3
+
+
+def test_status_reports_quota_per_unit(setup: Setup) -> None:
+    """GET /api/status gives new-api's quota per unit (500000 = 1 USD by default)."""
+    assert NewApiClient(setup.api.url, ADMIN_TOKEN, ADMIN_USER).quota_per_unit() == 500_000
+
+
+def test_wrong_credentials_are_an_upstream_error(setup: Setup) -> None:
+    """new-api's 401 for a bad admin token stops the pass with a clear error."""
+    client = NewApiClient(setup.api.url, "wrong-token", ADMIN_USER)
+    poller = Poller(setup.database.engine, client, PollConfig(attempts=1), clock=lambda: T, sleep=lambda _: None)
+    with pytest.raises(UpstreamError, match="401"):
+        poller.run_once()

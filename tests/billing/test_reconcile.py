@@ -1,0 +1,103 @@
+"""billing/reconcile.py: clean on a consistent ledger, flags tampering and missing usage, --fix repairs."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from billing.deliveries import record_deliveries
+from billing.newapi import NewApiClient
+from billing.polling import PollConfig, Poller
+from billing.reconcile import Reconciler, render_table
+from schema.database import utc
+from schema.wire import parse_event
+from tests.billing.conftest import in_transaction
+from tests.support.database import Database
+from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.receiver import add_user
+from tests.support.signing import encode, usage_event
+
+T = 1_800_000_000
+WINDOW = (T - 3600, T)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeNewApi]:
+    with fake_newapi() as fake:
+        yield fake
+
+
+def reconciler(database: Database, api: FakeNewApi) -> Reconciler:
+    poller = Poller(database.engine, NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER), PollConfig(), clock=lambda: T)
+    return Reconciler(database.engine, poller, PollConfig())
+
+
+def charge_by_webhook(database: Database, event_id: str, cost: int, request_id: str, key: int = 5) -> None:
+    event = parse_event(
+        encode(usage_event(event_id, cost=cost, key=key, request_id=request_id) | {"timestamp": T - 60})
+    )
+    in_transaction(database, lambda c: record_deliveries(c, [event], utc(T)))
+
+
+def test_consistent_ledger_and_upstream_reconcile_clean(database: Database, api: FakeNewApi) -> None:
+    """Everything upstream charged once, balances adding up: OK, and the run is stored."""
+    add_user(database.engine, credits=500, key="5")
+    api.add(T - 60, token_id=5, quota=40, request_id="r1")
+    charge_by_webhook(database, "evt-1", 40, "r1")
+    report = reconciler(database, api).run(*WINDOW, fix=False, now=utc(T))
+    assert report.ok, render_table(report)
+    assert [(t.token, t.upstream_rows, t.upstream_credits, t.local_rows, t.local_credits) for t in report.tokens] == [
+        ("5", 1, 40, 1, 40)
+    ]
+    assert database.rows("SELECT discrepancies, fixed FROM reconcile_runs") == [(0, False)]
+
+
+def test_a_tampered_balance_is_flagged_by_email_and_not_fixed(database: Database, api: FakeNewApi) -> None:
+    """A balance edited by hand no longer adds up: reported with the user's email; --fix leaves it alone."""
+    add_user(database.engine, credits=500, key="5")
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET balance = balance + 1000")
+    report = reconciler(database, api).run(*WINDOW, fix=True, now=utc(T))
+    assert [(f.kind, f.user) for f in report.findings] == [("balance", "alice@example.com")]
+    assert "sum of transactions 500" in report.findings[0].detail
+    assert database.scalar("SELECT balance FROM users") == 1500
+
+
+def test_missing_usage_is_listed_and_fix_charges_it(database: Database, api: FakeNewApi) -> None:
+    """An upstream usage that never arrived is named; --fix charges it once and the next run is clean."""
+    add_user(database.engine, credits=500, key="5")
+    api.add(T - 60, token_id=5, quota=40, request_id="r1")
+    api.add(T - 50, token_id=5, quota=15, request_id="lost")
+    charge_by_webhook(database, "evt-1", 40, "r1")
+    found = reconciler(database, api).run(*WINDOW, fix=False, now=utc(T))
+    assert [(f.kind, f.subject, f.user) for f in found.findings] == [("missing", "req:lost", "alice@example.com")]
+    table = render_table(found)
+    assert "req:lost" in table
+    assert "1 discrepancies" in table
+
+    fixed = reconciler(database, api).run(*WINDOW, fix=True, now=utc(T))
+    assert fixed.ok
+    assert fixed.fixed == ["charged 1 missing upstream usage(s)"]
+    assert database.scalar("SELECT balance FROM users") == 500 - 55
+    assert reconciler(database, api).run(*WINDOW, fix=True, now=utc(T)).fixed == []
+
+
+def test_extra_local_usage_is_flagged(database: Database, api: FakeNewApi) -> None:
+    """A usage charged here under a request id new-api does not have is reported as extra."""
+    add_user(database.engine, credits=500, key="5")
+    charge_by_webhook(database, "evt-9", 9, "ghost")
+    report = reconciler(database, api).run(*WINDOW, fix=False, now=utc(T))
+    assert [(f.kind, f.subject) for f in report.findings] == [("extra", "req:ghost")]
+
+
+def test_failed_webhooks_are_listed_and_fix_replays_them_once_linked(database: Database, api: FakeNewApi) -> None:
+    """A failed delivery is a discrepancy; after `key link`, --fix runs it through billing."""
+    event = parse_event(encode(usage_event("evt-stuck", cost=12, key="k-new")))
+    in_transaction(database, lambda c: record_deliveries(c, [event], utc(T)))
+    report = Reconciler(database.engine, None, PollConfig()).run(*WINDOW, fix=True, now=utc(T))
+    assert [(f.kind, f.subject) for f in report.findings] == [("failed_webhook", "evt-stuck")]
+    assert not report.upstream_checked
+    add_user(database.engine, "erin@example.com", credits=100, key="k-new")
+    repaired = Reconciler(database.engine, None, PollConfig()).run(*WINDOW, fix=True, now=utc(T))
+    assert repaired.ok
+    assert repaired.fixed == ["webhook evt-stuck: charged"]
+    assert database.scalar("SELECT balance FROM users WHERE email = 'erin@example.com'") == 88

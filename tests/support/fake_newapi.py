@@ -1,0 +1,116 @@
+"""A stand-in for new-api's admin log API, following its real wire format (controller/log.go, model/log.go).
+
+``GET /api/log/``: ``type`` filter, ``start_timestamp``/``end_timestamp`` inclusive, rows ``ORDER BY id
+DESC``, ``p`` 1-based, ``page_size`` capped at 100 (``common.GetPageQuery``); answer
+``{"success", "message", "data": {"page", "page_size", "total", "items"}}``. Wrong credentials are refused
+like new-api's auth middleware (401 with ``success: false``); ``refuse_with_200`` answers HTTP 200 with
+``success: false``; ``down`` answers 502. Rows can be hidden, to be made visible later out of id order.
+"""
+
+import itertools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.support.server import serving
+
+ADMIN_TOKEN = "admin-access-token-for-tests"
+ADMIN_USER = "1"
+
+
+@dataclass
+class FakeNewApi:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    hidden: set[int] = field(default_factory=set)
+    down: bool = False
+    refuse_with_200: bool = False
+    fail_after: int | None = None  # answer this many log requests, then behave as down
+    requests: int = 0
+    url: str = ""
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def add(
+        self,
+        created_at: int,
+        token_id: int,
+        quota: int,
+        request_id: str = "",
+        *,
+        hidden: bool = False,
+        model: str = "gpt-4o",
+    ) -> dict[str, Any]:
+        row_id = next(self._ids)
+        row = {
+            "id": row_id,
+            "user_id": 1,
+            "created_at": created_at,
+            "type": 2,
+            "content": "模型倍率 1.00，分组倍率 1.00",
+            "username": "gateway-user",
+            "token_name": f"token-{token_id}",
+            "model_name": model,
+            "quota": quota,
+            "prompt_tokens": quota // 3,
+            "completion_tokens": quota // 5,
+            "use_time": 1,
+            "is_stream": False,
+            "channel": 1,
+            "channel_name": "openai",
+            "token_id": token_id,
+            "group": "default",
+            "ip": "",
+            "other": json.dumps({"model_ratio": 1, "group_ratio": 1}),
+            "request_id": request_id,
+        }
+        self.rows.append(row)
+        if hidden:
+            self.hidden.add(row_id)
+        return row
+
+    async def logs(self, request: Request) -> Response:
+        if request.headers.get("authorization") != ADMIN_TOKEN or request.headers.get("new-api-user") != ADMIN_USER:
+            return JSONResponse({"success": False, "message": "无权进行此操作，未登录且未提供 access token"}, 401)
+        self.requests += 1
+        if self.down or (self.fail_after is not None and self.requests > self.fail_after):
+            return JSONResponse({"success": False, "message": "bad gateway"}, 502)
+        if self.refuse_with_200:
+            return JSONResponse({"success": False, "message": "数据库错误"})
+        q = request.query_params
+        page = max(int(q.get("p") or 1), 1)
+        size = int(q.get("page_size") or 10)
+        size = 10 if size < 1 else min(size, 100)
+        start, end = int(q.get("start_timestamp") or 0), int(q.get("end_timestamp") or 0)
+        log_type = int(q.get("type") or 0)
+        found = [
+            r
+            for r in self.rows
+            if r["id"] not in self.hidden
+            and (log_type == 0 or r["type"] == log_type)
+            and (start == 0 or r["created_at"] >= start)
+            and (end == 0 or r["created_at"] <= end)
+        ]
+        found.sort(key=lambda r: r["id"], reverse=True)
+        items = found[(page - 1) * size : page * size]
+        data = {"page": page, "page_size": size, "total": len(found), "items": items}
+        return JSONResponse({"success": True, "message": "", "data": data})
+
+    async def status(self, _request: Request) -> Response:
+        return JSONResponse({"success": True, "message": "", "data": {"quota_per_unit": 500000, "version": "v0.9"}})
+
+
+@contextmanager
+def fake_newapi() -> Iterator[FakeNewApi]:
+    api = FakeNewApi()
+    app = Starlette(
+        routes=[Route("/api/log/", api.logs, methods=["GET"]), Route("/api/status", api.status, methods=["GET"])]
+    )
+    with serving(app) as url:
+        api.url = url
+        yield api
