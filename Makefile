@@ -4,13 +4,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint typecheck pytest clean
 
-install: $(STAMP)
+NODE_EXAMPLES := tests/seed_examples/node_modules/.package-lock.json
+
+install: $(STAMP) $(NODE_EXAMPLES)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# seed 001's Node.js example runs in the tests; it needs axios (the only npm package used)
+$(NODE_EXAMPLES): tests/seed_examples/package-lock.json
+	npm ci --prefix tests/seed_examples --no-audit --no-fund --silent
+	touch $(NODE_EXAMPLES)
 
 run: install
 	$(PY) scripts/dev_server.py

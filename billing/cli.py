@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import Connection
 from tqdm import tqdm
 
 from billing.cleanup import delete_old_logs
-from billing.database import DatabaseUnavailable
+from billing.clients import ClientError, add_client, list_clients, revoke_client, rotate_client
+from billing.database import DatabaseUnavailable, run_transaction
 from billing.newapi import NewApiClient, UpstreamError
 from billing.polling import PollConfig, Poller, PollReport
 from billing.reconcile import Reconciler, render_table
@@ -111,6 +113,27 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
+    engine = make_engine(settings.database_url)
+    now = utc(time.time())
+    own_secret = not getattr(args, "default_secret", False)
+    if args.action in ("add", "rotate") and not own_secret and settings.credit_sync_secret is None:
+        raise SettingsError("CREDIT_SYNC_SECRET: --default-secret needs it set")
+    actions: dict[str, Callable[[Connection], Any]] = {
+        "add": lambda c: add_client(c, args.source, now, own_secret=own_secret),
+        "rotate": lambda c: rotate_client(c, args.source, now, own_secret=own_secret),
+        "revoke": lambda c: revoke_client(c, args.source, now),
+        "list": lambda c: {"clients": list_clients(c)},
+    }
+    try:
+        result = run_transaction(engine, actions[args.action])
+    except ClientError as error:
+        print(f"creditrelay: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
 def _days(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -131,6 +154,20 @@ def register(commands: Any, command: Register) -> None:
     reconcile.add_argument("--until", type=_moment, help="window end (default: now)")
     reconcile.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     reconcile.add_argument("--fix", action="store_true", help="charge missing usage, re-run failed webhooks")
+
+    client = command(commands, "client", cmd_client, "client projects of the credit API")
+    actions = client.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("add", "register a source: prints its API key and secret, once"),
+        ("rotate", "new API key (and secret)"),
+    ):
+        sub = actions.add_parser(name, help=text)
+        sub.add_argument("source", metavar="SOURCE")
+        sub.add_argument(
+            "--default-secret", action="store_true", help="sign with CREDIT_SYNC_SECRET instead of an own secret"
+        )
+    actions.add_parser("revoke", help="the API key stops working").add_argument("source", metavar="SOURCE")
+    actions.add_parser("list", help="every client, without keys or secrets")
 
     cleanup = command(commands, "cleanup", cmd_cleanup, "delete old processed/ignored webhook logs")
     cleanup.add_argument("--older-than-days", type=_days, default=7)

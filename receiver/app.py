@@ -8,6 +8,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from billing.polling import Poller
+from receiver import credits
 from receiver.background import polling_lifespan
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.ingest import Ingestor
@@ -27,6 +28,10 @@ def create_app(
     routes = [
         Route("/api/webhooks/events", receive_event, methods=["POST"]),
         Route("/api/webhooks/health", health, methods=["GET"]),
+        Route("/api/credits/sync", credits.sync, methods=["POST"]),
+        Route("/api/credits/batch", credits.batch, methods=["POST"]),
+        Route("/api/credits/balance/{telegram_id}", credits.balance, methods=["GET"]),
+        Route("/api/credits/records/{telegram_id}", credits.records, methods=["GET"]),
     ]
     lifespan = None
     if poller is not None and settings.poll_interval:
@@ -39,4 +44,5 @@ def create_app(
         engine=engine,
         clock=clock,
     )
+    app.state.credits = credits.CreditService(engine, settings.credit_sync_secret, clock)
     return app

@@ -173,8 +173,26 @@ poll_state = metadata.tables["poll_state"]
 unbilled_usage = metadata.tables["unbilled_usage"]
 reconcile_runs = metadata.tables["reconcile_runs"]
 
+
+class ApiClient(SQLModel, table=True):
+    """A project allowed to use the credit API: its source name, hashed API key and HMAC secret."""
+
+    __tablename__ = "api_clients"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    source: str = Field(max_length=48, unique=True)
+    api_key_hash: str = column("apiKeyHash", max_length=64, unique=True)
+    api_key_prefix: str = column("apiKeyPrefix", max_length=12)
+    secret: str | None = Field(default=None, max_length=128)  # None: CREDIT_SYNC_SECRET signs for this client
+    status: str = Field(max_length=16)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+    updated_at: datetime = column("updatedAt", sa_type=Timestamp)
+
+
 users = metadata.tables["users"]
 api_keys = metadata.tables["api_keys"]
 usage_records = metadata.tables["usage_records"]
 credit_transactions = metadata.tables["credit_transactions"]
 webhook_logs = metadata.tables["webhook_logs"]
+api_clients = metadata.tables["api_clients"]

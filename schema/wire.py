@@ -94,7 +94,8 @@ def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
 _TYPE_TAGS = {"int", "str", "constrained-int", "constrained-str"}
 
 
-def _describe(error: ValidationError, prefix: str = "") -> str:
+def describe(error: ValidationError, prefix: str = "") -> str:
+    """The first problem of a validation error, as "field.path: message"."""
     errors = error.errors(include_url=False)
     where = _field_path(prefix, errors[0]["loc"])
     messages = [e["msg"] for e in errors if _field_path(prefix, e["loc"]) == where]
@@ -136,13 +137,13 @@ def parse_event(body: bytes) -> Event:
     try:
         envelope = _Envelope.model_validate(document)
     except ValidationError as error:
-        raise EnvelopeError(_describe(error)) from None
+        raise EnvelopeError(describe(error)) from None
     usage = None
     if envelope.eventType == USAGE_EVENT:
         try:
             usage = UsageData.model_validate(envelope.data)
         except ValidationError as error:
-            raise EnvelopeError(_describe(error, "data")) from None
+            raise EnvelopeError(describe(error, "data")) from None
     return Event(
         event_id=envelope.eventId,
         event_type=envelope.eventType,

@@ -109,3 +109,22 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = run(None, "serve", DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}", WEBHOOK_SECRET=SECRET)
     assert result.returncode == 1
     assert "creditrelay migrate" in result.stderr
+
+
+def test_client_commands_print_credentials_once(database: Database) -> None:
+    """client add prints the key and secret; list never does; rotate issues new ones; revoke retires them."""
+    ok(database, "migrate")
+    added = ok(database, "client", "add", "media_bot")
+    assert set(added) == {"source", "api_key", "secret"}
+    assert run(database, "client", "add", "media_bot").returncode == 1
+    listed = ok(database, "client", "list")["clients"]
+    assert [c["source"] for c in listed] == ["media_bot"]
+    assert added["api_key"] not in json.dumps(listed)
+    assert added["secret"] not in json.dumps(listed)
+    refused = run(database, "client", "rotate", "media_bot", "--default-secret")
+    assert (refused.returncode, "CREDIT_SYNC_SECRET" in refused.stderr) == (2, True)
+    with_default = run(database, "client", "rotate", "media_bot", "--default-secret", CREDIT_SYNC_SECRET="d" * 40)
+    rotated = json.loads(with_default.stdout)
+    assert rotated["api_key"] != added["api_key"]
+    assert rotated["secret"] is None
+    assert ok(database, "client", "revoke", "media_bot") == {"source": "media_bot", "status": "revoked"}

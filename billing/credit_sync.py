@@ -1,0 +1,130 @@
+"""The credit API's rules: check a signed sync request, apply it once, answer balances and records.
+
+A sync changes the balance of the user with that ``telegram_id`` through ``ledger.apply_credit``, so it
+lands in the same ledger as usage. The reference is ``sync:<source>:<external_reference>`` — a repeat is
+a duplicate and changes nothing — or, without an external reference, the request's token itself, so a
+replayed token is refused by the same unique constraint. A deduction never overdraws.
+"""
+
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from billing.clients import Client
+from billing.ledger import CreditChange, CreditStatus, apply_credit
+from schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
+from schema.tables import credit_transactions, users
+
+MAX_RECORDS = 100
+
+
+class SyncRefused(Exception):
+    """The request is not authentic (key, source, time or token); nothing was looked up or changed."""
+
+
+class SyncUnavailable(Exception):
+    """The client has no secret and no ``CREDIT_SYNC_SECRET`` is configured."""
+
+
+class SyncStatus(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REPLAYED = "replayed"
+    CONFLICT = "conflict"
+    INSUFFICIENT = "insufficient"
+    UNKNOWN_USER = "unknown_user"
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    status: SyncStatus
+    telegram_id: int
+    balance: int | None = None
+    change: int = 0
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "telegram_id": self.telegram_id,
+            "balance": self.balance,
+            "change": self.change,
+            "duplicate": self.status is SyncStatus.DUPLICATE,
+        }
+
+
+def verify_request(client: Client, body: SyncBody, now: float, default_secret: str | None) -> None:
+    """Raise ``SyncRefused`` unless the body is the client's own, fresh, and signed with its secret."""
+    if not hmac.compare_digest(body.source.encode(), client.source.encode()):
+        raise SyncRefused("source does not match the API key")
+    if abs(now - body.timestamp) > TOKEN_WINDOW_SECONDS:
+        raise SyncRefused(f"timestamp is more than {TOKEN_WINDOW_SECONDS} seconds away from the server's clock")
+    secret = client.secret or default_secret
+    if secret is None:
+        raise SyncUnavailable("no secret for this client and CREDIT_SYNC_SECRET is not set")
+    if not token_matches(secret, body):
+        raise SyncRefused("Invalid token")
+
+
+def _user_id(connection: Connection, telegram_id: int) -> int | None:
+    query = sa.select(users.c.id).where(users.c.telegramId == telegram_id)
+    value = connection.execute(query).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOutcome:
+    """Apply one verified sync, once."""
+    user_id = _user_id(connection, body.telegram_id)
+    if user_id is None:
+        return SyncOutcome(SyncStatus.UNKNOWN_USER, body.telegram_id)
+    if body.external_reference is not None:
+        reference = f"sync:{body.source}:{body.external_reference}"
+    else:
+        reference = f"sync-token:{body.token.lower()}"
+    change = CreditChange(user_id, body.amount, reference, "sync", reason=body.reason or None, source=body.source)
+    outcome = apply_credit(connection, change, now)
+    if outcome.status is CreditStatus.APPLIED:
+        return SyncOutcome(SyncStatus.APPLIED, body.telegram_id, outcome.balance, outcome.change)
+    if outcome.status is CreditStatus.INSUFFICIENT:
+        return SyncOutcome(SyncStatus.INSUFFICIENT, body.telegram_id, outcome.balance)
+    if outcome.status is CreditStatus.CONFLICT:
+        return SyncOutcome(SyncStatus.CONFLICT, body.telegram_id, outcome.balance)
+    repeated = SyncStatus.DUPLICATE if body.external_reference is not None else SyncStatus.REPLAYED
+    return SyncOutcome(repeated, body.telegram_id, outcome.balance)
+
+
+def balance_of(connection: Connection, telegram_id: int) -> dict[str, Any] | None:
+    row = connection.execute(
+        sa.select(users.c.balance, users.c.name).where(users.c.telegramId == telegram_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    return {"telegram_id": telegram_id, "credits": row.balance, "nickname": row.name}
+
+
+def records_of(connection: Connection, telegram_id: int, limit: int) -> list[dict[str, Any]] | None:
+    """The user's balance changes, newest first (usage included: its reason is the model)."""
+    user_id = _user_id(connection, telegram_id)
+    if user_id is None:
+        return None
+    rows = connection.execute(
+        sa.select(credit_transactions)
+        .where(credit_transactions.c.userId == user_id)
+        .order_by(credit_transactions.c.id.desc())
+        .limit(min(max(limit, 1), MAX_RECORDS))
+    )
+    return [
+        {
+            "id": row.id,
+            "change": row.amount,
+            "reason": row.reason,
+            "balance": row.balance,
+            "source": row.source,
+            "type": row.type,
+            "created_at": row.createdAt.isoformat() + "Z",
+        }
+        for row in rows
+    ]

@@ -1,0 +1,167 @@
+"""The credit API of CONTRACT §6 (seeds 000/001): parse, authenticate, hand to billing, render."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from billing.clients import Client, authenticate
+from billing.credit_sync import (
+    SyncOutcome,
+    SyncRefused,
+    SyncStatus,
+    SyncUnavailable,
+    apply_sync,
+    balance_of,
+    records_of,
+    verify_request,
+)
+from billing.database import run_transaction
+from receiver.bodies import read_limited, require_json
+from receiver.errors import ApiError
+from schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
+from schema.database import utc
+from schema.wire import BIGINT_MAX, EnvelopeError, parse_json_object
+
+log = structlog.get_logger()
+BODY_LIMIT = 1024 * 1024
+
+_ANSWERS: dict[SyncStatus, tuple[int, str]] = {
+    SyncStatus.APPLIED: (200, "Credits updated"),
+    SyncStatus.DUPLICATE: (200, "Already applied: this external_reference was synced before"),
+    SyncStatus.REPLAYED: (409, "This token was already used: sign a new request"),
+    SyncStatus.CONFLICT: (409, "This external_reference was already used for another user or amount"),
+    SyncStatus.INSUFFICIENT: (402, "Insufficient credits"),
+    SyncStatus.UNKNOWN_USER: (404, "User not registered"),
+}
+
+
+@dataclass(frozen=True)
+class CreditService:
+    engine: Engine
+    default_secret: str | None
+    clock: Callable[[], float]
+
+
+def _service(request: Request) -> CreditService:
+    service: CreditService = request.app.state.credits
+    return service
+
+
+async def _client(request: Request, service: CreditService) -> Client:
+    api_key = request.headers.get("x-api-key", "")
+    client = await run_in_threadpool(run_transaction, service.engine, lambda c: authenticate(c, api_key))
+    if not api_key or client is None:
+        raise ApiError(401, "Invalid API key")
+    structlog.contextvars.bind_contextvars(source=client.source)
+    return client
+
+
+def _telegram_id(request: Request) -> int:
+    text = request.path_params["telegram_id"]
+    if not text.isdigit() or not 0 < int(text) <= BIGINT_MAX:
+        raise ApiError(400, "telegram_id: must be a positive integer")
+    return int(text)
+
+
+def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
+    try:
+        verify_request(client, body, service.clock(), service.default_secret)
+    except SyncRefused as error:
+        raise ApiError(401, str(error)) from None
+    except SyncUnavailable as error:
+        raise ApiError(503, str(error)) from None
+
+
+def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
+    status, message = _ANSWERS[outcome.status]
+    data = outcome.data() if outcome.status is not SyncStatus.UNKNOWN_USER else None
+    return status, {"success": status == 200, "message": message, "data": data}
+
+
+async def _apply(service: CreditService, body: SyncBody) -> SyncOutcome:
+    def work(connection: Connection) -> SyncOutcome:
+        return apply_sync(connection, body, utc(service.clock()))
+
+    outcome: SyncOutcome = await run_in_threadpool(run_transaction, service.engine, work)
+    log.info("credit_sync", status=outcome.status.value, telegram_id=body.telegram_id, change=outcome.change)
+    return outcome
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await read_limited(request, BODY_LIMIT)
+    require_json(request)
+    try:
+        return parse_json_object(body)
+    except EnvelopeError as error:
+        raise ApiError(400, str(error)) from None
+
+
+async def sync(request: Request) -> Response:
+    structlog.contextvars.clear_contextvars()
+    service = _service(request)
+    client = await _client(request, service)
+    try:
+        body = parse_sync_body(await _json_body(request))
+    except EnvelopeError as error:
+        raise ApiError(400, str(error)) from None
+    _verified(client, body, service)
+    status, answer = _answer(await _apply(service, body))
+    return JSONResponse(answer, status_code=status)
+
+
+async def batch(request: Request) -> Response:
+    """Each item checked and applied on its own: one bad item fails alone."""
+    structlog.contextvars.clear_contextvars()
+    service = _service(request)
+    client = await _client(request, service)
+    items = (await _json_body(request)).get("items")
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "items: must be a non-empty list")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise ApiError(400, f"items: at most {MAX_BATCH_ITEMS} per batch")
+    results = []
+    for index, item in enumerate(items):
+        try:
+            body = parse_sync_body(item, f"items.{index}")
+            _verified(client, body, service)
+            status, answer = _answer(await _apply(service, body))
+        except (EnvelopeError, ApiError) as error:
+            status = error.status_code if isinstance(error, ApiError) else 400
+            answer = {"success": False, "message": str(error), "data": None}
+        results.append({"index": index, "status": status} | answer)
+    succeeded = sum(1 for r in results if r["success"])
+    data = {"success": succeeded, "failed": len(results) - succeeded, "results": results}
+    return JSONResponse(
+        {"success": True, "message": f"{succeeded} applied, {len(results) - succeeded} failed", "data": data}
+    )
+
+
+async def balance(request: Request) -> Response:
+    service = _service(request)
+    await _client(request, service)
+    telegram_id = _telegram_id(request)
+    found = await run_in_threadpool(run_transaction, service.engine, lambda c: balance_of(c, telegram_id))
+    if found is None:
+        raise ApiError(404, "User not registered")
+    return JSONResponse({"success": True, "message": "", "data": found})
+
+
+async def records(request: Request) -> Response:
+    service = _service(request)
+    await _client(request, service)
+    telegram_id = _telegram_id(request)
+    limit_text = request.query_params.get("limit", "20")
+    if not limit_text.isdigit() or int(limit_text) < 1:
+        raise ApiError(400, "limit: must be a positive integer")
+    found = await run_in_threadpool(
+        run_transaction, service.engine, lambda c: records_of(c, telegram_id, int(limit_text))
+    )
+    if found is None:
+        raise ApiError(404, "User not registered")
+    return JSONResponse({"success": True, "message": "", "data": {"telegram_id": telegram_id, "records": found}})

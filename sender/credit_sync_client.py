@@ -1,0 +1,166 @@
+"""Python SDK of the credit API (seeds 000/001); seed 001's snippets work after changing the import to
+``from sender.credit_sync_client import CreditSyncClient``.
+
+Every request is signed afresh (token over ``telegram_id:amount:source:timestamp``). Only idempotent
+requests are retried on network errors — those with a reference, and reads — because only for them can
+the server tell a retry from a second request.
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from schema.credit_sync import sync_token
+
+USER_AGENT = "creditrelay-credit-sdk/0.1"
+
+
+class CreditSyncError(Exception):
+    """A read could not be answered (network, authentication, server); the message says which."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    success: bool
+    message: str
+    data: dict[str, Any] | None = None
+    status_code: int | None = None
+
+    @property
+    def balance(self) -> int | None:
+        return None if self.data is None else self.data.get("balance")
+
+    @property
+    def duplicate(self) -> bool:
+        return bool(self.data and self.data.get("duplicate"))
+
+
+class CreditSyncClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        secret_key: str,
+        source: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.secret_key = secret_key
+        self.source = source
+        self.retries = retries
+        self.clock = clock
+        self.sleep = sleep
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"X-Api-Key": api_key, "User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "CreditSyncClient":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _signed(self, telegram_id: int, amount: int, reason: str, reference: str | None) -> dict[str, Any]:
+        timestamp = int(self.clock())
+        body: dict[str, Any] = {
+            "telegram_id": telegram_id,
+            "amount": amount,
+            "source": self.source,
+            "reason": reason,
+            "timestamp": timestamp,
+            "token": sync_token(self.secret_key, telegram_id, amount, self.source, timestamp),
+        }
+        if reference is not None:
+            body["external_reference"] = reference
+        return body
+
+    def _send(self, request: Callable[[], httpx.Response], idempotent: bool) -> httpx.Response:
+        retrying = Retrying(
+            retry=retry_if_exception_type(httpx.TransportError),
+            stop=stop_after_attempt(self.retries if idempotent else 1),
+            wait=wait_random_exponential(multiplier=0.2, max=5),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        return retrying(request)
+
+    @staticmethod
+    def _result(response: httpx.Response) -> SyncResult:
+        try:
+            answer = response.json()
+        except ValueError:
+            return SyncResult(False, f"HTTP {response.status_code}: {response.text[:200]}", None, response.status_code)
+        return SyncResult(
+            bool(answer.get("success")), str(answer.get("message", "")), answer.get("data"), response.status_code
+        )
+
+    def sync(self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
+        """Change the balance by ``amount`` (negative deducts), once per ``reference``."""
+
+        def post() -> httpx.Response:
+            return self.http.post("/api/credits/sync", json=self._signed(telegram_id, amount, reason, reference))
+
+        try:
+            return self._result(self._send(post, idempotent=reference is not None))
+        except httpx.TransportError as error:
+            return SyncResult(False, f"network error: {type(error).__name__}: {error}")
+
+    def add_credits(self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
+        if amount <= 0:
+            raise ValueError("add_credits takes a positive amount")
+        return self.sync(telegram_id, amount, reason, reference)
+
+    def deduct_credits(
+        self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None
+    ) -> SyncResult:
+        if amount <= 0:
+            raise ValueError("deduct_credits takes a positive amount (it is deducted)")
+        return self.sync(telegram_id, -amount, reason, reference)
+
+    def batch_sync(self, items: Sequence[dict[str, Any]]) -> SyncResult:
+        """Items ``{"telegram_id", "amount", "reason", "reference"?}``; ``.data`` has success/failed/results."""
+        references = [item.get("reference", item.get("external_reference")) for item in items]
+
+        def post() -> httpx.Response:
+            signed = [
+                self._signed(int(item["telegram_id"]), int(item["amount"]), str(item.get("reason", "")), reference)
+                for item, reference in zip(items, references, strict=True)
+            ]
+            return self.http.post("/api/credits/batch", json={"items": signed})
+
+        try:
+            return self._result(self._send(post, idempotent=all(r is not None for r in references)))
+        except httpx.TransportError as error:
+            return SyncResult(False, f"network error: {type(error).__name__}: {error}")
+
+    def _read(self, path: str, params: dict[str, int] | None = None) -> dict[str, Any] | None:
+        try:
+            response = self._send(lambda: self.http.get(path, params=params), idempotent=True)
+        except httpx.TransportError as error:
+            raise CreditSyncError(f"network error: {type(error).__name__}: {error}") from None
+        if response.status_code == 404:
+            return None
+        result = self._result(response)
+        if not result.success or result.data is None:
+            raise CreditSyncError(f"HTTP {response.status_code}: {result.message}")
+        return result.data
+
+    def get_balance(self, telegram_id: int) -> dict[str, Any] | None:
+        """``{"telegram_id", "credits", "nickname"}``, or None when the user is not registered."""
+        return self._read(f"/api/credits/balance/{telegram_id}")
+
+    def get_records(self, telegram_id: int, limit: int = 20) -> dict[str, Any] | None:
+        """`{"telegram_id", "records": [{"change", "reason", "balance", "source", "created_at", …}]}`, newest first."""
+        return self._read(f"/api/credits/records/{telegram_id}", {"limit": limit})

@@ -1,0 +1,60 @@
+"""Credit API helpers for the tests: a registered client, a Telegram user, tokens signed with stdlib hmac."""
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from billing.accounts import NewUser, create_user
+from billing.clients import add_client
+from billing.database import run_transaction
+from schema.database import utc
+
+TELEGRAM_ID = 123456789
+
+
+@dataclass(frozen=True)
+class Credentials:
+    source: str
+    api_key: str
+    secret: str
+
+
+def register_client(engine: Engine, source: str = "media_bot") -> Credentials:
+    made = run_transaction(engine, lambda c: add_client(c, source, utc(time.time())))
+    return Credentials(made["source"], made["api_key"], made["secret"])
+
+
+def add_telegram_user(engine: Engine, telegram_id: int = TELEGRAM_ID, credits: int = 0, name: str = "Li Lei") -> int:
+    def work(connection: Connection) -> int:
+        new = NewUser(f"tg{telegram_id}@example.com", name, telegram_id, credits)
+        return int(create_user(connection, new, utc(time.time()))["id"])
+
+    return run_transaction(engine, work)
+
+
+def signed(
+    creds: Credentials,
+    amount: int,
+    telegram_id: int = TELEGRAM_ID,
+    reference: str | None = None,
+    *,
+    at: float | None = None,
+    reason: str = "test",
+) -> dict[str, Any]:
+    timestamp = int(time.time() if at is None else at)
+    message = f"{telegram_id}:{amount}:{creds.source}:{timestamp}"
+    body: dict[str, Any] = {
+        "telegram_id": telegram_id,
+        "amount": amount,
+        "source": creds.source,
+        "reason": reason,
+        "timestamp": timestamp,
+        "token": hmac.new(creds.secret.encode(), message.encode(), hashlib.sha256).hexdigest(),
+    }
+    if reference is not None:
+        body["external_reference"] = reference
+    return body
