@@ -1,15 +1,17 @@
 """Webhook deliveries: record each event id once in ``webhook_logs`` and bill the usage it carries.
 
-A delivery's fate is decided by constraints: the log row is inserted with ``ON CONFLICT DO NOTHING`` /
-``INSERT IGNORE`` in a transient ``received`` state, then read back. A row still ``received`` is this
-transaction's own (every committed row has a final state; an insert that meets another transaction's
-uncommitted row waits for it, and READ COMMITTED reads then see its commit). A ``failed`` row with the
-same body is retried (a key may have been linked since), anything else is a duplicate, or a conflict
-when the body differs. Money is guarded one level down: usage goes through ``ledger.apply_usage``, whose
-usage key is charged only by the transaction whose insert wrote it.
+Constraints decide every fate. The usual path reads the batch's log rows, bills the new (and previously
+failed) events, and inserts each new log row once with its final status — ``ON CONFLICT DO NOTHING`` /
+``INSERT IGNORE``, counting the rows written. When that count is short, a concurrent delivery of one of
+these event ids got in first: the work is rolled back to a savepoint and redone claim-first — log rows
+inserted as ``received`` before billing, so a row still ``received`` is this transaction's own (committed
+rows always carry a final state; an insert that meets another's uncommitted row waits for it, and READ
+COMMITTED reads then see its commit). A stored row with the same body is a duplicate (or, when
+``failed``, retried: a key may have been linked since), with another body a conflict. Money is guarded one
+level down: ``ledger.apply_usage`` charges a usage key only in the transaction whose insert wrote it.
 
-The read back is deliberately not ``FOR UPDATE``: the insert already holds a shared lock on a duplicate
-row, and 40 racing deliveries upgrading it to exclusive deadlock each other.
+Reads are never ``FOR UPDATE``: an insert already holds a shared lock on a duplicate row, and 40 racing
+deliveries upgrading it to exclusive deadlock each other.
 """
 
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from billing.ledger import Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
-from schema.database import utc
+from schema.database import execute_many, fetch_in, utc
 from schema.tables import webhook_logs
 from schema.wire import Event
 
@@ -64,24 +66,30 @@ def usage_of(event: Event) -> Usage:
     )
 
 
-def _log_row(event: Event, now: datetime) -> dict[str, Any]:
+def _log_row(event: Event, now: datetime, outcome: DeliveryOutcome | None = None) -> dict[str, Any]:
     return {
         "eventId": event.event_id,
         "eventType": event.event_type,
         "payload": event.payload,
         "payloadHash": event.payload_hash,
-        "status": RECEIVED,
+        "status": RECEIVED if outcome is None else _FINAL.get(outcome.status, PROCESSED),
+        "errorMsg": None if outcome is None else outcome.error,
+        "processedAt": None if outcome is None else now,
         "createdAt": now,
     }
 
 
-def _claim(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, tuple[str, str]]:
-    """Insert the log rows that are new, then read every row of the batch; eventId -> (hash, status)."""
-    insert_new(connection, webhook_logs, [_log_row(e, now) for e in events], "eventId")
-    query = sa.select(webhook_logs.c.eventId, webhook_logs.c.payloadHash, webhook_logs.c.status).where(
-        webhook_logs.c.eventId.in_([e.event_id for e in events])
+def _read(connection: Connection, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """eventId -> (payloadHash, status) of the batch's rows that exist."""
+    rows = fetch_in(
+        connection,
+        "read_logs",
+        lambda ids: sa.select(webhook_logs.c.eventId, webhook_logs.c.payloadHash, webhook_logs.c.status).where(
+            webhook_logs.c.eventId.in_(ids)
+        ),
+        list(event_ids),
     )
-    return {event_id: (digest, status) for event_id, digest, status in connection.execute(query)}
+    return {event_id: (digest, status) for event_id, digest, status in rows}
 
 
 def _from_usage(event: Event, outcome: UsageOutcome) -> DeliveryOutcome:
@@ -93,20 +101,75 @@ def _from_usage(event: Event, outcome: UsageOutcome) -> DeliveryOutcome:
     return DeliveryOutcome(event.event_id, status, None, outcome.user_id, outcome.balance)
 
 
+def _decide(
+    connection: Connection, events: Sequence[Event], stored: dict[str, tuple[str, str]], now: datetime
+) -> dict[str, DeliveryOutcome]:
+    """Each event's outcome given its stored log row (absent: new); bills what is to be billed."""
+    verdicts: dict[str, DeliveryOutcome] = {}
+    to_bill: list[Event] = []
+    for event in events:
+        digest, status = stored.get(event.event_id, (event.payload_hash, RECEIVED))
+        if digest != event.payload_hash:
+            verdicts[event.event_id] = DeliveryOutcome(
+                event.event_id, DeliveryStatus.CONFLICT, "eventId already received with another body"
+            )
+        elif status not in (RECEIVED, FAILED):
+            verdicts[event.event_id] = DeliveryOutcome(event.event_id, DeliveryStatus.DUPLICATE)
+        elif event.usage is None:
+            verdicts[event.event_id] = DeliveryOutcome(event.event_id, DeliveryStatus.IGNORED)
+        else:
+            to_bill.append(event)
+    for event, outcome in zip(to_bill, apply_usage(connection, [usage_of(e) for e in to_bill], now), strict=True):
+        verdicts[event.event_id] = _from_usage(event, outcome)
+    return verdicts
+
+
+class _Raced(Exception):
+    """A concurrent transaction wrote a log row this batch took for new."""
+
+
+def _optimistic(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
+    """Read the batch's log rows, bill, then write each new log row once, with its final status.
+
+    The insert decides: if it writes fewer rows than were new when read, another delivery of one of these
+    events got in between, and the caller rolls this back and takes the claim-first path.
+    """
+    stored = _read(connection, [e.event_id for e in events])
+    verdicts = _decide(connection, events, stored, now)
+    new = [_log_row(e, now, verdicts[e.event_id]) for e in events if e.event_id not in stored]
+    if len(insert_new(connection, webhook_logs, new, "eventId")) != len(new):
+        raise _Raced
+    _finish(connection, [verdicts[e.event_id] for e in events if stored.get(e.event_id, ("", ""))[1] == FAILED], now)
+    return verdicts
+
+
+def _claim_first(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
+    """Insert the new log rows as ``received`` first, then decide and bill, then write the final states."""
+    insert_new(connection, webhook_logs, [_log_row(e, now) for e in events], "eventId")
+    stored = _read(connection, [e.event_id for e in events])
+    verdicts = _decide(connection, events, stored, now)
+    _finish(connection, [verdicts[e.event_id] for e in events if stored[e.event_id][1] in (RECEIVED, FAILED)], now)
+    return verdicts
+
+
 def _finish(connection: Connection, outcomes: Sequence[DeliveryOutcome], now: datetime) -> None:
-    if not outcomes:
-        return
-    final = {DeliveryStatus.UNBILLABLE: FAILED, DeliveryStatus.IGNORED: IGNORED}
-    statement = (
-        webhook_logs.update()
-        .where(webhook_logs.c.eventId == sa.bindparam("event_id"))
-        .values(status=sa.bindparam("new_status"), errorMsg=sa.bindparam("error"), processedAt=now)
-    )
     rows = [
-        {"event_id": o.event_id, "new_status": final.get(o.status, PROCESSED), "error": o.error}
+        {"new_status": _FINAL.get(o.status, PROCESSED), "error": o.error, "now": now, "event_id": o.event_id}
         for o in sorted(outcomes, key=lambda o: o.event_id)
     ]
-    connection.execute(statement, rows)
+    execute_many(connection, "finish_logs", lambda _: _FINISH, rows)
+
+
+_FINAL = {DeliveryStatus.UNBILLABLE: FAILED, DeliveryStatus.IGNORED: IGNORED}
+_FINISH = (
+    webhook_logs.update()
+    .where(webhook_logs.c.eventId == sa.bindparam("event_id"))
+    .values(
+        status=sa.bindparam("new_status"),
+        errorMsg=sa.bindparam("error"),
+        processedAt=sa.bindparam("now", type_=webhook_logs.c.processedAt.type),
+    )
+)
 
 
 def _repeat(first: DeliveryOutcome, same_body: bool) -> DeliveryOutcome:
@@ -124,29 +187,13 @@ def record_deliveries(connection: Connection, events: Sequence[Event], now: date
     for index, event in enumerate(events):
         first.setdefault(event.event_id, index)
     unique = sorted((events[i] for i in first.values()), key=lambda e: e.event_id)
-    stored = _claim(connection, unique, now) if unique else {}
-
-    verdicts: dict[str, DeliveryOutcome] = {}
-    to_bill: list[Event] = []
-    settled: list[DeliveryOutcome] = []
-    for event in unique:
-        digest, status = stored[event.event_id]
-        if digest != event.payload_hash:
-            verdicts[event.event_id] = DeliveryOutcome(
-                event.event_id, DeliveryStatus.CONFLICT, "eventId already received with another body"
-            )
-        elif status not in (RECEIVED, FAILED):
-            verdicts[event.event_id] = DeliveryOutcome(event.event_id, DeliveryStatus.DUPLICATE)
-        elif event.usage is None:
-            ignored = DeliveryOutcome(event.event_id, DeliveryStatus.IGNORED)
-            verdicts[event.event_id] = ignored
-            settled.append(ignored)
-        else:
-            to_bill.append(event)
-    for event, outcome in zip(to_bill, apply_usage(connection, [usage_of(e) for e in to_bill], now), strict=True):
-        verdicts[event.event_id] = _from_usage(event, outcome)
-        settled.append(verdicts[event.event_id])
-    _finish(connection, settled, now)
+    savepoint = connection.begin_nested()
+    try:
+        verdicts = _optimistic(connection, unique, now)
+        savepoint.commit()
+    except _Raced:
+        savepoint.rollback()
+        verdicts = _claim_first(connection, unique, now)
 
     results = []
     for index, event in enumerate(events):

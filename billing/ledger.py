@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.database import insert_ignoring_duplicates
+from schema.database import execute_many, fetch_in, insert_ignoring_duplicates, placeholders, run_cached
 from schema.tables import api_keys, credit_transactions, usage_records, users
 
 
@@ -93,26 +93,26 @@ class CreditOutcome:
 
 def key_owners(connection: Connection, remote_key_ids: Iterable[str]) -> dict[str, int]:
     """The user behind each known gateway key."""
-    wanted = sorted(set(remote_key_ids))
-    if not wanted:
-        return {}
-    rows = connection.execute(
-        sa.select(api_keys.c.remoteKeyId, api_keys.c.userId).where(api_keys.c.remoteKeyId.in_(wanted))
+    rows = fetch_in(
+        connection,
+        "key_owners",
+        lambda keys: sa.select(api_keys.c.remoteKeyId, api_keys.c.userId).where(api_keys.c.remoteKeyId.in_(keys)),
+        sorted(set(remote_key_ids)),
     )
     return {key: user for key, user in rows}
 
 
 def lock_balances(connection: Connection, user_ids: Collection[int]) -> dict[int, int]:
     """Lock the users' rows in id order (the one order every transaction uses) and read their balances."""
-    if not user_ids:
-        return {}
-    query = (
-        sa.select(users.c.id, users.c.balance)
-        .where(users.c.id.in_(sorted(user_ids)))
-        .order_by(users.c.id)
-        .with_for_update()
+    rows = fetch_in(
+        connection,
+        "lock_balances",
+        lambda ids: (
+            sa.select(users.c.id, users.c.balance).where(users.c.id.in_(ids)).order_by(users.c.id).with_for_update()
+        ),
+        sorted(user_ids),
     )
-    return {user_id: balance for user_id, balance in connection.execute(query)}
+    return {user_id: balance for user_id, balance in rows}
 
 
 def insert_new(connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
@@ -123,24 +123,44 @@ def insert_new(connection: Connection, table: sa.Table, rows: Sequence[dict[str,
     """
     if not rows:
         return set()
-    statement = insert_ignoring_duplicates(table, connection.dialect.name)
+
+    def build(dialect: str) -> sa.Insert:
+        return insert_ignoring_duplicates(table, dialect)
+
+    cache_key = ("insert_new", table.name)
     savepoint = connection.begin_nested()
-    if connection.execute(statement, list(rows)).rowcount == len(rows):
+    if execute_many(connection, cache_key, build, rows) == len(rows):
         savepoint.commit()
         return {row[key] for row in rows}
     savepoint.rollback()
-    return {row[key] for row in rows if connection.execute(statement, row).rowcount == 1}
+    return {row[key] for row in rows if execute_many(connection, cache_key, build, [row]) == 1}
 
 
 def set_balances(connection: Connection, balances: Mapping[int, int], now: datetime) -> None:
+    """Write new balances in one statement (``CASE id WHEN … THEN …``), users in id order."""
     if not balances:
         return
-    statement = (
-        users.update()
-        .where(users.c.id == sa.bindparam("user_id"))
-        .values(balance=sa.bindparam("new_balance"), updatedAt=now)
-    )
-    connection.execute(statement, [{"user_id": u, "new_balance": b} for u, b in sorted(balances.items())])
+    ids = sorted(balances)
+
+    def build() -> sa.Update:
+        new = sa.case(
+            {
+                sa.bindparam(f"u{i}", type_=sa.BigInteger): sa.bindparam(f"b{i}", type_=sa.BigInteger)
+                for i in range(len(ids))
+            },
+            value=users.c.id,
+        )
+        ids_in = users.c.id.in_(placeholders("w", len(ids)))
+        return (
+            users.update()
+            .where(ids_in)
+            .values(balance=new, updatedAt=sa.bindparam("now", type_=users.c.updatedAt.type))
+        )
+
+    params: dict[str, Any] = {"now": now}
+    for i, user_id in enumerate(ids):
+        params |= {f"u{i}": user_id, f"b{i}": balances[user_id], f"w{i}": user_id}
+    run_cached(connection, ("set_balances", len(ids)), build, params)
 
 
 def _usage_row(usage: Usage, user_id: int, now: datetime) -> dict[str, Any]:
@@ -162,12 +182,13 @@ def _usage_row(usage: Usage, user_id: int, now: datetime) -> dict[str, Any]:
 
 
 def _record_ids(connection: Connection, usage_keys: Collection[str]) -> dict[str, int]:
-    if not usage_keys:
-        return {}
-    query = sa.select(usage_records.c.usageKey, usage_records.c.id).where(
-        usage_records.c.usageKey.in_(sorted(usage_keys))
+    rows = fetch_in(
+        connection,
+        "record_ids",
+        lambda keys: sa.select(usage_records.c.usageKey, usage_records.c.id).where(usage_records.c.usageKey.in_(keys)),
+        sorted(usage_keys),
     )
-    return {key: record_id for key, record_id in connection.execute(query)}
+    return {key: record_id for key, record_id in rows}
 
 
 def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) -> list[UsageOutcome]:
@@ -211,8 +232,7 @@ def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) 
             }
         )
         outcomes.append(UsageOutcome(UsageStatus.CHARGED, user_id, balances[user_id]))
-    if transactions:
-        connection.execute(credit_transactions.insert(), transactions)
+    execute_many(connection, "usage_transactions", lambda _: credit_transactions.insert(), transactions)
     set_balances(connection, changed, now)
     return outcomes
 
