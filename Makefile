@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run test lint typecheck pytest bench clean
 
 NODE_EXAMPLES := tests/seed_examples/node_modules/.package-lock.json
 
@@ -34,6 +34,11 @@ pytest: install
 	$(VENV)/bin/pytest -n 2 -q
 
 test: lint typecheck pytest
+
+# Throughput against the bare Starlette ceiling, SQLite and MySQL (prints figures; asserts no timing)
+bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -23,8 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.ledger import Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
-from schema.database import execute_many, fetch_in, utc
+from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
+from schema.database import execute_many, fetch_in, savepoint, utc
 from schema.tables import webhook_logs
 from schema.wire import Event
 
@@ -102,14 +102,21 @@ def _from_usage(event: Event, outcome: UsageOutcome) -> DeliveryOutcome:
 
 
 def _decide(
-    connection: Connection, events: Sequence[Event], stored: dict[str, tuple[str, str]], now: datetime
+    connection: Connection,
+    events: Sequence[Event],
+    stored: dict[str, tuple[str, str]],
+    now: datetime,
+    *,
+    strict: bool = False,
 ) -> dict[str, DeliveryOutcome]:
     """Each event's outcome given its stored log row (absent: new); bills what is to be billed."""
     verdicts: dict[str, DeliveryOutcome] = {}
     to_bill: list[Event] = []
+    differing = [e for e in events if stored.get(e.event_id, (e.payload_hash, ""))[0] != e.payload_hash]
+    same = _same_events(connection, differing)
     for event in events:
         digest, status = stored.get(event.event_id, (event.payload_hash, RECEIVED))
-        if digest != event.payload_hash:
+        if digest != event.payload_hash and event.event_id not in same:
             verdicts[event.event_id] = DeliveryOutcome(
                 event.event_id, DeliveryStatus.CONFLICT, "eventId already received with another body"
             )
@@ -119,26 +126,38 @@ def _decide(
             verdicts[event.event_id] = DeliveryOutcome(event.event_id, DeliveryStatus.IGNORED)
         else:
             to_bill.append(event)
-    for event, outcome in zip(to_bill, apply_usage(connection, [usage_of(e) for e in to_bill], now), strict=True):
+    outcomes = apply_usage(connection, [usage_of(e) for e in to_bill], now, strict=strict)
+    for event, outcome in zip(to_bill, outcomes, strict=True):
         verdicts[event.event_id] = _from_usage(event, outcome)
     return verdicts
 
 
-class _Raced(Exception):
-    """A concurrent transaction wrote a log row this batch took for new."""
+def _same_events(connection: Connection, events: Sequence[Event]) -> set[str]:
+    """Of events whose bytes differ from the stored delivery, those that are the same JSON document."""
+    if not events:
+        return set()
+    rows = fetch_in(
+        connection,
+        "stored_payloads",
+        lambda ids: sa.select(webhook_logs.c.eventId, webhook_logs.c.payload).where(webhook_logs.c.eventId.in_(ids)),
+        [e.event_id for e in events],
+    )
+    stored = dict(rows)
+    return {e.event_id for e in events if e.event_id in stored and e.same_as(stored[e.event_id])}
 
 
 def _optimistic(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
     """Read the batch's log rows, bill, then write each new log row once, with its final status.
 
-    The insert decides: if it writes fewer rows than were new when read, another delivery of one of these
-    events got in between, and the caller rolls this back and takes the claim-first path.
+    The inserts decide: if the log insert writes fewer rows than were new when read (another delivery of
+    one of these events got in between), or the usage insert finds a usage charged before (a gateway
+    re-sending under a new event id), ``Shortfall`` sends the caller back to its savepoint and the
+    claim-first path, which sorts out every row.
     """
     stored = _read(connection, [e.event_id for e in events])
-    verdicts = _decide(connection, events, stored, now)
+    verdicts = _decide(connection, events, stored, now, strict=True)
     new = [_log_row(e, now, verdicts[e.event_id]) for e in events if e.event_id not in stored]
-    if len(insert_new(connection, webhook_logs, new, "eventId")) != len(new):
-        raise _Raced
+    insert_new(connection, webhook_logs, new, "eventId", strict=True)
     _finish(connection, [verdicts[e.event_id] for e in events if stored.get(e.event_id, ("", ""))[1] == FAILED], now)
     return verdicts
 
@@ -187,13 +206,12 @@ def record_deliveries(connection: Connection, events: Sequence[Event], now: date
     for index, event in enumerate(events):
         first.setdefault(event.event_id, index)
     unique = sorted((events[i] for i in first.values()), key=lambda e: e.event_id)
-    savepoint = connection.begin_nested()
-    try:
-        verdicts = _optimistic(connection, unique, now)
-        savepoint.commit()
-    except _Raced:
-        savepoint.rollback()
-        verdicts = _claim_first(connection, unique, now)
+    with savepoint(connection, "deliveries") as rollback:
+        try:
+            verdicts = _optimistic(connection, unique, now)
+        except Shortfall:
+            rollback()
+            verdicts = _claim_first(connection, unique, now)
 
     results = []
     for index, event in enumerate(events):
@@ -201,5 +219,7 @@ def record_deliveries(connection: Connection, events: Sequence[Event], now: date
         if first[event.event_id] == index:
             results.append(verdict)
         else:
-            results.append(_repeat(verdict, event.payload_hash == events[first[event.event_id]].payload_hash))
+            earlier = events[first[event.event_id]]
+            same = event.payload_hash == earlier.payload_hash or event.same_as(earlier.payload)
+            results.append(_repeat(verdict, same))
     return results

@@ -20,7 +20,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.database import execute_many, fetch_in, insert_ignoring_duplicates, placeholders, run_cached
+from schema.database import (
+    execute_many,
+    fetch_in,
+    insert_ignoring_duplicates,
+    padded,
+    placeholders,
+    run_cached,
+    savepoint,
+)
 from schema.tables import api_keys, credit_transactions, usage_records, users
 
 
@@ -39,6 +47,10 @@ class CreditStatus(StrEnum):
 
 class UnknownUser(LookupError):
     """No user has that id."""
+
+
+class Shortfall(Exception):
+    """A strict insert wrote fewer rows than it was given: some keys already existed."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +127,14 @@ def lock_balances(connection: Connection, user_ids: Collection[int]) -> dict[int
     return {user_id: balance for user_id, balance in rows}
 
 
-def insert_new(connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
+def insert_new(
+    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str, *, strict: bool = False
+) -> set[Any]:
     """Insert ``rows`` skipping those whose unique ``key`` exists; return the keys actually inserted.
 
-    One multi-row statement first; when it wrote fewer rows than given, it is rolled back to a savepoint
-    and the rows are inserted one by one, each statement's row count telling whether that row was new.
+    One multi-row statement first. When it wrote fewer rows than given, a ``strict`` insert raises
+    ``Shortfall`` (its caller rolls back further up); otherwise it is rolled back to a savepoint and the rows
+    are inserted one by one, each statement's row count telling whether that row was new.
     """
     if not rows:
         return set()
@@ -128,11 +143,14 @@ def insert_new(connection: Connection, table: sa.Table, rows: Sequence[dict[str,
         return insert_ignoring_duplicates(table, dialect)
 
     cache_key = ("insert_new", table.name)
-    savepoint = connection.begin_nested()
-    if execute_many(connection, cache_key, build, rows) == len(rows):
-        savepoint.commit()
+    if strict:
+        if execute_many(connection, cache_key, build, rows) != len(rows):
+            raise Shortfall(table.name)
         return {row[key] for row in rows}
-    savepoint.rollback()
+    with savepoint(connection, "insert_new") as rollback:
+        if execute_many(connection, cache_key, build, rows) == len(rows):
+            return {row[key] for row in rows}
+        rollback()
     return {row[key] for row in rows if execute_many(connection, cache_key, build, [row]) == 1}
 
 
@@ -140,7 +158,7 @@ def set_balances(connection: Connection, balances: Mapping[int, int], now: datet
     """Write new balances in one statement (``CASE id WHEN … THEN …``), users in id order."""
     if not balances:
         return
-    ids = sorted(balances)
+    ids = padded(sorted(balances))  # a repeated user id repeats the same CASE arm
 
     def build() -> sa.Update:
         new = sa.case(
@@ -191,8 +209,14 @@ def _record_ids(connection: Connection, usage_keys: Collection[str]) -> dict[str
     return {key: record_id for key, record_id in rows}
 
 
-def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) -> list[UsageOutcome]:
-    """Charge each usage once: one outcome per usage, in order, inside the caller's transaction."""
+def apply_usage(
+    connection: Connection, usages: Sequence[Usage], now: datetime, *, strict: bool = False
+) -> list[UsageOutcome]:
+    """Charge each usage once: one outcome per usage, in order, inside the caller's transaction.
+
+    ``strict``: raise ``Shortfall`` instead of sorting out usages charged before (the caller retries the
+    batch on its slower path).
+    """
     owners = key_owners(connection, (u.remote_key_id for u in usages))
     candidates: dict[str, int] = {}  # usage key -> index of its first billable usage in this batch
     for index, usage in enumerate(usages):
@@ -202,7 +226,7 @@ def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) 
     new_rows = [
         _usage_row(usages[index], owners[usages[index].remote_key_id], now) for _, index in sorted(candidates.items())
     ]
-    inserted = insert_new(connection, usage_records, new_rows, "usageKey")
+    inserted = insert_new(connection, usage_records, new_rows, "usageKey", strict=strict)
     record_ids = _record_ids(connection, inserted)
 
     outcomes: list[UsageOutcome] = []
@@ -257,14 +281,12 @@ def apply_credit(connection: Connection, change: CreditChange, now: datetime) ->
         "source": change.source,
         "createdAt": now,
     }
-    savepoint = connection.begin_nested()
-    if not insert_new(connection, credit_transactions, [row], "reference"):
-        savepoint.commit()
-        return _repeated_credit(connection, change, balance)
-    if new_balance < 0 and not change.allow_overdraft:
-        savepoint.rollback()
-        return CreditOutcome(CreditStatus.INSUFFICIENT, balance, 0)
-    savepoint.commit()
+    with savepoint(connection, "apply_credit") as rollback:
+        if not insert_new(connection, credit_transactions, [row], "reference"):
+            return _repeated_credit(connection, change, balance)
+        if new_balance < 0 and not change.allow_overdraft:
+            rollback()
+            return CreditOutcome(CreditStatus.INSUFFICIENT, balance, 0)
     set_balances(connection, {change.user_id: new_balance}, now)
     transaction_id = connection.execute(
         sa.select(credit_transactions.c.id).where(credit_transactions.c.reference == change.reference)

@@ -6,6 +6,7 @@ or an account command starts quickly.
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,7 +58,7 @@ def asgi_app() -> "Starlette":
     from receiver.app import create_app
 
     settings = load_settings()
-    configure_logging()
+    configure_logging(os.environ.get("LOG_LEVEL", "info"))
     poller = billing_cli.make_poller(settings) if settings.polling_enabled and settings.poll_interval else None
     return create_app(settings, make_engine(settings.database_url), poller=poller)
 
@@ -177,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()  # JSON lines on stderr: stdout carries only the command's answer
     try:
+        configure_logging(os.environ.get("LOG_LEVEL", "info"))  # JSON lines on stderr; stdout is the answer
         settings = load_settings()
         handler: Handler = args.handler
         return handler(args, settings)

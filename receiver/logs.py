@@ -5,8 +5,14 @@ import sys
 
 import structlog
 
+from schema.settings import SettingsError
+
+LEVELS = ("debug", "info", "warning", "error")
+
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
+    if level.lower() not in LEVELS:
+        raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LEVELS)}")
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )

@@ -65,7 +65,8 @@ async def receive_event(request: Request) -> Response:
         raise ApiError(400, str(error)) from None
     structlog.contextvars.bind_contextvars(event_id=event.event_id)
     outcome = await service.ingestor.ingest(event)
-    log.info("webhook_event", status=outcome.status.value, user_id=outcome.user_id, balance=outcome.balance)
+    routine = outcome.status in (DeliveryStatus.CHARGED, DeliveryStatus.DUPLICATE)
+    (log.debug if routine else log.info)("webhook_event", status=outcome.status.value, user_id=outcome.user_id)
     return render_outcome(outcome)
 
 

@@ -8,8 +8,10 @@ the latest commit), UTC sessions, utf8mb4, stale pooled connections replaced.
 Billing's ledger and the sender's outbox both use these engines.
 """
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,48 @@ def _processor(kind: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> _Processo
     return kind.dialect_impl(dialect).bind_processor(dialect)
 
 
+def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+    """Execute on the connection's DBAPI cursor, inside its current transaction; driver errors come out as
+    SQLAlchemy's exception types (so retries and 503s work as for any statement), and a connection the
+    driver reports as broken is invalidated rather than returned to the pool."""
+    dialect = connection.dialect
+    raw = connection.connection
+    cursor = raw.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
+    except dialect.loaded_dbapi.Error as error:
+        broken = dialect.is_disconnect(error, raw.dbapi_connection, cursor)
+        if broken:
+            connection.invalidate(error)
+        raise sa.exc.DBAPIError.instance(
+            sql, params, error, dialect.loaded_dbapi.Error, connection_invalidated=broken, dialect=dialect
+        ) from error
+    return cursor
+
+
+@contextmanager
+def savepoint(connection: Connection, name: str) -> Iterator[Callable[[], None]]:
+    """A savepoint inside the current transaction; call the yielded function to roll back to it.
+
+    Plain SQL on the driver's cursor: SQLAlchemy's ``begin_nested`` costs ~0.25 ms per pair here, more
+    than the statements it protects on the hot path.
+    """
+    _run(connection, f"SAVEPOINT {name}", ())
+    rolled_back = False
+
+    def rollback() -> None:
+        nonlocal rolled_back
+        _run(connection, f"ROLLBACK TO SAVEPOINT {name}", ())
+        rolled_back = True
+
+    yield rollback
+    if not rolled_back:
+        _run(connection, f"RELEASE SAVEPOINT {name}", ())
+
+
 def execute_many(
     connection: Connection,
     cache_key: Hashable,
@@ -128,29 +172,38 @@ def execute_many(
         entry = _compiled[key] = _compile(build(dialect.name), dialect, list(rows[0]))
     sql, positional, params = entry
     converted = _convert(rows, positional, params)
-    return int(connection.exec_driver_sql(sql, converted if len(converted) > 1 else converted[0]).rowcount)
+    return int(_run(connection, sql, converted, many=True).rowcount)
 
 
 def _convert(rows: Sequence[Mapping[str, Any]], positional: bool, params: list[tuple[str, _Processor]]) -> list[Any]:
-    """Rows as the driver wants them; a value repeated across rows (a batch's ``now``) is processed once."""
-    memo: dict[tuple[str, Any], Any] = {}
-
-    def value(name: str, process: _Processor, raw: Any) -> Any:
-        if raw is None or process is None:
-            return raw
-        key = (name, raw)
-        if key not in memo:
-            memo[key] = process(raw)
-        return memo[key]
-
+    """Rows as the driver wants them. Plain values are taken with ``itemgetter`` (C speed); values with a
+    processor are processed once per distinct value in the batch (a batch's ``now`` is formatted once)."""
+    names = [name for name, _ in params]
+    processed = [(index, process) for index, (_, process) in enumerate(params) if process is not None]
+    take = itemgetter(*names)
+    tuples = [take(row) for row in rows] if len(names) > 1 else [(row[names[0]],) for row in rows]
+    if processed:
+        memo: dict[tuple[int, Any], Any] = {}
+        converted = []
+        for values in tuples:
+            mutable = list(values)
+            for index, process in processed:
+                raw = mutable[index]
+                if raw is not None:
+                    key = (index, raw)
+                    if key not in memo:
+                        memo[key] = process(raw)
+                    mutable[index] = memo[key]
+            converted.append(tuple(mutable))
+        tuples = converted
     if positional:
-        return [tuple(value(name, process, row[name]) for name, process in params) for row in rows]
-    return [{name: value(name, process, row[name]) for name, process in params} for row in rows]
+        return tuples
+    return [dict(zip(names, values, strict=True)) for values in tuples]
 
 
 def run_cached(
     connection: Connection, cache_key: Hashable, build: Callable[[], sa.ClauseElement], params: Mapping[str, Any]
-) -> sa.CursorResult[Any]:
+) -> Any:
     """Run ``build()`` with ``params``; compiled once per dialect and ``cache_key``, executed by the driver."""
     key = (cache_key, connection.dialect.name)
     entry = _compiled.get(key)
@@ -158,11 +211,18 @@ def run_cached(
         entry = _compiled[key] = _compile(build(), connection.dialect, [])
     sql, positional, processors = entry
     [converted] = _convert([params], positional, processors)
-    return connection.exec_driver_sql(sql, converted)
+    return _run(connection, sql, converted)
 
 
 def placeholders(prefix: str, count: int) -> list[sa.BindParameter[Any]]:
     return [sa.bindparam(f"{prefix}{i}") for i in range(count)]
+
+
+def padded(values: Sequence[Any]) -> list[Any]:
+    """``values`` repeated at the end up to the next power of two: the statements that take a list are
+    compiled for a handful of lengths instead of one per batch size (a repeated IN value changes nothing)."""
+    size = 1 << max(len(values) - 1, 0).bit_length()
+    return [*values, *[values[-1]] * (size - len(values))]
 
 
 def fetch_in(
@@ -178,5 +238,7 @@ def fetch_in(
     """
     if not values:
         return []
+    values = padded(values)
     params = {f"v{i}": v for i, v in enumerate(values)}
-    return list(run_cached(connection, (cache_key, len(values)), lambda: build(placeholders("v", len(values))), params))
+    cursor = run_cached(connection, (cache_key, len(values)), lambda: build(placeholders("v", len(values))), params)
+    return list(cursor.fetchall())

@@ -51,7 +51,7 @@ class UsageData(BaseModel):
 
 @dataclass(frozen=True)
 class Event:
-    """A parsed event with the exact text it arrived as and a hash of its canonical form."""
+    """A parsed event with the exact text it arrived as and the SHA-256 of those bytes."""
 
     event_id: str
     event_type: str
@@ -59,6 +59,16 @@ class Event:
     usage: UsageData | None
     payload: str
     payload_hash: str
+    document: dict[str, Any]
+
+    def same_as(self, payload: str) -> bool:
+        """Whether ``payload`` (an earlier delivery's text) is this event: equal canonical JSON, so a
+        re-serialised body (other key order, other white space) is the same event."""
+        try:
+            earlier = parse_json(payload.encode())
+        except EnvelopeError:
+            return False
+        return canonical_hash(earlier) == canonical_hash(self.document)
 
     @property
     def usage_key(self) -> str:
@@ -150,5 +160,6 @@ def parse_event(body: bytes) -> Event:
         timestamp=envelope.timestamp,
         usage=usage,
         payload=body.decode("utf-8"),
-        payload_hash=canonical_hash(document),
+        payload_hash=hashlib.sha256(body).hexdigest(),
+        document=document,
     )

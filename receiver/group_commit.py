@@ -1,0 +1,87 @@
+"""Group commit: the events of concurrent requests share one transaction, and each request still gets
+its own outcome, after the commit.
+
+Requests put their verified, parsed events on a queue; a writer takes whatever is waiting (at most
+``max_batch``; under no load that is one event, so nobody waits for a batch to fill), applies it through
+billing's batch-first ``record_deliveries`` in one transaction on a thread of its own — never on the
+event loop — and resolves each request's future. A batch the database refuses is retried one event at a
+time, so a poison event fails alone; when the database is unreachable every event of the batch gets
+``DatabaseUnavailable`` (503) and nothing of it was committed.
+"""
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from billing.database import DatabaseUnavailable
+from billing.deliveries import DeliveryOutcome
+from schema.wire import Event
+
+log = structlog.get_logger()
+Outcome = DeliveryOutcome | Exception
+Pending = tuple[Event, "asyncio.Future[DeliveryOutcome]"]
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        apply_batch: Callable[[Sequence[Event]], list[DeliveryOutcome]],
+        *,
+        max_batch: int = 512,
+        writers: int = 1,
+    ) -> None:
+        self.apply_batch = apply_batch
+        self.max_batch = max_batch
+        self.writers = writers
+        self.executor = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="group-commit")
+        self._queue: asyncio.Queue[Pending] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _start(self) -> asyncio.Queue[Pending]:
+        self._queue = asyncio.Queue()
+        self._tasks = [asyncio.create_task(self._write_forever(self._queue)) for _ in range(self.writers)]
+        return self._queue
+
+    async def submit(self, event: Event) -> DeliveryOutcome:
+        """The event's outcome, once the transaction holding it has committed."""
+        queue = self._queue or self._start()
+        future: asyncio.Future[DeliveryOutcome] = asyncio.get_running_loop().create_future()
+        queue.put_nowait((event, future))
+        return await future
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.executor.shutdown(wait=True)
+
+    async def _write_forever(self, queue: asyncio.Queue[Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            outcomes = await loop.run_in_executor(self.executor, self.apply_isolated, [e for e, _ in batch])
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():  # the client went away; its event is committed all the same
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    def apply_isolated(self, events: Sequence[Event]) -> list[Outcome]:
+        """Outcomes for a batch; a failing batch is split so that only the failing events fail."""
+        try:
+            return list(self.apply_batch(events))
+        except DatabaseUnavailable as error:
+            return [error] * len(events)
+        except SQLAlchemyError as error:
+            if len(events) == 1:
+                log.error("event_failed", event_id=events[0].event_id, error=str(error))
+                return [error]
+            log.warning("batch_failed_retrying_one_by_one", size=len(events), error=str(error))
+            return [outcome for event in events for outcome in self.apply_isolated([event])]

@@ -1,0 +1,280 @@
+"""The parts of `make bench`: request files, servers, wrk runs, the ledger check, the seed's targets."""
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from billing.accounts import NewUser, create_user, link_key
+from billing.database import run_transaction
+from billing.deliveries import DeliveryOutcome, record_deliveries
+from schema.database import make_engine, utc
+from schema.migrate import upgrade
+from schema.wire import Event, parse_event
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = 100
+OPENING = 10**12
+CREDITRELAY = str(Path(sys.executable).with_name("creditrelay"))
+
+
+@dataclass
+class Server:
+    url: str
+    process: "subprocess.Popen[bytes]"
+    peak_rss_kb: int = 0
+
+
+@dataclass
+class Result:
+    name: str = ""
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    rss_mb: float = 0.0
+    non_200: int = 0
+    sent_per_thread: list[int] = field(default_factory=list)
+    in_flight_allowance: int = 0
+    ledger: str = "-"
+    notes: str = ""
+
+
+def write_requests(path: Path, prefix: str, count: int, secret: str, *, duplicates: bool) -> Path:
+    """Signed request lines; with ``duplicates`` every event is sent twice, the copy 37 requests later."""
+    key = secret.encode()
+    with path.open("w") as out:
+        for position in range(count):
+            index = position // 2 if duplicates else position
+            if duplicates and position % 2:
+                index = max(0, index - 18)
+            body = json.dumps(
+                {
+                    "eventId": f"{prefix}-{index}",
+                    "eventType": "usage",
+                    "timestamp": 1_767_225_600 + index,
+                    "data": {
+                        "remoteKeyId": index % USERS,
+                        "model": "gpt-4o-mini",
+                        "promptTokens": 120,
+                        "completionTokens": 80,
+                        "totalTokens": 200,
+                        "creditCost": 1 + index % 20,
+                        "requestId": f"{prefix}-req-{index}",
+                    },
+                },
+                separators=(",", ":"),
+            ).encode()
+            out.write(f"{hmac.new(key, body, hashlib.sha256).hexdigest()}\t{body.decode()}\n")
+    return path
+
+
+def make_database(url: str) -> None:
+    """A fresh, migrated database with USERS users, each owning gateway key ``str(i)``."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{parsed.database}{suffix}").unlink(missing_ok=True)
+    else:
+        admin = sa.create_engine(parsed._replace(database=None))
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{parsed.database}`")
+            connection.exec_driver_sql(f"CREATE DATABASE `{parsed.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        admin.dispose()
+    engine = make_engine(url)
+    upgrade(engine)
+
+    def users(connection: sa.Connection) -> None:
+        now = utc(time.time())
+        for i in range(USERS):
+            user = create_user(connection, NewUser(f"bench{i}@example.com", opening_credits=OPENING), now)
+            link_key(connection, str(i), int(user["id"]), now)
+
+    run_transaction(engine, users)
+    engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rss_kb(pid: int) -> int:
+    """Resident memory of a process and its children (uvicorn workers)."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        status = Path(f"/proc/{p}/status")
+        if status.exists():
+            match = re.search(r"VmRSS:\s+(\d+)", status.read_text())
+            total += int(match.group(1)) if match else 0
+    return total
+
+
+def _pinned(command: list[str], cpu: str | None) -> list[str]:
+    return ["taskset", "-c", cpu, *command] if cpu is not None and os.path.exists("/usr/bin/taskset") else command
+
+
+@contextmanager
+def serve(
+    command: list[str] | None, env: dict[str, str], *, cpu: str | None, ceiling: bool = False
+) -> Iterator[Server]:
+    """creditrelay serve (or the bare ceiling app) on a free port, with the same uvicorn settings."""
+    port = _free_port()
+    if ceiling:
+        argv = [sys.executable, "-m", "uvicorn", "--app-dir", "scripts/bench", "ceiling:app", "--port", str(port),
+                "--workers", "1", "--no-access-log", "--log-level", "warning", "--no-server-header"]  # fmt: skip
+    else:
+        assert command is not None
+        argv = [CREDITRELAY, *command, "--port", str(port)]
+    with Path(os.environ.get("CREDITRELAY_BENCH_LOG", "/dev/null")).open("ab") as log:
+        process = subprocess.Popen(_pinned(argv, cpu), env=os.environ | env, cwd=ROOT, stdout=log, stderr=log)
+    server = Server(f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.post(f"{server.url}/api/webhooks/events", content=b"{}", timeout=1)
+            break
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {argv}") from None
+            time.sleep(0.1)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            server.peak_rss_kb = max(server.peak_rss_kb, _rss_kb(process.pid))
+            stop.wait(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        sampler.join()
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip()).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_load(server: Server, requests_file: Path, args: Any, *, connections: int | None = None) -> Result:
+    conns = connections or args.connections
+    threads = min(args.threads, conns)
+    script = str(ROOT / "scripts/bench/replay.lua")
+    command = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{args.duration}s", "--latency", "-s", script,
+               f"{server.url}/api/webhooks/events", "--", str(requests_file), str(threads)]  # fmt: skip
+    output = subprocess.run(_pinned(command, args.load_cpu), capture_output=True, text=True, check=True).stdout
+    result = Result()
+    result.rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    result.p50_ms = _ms(re.search(r"\n\s+50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    result.p99_ms = _ms(re.search(r"\n\s+99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    per_thread = sorted(re.findall(r"thread (\d+) sent (\d+) non200 (\d+) lines (\d+)", output))
+    result.non_200 = sum(int(failed) for _, _, failed, _ in per_thread)
+    result.sent_per_thread = [int(sent) for _, sent, _, _ in per_thread]
+    result.in_flight_allowance = conns  # requests cut off by the end of the run may or may not have committed
+    result.rss_mb = server.peak_rss_kb / 1024
+    return result
+
+
+def _scalar(connection: sa.Connection, sql: str) -> int:
+    return int(connection.exec_driver_sql(sql).scalar() or 0)
+
+
+LEDGER_QUERIES = {
+    "records": "SELECT COUNT(*) FROM usage_records",
+    "processed": "SELECT COUNT(*) FROM webhook_logs WHERE status = 'processed'",
+    "spent": "SELECT COALESCE(SUM(creditCost), 0) FROM usage_records",
+    "balances": "SELECT SUM(balance) FROM users",
+    "off": "SELECT COUNT(*) FROM users u WHERE u.balance <> "
+    "(SELECT SUM(amount) FROM credit_transactions t WHERE t.userId = u.id)",
+    "unpaired": "SELECT COUNT(*) FROM usage_records r "
+    "LEFT JOIN credit_transactions t ON t.usageRecordId = r.id WHERE t.id IS NULL",
+}
+
+
+def check_ledger(url: str, result: Result, requests_file: Path, threads: int) -> str:
+    """Exactly-once, checked in the database after a run: every charged event was sent, every balance
+    adds up, every usage has its one transaction, and the balances dropped by exactly the usage's cost."""
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        found = {name: _scalar(connection, sql) for name, sql in LEDGER_QUERIES.items()}
+        charged = {row[0] for row in connection.exec_driver_sql("SELECT eventId FROM usage_records")}
+    engine.dispose()
+    sent = _events_sent(requests_file, threads, result.sent_per_thread)
+    problems = []
+    if USERS * OPENING - found["balances"] != found["spent"]:
+        problems.append(f"balances dropped {USERS * OPENING - found['balances']}, usage cost {found['spent']}")
+    if found["off"] or found["unpaired"]:
+        problems.append(f"{found['off']} balances off, {found['unpaired']} usage without transaction")
+    if found["records"] != found["processed"]:
+        problems.append(f"{found['records']} usage records for {found['processed']} processed deliveries")
+    if not charged <= sent:
+        problems.append(f"{len(charged - sent)} charged events were never sent")
+    missing = len(sent - charged)
+    if missing > result.in_flight_allowance + result.non_200:
+        problems.append(f"{missing} events sent but not charged")
+    verdict = "OK" if not problems else "FAILED: " + "; ".join(problems)
+    return f"{verdict} ({found['records']} charged once of {len(sent)} distinct sent)"
+
+
+def _events_sent(requests_file: Path, threads: int, sent_per_thread: list[int]) -> set[str]:
+    """The distinct event ids wrk sent: each thread's stripe of the file, up to what it sent."""
+    stripes: list[list[str]] = [[] for _ in range(threads)]
+    with requests_file.open() as lines:
+        for number, line in enumerate(lines):
+            body = line.split("\t", 1)[1]
+            stripes[number % threads].append(body[len('{"eventId":"') : body.index('"', len('{"eventId":"'))])
+    sent: set[str] = set()
+    for stripe, count in zip(stripes, sent_per_thread, strict=True):
+        sent.update(stripe[: min(count, len(stripe))])
+    return sent
+
+
+def duplicate_detection_ms(url: str, samples: int = 500) -> str:
+    """Server-side time to answer a redelivered event (one transaction, as a lone request does)."""
+    engine = make_engine(url)
+    with engine.connect() as c:
+        payloads = [row[0] for row in c.execute(sa.text("SELECT payload FROM webhook_logs LIMIT :n"), {"n": samples})]
+    timings = []
+    for payload in payloads:
+        event = parse_event(payload.encode())
+
+        def redeliver(connection: sa.Connection, event: Event = event) -> list[DeliveryOutcome]:
+            return record_deliveries(connection, [event], utc(time.time()))
+
+        started = time.perf_counter()
+        [outcome] = run_transaction(engine, redeliver)
+        timings.append((time.perf_counter() - started) * 1000)
+        if outcome.status.value != "duplicate":
+            raise SystemExit(f"expected a duplicate, got {outcome.status.value}")
+    engine.dispose()
+    timings.sort()
+    p99 = timings[int(len(timings) * 0.99) - 1]
+    return f"p50 {statistics.median(timings):.2f} ms, p99 {p99:.2f} ms ({len(timings)} samples)"

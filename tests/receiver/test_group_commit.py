@@ -1,0 +1,104 @@
+"""Group commit keeps exactly-once: duplicates inside a batch, a poison event, a database error mid-batch."""
+
+import asyncio
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DataError, OperationalError
+
+from billing.database import run_transaction
+from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
+from receiver.group_commit import GroupCommitter
+from receiver.ingest import Ingestor
+from schema.database import utc
+from schema.wire import Event, parse_event
+from tests.receiver.test_webhooks import assert_ledger_consistent
+from tests.support.database import Database
+from tests.support.receiver import OPENING, add_user
+from tests.support.signing import encode, usage_event
+
+
+def events(*ids: str, cost: int = 3) -> list[Event]:
+    return [parse_event(encode(usage_event(event_id, cost=cost))) for event_id in ids]
+
+
+def submit_all(committer: GroupCommitter, batch: Sequence[Event]) -> list[DeliveryOutcome | BaseException]:
+    async def run() -> list[DeliveryOutcome | BaseException]:
+        try:
+            return await asyncio.gather(*(committer.submit(e) for e in batch), return_exceptions=True)
+        finally:
+            await committer.close()
+
+    return asyncio.run(run())
+
+
+def test_duplicates_inside_one_batch_are_charged_once(database: Database) -> None:
+    """30 requests arriving together, 10 distinct events three times each: one batch, 10 charges."""
+    add_user(database.engine)
+    ingestor = Ingestor(database.engine, lambda: 1_800_000_000.0)
+    sizes: list[int] = []
+
+    def apply(batch: Sequence[Event]) -> list[DeliveryOutcome]:
+        sizes.append(len(batch))
+        return ingestor.ingest_batch(batch)
+
+    batch = events(*(f"evt-{i % 10}" for i in range(30)))
+    outcomes = submit_all(GroupCommitter(apply), batch)
+    assert sizes == [30]
+    statuses = [o.status for o in outcomes if isinstance(o, DeliveryOutcome)]
+    assert statuses.count(DeliveryStatus.CHARGED) == 10
+    assert statuses.count(DeliveryStatus.DUPLICATE) == 20
+    assert database.scalar("SELECT balance FROM users") == OPENING - 30
+    assert_ledger_consistent(database)
+
+
+def test_a_poison_event_fails_alone(database: Database) -> None:
+    """The database refuses a batch because of one event: the others are applied one by one, once each."""
+    add_user(database.engine)
+    ingestor = Ingestor(database.engine, lambda: 1_800_000_000.0)
+
+    def apply(batch: Sequence[Event]) -> list[DeliveryOutcome]:
+        if any(e.event_id == "poison" for e in batch):
+
+            def work(connection: sa.Connection) -> None:
+                record_deliveries(connection, batch, utc(1_800_000_000))  # written, then rolled back
+                raise DataError("INSERT …", {}, Exception("value out of range for the poison event"))
+
+            run_transaction(database.engine, work)
+        return ingestor.ingest_batch(batch)
+
+    outcomes = submit_all(GroupCommitter(apply), events("a", "b", "poison", "c"))
+    assert [type(o).__name__ for o in outcomes] == [
+        "DeliveryOutcome",
+        "DeliveryOutcome",
+        "DataError",
+        "DeliveryOutcome",
+    ]
+    assert database.scalar("SELECT COUNT(*) FROM usage_records") == 3
+    assert database.rows("SELECT eventId FROM webhook_logs ORDER BY eventId") == [("a",), ("b",), ("c",)]
+    assert database.scalar("SELECT balance FROM users") == OPENING - 9
+    assert_ledger_consistent(database)
+
+
+def test_a_database_error_mid_batch_is_retried_without_double_charge(database: Database) -> None:
+    """The connection is lost after the batch's writes, before the commit: rolled back, run again, once."""
+    add_user(database.engine)
+    clock = lambda: 1_800_000_000.0  # noqa: E731
+    ingestor = Ingestor(database.engine, clock)
+    failures = [1]
+
+    @sa.event.listens_for(database.engine, "commit")
+    def lose_connection_once(_connection: sa.Connection) -> None:
+        if failures:
+            failures.pop()
+            raise OperationalError("COMMIT", {}, Exception(2013, "Lost connection to MySQL server during query"))
+
+    try:
+        outcomes = submit_all(GroupCommitter(ingestor.ingest_batch), events(*(f"e{i}" for i in range(20))))
+    finally:
+        sa.event.remove(database.engine, "commit", lose_connection_once)
+    assert failures == []
+    assert [o.status for o in outcomes if isinstance(o, DeliveryOutcome)] == [DeliveryStatus.CHARGED] * 20
+    assert database.scalar("SELECT COUNT(*) FROM usage_records") == 20
+    assert database.scalar("SELECT balance FROM users") == OPENING - 60
+    assert_ledger_consistent(database)
