@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest bench chaos clean
 
 NODE_EXAMPLES := tests/seed_examples/node_modules/.package-lock.json
 
@@ -39,6 +39,10 @@ test: lint typecheck pytest
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# Kills and outages while events flow; really restarts the local MariaDB once (root only)
+chaos: install
+	$(PY) scripts/chaos.py --restart-database $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ from receiver import credits
 from receiver.background import polling_lifespan
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.ingest import Ingestor
+from receiver.rate_limit import RateLimiter
 from receiver.webhooks import WebhookService, health, receive_event
 from schema.settings import Settings
 
@@ -44,5 +45,6 @@ def create_app(
         engine=engine,
         clock=clock,
     )
-    app.state.credits = credits.CreditService(engine, settings.credit_sync_secret, clock)
+    limiter = RateLimiter(settings.credit_rate_limit) if settings.credit_rate_limit else None
+    app.state.credits = credits.CreditService(engine, settings.credit_sync_secret, clock, limiter)
     return app

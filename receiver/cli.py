@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from billing import cli as billing_cli
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+log = structlog.get_logger()
 
 
 class CommandError(Exception):
@@ -63,13 +67,35 @@ def asgi_app() -> "Starlette":
     return create_app(settings, make_engine(settings.database_url), poller=poller)
 
 
+def schema_is_current(engine: Engine, check: Callable[[Engine], bool], wait: float = 30.0) -> bool | None:
+    """The schema check, waiting up to ``wait`` seconds for the database; None if it never answered.
+
+    A receiver restarted during a database outage must come up (and answer 503 until the database is
+    back), not crash.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type(OperationalError),
+        stop=stop_after_delay(wait),
+        wait=wait_fixed(1),
+        before_sleep=lambda _: log.warning("waiting_for_database", purpose="schema check"),
+        reraise=True,
+    )
+    try:
+        return retrying(check, engine)
+    except OperationalError as error:
+        log.warning(
+            "schema_not_checked", reason="database unreachable; answering 503 until it is back", error=str(error.orig)
+        )
+        return None
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from schema.migrate import is_current
 
     settings.require_secrets()
-    if not is_current(_engine(settings)):
+    if schema_is_current(_engine(settings), is_current) is False:
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
     uvicorn.run(
         "receiver.cli:asgi_app",

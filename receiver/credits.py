@@ -24,6 +24,7 @@ from billing.credit_sync import (
 from billing.database import run_transaction
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
+from receiver.rate_limit import RateLimiter
 from schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
 from schema.database import utc
 from schema.wire import BIGINT_MAX, EnvelopeError, parse_json_object
@@ -46,6 +47,7 @@ class CreditService:
     engine: Engine
     default_secret: str | None
     clock: Callable[[], float]
+    limiter: RateLimiter | None = None
 
 
 def _service(request: Request) -> CreditService:
@@ -59,6 +61,8 @@ async def _client(request: Request, service: CreditService) -> Client:
     if not api_key or client is None:
         raise ApiError(401, "Invalid API key")
     structlog.contextvars.bind_contextvars(source=client.source)
+    if service.limiter is not None and (wait := service.limiter.wait_needed(client.source)) > 0:
+        raise ApiError(429, "Rate limit exceeded for this API key", headers={"Retry-After": str(int(wait) + 1)})
     return client
 
 

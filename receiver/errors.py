@@ -15,20 +15,21 @@ log = structlog.get_logger()
 class ApiError(Exception):
     """An answer other than success: ``status_code`` and a message safe to show the caller."""
 
-    def __init__(self, status_code: int, message: str, **extra: Any) -> None:
+    def __init__(self, status_code: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.headers = headers
         self.extra = extra
 
 
-def error_response(status_code: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"success": False, "message": message, **extra}, status_code=status_code)
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"success": False, "message": message, **extra}, status_code=status_code, headers=headers)
 
 
 async def render_api_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.message, **exc.extra)
+    return error_response(exc.status_code, exc.message, exc.headers, **exc.extra)
 
 
 async def render_unavailable(_request: Request, exc: Exception) -> Response:

@@ -37,6 +37,7 @@ class Settings:
     poll_quota_per_credit: int = 1
     poll_overlap_seconds: int = 300
     poll_lookback_hours: int = 24
+    credit_rate_limit: int | None = None  # requests per minute per credit-API client, per process
 
     @property
     def polling_enabled(self) -> bool:
@@ -105,4 +106,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         poll_quota_per_credit=int(_number(config, "POLL_QUOTA_PER_CREDIT", "1", minimum=1)),
         poll_overlap_seconds=int(_number(config, "POLL_OVERLAP_SECONDS", "300", minimum=0)),
         poll_lookback_hours=int(_number(config, "POLL_LOOKBACK_HOURS", "24", minimum=1)),
+        credit_rate_limit=int(_number(config, "CREDIT_RATE_LIMIT", "0", minimum=0)) or None,
     )

@@ -1,8 +1,11 @@
 """A database outage answers 503 (health too), writes nothing, and heals without a restart."""
 
 import httpx
+import pytest
 
 from receiver.app import create_app
+from receiver.cli import schema_is_current
+from schema.migrate import is_current
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
@@ -32,3 +35,11 @@ def test_database_outage_is_503_then_recovers_without_restart(database: Database
             assert retried.status_code == 200
             assert retried.json()["duplicate"] is False
     assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == OPENING - 40
+
+
+@pytest.mark.parametrize("database", ["mysql"], indirect=True)  # SQLite has no server to be away
+def test_serve_comes_up_during_a_database_outage(database: Database) -> None:
+    """The start-up schema check waits for the database, then lets serve start instead of crashing."""
+    with database.fragile_engine() as (engine, outage), outage():
+        assert schema_is_current(engine, is_current, wait=1.0) is None
+    assert schema_is_current(database.engine, is_current, wait=1.0) is True

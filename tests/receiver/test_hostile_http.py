@@ -1,0 +1,64 @@
+"""Hostile requests against the real server: never a 500, never a charge for anything refused."""
+
+import hashlib
+import hmac
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.database import Database
+from tests.support.receiver import OPENING, Receiver
+from tests.support.signing import SECRET, encode, seed_signature, usage_event
+
+CONTENT_TYPES = [
+    "application/json",
+    "application/json; charset=utf-8",
+    "text/plain",
+    "",
+    "application/x-www-form-urlencoded",
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=600), content_type=st.sampled_from(CONTENT_TYPES))
+def test_signed_garbage_is_never_a_500_and_never_a_charge(
+    receiver: Receiver, database: Database, body: bytes, content_type: str
+) -> None:
+    """Any validly signed body with any content type: a 2xx or a 4xx with a message; money only on 200."""
+    headers = {"X-Webhook-Signature": hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
+    if content_type:
+        headers["Content-Type"] = content_type
+    reply = receiver.client.post("/api/webhooks/events", content=body, headers=headers)
+    assert reply.status_code in (200, 400, 409, 413, 422)
+    assert reply.json()["message"]
+    assert database.scalar("SELECT balance FROM users") == OPENING
+
+
+def test_a_repeated_signature_header_uses_the_first(receiver: Receiver, database: Database) -> None:
+    """Two X-Webhook-Signature headers: the first one decides (a valid second cannot rescue a forged first)."""
+    body = encode(usage_event("evt-rep"))
+    good, bad = seed_signature(body), "0" * 64
+    pairs = [("Content-Type", "application/json"), ("X-Webhook-Signature", bad), ("X-Webhook-Signature", good)]
+    assert receiver.client.post("/api/webhooks/events", content=body, headers=pairs).status_code == 401
+    pairs = [("Content-Type", "application/json"), ("X-Webhook-Signature", good), ("X-Webhook-Signature", bad)]
+    assert receiver.client.post("/api/webhooks/events", content=body, headers=pairs).status_code == 200
+
+
+def test_huge_and_many_signature_headers_are_refused_quickly(receiver: Receiver, database: Database) -> None:
+    """A 60 KB signature header or thousands of v1 entries are refused, not worked through."""
+    body = encode(usage_event("evt-huge"))
+    many = " ".join(["v1,AAAA"] * 5000)
+    for headers in (
+        {"X-Webhook-Signature": "a" * 60_000},
+        {"webhook-id": "evt-huge", "webhook-timestamp": "1", "webhook-signature": many},
+        {"webhook-id": "x" * 20_000, "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"},
+    ):
+        try:
+            reply = receiver.client.post(
+                "/api/webhooks/events", content=body, headers=headers | {"Content-Type": "application/json"}
+            )
+        except httpx.RemoteProtocolError:  # the HTTP server may close on an oversized header: also a refusal
+            continue
+        assert reply.status_code in (400, 401, 431)
+    assert database.count("webhook_logs") == 0
