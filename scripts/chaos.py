@@ -190,8 +190,8 @@ def verify(database_url: str, tally: Tally, outbox: dict[str, int]) -> str:
     report = (
         f"sent {tally.sent} events (POST retries included), accepted {len(tally.accepted)}, "
         f"delivered {outbox['delivered']}, usages {len(accepted_usages)} charged {len(charged)} times in all; "
-        f"duplicates suppressed {processed - len(charged)} ({tally.resent_under_new_id} usages re-sent under a new "
-        f"event id, the rest redeliveries); kills survived: receiver {tally.receiver_kills}, "
+        f"duplicates suppressed {processed - len(charged)} (usages re-sent under a new event id: "
+        f"{tally.resent_under_new_id}); kills survived: receiver {tally.receiver_kills}, "
         f"relay {tally.relay_kills}, database restarts {tally.database_restarts}"
     )
     if problems:
