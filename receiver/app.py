@@ -8,10 +8,11 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from billing.polling import Poller
-from receiver import credits
+from receiver import admin_api, credits, operator_api
 from receiver.background import polling_lifespan
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.ingest import Ingestor
+from receiver.metrics import ledger_registry
 from receiver.rate_limit import RateLimiter
 from receiver.webhooks import WebhookService, health, receive_event
 from schema.settings import Settings
@@ -33,6 +34,14 @@ def create_app(
         Route("/api/credits/batch", credits.batch, methods=["POST"]),
         Route("/api/credits/balance/{telegram_id}", credits.balance, methods=["GET"]),
         Route("/api/credits/records/{telegram_id}", credits.records, methods=["GET"]),
+        Route("/api/info", operator_api.info, methods=["GET"]),
+        Route("/api/admin/users", admin_api.users, methods=["GET"]),
+        Route("/api/admin/users/{user_id:int}", admin_api.user, methods=["GET"]),
+        Route("/api/admin/users/{user_id:int}/topup", admin_api.topup, methods=["POST"]),
+        Route("/api/admin/webhook-logs", admin_api.webhook_logs, methods=["GET"]),
+        Route("/api/admin/webhook-logs/{event_id}/replay", admin_api.replay, methods=["POST"]),
+        Route("/api/admin/stats", admin_api.stats, methods=["GET"]),
+        Route("/metrics", operator_api.metrics, methods=["GET"]),
     ]
     lifespan = None
     if poller is not None and settings.poll_interval:
@@ -44,6 +53,14 @@ def create_app(
         ingestor=Ingestor(engine, clock),
         engine=engine,
         clock=clock,
+    )
+    app.state.admin = admin_api.AdminService(engine, settings.admin_token, clock)
+    app.state.operator = operator_api.OperatorService(
+        database=engine.dialect.name,
+        polling=settings.polling_enabled,
+        admin=settings.admin_token is not None,
+        rate_limit=settings.credit_rate_limit,
+        ledger=ledger_registry(engine, clock),
     )
     limiter = RateLimiter(settings.credit_rate_limit) if settings.credit_rate_limit else None
     app.state.credits = credits.CreditService(engine, settings.credit_sync_secret, clock, limiter)

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_secrets()
     if schema_is_current(_engine(settings), is_current) is False:
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # every worker writes its metrics here and /metrics adds them up, whichever worker is scraped
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditrelay-metrics-")
     uvicorn.run(
         "receiver.cli:asgi_app",
         factory=True,

@@ -10,6 +10,7 @@ time, so a poison event fails alone; when the database is unreachable every even
 """
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from billing.database import DatabaseUnavailable
 from billing.deliveries import DeliveryOutcome
+from receiver.metrics import BATCH_SIZE, COMMIT_SECONDS
 from schema.wire import Event
 
 log = structlog.get_logger()
@@ -64,7 +66,10 @@ class GroupCommitter:
             batch = [await queue.get()]
             while len(batch) < self.max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
+            started = time.perf_counter()
             outcomes = await loop.run_in_executor(self.executor, self.apply_isolated, [e for e, _ in batch])
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
+            BATCH_SIZE.observe(len(batch))
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():  # the client went away; its event is committed all the same
                     continue

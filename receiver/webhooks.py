@@ -1,5 +1,6 @@
 """The usage webhook endpoints of CONTRACT §3: parse, authenticate, hand to billing, render."""
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from billing.deliveries import DeliveryOutcome, DeliveryStatus
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
 from receiver.ingest import Ingestor
+from receiver.metrics import EVENTS, REQUEST_SECONDS
 from schema.signing import WebhookSecret, verify_signature
 from schema.wire import EnvelopeError, parse_event
 
@@ -52,6 +54,24 @@ def render_outcome(outcome: DeliveryOutcome) -> Response:
 
 
 async def receive_event(request: Request) -> Response:
+    started = time.perf_counter()
+    try:
+        response = await _receive_event(request)
+    except ApiError as error:
+        EVENTS.labels(_REFUSALS.get(error.status_code, str(error.status_code))).inc()
+        raise
+    except DatabaseUnavailable:
+        EVENTS.labels("unavailable").inc()
+        raise
+    finally:
+        REQUEST_SECONDS.observe(time.perf_counter() - started)
+    return response
+
+
+_REFUSALS = {400: "invalid", 401: "unauthenticated", 409: "conflict", 413: "too_large", 422: "unbillable"}
+
+
+async def _receive_event(request: Request) -> Response:
     service = _service(request)
     structlog.contextvars.clear_contextvars()
     body = await read_limited(request, service.body_limit)
@@ -65,6 +85,8 @@ async def receive_event(request: Request) -> Response:
         raise ApiError(400, str(error)) from None
     structlog.contextvars.bind_contextvars(event_id=event.event_id)
     outcome = await service.ingestor.ingest(event)
+    if outcome.status not in (DeliveryStatus.CONFLICT, DeliveryStatus.UNBILLABLE):  # refusals are counted as such
+        EVENTS.labels(outcome.status.value).inc()
     routine = outcome.status in (DeliveryStatus.CHARGED, DeliveryStatus.DUPLICATE)
     (log.debug if routine else log.info)("webhook_event", status=outcome.status.value, user_id=outcome.user_id)
     return render_outcome(outcome)

@@ -1,0 +1,140 @@
+"""What the operator surface asks of the ledger: find users, read their transactions, read and replay
+webhook deliveries, and the figures of the last hour. The admin API (and, later, the admin pages) call
+these; nothing here commits."""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from billing.accounts import user_json
+from billing.deliveries import DeliveryOutcome, record_deliveries
+from schema.database import utc
+from schema.tables import api_keys, credit_transactions, poll_state, reconcile_runs, usage_records, users, webhook_logs
+from schema.wire import EnvelopeError, parse_event
+
+STATUSES = ("processed", "failed", "ignored")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat() + "Z"
+
+
+def search_users(connection: Connection, query: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Users whose email contains ``query``, or whose Telegram id or gateway key is ``query``."""
+    text = query.strip()
+    conditions = [users.c.email.contains(text.lower(), autoescape=True)]
+    if text.isdigit():
+        conditions.append(users.c.telegramId == int(text))
+    keyed = sa.select(api_keys.c.userId).where(api_keys.c.remoteKeyId == text)
+    conditions.append(users.c.id.in_(keyed))
+    rows = connection.execute(sa.select(users).where(sa.or_(*conditions)).order_by(users.c.id).limit(limit))
+    return [user_json(row) for row in rows]
+
+
+def user_detail(
+    connection: Connection, user_id: int, limit: int = 50, before: int | None = None
+) -> dict[str, Any] | None:
+    """A user, their gateway keys, and their transactions newest first with the usage behind each."""
+    row = connection.execute(sa.select(users).where(users.c.id == user_id)).one_or_none()
+    if row is None:
+        return None
+    keys = list(connection.scalars(sa.select(api_keys.c.remoteKeyId).where(api_keys.c.userId == user_id)))
+    query = (
+        sa.select(credit_transactions, usage_records.c.eventId, usage_records.c.requestId, usage_records.c.model)
+        .outerjoin(usage_records, usage_records.c.id == credit_transactions.c.usageRecordId)
+        .where(credit_transactions.c.userId == user_id)
+        .order_by(credit_transactions.c.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        query = query.where(credit_transactions.c.id < before)
+    transactions = [
+        {
+            "id": t.id,
+            "type": t.type,
+            "amount": t.amount,
+            "balance": t.balance,
+            "reference": t.reference,
+            "reason": t.reason,
+            "source": t.source,
+            "createdAt": _iso(t.createdAt),
+            "usage": None
+            if t.usageRecordId is None
+            else {"eventId": t.eventId, "requestId": t.requestId, "model": t.model},
+        }
+        for t in connection.execute(query)
+    ]
+    return user_json(row) | {"keys": keys, "transactions": transactions}
+
+
+def list_webhook_logs(
+    connection: Connection,
+    *,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> list[dict[str, Any]]:
+    """Deliveries newest first, filtered; page with ``before`` (the smallest id of the previous page)."""
+    query = sa.select(webhook_logs).order_by(webhook_logs.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(webhook_logs.c.status == status)
+    if since is not None:
+        query = query.where(webhook_logs.c.createdAt >= since)
+    if until is not None:
+        query = query.where(webhook_logs.c.createdAt <= until)
+    if before is not None:
+        query = query.where(webhook_logs.c.id < before)
+    return [
+        {
+            "id": row.id,
+            "eventId": row.eventId,
+            "eventType": row.eventType,
+            "status": row.status,
+            "errorMsg": row.errorMsg,
+            "payload": row.payload,
+            "createdAt": _iso(row.createdAt),
+            "processedAt": _iso(row.processedAt),
+        }
+        for row in connection.execute(query)
+    ]
+
+
+def replay(connection: Connection, event_id: str, now: datetime) -> DeliveryOutcome | None:
+    """Run a stored delivery through billing again (a failed one is charged if its key is linked now)."""
+    payload = connection.execute(sa.select(webhook_logs.c.payload).where(webhook_logs.c.eventId == event_id)).scalar()
+    if payload is None:
+        return None
+    try:
+        event = parse_event(payload.encode())
+    except EnvelopeError:
+        return None
+    [outcome] = record_deliveries(connection, [event], now)
+    return outcome
+
+
+def stats(connection: Connection, now: datetime) -> dict[str, Any]:
+    """Deliveries per minute over the last hour, counts by status, polling lag, the last reconcile."""
+    hour_ago = now - timedelta(hours=1)
+    recent = connection.execute(
+        sa.select(webhook_logs.c.status, webhook_logs.c.createdAt).where(webhook_logs.c.createdAt >= hour_ago)
+    ).all()
+    per_minute = [0] * 60
+    by_status = dict.fromkeys(STATUSES, 0)
+    for status, created in recent:
+        per_minute[min(59, int((created - hour_ago).total_seconds() // 60))] += 1
+        by_status[status] = by_status.get(status, 0) + 1
+    failed = connection.execute(sa.select(sa.func.count()).where(webhook_logs.c.status == "failed")).scalar()
+    watermark = connection.execute(sa.select(sa.func.max(poll_state.c.watermark))).scalar()
+    last = connection.execute(sa.select(reconcile_runs).order_by(reconcile_runs.c.id.desc()).limit(1)).one_or_none()
+    return {
+        "lastHour": {"perMinute": per_minute, "byStatus": by_status},
+        "failedTotal": failed,
+        "pollLagSeconds": None if watermark is None else max(0, int((now - utc(watermark)).total_seconds())),
+        "lastReconcile": None
+        if last is None
+        else {"at": _iso(last.startedAt), "discrepancies": last.discrepancies, "fixed": last.fixed},
+    }

@@ -1,0 +1,140 @@
+"""The admin JSON API (`Authorization: Bearer ADMIN_TOKEN`): users, transactions, webhook logs, replay,
+top-ups and stats — the same billing calls the admin pages are to use."""
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from billing import admin
+from billing.database import run_transaction
+from billing.ledger import CreditChange, CreditStatus, UnknownUser, apply_credit
+from receiver.bodies import read_limited, require_json
+from receiver.errors import ApiError
+from schema.database import utc
+from schema.wire import BIGINT_MAX, EnvelopeError, parse_json_object
+
+
+@dataclass(frozen=True)
+class AdminService:
+    engine: Engine
+    token: str | None
+    clock: Callable[[], float]
+
+    def authorize(self, request: Request) -> None:
+        if self.token is None:
+            raise ApiError(403, "Admin API disabled: set ADMIN_TOKEN")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise ApiError(401, "Admin token required (Authorization: Bearer …)")
+
+    async def run(self, work: Callable[[Connection], Any]) -> Any:
+        return await run_in_threadpool(run_transaction, self.engine, work)
+
+
+def _service(request: Request) -> AdminService:
+    service: AdminService = request.app.state.admin
+    service.authorize(request)
+    return service
+
+
+def _int(request: Request, name: str, default: int | None, *, maximum: int = BIGINT_MAX) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not 0 < int(text) <= maximum:
+        raise ApiError(400, f"{name}: must be a positive integer up to {maximum}")
+    return int(text)
+
+
+def _moment(request: Request, name: str) -> datetime | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(int(text), UTC) if text.isdigit() else datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: Unix seconds or an ISO-8601 time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).replace(tzinfo=None)
+
+
+def _ok(data: Any) -> Response:
+    return JSONResponse({"success": True, "message": "", "data": data})
+
+
+async def users(request: Request) -> Response:
+    service = _service(request)
+    query = request.query_params.get("q", "")
+    limit = _int(request, "limit", 20, maximum=200) or 20
+    return _ok(await service.run(lambda c: admin.search_users(c, query, limit)))
+
+
+async def user(request: Request) -> Response:
+    service = _service(request)
+    user_id = int(request.path_params["user_id"])
+    limit = _int(request, "limit", 50, maximum=500) or 50
+    before = _int(request, "before", None)
+    found = await service.run(lambda c: admin.user_detail(c, user_id, limit, before))
+    if found is None:
+        raise ApiError(404, f"No user {user_id}")
+    return _ok(found)
+
+
+async def topup(request: Request) -> Response:
+    """A top-up needs a reference, so a form submitted twice credits once."""
+    service = _service(request)
+    user_id = int(request.path_params["user_id"])
+    body = await read_limited(request, 16 * 1024)
+    require_json(request)
+    try:
+        document = parse_json_object(body)
+    except EnvelopeError as error:
+        raise ApiError(400, str(error)) from None
+    amount, reference = document.get("amount"), document.get("reference")
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= BIGINT_MAX:
+        raise ApiError(400, "amount: must be a positive integer")
+    if not isinstance(reference, str) or not 0 < len(reference) <= 128:
+        raise ApiError(400, "reference: 1 to 128 characters, required")
+    reason = document.get("reason")
+    change = CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=str(reason)[:255] if reason else None)
+    try:
+        outcome = await service.run(lambda c: apply_credit(c, change, utc(service.clock())))
+    except UnknownUser:
+        raise ApiError(404, f"No user {user_id}") from None
+    if outcome.status is CreditStatus.CONFLICT:
+        raise ApiError(409, f"reference {reference!r} was used for another top-up")
+    return _ok({"balance": outcome.balance, "duplicate": outcome.status is CreditStatus.DUPLICATE})
+
+
+async def webhook_logs(request: Request) -> Response:
+    service = _service(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in admin.STATUSES:
+        raise ApiError(400, f"status: one of {', '.join(admin.STATUSES)}")
+    since, until = _moment(request, "since"), _moment(request, "until")
+    limit = _int(request, "limit", 50, maximum=500) or 50
+    before = _int(request, "before", None)
+    found = await service.run(
+        lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=limit, before=before)
+    )
+    return _ok(found)
+
+
+async def replay(request: Request) -> Response:
+    service = _service(request)
+    event_id = request.path_params["event_id"]
+    outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock())))
+    if outcome is None:
+        raise ApiError(404, f"No stored delivery {event_id}")
+    return _ok({"eventId": outcome.event_id, "status": outcome.status.value, "error": outcome.error})
+
+
+async def stats(request: Request) -> Response:
+    service = _service(request)
+    return _ok(await service.run(lambda c: admin.stats(c, utc(service.clock()))))

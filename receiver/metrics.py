@@ -1,0 +1,82 @@
+"""Prometheus metrics for `/metrics`: events by outcome, latencies, batch sizes, polling lag, reconcile.
+
+Under ``serve --workers N`` each worker writes its samples to ``PROMETHEUS_MULTIPROC_DIR`` (``serve`` sets
+one up) and a scrape of any worker adds them all up. Polling lag and the last reconcile result are read
+from the database at scrape time, so they are right whoever polls (``serve`` or cron) and however many
+instances run.
+"""
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import sqlalchemy as sa
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from schema.tables import poll_state, reconcile_runs
+
+EVENTS = Counter("creditrelay_webhook_events", "Webhook deliveries by outcome", ["outcome"])
+REQUEST_SECONDS = Histogram(
+    "creditrelay_webhook_request_seconds",
+    "Time from a webhook request's arrival to its answer",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+COMMIT_SECONDS = Histogram(
+    "creditrelay_batch_commit_seconds",
+    "Time to apply and commit one group-commit batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "creditrelay_batch_events", "Events per committed batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+)
+
+
+class LedgerCollector(Collector):
+    """Gauges read from the database on each scrape."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.engine.connect() as connection:
+                watermark = connection.execute(sa.select(sa.func.max(poll_state.c.watermark))).scalar()
+                last = connection.execute(
+                    sa.select(reconcile_runs.c.discrepancies, reconcile_runs.c.startedAt)
+                    .order_by(reconcile_runs.c.id.desc())
+                    .limit(1)
+                ).one_or_none()
+        except SQLAlchemyError:
+            return
+        if watermark is not None:
+            lag = GaugeMetricFamily("creditrelay_poll_lag_seconds", "Seconds since the last billed upstream log")
+            lag.add_metric([], max(0.0, self.clock() - float(watermark)))
+            yield lag
+        if last is not None:
+            found = GaugeMetricFamily(
+                "creditrelay_reconcile_discrepancies", "Discrepancies found by the last reconcile"
+            )
+            found.add_metric([], float(last.discrepancies))
+            yield found
+
+
+def exposition(ledger: CollectorRegistry) -> bytes:
+    """The text a scrape gets: this process's (or every worker's) samples, then the database gauges."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        base = generate_latest(registry)
+    else:
+        base = generate_latest(REGISTRY)
+    return base + generate_latest(ledger)
+
+
+def ledger_registry(engine: Engine, clock: Callable[[], float] = time.time) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(engine, clock))
+    return registry

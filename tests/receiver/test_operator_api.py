@@ -1,0 +1,86 @@
+"""`/api/info` and `/metrics`: what operators read, parsed the way Prometheus parses it."""
+
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from billing.database import run_transaction
+from billing.polling import advance_watermark
+from schema.database import utc
+from tests.support.database import Database
+from tests.support.processes import free_port, start, stop, wait_healthy
+from tests.support.receiver import Receiver, add_user
+from tests.support.signing import SECRET, encode, seed_headers, usage_event
+
+
+def samples(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reply = client.get("/metrics")
+    assert reply.status_code == 200
+    found = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def charged(found: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    return found.get(("creditrelay_webhook_events_total", (("outcome", "charged"),)), 0.0)
+
+
+def test_metrics_parse_and_move_when_events_arrive(receiver: Receiver, database: Database) -> None:
+    """A charge, a duplicate and a forged request each move their counter; batches and latency are observed."""
+    before = samples(receiver.client)
+    body = encode(usage_event("evt-m"))
+    receiver.client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+    receiver.client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+    receiver.client.post("/api/webhooks/events", content=body, headers=seed_headers(body, "y" * 40))
+    run_transaction(database.engine, lambda c: advance_watermark(c, int(time.time()) - 90, utc(time.time())))
+    after = samples(receiver.client)
+
+    def delta(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    assert delta("creditrelay_webhook_events_total", (("outcome", "charged"),)) == 1
+    assert delta("creditrelay_webhook_events_total", (("outcome", "duplicate"),)) == 1
+    assert delta("creditrelay_webhook_events_total", (("outcome", "unauthenticated"),)) == 1
+    assert delta("creditrelay_webhook_request_seconds_count") == 3
+    assert delta("creditrelay_batch_events_count") == 2
+    assert 89 <= after[("creditrelay_poll_lag_seconds", ())] < 200
+
+
+def test_info_says_what_is_enabled(receiver: Receiver) -> None:
+    """Version, database kind and the enabled parts."""
+    data = receiver.client.get("/api/info").json()["data"]
+    assert data["name"] == "creditrelay"
+    assert data["version"]
+    assert data["database"] in ("sqlite", "mysql")
+    assert data["enabled"] == {"polling": False, "creditApi": True, "admin": False, "rateLimit": None}
+
+
+def test_metrics_add_up_across_workers(database: Database, tmp_path: Path) -> None:
+    """With --workers 2, whichever worker answers the scrape reports the events both workers charged."""
+    add_user(database.engine)
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": database.url.render_as_string(hide_password=False),
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}  # fmt: skip
+    log = tmp_path / "serve.log"
+    server = start(["serve", "--port", str(port), "--workers", "2"], env, log)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/api/webhooks/health", server, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for i in range(40):
+                body = encode(usage_event(f"evt-w{i}"))
+                with httpx.Client(base_url=client.base_url) as fresh:  # new connections spread over workers
+                    assert (
+                        fresh.post("/api/webhooks/events", content=body, headers=seed_headers(body)).status_code == 200
+                    )
+            scrapes = [charged(samples(httpx.Client(base_url=client.base_url))) for _ in range(6)]
+    finally:
+        stop(server)
+    assert scrapes == [40.0] * 6
+    assert database.count("usage_records") == 40
+    assert len(list(metrics_dir.glob("counter_*.db"))) == 2, "both workers charged events"
