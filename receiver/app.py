@@ -3,12 +3,14 @@
 import time
 from collections.abc import Callable
 
+import swagger_ui_bundle  # type: ignore[import-untyped]  # the package ships no type information
 from sqlalchemy import Engine
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from billing.polling import Poller
-from receiver import admin_api, credits, operator_api
+from receiver import admin_api, credits, openapi, operator_api
 from receiver.background import polling_lifespan
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.ingest import Ingestor
@@ -35,6 +37,9 @@ def create_app(
         Route("/api/credits/balance/{telegram_id}", credits.balance, methods=["GET"]),
         Route("/api/credits/records/{telegram_id}", credits.records, methods=["GET"]),
         Route("/api/info", operator_api.info, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/docs", openapi.docs, methods=["GET"]),
+        Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static"),
         Route("/api/admin/users", admin_api.users, methods=["GET"]),
         Route("/api/admin/users/{user_id:int}", admin_api.user, methods=["GET"]),
         Route("/api/admin/users/{user_id:int}/topup", admin_api.topup, methods=["POST"]),

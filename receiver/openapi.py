@@ -1,0 +1,178 @@
+"""`/openapi.json` and `/docs`: the public endpoints with their request and answer schemas.
+
+Request schemas come from the pydantic models that validate the bodies (one source of truth); `/docs`
+renders the document with Swagger UI from the ``swagger-ui-bundle`` package — no CDN, works offline.
+"""
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from schema.credit_sync import SyncBody
+from schema.wire import UsageData
+
+ANSWER = {
+    "type": "object",
+    "required": ["success", "message"],
+    "properties": {"success": {"type": "boolean"}, "message": {"type": "string"}},
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _answers(*codes: int, ok: str = "Success") -> dict[str, Any]:
+    described = {
+        200: ok,
+        202: ok,
+        400: "Malformed request; the message names the field",
+        401: "Missing or wrong credentials or signature",
+        402: "Not enough credits",
+        403: "Disabled on this server",
+        404: "Not found",
+        409: "Conflicts with an earlier request",
+        413: "Body too large",
+        422: "Valid but cannot be billed",
+        429: "Rate limited",
+        503: "Database unavailable; retry",
+    }
+    return {str(code): _json(ANSWER, described[code]) for code in codes}
+
+
+def _event_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["eventId", "eventType", "timestamp"],
+        "properties": {
+            "eventId": {"type": "string", "minLength": 1, "maxLength": 64},
+            "eventType": {"type": "string", "minLength": 1, "maxLength": 64},
+            "timestamp": {"type": "integer", "minimum": 0},
+            "data": UsageData.model_json_schema(),
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    telegram = [{"name": "telegram_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
+    webhook: list[dict[str, list[str]]] = [{"webhookSignature": []}, {"standardWebhooks": []}]
+    client: list[dict[str, list[str]]] = [{"apiKey": []}]
+    admin: list[dict[str, list[str]]] = [{"adminToken": []}]
+    paths: dict[str, Any] = {
+        "/api/webhooks/events": {
+            "post": {
+                "summary": "A signed usage event from the gateway (charged once)",
+                "security": webhook,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _event_schema()}}},
+                "responses": _answers(200, 400, 401, 409, 413, 422, 503, ok="Charged, duplicate, or ignored"),
+            }
+        },
+        "/api/webhooks/health": {"get": {"summary": "Whether the database answers", "responses": _answers(200, 503)}},
+        "/api/credits/sync": {
+            "post": {
+                "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference",
+                "security": client,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": SyncBody.model_json_schema()}},
+                },
+                "responses": _answers(200, 400, 401, 402, 404, 409, 429, 503),
+            }
+        },
+        "/api/credits/batch": {
+            "post": {
+                "summary": "Several syncs, each applied on its own",
+                "security": client,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": SyncBody.model_json_schema()}},
+                            }
+                        }
+                    },
+                },
+                "responses": _answers(200, 400, 401, 429, 503),
+            }
+        },
+        "/api/credits/balance/{telegram_id}": {
+            "get": {
+                "summary": "A user's credits",
+                "security": client,
+                "parameters": telegram,
+                "responses": _answers(200, 400, 401, 404, 429, 503),
+            }
+        },
+        "/api/credits/records/{telegram_id}": {
+            "get": {
+                "summary": "A user's balance changes, newest first",
+                "security": client,
+                "parameters": [
+                    *telegram,
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": _answers(200, 400, 401, 404, 429, 503),
+            }
+        },
+        "/api/info": {"get": {"summary": "Version, database, what is enabled", "responses": _answers(200)}},
+        "/api/admin/stats": {
+            "get": {
+                "summary": "The last hour's deliveries",
+                "security": admin,
+                "responses": _answers(200, 401, 403, 503),
+            }
+        },
+        "/api/admin/users": {
+            "get": {
+                "summary": "Find users by email, Telegram id or gateway key",
+                "security": admin,
+                "parameters": [{"name": "q", "in": "query", "schema": {"type": "string"}}],
+                "responses": _answers(200, 400, 401, 403, 503),
+            }
+        },
+        "/api/admin/webhook-logs": {
+            "get": {
+                "summary": "Webhook deliveries, newest first",
+                "security": admin,
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"enum": ["processed", "failed", "ignored"]}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                ],
+                "responses": _answers(200, 400, 401, 403, 503),
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "creditrelay", "version": "0.1.0", "description": "Usage webhooks, credit API, admin API."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "webhookSignature": {"type": "apiKey", "in": "header", "name": "X-Webhook-Signature"},
+                "standardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+                "adminToken": {"type": "http", "scheme": "bearer"},
+            }
+        },
+    }
+
+
+async def openapi_json(_request: Request) -> Response:
+    return JSONResponse(document())
+
+
+DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>creditrelay API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>"""
+
+
+async def docs(_request: Request) -> Response:
+    return HTMLResponse(DOCS_PAGE)
