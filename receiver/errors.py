@@ -3,6 +3,7 @@
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,6 +42,12 @@ async def render_unavailable(_request: Request, exc: Exception) -> Response:
     )
 
 
+async def render_database_error(_request: Request, exc: Exception) -> Response:
+    """The database refused this request's work (not an outage): nothing of it was committed."""
+    log.error("database_error", error=str(exc))
+    return error_response(500, "The database refused this request; nothing was recorded or charged")
+
+
 async def render_http_exception(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, exc.detail)
@@ -49,5 +56,6 @@ async def render_http_exception(_request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     ApiError: render_api_error,
     DatabaseUnavailable: render_unavailable,
+    SQLAlchemyError: render_database_error,
     HTTPException: render_http_exception,
 }

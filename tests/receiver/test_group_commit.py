@@ -3,19 +3,22 @@
 import asyncio
 from collections.abc import Sequence
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, OperationalError
 
 from billing.database import run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
+from receiver.app import create_app
 from receiver.group_commit import GroupCommitter
 from receiver.ingest import Ingestor
 from schema.database import utc
 from schema.wire import Event, parse_event
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
-from tests.support.receiver import OPENING, add_user
-from tests.support.signing import encode, usage_event
+from tests.support.receiver import OPENING, add_user, settings_for
+from tests.support.server import serving
+from tests.support.signing import encode, seed_headers, usage_event
 
 
 def events(*ids: str, cost: int = 3) -> list[Event]:
@@ -102,3 +105,29 @@ def test_a_database_error_mid_batch_is_retried_without_double_charge(database: D
     assert database.scalar("SELECT COUNT(*) FROM usage_records") == 20
     assert database.scalar("SELECT balance FROM users") == OPENING - 60
     assert_ledger_consistent(database)
+
+
+def test_a_refused_event_is_answered_in_json_and_not_charged(database: Database) -> None:
+    """Over HTTP, the poison event gets a JSON 500 saying nothing was charged; the next event is fine."""
+    add_user(database.engine)
+    app = create_app(settings_for(database), database.engine)
+    committer: GroupCommitter = app.state.webhooks.ingestor.committer
+    real = committer.apply_batch
+
+    def refuse_poison(batch: Sequence[Event]) -> list[DeliveryOutcome]:
+        if any(e.event_id == "poison" for e in batch):
+            raise DataError("INSERT …", {}, Exception("refused"))
+        return real(batch)
+
+    committer.apply_batch = refuse_poison
+    with serving(app) as url, httpx.Client(base_url=url) as client:
+        poison, fine = encode(usage_event("poison")), encode(usage_event("fine"))
+        refused = client.post("/api/webhooks/events", content=poison, headers=seed_headers(poison))
+        accepted = client.post("/api/webhooks/events", content=fine, headers=seed_headers(fine))
+    assert refused.status_code == 500
+    assert refused.json() == {
+        "success": False,
+        "message": "The database refused this request; nothing was recorded or charged",
+    }
+    assert accepted.status_code == 200
+    assert database.rows("SELECT eventId FROM webhook_logs") == [("fine",)]
