@@ -138,3 +138,24 @@ def stats(connection: Connection, now: datetime) -> dict[str, Any]:
         if last is None
         else {"at": _iso(last.startedAt), "discrepancies": last.discrepancies, "fixed": last.fixed},
     }
+
+
+def usage_by_model(connection: Connection, since: datetime) -> list[tuple[str, int]]:
+    """Credits charged per model since ``since``, largest first."""
+    total = sa.func.sum(usage_records.c.creditCost)
+    rows = connection.execute(
+        sa.select(usage_records.c.model, total).where(usage_records.c.usedAt >= since).group_by(usage_records.c.model)
+    )
+    return sorted(((model, int(credits)) for model, credits in rows), key=lambda pair: -pair[1])
+
+
+def usage_by_day(connection: Connection, since: datetime) -> list[tuple[str, int]]:
+    """Credits charged per day (UTC) since ``since``, oldest first."""
+    day = sa.func.date(usage_records.c.usedAt)
+    rows = connection.execute(
+        sa.select(day, sa.func.sum(usage_records.c.creditCost))
+        .where(usage_records.c.usedAt >= since)
+        .group_by(day)
+        .order_by(day)
+    )
+    return [(str(d), int(credits)) for d, credits in rows]

@@ -11,6 +11,7 @@ from starlette.staticfiles import StaticFiles
 
 from billing.polling import Poller
 from receiver import admin_api, credits, openapi, operator_api
+from receiver.admin_pages import admin_pages
 from receiver.background import polling_lifespan
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.ingest import Ingestor
@@ -29,6 +30,7 @@ def create_app(
 ) -> Starlette:
     """The receiver for ``settings``, on ``engine`` (already migrated); with ``poller`` and ``POLL_INTERVAL``
     it also polls new-api in the background."""
+    admin_service = admin_api.AdminService(engine, settings.admin_token, clock)
     routes = [
         Route("/api/webhooks/events", receive_event, methods=["POST"]),
         Route("/api/webhooks/health", health, methods=["GET"]),
@@ -39,6 +41,7 @@ def create_app(
         Route("/api/info", operator_api.info, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
+        Mount("/admin", app=admin_pages(admin_service)),
         Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static"),
         Route("/api/admin/users", admin_api.users, methods=["GET"]),
         Route("/api/admin/users/{user_id:int}", admin_api.user, methods=["GET"]),
@@ -59,7 +62,7 @@ def create_app(
         engine=engine,
         clock=clock,
     )
-    app.state.admin = admin_api.AdminService(engine, settings.admin_token, clock)
+    app.state.admin = admin_service
     app.state.operator = operator_api.OperatorService(
         database=engine.dialect.name,
         polling=settings.polling_enabled,

@@ -1,0 +1,194 @@
+"""`/admin`: the operator's pages, rendered on the server (Jinja2, inline SVG charts, no script, no CDN).
+
+Sign-in with ADMIN_TOKEN into a signed session cookie; every form carries the session's CSRF token. The
+pages call the same billing functions as the admin JSON API. Mounted as its own small application so the
+session middleware never touches the webhook hot path.
+"""
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy.exc import IntegrityError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from billing import admin
+from billing.accounts import AccountError, link_key
+from billing.ledger import CreditChange, CreditStatus, UnknownUser, apply_credit
+from receiver.admin_api import AdminService
+from receiver.charts import bar_chart
+from schema.database import utc
+
+templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
+Page = Callable[[Request], Awaitable[Response]]
+
+
+def _service(request: Request) -> AdminService:
+    service: AdminService = request.app.state.admin
+    return service
+
+
+def _signed_in(request: Request) -> bool:
+    return request.session.get("admin") is True
+
+
+def _page(handler: Page) -> Page:
+    """Sign-in required; POSTs must carry the session's CSRF token."""
+
+    async def guarded(request: Request) -> Response:
+        if not _signed_in(request):
+            return RedirectResponse("/admin/login", status_code=303)
+        if request.method == "POST":
+            form = await request.form()
+            given = str(form.get("csrf", ""))
+            if not hmac.compare_digest(given.encode(), str(request.session.get("csrf", "")).encode()):
+                return Response("Form expired or forged (CSRF check failed); reload the page", status_code=403)
+        return await handler(request)
+
+    return guarded
+
+
+def _render(request: Request, name: str, **context: Any) -> Response:
+    context |= {"csrf": request.session.get("csrf", ""), "notice": request.query_params.get("notice", "")}
+    return templates.TemplateResponse(request, name, context)
+
+
+async def login(request: Request) -> Response:
+    service = _service(request)
+    if request.method == "GET":
+        return _render(request, "login.html", error="")
+    token = str((await request.form()).get("token", ""))
+    if service.token is None or not hmac.compare_digest(token.encode(), service.token.encode()):
+        return templates.TemplateResponse(
+            request, "login.html", {"error": "Wrong token", "csrf": "", "notice": ""}, status_code=401
+        )
+    request.session.clear()
+    request.session.update({"admin": True, "csrf": secrets.token_urlsafe(32)})
+    return RedirectResponse("/admin/", status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/admin/login", status_code=303)
+
+
+async def overview(request: Request) -> Response:
+    service = _service(request)
+    stats = await service.run(lambda c: admin.stats(c, utc(service.clock())))
+    per_minute = [(f"-{60 - i} min", n) for i, n in enumerate(stats["lastHour"]["perMinute"])]
+    chart = bar_chart(per_minute, title="deliveries per minute, last hour")
+    return _render(request, "overview.html", stats=stats, chart=chart)
+
+
+async def users(request: Request) -> Response:
+    service = _service(request)
+    query = request.query_params.get("q", "").strip()
+    found = await service.run(lambda c: admin.search_users(c, query, 50)) if query else []
+    return _render(request, "users.html", query=query, users=found)
+
+
+async def user(request: Request) -> Response:
+    service = _service(request)
+    user_id = int(request.path_params["user_id"])
+    detail = await service.run(lambda c: admin.user_detail(c, user_id, 100))
+    if detail is None:
+        return Response("No such user", status_code=404)
+    return _render(request, "user.html", user=detail)
+
+
+def _back(path: str, notice: str) -> Response:
+    return RedirectResponse(f"{path}?{urlencode({'notice': notice})}", status_code=303)
+
+
+async def topup(request: Request) -> Response:
+    service = _service(request)
+    user_id = int(request.path_params["user_id"])
+    form = await request.form()
+    amount, reference = str(form.get("amount", "")).strip(), str(form.get("reference", "")).strip()
+    if not amount.isdigit() or int(amount) <= 0 or not 0 < len(reference) <= 128:
+        return _back(f"/admin/users/{user_id}", "A top-up needs a positive amount and a reference")
+    change = CreditChange(
+        user_id, int(amount), f"topup:{reference}", "topup", reason=str(form.get("reason", ""))[:255] or None
+    )
+    try:
+        outcome = await service.run(lambda c: apply_credit(c, change, utc(service.clock())))
+    except UnknownUser:
+        return Response("No such user", status_code=404)
+    messages = {CreditStatus.APPLIED: "Topped up", CreditStatus.DUPLICATE: "Already applied (same reference)"}
+    return _back(f"/admin/users/{user_id}", messages.get(outcome.status, "Reference used for another top-up"))
+
+
+async def add_key(request: Request) -> Response:
+    service = _service(request)
+    user_id = int(request.path_params["user_id"])
+    key = str((await request.form()).get("remote_key_id", ""))
+    try:
+        await service.run(lambda c: link_key(c, key, user_id, utc(service.clock())))
+    except (AccountError, IntegrityError) as error:
+        return _back(f"/admin/users/{user_id}", f"Not linked: {error}")
+    return _back(f"/admin/users/{user_id}", f"Gateway key {key} now bills this user")
+
+
+async def logs(request: Request) -> Response:
+    service = _service(request)
+    status = request.query_params.get("status") or None
+    if status not in (None, *admin.STATUSES):
+        status = None
+    rows = await service.run(lambda c: admin.list_webhook_logs(c, status=status, limit=200))
+    rows.sort(key=lambda r: r["status"] != "failed")  # failed first, each part newest first
+    return _render(request, "logs.html", logs=rows, status=status or "")
+
+
+async def replay(request: Request) -> Response:
+    service = _service(request)
+    event_id = request.path_params["event_id"]
+    outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock())))
+    notice = "No such delivery" if outcome is None else f"{event_id}: {outcome.status.value}"
+    return _back("/admin/logs", notice)
+
+
+async def usage(request: Request) -> Response:
+    service = _service(request)
+    since = utc(service.clock()) - timedelta(days=30)
+    by_model = await service.run(lambda c: admin.usage_by_model(c, since))
+    by_day = await service.run(lambda c: admin.usage_by_day(c, since))
+    return _render(
+        request,
+        "usage.html",
+        by_model=bar_chart(by_model[:20], title="credits by model, last 30 days"),
+        by_day=bar_chart(by_day, title="credits by day, last 30 days"),
+    )
+
+
+def admin_pages(service: AdminService) -> Starlette:
+    """The /admin application; without ADMIN_TOKEN every page says the panel is disabled."""
+    token = service.token or secrets.token_urlsafe(32)
+    session_key = hmac.new(token.encode(), b"creditrelay admin session", hashlib.sha256).hexdigest()
+    routes = [
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", _page(overview)),
+        Route("/users", _page(users)),
+        Route("/users/{user_id:int}", _page(user)),
+        Route("/users/{user_id:int}/topup", _page(topup), methods=["POST"]),
+        Route("/users/{user_id:int}/keys", _page(add_key), methods=["POST"]),
+        Route("/logs", _page(logs)),
+        Route("/logs/{event_id}/replay", _page(replay), methods=["POST"]),
+        Route("/usage", _page(usage)),
+    ]
+    middleware = [Middleware(SessionMiddleware, secret_key=session_key, session_cookie="creditrelay_admin",
+                             same_site="strict", max_age=8 * 3600)]  # fmt: skip
+    pages = Starlette(routes=routes, middleware=middleware)
+    pages.state.admin = service
+    return pages
