@@ -9,13 +9,14 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -28,6 +29,7 @@ from billing.accounts import AccountError, link_key
 from billing.ledger import CreditChange, CreditStatus, UnknownUser, apply_credit
 from receiver.admin_api import AdminService
 from receiver.charts import bar_chart
+from receiver.metrics import event_counts
 from schema.database import utc
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
@@ -88,7 +90,14 @@ async def overview(request: Request) -> Response:
     stats = await service.run(lambda c: admin.stats(c, utc(service.clock())))
     per_minute = [(f"-{60 - i} min", n) for i, n in enumerate(stats["lastHour"]["perMinute"])]
     chart = bar_chart(per_minute, title="deliveries per minute, last hour")
-    return _render(request, "overview.html", stats=stats, chart=chart)
+    counts = await run_in_threadpool(event_counts)
+    answered = sum(counts.values())
+    rates = {
+        "success": (counts.get("charged", 0) + counts.get("duplicate", 0) + counts.get("ignored", 0)) / answered,
+        "duplicate": counts.get("duplicate", 0) / answered,
+        "answered": int(answered),
+    } if answered else None  # fmt: skip
+    return _render(request, "overview.html", stats=stats, chart=chart, rates=rates)
 
 
 async def users(request: Request) -> Response:
@@ -145,9 +154,25 @@ async def logs(request: Request) -> Response:
     status = request.query_params.get("status") or None
     if status not in (None, *admin.STATUSES):
         status = None
-    rows = await service.run(lambda c: admin.list_webhook_logs(c, status=status, limit=200))
+    since, until = _local_time(request, "since"), _local_time(request, "until")
+    rows = await service.run(lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=200))
     rows.sort(key=lambda r: r["status"] != "failed")  # failed first, each part newest first
-    return _render(request, "logs.html", logs=rows, status=status or "")
+    return _render(
+        request,
+        "logs.html",
+        logs=rows,
+        status=status or "",
+        since=request.query_params.get("since", ""),
+        until=request.query_params.get("until", ""),
+    )
+
+
+def _local_time(request: Request, name: str) -> datetime | None:
+    """A datetime-local form field (UTC), or None when empty or not a time."""
+    try:
+        return datetime.fromisoformat(request.query_params[name])
+    except (KeyError, ValueError):
+        return None
 
 
 async def replay(request: Request) -> Response:

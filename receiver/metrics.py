@@ -65,15 +65,29 @@ class LedgerCollector(Collector):
             yield found
 
 
-def exposition(ledger: CollectorRegistry) -> bytes:
-    """The text a scrape gets: this process's (or every worker's) samples, then the database gauges."""
+def _registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        base = generate_latest(registry)
-    else:
-        base = generate_latest(REGISTRY)
-    return base + generate_latest(ledger)
+        return registry
+    return REGISTRY
+
+
+def event_counts() -> dict[str, float]:
+    """Webhook deliveries by outcome since the server started, all workers added up."""
+    counts: dict[str, float] = {}
+    for family in _registry().collect():
+        if family.name == "creditrelay_webhook_events":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    outcome = sample.labels["outcome"]
+                    counts[outcome] = counts.get(outcome, 0.0) + sample.value
+    return counts
+
+
+def exposition(ledger: CollectorRegistry) -> bytes:
+    """The text a scrape gets: this process's (or every worker's) samples, then the database gauges."""
+    return generate_latest(_registry()) + generate_latest(ledger)
 
 
 def ledger_registry(engine: Engine, clock: Callable[[], float] = time.time) -> CollectorRegistry:

@@ -62,6 +62,7 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
         page.fill("input[name=token]", TOKEN)
         page.click('button:has-text("Sign in")')
         assert page.inner_text("#failed-total") == "1"
+        assert page.inner_text("#success-rate").endswith("%")
         _shot(page, "1-overview")
 
         page.click("nav >> text=Users")
@@ -74,6 +75,9 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
 
         page.click("nav >> text=Webhook logs")
         assert "unknown remoteKeyId k-new" in page.inner_text("tr.failed")
+        page.fill("input[name=since]", "2000-01-01T00:00")
+        page.click('button:has-text("Filter")')
+        assert "evt-lost" in page.inner_text("table")
         _shot(page, "3-logs-failed")
 
         page.goto(user_url)
