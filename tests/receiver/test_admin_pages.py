@@ -75,7 +75,11 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
 
         page.click("nav >> text=Webhook logs")
         assert "unknown remoteKeyId k-new" in page.inner_text("tr.failed")
+        page.fill("input[name=until]", "2000-01-02T00:00")
+        page.click('button:has-text("Filter")')
+        assert "No deliveries." in page.inner_text("table")
         page.fill("input[name=since]", "2000-01-01T00:00")
+        page.fill("input[name=until]", "")
         page.click('button:has-text("Filter")')
         assert "evt-lost" in page.inner_text("table")
         _shot(page, "3-logs-failed")
