@@ -8,13 +8,18 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from billing.ledger import CreditChange, apply_credit
-from schema.database import insert_ignoring_duplicates
+from billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
+from schema.database import insert_ignoring_duplicates, savepoint
 from schema.tables import api_keys, users
+from schema.wire import BIGINT_MAX
 
 
 class AccountError(ValueError):
     """An account operation cannot be done as asked; the message says why."""
+
+
+class ReferenceConflict(AccountError):
+    """A top-up reference was already used for another user or amount."""
 
 
 @dataclass(frozen=True)
@@ -43,23 +48,15 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> dict[str
         raise AccountError(f"not an email address: {new.email!r}")
     if new.opening_credits < 0:
         raise AccountError("opening credits cannot be negative")
-    savepoint = connection.begin_nested()
     try:
-        created = connection.execute(
-            users.insert().values(
-                email=email,
-                name=new.name,
-                telegramId=new.telegram_id,
-                balance=0,
-                createdAt=now,
-                updatedAt=now,
-            )
-        ).inserted_primary_key
+        with savepoint(connection, "create_user"):
+            row = {"email": email, "name": new.name, "telegramId": new.telegram_id, "balance": 0}
+            created = connection.execute(
+                users.insert().values(**row, createdAt=now, updatedAt=now)
+            ).inserted_primary_key
     except IntegrityError:
-        savepoint.rollback()
         taken = f"email {email}" if new.telegram_id is None else f"email {email} or telegram id {new.telegram_id}"
         raise AccountError(f"a user with {taken} exists") from None
-    savepoint.commit()
     assert created is not None
     user_id = int(created[0])
     if new.opening_credits:
@@ -88,3 +85,22 @@ def link_key(connection: Connection, remote_key_id: str, user_id: int, now: date
     if connection.execute(statement, row).rowcount == 0:
         connection.execute(api_keys.update().where(api_keys.c.remoteKeyId == key).values(userId=user_id, updatedAt=now))
     return {"remoteKeyId": key, "userId": user_id}
+
+
+def top_up(
+    connection: Connection, user_id: int, amount: int, reference: str, now: datetime, reason: str | None = None
+) -> CreditOutcome:
+    """Add credits to a user once per reference (an order id, a ticket): a repeat is a duplicate.
+
+    Raises ``AccountError`` for a bad amount or reference, ``ReferenceConflict`` when the reference was
+    used for another user or amount, ``UnknownUser`` when there is no such user.
+    """
+    if not 0 < amount <= BIGINT_MAX:
+        raise AccountError("amount must be a positive integer")
+    if not 0 < len(reference) <= 128:
+        raise AccountError("reference must be 1 to 128 characters")
+    change = CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=(reason or "")[:255] or None)
+    outcome = apply_credit(connection, change, now)
+    if outcome.status is CreditStatus.CONFLICT:
+        raise ReferenceConflict(f"reference {reference!r} was used for another top-up")
+    return outcome

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from schema.database import savepoint
 from schema.tables import api_clients
 
 ACTIVE, REVOKED = "active", "revoked"
@@ -53,13 +54,11 @@ def add_client(connection: Connection, source: str, now: datetime, *, own_secret
         "createdAt": now,
         "updatedAt": now,
     }
-    savepoint = connection.begin_nested()
     try:
-        connection.execute(api_clients.insert().values(**row))
+        with savepoint(connection, "add_client"):
+            connection.execute(api_clients.insert().values(**row))
     except IntegrityError:
-        savepoint.rollback()
         raise ClientError(f"a client {source!r} exists (use `client rotate`)") from None
-    savepoint.commit()
     return {"source": source, "api_key": api_key, "secret": secret}
 
 

@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from billing import admin
+from billing.accounts import AccountError, ReferenceConflict, top_up
 from billing.database import run_transaction
-from billing.ledger import CreditChange, CreditStatus, UnknownUser, apply_credit
+from billing.ledger import CreditStatus, UnknownUser
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
 from schema.database import utc
@@ -96,19 +97,20 @@ async def topup(request: Request) -> Response:
         document = parse_json_object(body)
     except EnvelopeError as error:
         raise ApiError(400, str(error)) from None
-    amount, reference = document.get("amount"), document.get("reference")
-    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= BIGINT_MAX:
+    amount, reference, reason = document.get("amount"), document.get("reference"), document.get("reason")
+    if not isinstance(amount, int) or isinstance(amount, bool):
         raise ApiError(400, "amount: must be a positive integer")
-    if not isinstance(reference, str) or not 0 < len(reference) <= 128:
+    if not isinstance(reference, str):
         raise ApiError(400, "reference: 1 to 128 characters, required")
-    reason = document.get("reason")
-    change = CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=str(reason)[:255] if reason else None)
+    now = utc(service.clock())
     try:
-        outcome = await service.run(lambda c: apply_credit(c, change, utc(service.clock())))
+        outcome = await service.run(lambda c: top_up(c, user_id, amount, reference, now, str(reason or "")))
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
-    if outcome.status is CreditStatus.CONFLICT:
-        raise ApiError(409, f"reference {reference!r} was used for another top-up")
+    except ReferenceConflict as error:
+        raise ApiError(409, str(error)) from None
+    except AccountError as error:
+        raise ApiError(400, str(error)) from None
     return _ok({"balance": outcome.balance, "duplicate": outcome.status is CreditStatus.DUPLICATE})
 
 

@@ -25,8 +25,8 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from billing import admin
-from billing.accounts import AccountError, link_key
-from billing.ledger import CreditChange, CreditStatus, UnknownUser, apply_credit
+from billing.accounts import AccountError, link_key, top_up
+from billing.ledger import CreditStatus, UnknownUser
 from receiver.admin_api import AdminService
 from receiver.charts import bar_chart
 from receiver.metrics import event_counts
@@ -125,17 +125,17 @@ async def topup(request: Request) -> Response:
     user_id = int(request.path_params["user_id"])
     form = await request.form()
     amount, reference = str(form.get("amount", "")).strip(), str(form.get("reference", "")).strip()
-    if not amount.isdigit() or int(amount) <= 0 or not 0 < len(reference) <= 128:
+    reason, now = str(form.get("reason", "")), utc(service.clock())
+    if not amount.isdigit():
         return _back(f"/admin/users/{user_id}", "A top-up needs a positive amount and a reference")
-    change = CreditChange(
-        user_id, int(amount), f"topup:{reference}", "topup", reason=str(form.get("reason", ""))[:255] or None
-    )
     try:
-        outcome = await service.run(lambda c: apply_credit(c, change, utc(service.clock())))
+        outcome = await service.run(lambda c: top_up(c, user_id, int(amount), reference, now, reason))
     except UnknownUser:
         return Response("No such user", status_code=404)
-    messages = {CreditStatus.APPLIED: "Topped up", CreditStatus.DUPLICATE: "Already applied (same reference)"}
-    return _back(f"/admin/users/{user_id}", messages.get(outcome.status, "Reference used for another top-up"))
+    except AccountError as error:  # a bad amount or reference, or one used for another top-up
+        return _back(f"/admin/users/{user_id}", f"Not topped up: {error}")
+    done = "Already applied (same reference)" if outcome.status is CreditStatus.DUPLICATE else "Topped up"
+    return _back(f"/admin/users/{user_id}", done)
 
 
 async def add_key(request: Request) -> Response:

@@ -19,9 +19,9 @@ from sqlalchemy.exc import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from billing import cli as billing_cli
-from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
+from billing.accounts import AccountError, NewUser, create_user, find_user, link_key, top_up
 from billing.database import DatabaseUnavailable, run_transaction
-from billing.ledger import CreditChange, CreditStatus, apply_credit
+from billing.ledger import CreditStatus
 from receiver.logs import configure_logging
 from schema.database import make_engine, utc
 from schema.settings import Settings, SettingsError, load_settings
@@ -131,15 +131,9 @@ def cmd_key_link(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topup(args: argparse.Namespace, settings: Settings) -> int:
-    if not 0 < len(args.reference) <= 128:
-        raise CommandError("--reference must be 1 to 128 characters")
-
     def work(connection: Connection) -> dict[str, Any]:
         user = find_user(connection, args.user)
-        change = CreditChange(user["id"], args.amount, f"topup:{args.reference}", "topup", reason=args.reason)
-        outcome = apply_credit(connection, change, utc(time.time()))
-        if outcome.status is CreditStatus.CONFLICT:
-            raise CommandError(f"reference {args.reference!r} was used for another top-up")
+        outcome = top_up(connection, user["id"], args.amount, args.reference, utc(time.time()), args.reason)
         return {
             "userId": user["id"],
             "email": user["email"],

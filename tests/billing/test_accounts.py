@@ -1,0 +1,44 @@
+"""billing/accounts.py: the one top-up rule every caller (CLI, admin API, admin pages) goes through."""
+
+import pytest
+from sqlalchemy import Connection
+
+from billing.accounts import AccountError, NewUser, ReferenceConflict, create_user, top_up
+from billing.ledger import CreditStatus, UnknownUser
+from tests.billing.conftest import NOW, in_transaction
+from tests.support.database import Database
+
+
+def test_top_up_once_per_reference_and_refusals(database: Database) -> None:
+    """Applied once, then a duplicate; bad amount/reference, another amount, or no user are refused."""
+    user = in_transaction(database, lambda c: create_user(c, NewUser("a@example.com"), NOW))["id"]
+    first = in_transaction(database, lambda c: top_up(c, user, 40, "order-1", NOW, "paid"))
+    again = in_transaction(database, lambda c: top_up(c, user, 40, "order-1", NOW))
+    assert (first.status, first.balance, again.status, again.balance) == (
+        CreditStatus.APPLIED, 40, CreditStatus.DUPLICATE, 40,
+    )  # fmt: skip
+    with pytest.raises(ReferenceConflict):
+        in_transaction(database, lambda c: top_up(c, user, 41, "order-1", NOW))
+    for amount, reference in ((0, "r"), (-5, "r"), (5, ""), (5, "x" * 129)):
+
+        def refused(connection: Connection, amount: int = amount, reference: str = reference) -> None:
+            top_up(connection, user, amount, reference, NOW)
+
+        with pytest.raises(AccountError):
+            in_transaction(database, refused)
+    with pytest.raises(UnknownUser):
+        in_transaction(database, lambda c: top_up(c, 999_999, 5, "r", NOW))
+    assert database.scalar("SELECT balance FROM users") == 40
+
+
+def test_a_refused_user_leaves_the_transaction_usable(database: Database) -> None:
+    """A duplicate email rolls back to its savepoint; the same transaction goes on to create another user."""
+
+    def work(connection: Connection) -> int:
+        create_user(connection, NewUser("b@example.com"), NOW)
+        with pytest.raises(AccountError, match="exists"):
+            create_user(connection, NewUser("B@example.com"), NOW)
+        return int(create_user(connection, NewUser("c@example.com", opening_credits=5), NOW)["balance"])
+
+    assert in_transaction(database, work) == 5
+    assert database.count("users") == 2
