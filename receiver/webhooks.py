@@ -1,5 +1,6 @@
 """The usage webhook endpoints of CONTRACT §3: parse, authenticate, hand to billing, render."""
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,20 +38,25 @@ def _service(request: Request) -> WebhookService:
     return service
 
 
+# The 200 answers, rendered once: {"success":true,"eventId":…} followed by one of these.
+_ANSWERS = {
+    DeliveryStatus.CHARGED: {"message": "Event processed successfully", "duplicate": False},
+    DeliveryStatus.DUPLICATE: {"message": "Event already processed", "duplicate": True},
+    DeliveryStatus.IGNORED: {"message": "Event type ignored", "ignored": True},
+}
+_ANSWER_TAILS = {
+    status: b"," + json.dumps(tail, separators=(",", ":"))[1:].encode() for status, tail in _ANSWERS.items()
+}
+
+
 def render_outcome(outcome: DeliveryOutcome) -> Response:
     status = outcome.status
     if status is DeliveryStatus.CONFLICT:
         raise ApiError(409, f"Event {outcome.event_id} was already received with a different body")
     if status is DeliveryStatus.UNBILLABLE:
         raise ApiError(422, outcome.error or "Event cannot be billed", eventId=outcome.event_id)
-    body: dict[str, object] = {"success": True, "eventId": outcome.event_id}
-    if status is DeliveryStatus.CHARGED:
-        body |= {"message": "Event processed successfully", "duplicate": False}
-    elif status is DeliveryStatus.DUPLICATE:
-        body |= {"message": "Event already processed", "duplicate": True}
-    else:
-        body |= {"message": "Event type ignored", "ignored": True}
-    return JSONResponse(body)
+    head = b'{"success":true,"eventId":' + json.dumps(outcome.event_id).encode()
+    return Response(head + _ANSWER_TAILS[status], media_type="application/json")
 
 
 async def receive_event(request: Request) -> Response:
@@ -68,6 +74,7 @@ async def receive_event(request: Request) -> Response:
     return response
 
 
+_COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
 _REFUSALS = {400: "invalid", 401: "unauthenticated", 409: "conflict", 413: "too_large", 422: "unbillable"}
 
 
@@ -86,7 +93,7 @@ async def _receive_event(request: Request) -> Response:
     structlog.contextvars.bind_contextvars(event_id=event.event_id)
     outcome = await service.ingestor.ingest(event)
     if outcome.status not in (DeliveryStatus.CONFLICT, DeliveryStatus.UNBILLABLE):  # refusals are counted as such
-        EVENTS.labels(outcome.status.value).inc()
+        _COUNTED[outcome.status].inc()
     routine = outcome.status in (DeliveryStatus.CHARGED, DeliveryStatus.DUPLICATE)
     (log.debug if routine else log.info)("webhook_event", status=outcome.status.value, user_id=outcome.user_id)
     return render_outcome(outcome)

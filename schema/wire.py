@@ -87,12 +87,18 @@ def _reject_constant(name: str) -> Any:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise EnvelopeError(f"body: duplicate key {key!r}")
-        result[key] = value
-    return result
+        seen.add(key)
+    raise AssertionError("unreachable: fewer keys than pairs means a repeated key")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
 
 
 def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -119,7 +125,7 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise EnvelopeError("body: not UTF-8") from None
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
     except RecursionError:

@@ -47,6 +47,7 @@ def test_seed_example_is_charged_once_and_redelivery_is_a_duplicate(receiver: Re
     """The seed's example payload costs 15 credits once; the same delivery again is a duplicate."""
     first = post(receiver, SEED_PAYLOAD)
     assert first.status_code == 200
+    assert first.headers["content-type"] == "application/json"
     assert first.json() == {
         "success": True,
         "message": "Event processed successfully",
