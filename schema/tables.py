@@ -63,7 +63,7 @@ class UsageRecord(SQLModel, table=True):
     """One usage at the gateway, charged once; never cleaned up, so a late replay is still a duplicate."""
 
     __tablename__ = "usage_records"
-    __table_args__ = (sa.Index(None, "userId", "createdAt"), MYSQL_TABLE_OPTIONS)
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     usage_key: str = column("usageKey", max_length=160, unique=True)
@@ -77,7 +77,7 @@ class UsageRecord(SQLModel, table=True):
     total_tokens: int = column("totalTokens", default=0, sa_type=sa.BigInteger)
     credit_cost: int = column("creditCost", sa_type=sa.BigInteger)
     source: str = Field(max_length=16)
-    used_at: datetime = column("usedAt", sa_type=Timestamp)
+    used_at: datetime = column("usedAt", sa_type=Timestamp, index=True)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
 
 

@@ -1,9 +1,10 @@
 """The alembic migrations build exactly the schema the models describe, on both databases."""
 
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from schema.migrate import head_revision, is_current, upgrade
+from schema.migrate import current_revision, downgrade, head_revision, is_current, upgrade
 from schema.tables import metadata
 from tests.support.database import Database
 
@@ -16,3 +17,17 @@ def test_migrated_schema_matches_the_models(database: Database) -> None:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
     assert head_revision() is not None
+
+
+def test_usage_records_index_swap_goes_down_and_up_again(database: Database) -> None:
+    """0004 (usage records indexed by time, not by user; on MySQL the foreign key keeps an index of its
+    own) can be undone and redone, and the result still matches the models."""
+    downgrade(database.engine, "0003")
+    assert current_revision(database.engine) == "0003"
+    upgrade(database.engine)
+    with database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+        indexes = {ix["name"] for ix in sa.inspect(connection).get_indexes("usage_records")}
+    assert "ix_usage_records_usedAt" in indexes
+    assert "ix_usage_records_userId_createdAt" not in indexes
