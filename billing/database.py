@@ -3,7 +3,8 @@
 Engines themselves are made by ``schema.database.make_engine``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -39,7 +40,7 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 def run_transaction(
-    engine: Engine,
+    target: Engine | Connection,
     work: Callable[[Connection], T],
     *,
     attempts: int = 5,
@@ -47,6 +48,8 @@ def run_transaction(
 ) -> T:
     """Run ``work`` in one transaction, commit it, and run it again on a deadlock or a lost connection.
 
+    ``target`` is an engine (a pooled connection per transaction) or a connection its caller holds (a
+    writer's own: no checkout, liveness ping or reset per transaction; a lost one reconnects on next use).
     ``work`` must be idempotent by the database's constraints (billing's is). A database that stays out of
     reach becomes ``DatabaseUnavailable``; any other error propagates untouched.
     """
@@ -57,15 +60,52 @@ def run_transaction(
         reraise=True,
         sleep=sleep or nap.sleep,
     )
-    try:
+    with _unavailable_as_such():
         for attempt in retrying:
-            with attempt, engine.begin() as connection:
+            with attempt, _begin(target) as connection:
                 return work(connection)
+    raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+def connect(engine: Engine) -> Connection:
+    """A connection for a caller to hold; ``DatabaseUnavailable`` when the database does not answer."""
+    with _unavailable_as_such():
+        return engine.connect()
+
+
+@contextmanager
+def _begin(target: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            yield connection
+    else:
+        try:
+            with target.begin():
+                yield target
+        except BaseException:
+            _reset(target)
+            raise
+
+
+def _reset(connection: Connection) -> None:
+    """What returning a connection to the pool would do: roll back whatever the driver still holds open
+    (a failed ``COMMIT`` can leave the transaction open under SQLAlchemy's feet)."""
+    if connection.invalidated:
+        return  # a new driver connection comes with the next use
+    with suppress(Exception):  # the error that brought us here is the one to report
+        driver = connection.connection.dbapi_connection
+        if driver is not None:
+            driver.rollback()
+
+
+@contextmanager
+def _unavailable_as_such() -> Iterator[None]:
+    try:
+        yield
     except (OperationalError, InterfaceError, PoolTimeoutError) as error:
         if is_unavailable(error):
             raise DatabaseUnavailable(str(error.orig) if isinstance(error, DBAPIError) else str(error)) from error
         raise
-    raise AssertionError("unreachable: tenacity reraises the last error")
 
 
 def ping(engine: Engine) -> None:

@@ -200,18 +200,28 @@ def _repeat(first: DeliveryOutcome, same_body: bool) -> DeliveryOutcome:
     return first
 
 
-def record_deliveries(connection: Connection, events: Sequence[Event], now: datetime) -> list[DeliveryOutcome]:
-    """Record and bill a batch of delivered events; one outcome per event, in order."""
+def record_deliveries(
+    connection: Connection, events: Sequence[Event], now: datetime, *, fallback: bool = True
+) -> list[DeliveryOutcome]:
+    """Record and bill a batch of delivered events; one outcome per event, in order.
+
+    Without ``fallback`` a race with another delivery raises ``Shortfall`` instead of going back to a
+    savepoint: the caller rolls its whole transaction back and calls again with it (two round trips fewer
+    per batch on MySQL when nothing races, which is nearly always).
+    """
     first: dict[str, int] = {}
     for index, event in enumerate(events):
         first.setdefault(event.event_id, index)
     unique = sorted((events[i] for i in first.values()), key=lambda e: e.event_id)
-    with savepoint(connection, "deliveries") as rollback:
-        try:
-            verdicts = _optimistic(connection, unique, now)
-        except Shortfall:
-            rollback()
-            verdicts = _claim_first(connection, unique, now)
+    if not fallback:
+        verdicts = _optimistic(connection, unique, now)
+    else:
+        with savepoint(connection, "deliveries") as rollback:
+            try:
+                verdicts = _optimistic(connection, unique, now)
+            except Shortfall:
+                rollback()
+                verdicts = _claim_first(connection, unique, now)
 
     results = []
     for index, event in enumerate(events):

@@ -24,8 +24,10 @@ from schema.database import (
     execute_many,
     fetch_in,
     insert_ignoring_duplicates,
+    insert_returning,
     padded,
     placeholders,
+    returns_inserted,
     run_cached,
     savepoint,
 )
@@ -132,12 +134,16 @@ def insert_new(
 ) -> set[Any]:
     """Insert ``rows`` skipping those whose unique ``key`` exists; return the keys actually inserted.
 
-    One multi-row statement first. When it wrote fewer rows than given, a ``strict`` insert raises
-    ``Shortfall`` (its caller rolls back further up); otherwise it is rolled back to a savepoint and the rows
-    are inserted one by one, each statement's row count telling whether that row was new.
+    Where the database returns what an insert wrote (SQLite, MariaDB), one multi-row ``INSERT … RETURNING``
+    says exactly which rows were new. Otherwise (MySQL) one multi-row statement first; when it wrote fewer
+    rows than given, it is rolled back to a savepoint and the rows are inserted one by one, each
+    statement's row count telling whether that row was new. A ``strict`` insert that writes fewer rows than
+    it was given raises ``Shortfall`` instead (its caller rolls back further up).
     """
     if not rows:
         return set()
+    if returns_inserted(connection.dialect):
+        return set(_written(connection, table, rows, [key], strict))
 
     def build(dialect: str) -> sa.Insert:
         return insert_ignoring_duplicates(table, dialect)
@@ -152,6 +158,33 @@ def insert_new(
             return {row[key] for row in rows}
         rollback()
     return {row[key] for row in rows if execute_many(connection, cache_key, build, [row]) == 1}
+
+
+def insert_new_ids(
+    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str, *, strict: bool = False
+) -> dict[Any, int]:
+    """``insert_new``, with the id of each row written (from ``RETURNING``, else read back)."""
+    if not rows:
+        return {}
+    if returns_inserted(connection.dialect):
+        return dict(_written(connection, table, rows, [key, "id"], strict))
+    written = insert_new(connection, table, rows, key, strict=strict)
+    found = fetch_in(
+        connection,
+        ("inserted_ids", table.name),
+        lambda keys: sa.select(table.c[key], table.c.id).where(table.c[key].in_(keys)),
+        sorted(written),
+    )
+    return dict(found)
+
+
+def _written(
+    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], returning: list[str], strict: bool
+) -> list[Any]:
+    written = insert_returning(connection, table, rows, returning)
+    if strict and len(written) != len(rows):
+        raise Shortfall(table.name)
+    return [row[0] if len(returning) == 1 else tuple(row) for row in written]
 
 
 def set_balances(connection: Connection, balances: Mapping[int, int], now: datetime) -> None:
@@ -199,16 +232,6 @@ def _usage_row(usage: Usage, user_id: int, now: datetime) -> dict[str, Any]:
     }
 
 
-def _record_ids(connection: Connection, usage_keys: Collection[str]) -> dict[str, int]:
-    rows = fetch_in(
-        connection,
-        "record_ids",
-        lambda keys: sa.select(usage_records.c.usageKey, usage_records.c.id).where(usage_records.c.usageKey.in_(keys)),
-        sorted(usage_keys),
-    )
-    return {key: record_id for key, record_id in rows}
-
-
 def apply_usage(
     connection: Connection, usages: Sequence[Usage], now: datetime, *, strict: bool = False
 ) -> list[UsageOutcome]:
@@ -226,8 +249,7 @@ def apply_usage(
     new_rows = [
         _usage_row(usages[index], owners[usages[index].remote_key_id], now) for _, index in sorted(candidates.items())
     ]
-    inserted = insert_new(connection, usage_records, new_rows, "usageKey", strict=strict)
-    record_ids = _record_ids(connection, inserted)
+    record_ids = insert_new_ids(connection, usage_records, new_rows, "usageKey", strict=strict)
 
     outcomes: list[UsageOutcome] = []
     transactions: list[dict[str, Any]] = []
@@ -237,7 +259,7 @@ def apply_usage(
         if user_id is None:
             outcomes.append(UsageOutcome(UsageStatus.UNKNOWN_KEY))
             continue
-        if candidates[usage.usage_key] != index or usage.usage_key not in inserted:
+        if candidates[usage.usage_key] != index or usage.usage_key not in record_ids:
             outcomes.append(UsageOutcome(UsageStatus.DUPLICATE, user_id))
             continue
         balances[user_id] -= usage.credit_cost

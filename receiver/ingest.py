@@ -1,11 +1,13 @@
 """Hands parsed events to billing: one transaction per group of concurrent requests, off the event loop."""
 
+import threading
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-from billing.database import run_transaction
+from billing.database import connect, run_transaction
 from billing.deliveries import DeliveryOutcome, record_deliveries
+from billing.ledger import Shortfall
 from receiver.group_commit import GroupCommitter
 from schema.database import utc
 from schema.wire import Event
@@ -17,12 +19,25 @@ class Ingestor:
     def __init__(self, engine: Engine, clock: Callable[[], float], *, writers: int | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self._writer = threading.local()  # each writer thread holds one connection
         # SQLite has one writer at a time; MySQL overlaps one batch's round trips with the next batch's work.
         default = 1 if engine.dialect.name == "sqlite" else 2
         self.committer = GroupCommitter(self.ingest_batch, writers=writers or default)
 
     def ingest_batch(self, events: Sequence[Event]) -> list[DeliveryOutcome]:
-        return run_transaction(self.engine, lambda c: record_deliveries(c, events, utc(self.clock())))
+        """Runs on a writer thread, in that thread's own connection."""
+        now = utc(self.clock())
+        connection = self._connection()
+        try:
+            return run_transaction(connection, lambda c: record_deliveries(c, events, now, fallback=False))
+        except Shortfall:  # another delivery of one of these events got in between: sort it out claim-first
+            return run_transaction(connection, lambda c: record_deliveries(c, events, now))
+
+    def _connection(self) -> Connection:
+        connection: Connection | None = getattr(self._writer, "connection", None)
+        if connection is None or connection.closed:
+            connection = self._writer.connection = connect(self.engine)
+        return connection
 
     async def ingest(self, event: Event) -> DeliveryOutcome:
         return await self.committer.submit(event)

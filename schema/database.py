@@ -8,17 +8,19 @@ the latest commit), UTC sessions, utf8mb4, stale pooled connections replaced.
 Billing's ledger and the sender's outbox both use these engines.
 """
 
+import sqlite3
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import URL
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
@@ -83,13 +85,74 @@ def insert_ignoring_duplicates(table: sa.Table, dialect_name: str) -> sa.Insert:
     return mysql.insert(table).prefix_with("IGNORE")
 
 
+def returns_inserted(dialect: sa.Dialect) -> bool:
+    """Whether an ``INSERT`` can say which rows it wrote (``RETURNING``): SQLite 3.35+ and MariaDB 10.5+
+    can, MySQL cannot."""
+    if dialect.name == "sqlite":
+        return sqlite3.sqlite_version_info >= (3, 35)
+    version = dialect.server_version_info or ()
+    return bool(getattr(dialect, "is_mariadb", False)) and tuple(version[:2]) >= (10, 5)
+
+
+def insert_returning(
+    connection: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], returning: Sequence[str]
+) -> list[Any]:
+    """One multi-row ``INSERT`` that skips rows whose unique keys exist, returning the ``returning`` columns
+    of the rows it wrote (the database must ``returns_inserted``). Every row has the same keys.
+
+    The rows are padded to a power of two with copies of the last one — a copy meets the same unique key,
+    so it is skipped — and the statement is compiled once per dialect, column set and padded size, with
+    positional parameters, so a batch's values go over as one flat list (a batch's ``now`` formatted once).
+    """
+    if not rows:
+        return []
+    dialect = connection.dialect
+    padded_rows = padded(rows)
+    key = ("insert_returning", table.name, dialect.name, tuple(rows[0]), len(padded_rows), tuple(returning))
+    entry = _returning.get(key)
+    if entry is None:
+        entry = _returning[key] = _compile_returning(table, dialect, list(rows[0]), len(padded_rows), returning)
+    sql, columns, processors = entry
+    values: list[Any] = []
+    for row in _convert(padded_rows, True, [(c, processors.get(c)) for c in columns]):
+        values.extend(row)
+    return list(_run(connection, sql, values).fetchall())
+
+
+_returning: dict[tuple[Hashable, ...], tuple[str, list[str], dict[str, "_Processor"]]] = {}
+
+
+def _compile_returning(
+    table: sa.Table, dialect: sa.Dialect, columns: list[str], count: int, returning: Sequence[str]
+) -> tuple[str, list[str], dict[str, "_Processor"]]:
+    rows = [{c: sa.bindparam(f"{c}__{i}", type_=table.c[c].type) for c in columns} for i in range(count)]
+    statement = insert_ignoring_duplicates(table, dialect.name).values(rows)
+    compiled = statement.compile(dialect=_positional(dialect))
+    assert isinstance(compiled, SQLCompiler)
+    assert compiled.positiontup is not None
+    order = [name.rpartition("__")[0] for name in compiled.positiontup[: len(columns)]]
+    assert compiled.positiontup == [f"{c}__{i}" for i in range(count) for c in order], "values are row by row"
+    processors = {c: _processor(table.c[c].type, dialect) for c in order}
+    quote = dialect.identifier_preparer.quote
+    return f"{compiled} RETURNING {', '.join(quote(c) for c in returning)}", order, processors
+
+
 _Processor = Callable[[Any], Any] | None  # a type's bind processor for the dialect
 _Compiled = tuple[str, bool, list[tuple[str, _Processor]]]
 _compiled: dict[tuple[Hashable, ...], _Compiled] = {}
 
 
+def _positional(dialect: sa.Dialect) -> sa.Dialect:
+    """The dialect to compile with: parameters by position (pymysql takes "%s" as well as named ones), so
+    values go to the driver as tuples, not a dict per row."""
+    if dialect.positional:
+        return dialect
+    dialect_class = cast(type[DefaultDialect], type(dialect))
+    return dialect_class(paramstyle="format")
+
+
 def _compile(statement: sa.ClauseElement, dialect: sa.Dialect, keys: Sequence[str]) -> _Compiled:
-    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    compiled = statement.compile(dialect=_positional(dialect), column_keys=list(keys))
     assert isinstance(compiled, SQLCompiler)
     binds = compiled.binds
     order = compiled.positiontup if compiled.positional and compiled.positiontup else list(binds)

@@ -4,8 +4,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
+import pytest
 from sqlalchemy import Connection
 
+from billing import ledger
 from billing.database import run_transaction
 from tests.support.database import Database
 
@@ -15,3 +17,12 @@ NOW = datetime(2026, 1, 2, 3, 4, 5)
 
 def in_transaction(database: Database, work: Callable[[Connection], T]) -> T:
     return run_transaction(database.engine, work)
+
+
+@pytest.fixture(params=["returning", "row_count"])
+def insert_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of learning which rows an insert wrote: ``RETURNING`` (SQLite, MariaDB) and, as on MySQL,
+    row counts with savepoints and ids read back (forced here on the databases that could return)."""
+    if request.param == "row_count":
+        monkeypatch.setattr(ledger, "returns_inserted", lambda _dialect: False)
+    return str(request.param)

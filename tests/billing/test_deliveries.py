@@ -1,5 +1,7 @@
 """billing/deliveries.py: webhook log claims, conflicts, retries of failed events, late replays."""
 
+import pytest
+
 from billing.accounts import link_key
 from billing.deliveries import DeliveryStatus, record_deliveries
 from schema.wire import parse_event
@@ -7,6 +9,8 @@ from tests.billing.conftest import NOW, in_transaction
 from tests.billing.test_ledger import make_user
 from tests.support.database import Database
 from tests.support.signing import encode, usage_event
+
+pytestmark = pytest.mark.usefixtures("insert_path")  # every test on both insert paths
 
 
 def test_same_event_twice_in_one_batch_is_charged_once(database: Database) -> None:

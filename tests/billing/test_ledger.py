@@ -10,15 +10,21 @@ from billing.accounts import NewUser, create_user, link_key
 from billing.ledger import (
     CreditChange,
     CreditStatus,
+    Shortfall,
     UnknownUser,
     Usage,
     UsageStatus,
     apply_credit,
     apply_usage,
+    insert_new,
+    insert_new_ids,
 )
+from schema.tables import poll_state, webhook_logs
 from tests.billing.conftest import NOW, in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
+
+pytestmark = pytest.mark.usefixtures("insert_path")  # every test on both insert paths
 
 
 def make_user(database: Database, email: str, credits: int, key: str) -> int:
@@ -139,3 +145,27 @@ def test_concurrent_overlapping_batches_charge_each_usage_once(database: Databas
     for i, user_id in enumerate(users):
         assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == 10_000 - spent[f"k{i}"]
     assert_ledger_consistent(database)
+
+
+def _log(event_id: str) -> dict[str, object]:
+    return {"eventId": event_id, "eventType": "usage", "payload": "{}", "payloadHash": "h", "status": "processed",
+            "errorMsg": None, "processedAt": NOW, "createdAt": NOW}  # fmt: skip
+
+
+def test_insert_new_reports_exactly_the_rows_it_wrote(database: Database) -> None:
+    """Five rows (padded to eight where the insert returns what it wrote), the second and the last already
+    stored: the three others are written, each once, and their ids are the stored ones."""
+    in_transaction(database, lambda c: insert_new(c, webhook_logs, [_log("b"), _log("e")], "eventId"))
+    rows = [_log(event_id) for event_id in "abcde"]
+    ids = in_transaction(database, lambda c: insert_new_ids(c, webhook_logs, rows, "eventId"))
+    assert sorted(ids) == ["a", "c", "d"]
+    stored = dict(database.rows("SELECT eventId, id FROM webhook_logs"))
+    assert ids == {key: stored[key] for key in "acd"}
+    assert database.count("webhook_logs") == 5
+    again = {"name": "p", "watermark": 1, "updatedAt": NOW}
+    assert in_transaction(database, lambda c: insert_new(c, poll_state, [again, again | {"name": "q"}], "name")) == {
+        "p",
+        "q",
+    }
+    with pytest.raises(Shortfall):
+        in_transaction(database, lambda c: insert_new(c, poll_state, [again], "name", strict=True))

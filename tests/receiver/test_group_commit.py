@@ -4,9 +4,11 @@ import asyncio
 from collections.abc import Sequence
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, OperationalError
 
+from billing import deliveries
 from billing.database import run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
 from receiver.app import create_app
@@ -131,3 +133,31 @@ def test_a_refused_event_is_answered_in_json_and_not_charged(database: Database)
     }
     assert accepted.status_code == 200
     assert database.rows("SELECT eventId FROM webhook_logs") == [("fine",)]
+
+
+def test_a_delivery_that_races_another_is_sorted_out_in_a_second_transaction(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's optimistic read misses a row another delivery committed just after it (simulated):
+    its insert comes up short, the transaction is rolled back whole, and the claim-first retry finds the
+    duplicate — one charge, nothing half-written."""
+    add_user(database.engine)
+    ingestor = Ingestor(database.engine, lambda: 1_800_000_000.0)
+    [first] = ingestor.ingest_batch(events("raced"))
+    assert first.status is DeliveryStatus.CHARGED
+    real_read = deliveries._read
+    stale = [True]
+
+    def read_before_the_other_commit(connection: sa.Connection, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        if stale:
+            stale.pop()
+            return {}
+        return real_read(connection, event_ids)
+
+    monkeypatch.setattr(deliveries, "_read", read_before_the_other_commit)
+    outcomes = ingestor.ingest_batch(events("raced", "fresh"))
+    assert stale == []
+    assert [o.status for o in outcomes] == [DeliveryStatus.DUPLICATE, DeliveryStatus.CHARGED]
+    assert database.scalar("SELECT COUNT(*) FROM usage_records") == 2
+    assert database.scalar("SELECT balance FROM users") == OPENING - 6
+    assert_ledger_consistent(database)
