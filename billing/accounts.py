@@ -9,7 +9,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
-from schema.database import insert_ignoring_duplicates, savepoint
+from schema.database import insert_ignoring_duplicates
+from schema.statements import savepoint
 from schema.tables import api_keys, users
 from schema.wire import BIGINT_MAX
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from schema.database import savepoint
+from schema.statements import savepoint
 from schema.tables import api_clients
 
 ACTIVE, REVOKED = "active", "revoked"

@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
-from schema.database import execute_many, fetch_in, savepoint, utc
+from schema.database import utc
+from schema.statements import execute_many, fetch_in, savepoint
 from schema.tables import webhook_logs
 from schema.wire import Event
 

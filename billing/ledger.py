@@ -20,10 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.database import (
+from schema.database import insert_ignoring_duplicates
+from schema.statements import (
     execute_many,
     fetch_in,
-    insert_ignoring_duplicates,
     insert_returning,
     padded,
     placeholders,

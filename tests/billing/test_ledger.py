@@ -153,8 +153,8 @@ def _log(event_id: str) -> dict[str, object]:
 
 
 def test_insert_new_reports_exactly_the_rows_it_wrote(database: Database) -> None:
-    """Five rows (padded to eight where the insert returns what it wrote), the second and the last already
-    stored: the three others are written, each once, and their ids are the stored ones."""
+    """Five rows, the second and the last already stored: the three others are written, each once, and
+    their ids are the stored ones; a strict insert that meets a stored key raises ``Shortfall``."""
     in_transaction(database, lambda c: insert_new(c, webhook_logs, [_log("b"), _log("e")], "eventId"))
     rows = [_log(event_id) for event_id in "abcde"]
     ids = in_transaction(database, lambda c: insert_new_ids(c, webhook_logs, rows, "eventId"))

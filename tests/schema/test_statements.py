@@ -1,0 +1,95 @@
+"""schema/statements.py: values arrive byte for byte, however they are escaped or however many rows."""
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from billing.database import run_transaction
+from schema import statements
+from schema.statements import execute_many, fetch_in, insert_returning, returns_inserted
+from schema.tables import webhook_logs
+from tests.support.database import Database
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, 678901)
+HOSTILE = [
+    "it's",
+    'a "quoted" \\ backslash \\\' and \\"',
+    "nul \x00 byte, \x1a, \r\n, \t",
+    "100% %s %(name)s %%",
+    "ünïcødé 中文 🙂",
+    "'); DROP TABLE users; --",
+    "",
+]
+
+
+def log(event_id: str, payload: str) -> dict[str, Any]:
+    return {"eventId": event_id, "eventType": "usage", "payload": payload, "payloadHash": "h", "status": "processed",
+            "errorMsg": None, "processedAt": NOW, "createdAt": NOW}  # fmt: skip
+
+
+def stored(database: Database) -> dict[str, tuple[str, datetime | None]]:
+    query = sa.select(webhook_logs.c.eventId, webhook_logs.c.payload, webhook_logs.c.processedAt)
+    with database.engine.connect() as connection:
+        return {e: (p, at) for e, p, at in connection.execute(query)}
+
+
+def insert(connection: Connection, rows: list[dict[str, Any]]) -> int:
+    return execute_many(connection, "test_insert", lambda _: webhook_logs.insert(), rows)
+
+
+@pytest.mark.parametrize("no_backslash_escapes", [False, True])
+def test_hostile_text_round_trips_exactly(database: Database, no_backslash_escapes: bool) -> None:
+    """Quotes, backslashes, NUL, percent signs and SQL in values are stored as given, also when MySQL
+    runs with NO_BACKSLASH_ESCAPES (where pymysql's own escaping takes over)."""
+    if no_backslash_escapes and database.kind != "mysql":
+        pytest.skip("a MySQL sql_mode")
+    rows = [log(f"e{i}", text) for i, text in enumerate(HOSTILE)]
+
+    def work(connection: Connection) -> int:
+        if no_backslash_escapes:
+            connection.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+        written = insert(connection, rows[:3])
+        found = fetch_in(
+            connection,
+            "test_find",
+            lambda ids: sa.select(webhook_logs.c.payload).where(webhook_logs.c.payload.in_(ids)),
+            HOSTILE,
+        )
+        assert sorted(p for (p,) in found) == sorted(HOSTILE[:3])
+        if returns_inserted(connection.dialect):
+            returned = insert_returning(connection, webhook_logs, rows[3:], ["eventId", "payload"])
+            assert sorted(returned) == sorted((r["eventId"], r["payload"]) for r in rows[3:])
+            written += len(returned)
+        else:
+            written += insert(connection, rows[3:])
+        if no_backslash_escapes:
+            connection.exec_driver_sql("SET SESSION sql_mode = REPLACE(@@sql_mode, 'NO_BACKSLASH_ESCAPES', '')")
+        return written
+
+    assert run_transaction(database.engine, work) == len(HOSTILE)
+    assert stored(database) == {f"e{i}": (text, NOW) for i, text in enumerate(HOSTILE)}
+    assert database.count("users") == 0
+
+
+def test_large_batches_are_split_within_the_database_limits(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows beyond one statement's limit (bytes on MySQL, parameters on SQLite; both made small here) go
+    in several statements: every row written once, every id returned, duplicates still skipped."""
+    monkeypatch.setattr(statements, "_MYSQL_STATEMENT_BYTES", 2_000)
+    monkeypatch.setattr(statements, "_SQLITE_PARAMETERS", 50)
+    rows = [log(f"big{i:03}", "x" * (300 + i)) for i in range(40)]
+
+    def work(connection: Connection) -> int:
+        written = insert(connection, rows[:20])
+        if returns_inserted(connection.dialect):
+            returned = insert_returning(connection, webhook_logs, rows, ["eventId"])
+            assert sorted(e for (e,) in returned) == [r["eventId"] for r in rows[20:]]
+            return written + len(returned)
+        return written + insert(connection, rows[20:])
+
+    assert run_transaction(database.engine, work) == 40
+    assert stored(database) == {r["eventId"]: (r["payload"], NOW) for r in rows}
