@@ -14,7 +14,7 @@ Reads are never ``FOR UPDATE``: an insert already holds a shared lock on a dupli
 deliveries upgrading it to exclusive deadlock each other.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -23,9 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
+from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new, key_owners
 from schema.database import utc
-from schema.statements import execute_many, fetch_in, savepoint
+from schema.statements import execute_many, fetch_in, returns_inserted, savepoint
 from schema.tables import webhook_logs
 from schema.wire import Event
 
@@ -93,24 +93,24 @@ def _read(connection: Connection, event_ids: Sequence[str]) -> dict[str, tuple[s
     return {event_id: (digest, status) for event_id, digest, status in rows}
 
 
+def _unknown_key(event: Event) -> DeliveryOutcome:
+    assert event.usage is not None
+    error = f"unknown remoteKeyId {event.usage.remoteKeyId}: no api_keys row links it to a user"
+    return DeliveryOutcome(event.event_id, DeliveryStatus.UNBILLABLE, error)
+
+
 def _from_usage(event: Event, outcome: UsageOutcome) -> DeliveryOutcome:
     if outcome.status is UsageStatus.UNKNOWN_KEY:
-        assert event.usage is not None
-        error = f"unknown remoteKeyId {event.usage.remoteKeyId}: no api_keys row links it to a user"
-        return DeliveryOutcome(event.event_id, DeliveryStatus.UNBILLABLE, error)
+        return _unknown_key(event)
     status = DeliveryStatus.CHARGED if outcome.status is UsageStatus.CHARGED else DeliveryStatus.DUPLICATE
     return DeliveryOutcome(event.event_id, status, None, outcome.user_id, outcome.balance)
 
 
-def _decide(
-    connection: Connection,
-    events: Sequence[Event],
-    stored: dict[str, tuple[str, str]],
-    now: datetime,
-    *,
-    strict: bool = False,
-) -> dict[str, DeliveryOutcome]:
-    """Each event's outcome given its stored log row (absent: new); bills what is to be billed."""
+def _judge(
+    connection: Connection, events: Sequence[Event], stored: dict[str, tuple[str, str]]
+) -> tuple[dict[str, DeliveryOutcome], list[Event]]:
+    """Outcomes of the events that need no billing given their stored log rows (absent: new), and the
+    events to bill."""
     verdicts: dict[str, DeliveryOutcome] = {}
     to_bill: list[Event] = []
     differing = [e for e in events if stored.get(e.event_id, (e.payload_hash, ""))[0] != e.payload_hash]
@@ -127,10 +127,32 @@ def _decide(
             verdicts[event.event_id] = DeliveryOutcome(event.event_id, DeliveryStatus.IGNORED)
         else:
             to_bill.append(event)
-    outcomes = apply_usage(connection, [usage_of(e) for e in to_bill], now, strict=strict)
-    for event, outcome in zip(to_bill, outcomes, strict=True):
-        verdicts[event.event_id] = _from_usage(event, outcome)
-    return verdicts
+    return verdicts, to_bill
+
+
+def _bill(
+    connection: Connection,
+    events: Sequence[Event],
+    now: datetime,
+    *,
+    strict: bool = False,
+    owners: Mapping[str, int] | None = None,
+) -> dict[str, DeliveryOutcome]:
+    outcomes = apply_usage(connection, [usage_of(e) for e in events], now, strict=strict, owners=owners)
+    return {event.event_id: _from_usage(event, outcome) for event, outcome in zip(events, outcomes, strict=True)}
+
+
+def _decide(
+    connection: Connection,
+    events: Sequence[Event],
+    stored: dict[str, tuple[str, str]],
+    now: datetime,
+    *,
+    strict: bool = False,
+) -> dict[str, DeliveryOutcome]:
+    """Each event's outcome given its stored log row (absent: new); bills what is to be billed."""
+    verdicts, to_bill = _judge(connection, events, stored)
+    return verdicts | _bill(connection, to_bill, now, strict=strict)
 
 
 def _same_events(connection: Connection, events: Sequence[Event]) -> set[str]:
@@ -161,6 +183,37 @@ def _optimistic(connection: Connection, events: Sequence[Event], now: datetime) 
     insert_new(connection, webhook_logs, new, "eventId", strict=True)
     _finish(connection, [verdicts[e.event_id] for e in events if stored.get(e.event_id, ("", ""))[1] == FAILED], now)
     return verdicts
+
+
+def _final_first(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
+    """Where inserts return what they wrote: each new log row is written first, already with its final
+    status (known before billing: ``ignored`` without usage, ``failed`` for an unknown key, else
+    ``processed``), and the ``RETURNING`` says which rows are this delivery's. Only the others are read
+    back. The log rows are locked before the users, as everywhere, and outside the users' lock window."""
+    owners = key_owners(connection, (str(e.usage.remoteKeyId) for e in events if e.usage is not None))
+    expected = {e.event_id: _expected(e, owners) for e in events}
+    rows = [_log_row(e, now, expected[e.event_id]) for e in events]
+    written = insert_new(connection, webhook_logs, rows, "eventId")
+    earlier = [e for e in events if e.event_id not in written]
+    stored = _read(connection, [e.event_id for e in earlier])
+    verdicts, to_bill = _judge(connection, earlier, stored)
+    fresh = [e for e in events if e.event_id in written]
+    verdicts |= {e.event_id: expected[e.event_id] for e in fresh if expected[e.event_id] is not _BILLABLE}
+    to_bill += [e for e in fresh if expected[e.event_id] is _BILLABLE]
+    verdicts |= _bill(connection, to_bill, now, owners=owners)
+    _finish(connection, [verdicts[e.event_id] for e in earlier if stored[e.event_id][1] in (RECEIVED, FAILED)], now)
+    return verdicts
+
+
+_BILLABLE = DeliveryOutcome("", DeliveryStatus.CHARGED)  # logged as processed whether charged or a duplicate
+
+
+def _expected(event: Event, owners: Mapping[str, int]) -> DeliveryOutcome:
+    if event.usage is None:
+        return DeliveryOutcome(event.event_id, DeliveryStatus.IGNORED)
+    if str(event.usage.remoteKeyId) not in owners:
+        return _unknown_key(event)
+    return _BILLABLE
 
 
 def _claim_first(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
@@ -214,7 +267,9 @@ def record_deliveries(
     for index, event in enumerate(events):
         first.setdefault(event.event_id, index)
     unique = sorted((events[i] for i in first.values()), key=lambda e: e.event_id)
-    if not fallback:
+    if returns_inserted(connection.dialect):
+        verdicts = _final_first(connection, unique, now)
+    elif not fallback:
         verdicts = _optimistic(connection, unique, now)
     else:
         with savepoint(connection, "deliveries") as rollback:

@@ -233,14 +233,21 @@ def _usage_row(usage: Usage, user_id: int, now: datetime) -> dict[str, Any]:
 
 
 def apply_usage(
-    connection: Connection, usages: Sequence[Usage], now: datetime, *, strict: bool = False
+    connection: Connection,
+    usages: Sequence[Usage],
+    now: datetime,
+    *,
+    strict: bool = False,
+    owners: Mapping[str, int] | None = None,
 ) -> list[UsageOutcome]:
     """Charge each usage once: one outcome per usage, in order, inside the caller's transaction.
 
     ``strict``: raise ``Shortfall`` instead of sorting out usages charged before (the caller retries the
-    batch on its slower path).
+    batch on its slower path). ``owners``: the caller's ``key_owners`` of these usages, read in this
+    transaction.
     """
-    owners = key_owners(connection, (u.remote_key_id for u in usages))
+    if owners is None:
+        owners = key_owners(connection, (u.remote_key_id for u in usages))
     candidates: dict[str, int] = {}  # usage key -> index of its first billable usage in this batch
     for index, usage in enumerate(usages):
         if usage.remote_key_id in owners:

@@ -7,7 +7,7 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import Connection
 
-from billing import ledger
+from billing import deliveries, ledger
 from billing.database import run_transaction
 from tests.support.database import Database
 
@@ -24,5 +24,6 @@ def insert_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Both ways of learning which rows an insert wrote: ``RETURNING`` (SQLite, MariaDB) and, as on MySQL,
     row counts with savepoints and ids read back (forced here on the databases that could return)."""
     if request.param == "row_count":
-        monkeypatch.setattr(ledger, "returns_inserted", lambda _dialect: False)
+        for module in (ledger, deliveries):
+            monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)
     return str(request.param)

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, OperationalError
 
-from billing import deliveries
+from billing import deliveries, ledger
 from billing.database import run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
 from receiver.app import create_app
@@ -138,9 +138,11 @@ def test_a_refused_event_is_answered_in_json_and_not_charged(database: Database)
 def test_a_delivery_that_races_another_is_sorted_out_in_a_second_transaction(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writer's optimistic read misses a row another delivery committed just after it (simulated):
-    its insert comes up short, the transaction is rolled back whole, and the claim-first retry finds the
-    duplicate — one charge, nothing half-written."""
+    """Where inserts only count rows (MySQL): the writer's optimistic read misses a row another delivery
+    committed just after it (simulated), its insert comes up short, the transaction is rolled back whole,
+    and the claim-first retry finds the duplicate — one charge, nothing half-written."""
+    for module in (deliveries, ledger):
+        monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)
     add_user(database.engine)
     ingestor = Ingestor(database.engine, lambda: 1_800_000_000.0)
     [first] = ingestor.ingest_batch(events("raced"))
