@@ -6,8 +6,10 @@ from collections.abc import Callable
 import swagger_ui_bundle  # type: ignore[import-untyped]  # the package ships no type information
 from sqlalchemy import Engine
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from billing.polling import Poller
 from receiver import admin_api, credits, openapi, operator_api
@@ -19,6 +21,31 @@ from receiver.metrics import ledger_registry
 from receiver.rate_limit import RateLimiter
 from receiver.webhooks import WebhookService, health, receive_event
 from schema.settings import Settings
+
+EVENTS_PATH = "/api/webhooks/events"
+
+
+class ReceiverApp(Starlette):
+    """Starlette with one shortcut: ``POST /api/webhooks/events``, the hot path, goes straight to its
+    endpoint instead of through the middleware stack and the router (about 14 µs of the bare ceiling's
+    36 µs per request in `make bench`). Its errors are rendered by the app's own exception handlers; every
+    other request, and this path under any other method, is Starlette's as usual."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != EVENTS_PATH or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        try:
+            await receive_event(scope, receive, send)
+        except Exception as error:
+            handler = next(
+                (self.exception_handlers[k] for k in type(error).__mro__ if k in self.exception_handlers), None
+            )
+            if handler is None:
+                raise  # uvicorn logs it and answers 500, as Starlette's ServerErrorMiddleware would
+            response = await handler(Request(scope, receive), error)
+            await response(scope, receive, send)
 
 
 def create_app(
@@ -32,7 +59,7 @@ def create_app(
     it also polls new-api in the background."""
     admin_service = admin_api.AdminService(engine, settings.admin_token, clock)
     routes = [
-        Route("/api/webhooks/events", receive_event, methods=["POST"]),
+        Route(EVENTS_PATH, receive_event, methods=["POST"]),
         Route("/api/webhooks/health", health, methods=["GET"]),
         Route("/api/credits/sync", credits.sync, methods=["POST"]),
         Route("/api/credits/batch", credits.batch, methods=["POST"]),
@@ -54,7 +81,7 @@ def create_app(
     lifespan = None
     if poller is not None and settings.poll_interval:
         lifespan = polling_lifespan(poller, settings.poll_interval)
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app = ReceiverApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.webhooks = WebhookService(
         secrets=settings.require_secrets(),
         body_limit=settings.body_limit,

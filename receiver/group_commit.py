@@ -4,9 +4,10 @@ its own outcome, after the commit.
 Requests put their verified, parsed events on a queue; a writer takes whatever is waiting (at most
 ``max_batch``; under no load that is one event, so nobody waits for a batch to fill), applies it through
 billing's batch-first ``record_deliveries`` in one transaction on a thread of its own — never on the
-event loop — and resolves each request's future. A batch the database refuses is retried one event at a
-time, so a poison event fails alone; when the database is unreachable every event of the batch gets
-``DatabaseUnavailable`` (503) and nothing of it was committed.
+event loop — and resolves each request's future. A batch that fails (the database refuses it, or a bug
+trips on it) is retried one event at a time, so a poison event fails alone and the writer goes on; when
+the database is unreachable every event of the batch gets ``DatabaseUnavailable`` (503) and nothing of
+it was committed.
 """
 
 import asyncio
@@ -15,7 +16,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from billing.database import DatabaseUnavailable
 from billing.deliveries import DeliveryOutcome
@@ -84,9 +84,9 @@ class GroupCommitter:
             return list(self.apply_batch(events))
         except DatabaseUnavailable as error:
             return [error] * len(events)
-        except SQLAlchemyError as error:
+        except Exception as error:  # the database refused it, or a bug: either way the writer goes on
             if len(events) == 1:
-                log.error("event_failed", event_id=events[0].event_id, error=str(error))
+                log.error("event_failed", event_id=events[0].event_id, exc_info=True)
                 return [error]
-            log.warning("batch_failed_retrying_one_by_one", size=len(events), error=str(error))
+            log.warning("batch_failed_retrying_one_by_one", size=len(events), error=repr(error))
             return [outcome for event in events for outcome in self.apply_isolated([event])]

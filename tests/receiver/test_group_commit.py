@@ -163,3 +163,33 @@ def test_a_delivery_that_races_another_is_sorted_out_in_a_second_transaction(
     assert database.scalar("SELECT COUNT(*) FROM usage_records") == 2
     assert database.scalar("SELECT balance FROM users") == OPENING - 6
     assert_ledger_consistent(database)
+
+
+def test_the_events_shortcut_answers_like_the_rest_of_the_app(database: Database) -> None:
+    """POST /api/webhooks/events skips Starlette's router; other methods on that path still get the
+    router's JSON 405, and an unexpected error in the endpoint is a 500 after which the server goes on."""
+    add_user(database.engine)
+    app = create_app(settings_for(database), database.engine)
+    committer: GroupCommitter = app.state.webhooks.ingestor.committer
+    real = committer.apply_batch
+    broken = [True]
+
+    def fail_once(batch: Sequence[Event]) -> list[DeliveryOutcome]:
+        if broken:
+            broken.pop()
+            raise RuntimeError("a bug")
+        return real(batch)
+
+    committer.apply_batch = fail_once
+    body = encode(usage_event("after-the-bug", cost=3))
+    with serving(app) as url, httpx.Client(base_url=url) as client:
+        not_allowed = client.get("/api/webhooks/events")
+        failed = client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+        retried = client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+    assert not_allowed.status_code == 405
+    assert not_allowed.json() == {"success": False, "message": "Method Not Allowed"}
+    assert failed.status_code == 500
+    assert retried.status_code == 200
+    assert retried.json()["duplicate"] is False
+    assert database.scalar("SELECT balance FROM users") == OPENING - 3
+    assert_ledger_consistent(database)
