@@ -218,27 +218,26 @@ def _values_group(sql: str) -> tuple[str, str, str]:
 def _insert_rows(connection: Connection, parts: tuple[str, str, str], rows: list[tuple[Any, ...]]) -> Iterator[Any]:
     """Cursors of the multi-row statements (as few as the database's limits allow) inserting ``rows``."""
     head, group, tail = parts
-    for chunk in _chunks(rows, connection.dialect.name):
-        flat = [value for row in chunk for value in row]
-        yield _run(connection, f"{head}{', '.join([group] * len(chunk))}{tail}", flat)
-
-
-def _chunks(rows: list[tuple[Any, ...]], dialect_name: str) -> Iterator[list[tuple[Any, ...]]]:
-    if dialect_name == "sqlite":
+    if connection.dialect.name != "mysql":
         step = max(1, _SQLITE_PARAMETERS // max(1, len(rows[0])))
         for start in range(0, len(rows), step):
-            yield rows[start : start + step]
+            chunk = rows[start : start + step]
+            flat = [value for row in chunk for value in row]
+            yield _run(connection, f"{head}{', '.join([group] * len(chunk))}{tail}", flat)
         return
-    chunk: list[tuple[Any, ...]] = []
+    # MySQL: each row written out as literals, rows joined into statements of at most ~1 MB, sent as they are
+    literal = _literal_for(connection.connection.driver_connection)
+    head, tail = head.replace("%%", "%"), tail.replace("%%", "%")
+    written: list[str] = []
     size = 0
     for row in rows:
-        row_size = sum(len(value) if type(value) is str else 24 for value in row)
-        if chunk and size + row_size > _MYSQL_STATEMENT_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(row)
-        size += row_size
-    yield chunk
+        values = f"({', '.join([literal(value) for value in row])})"
+        if written and size + len(values) > _MYSQL_STATEMENT_BYTES:
+            yield _run(connection, f"{head}{', '.join(written)}{tail}", None)
+            written, size = [], 0
+        written.append(values)
+        size += len(values) + 2
+    yield _run(connection, f"{head}{', '.join(written)}{tail}", None)
 
 
 def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
@@ -267,17 +266,24 @@ def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -
 
 def _inline(driver: Any, sql: str, params: Sequence[Any]) -> str:
     """``sql`` with its "%s" parameters written in as pymysql would write them."""
+    literal = _literal_for(driver)
+    return sql % tuple([literal(value) for value in params])
+
+
+def _literal_for(driver: Any) -> Callable[[Any], str]:
+    """How to write a value as a literal on this connection: pymysql's own ``escape`` when the session has
+    ``NO_BACKSLASH_ESCAPES``, else its escaping table with one call per value."""
     if driver.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-        return sql % tuple(driver.escape(value) for value in params)
-    return sql % tuple([_literal(driver, value) for value in params])
+        return lambda value: str(driver.escape(value))
 
+    def literal(value: Any) -> str:
+        kind = type(value)
+        if kind is str:
+            return "'" + escape_string(value) + "'"
+        if kind is int:
+            return str(value)
+        if value is None:
+            return "NULL"
+        return str(driver.escape(value))
 
-def _literal(driver: Any, value: Any) -> str:
-    kind = type(value)
-    if kind is str:
-        return "'" + escape_string(value) + "'"
-    if kind is int:
-        return str(value)
-    if value is None:
-        return "NULL"
-    return str(driver.escape(value))
+    return literal
