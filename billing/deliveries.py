@@ -1,14 +1,20 @@
 """Webhook deliveries: record each event id once in ``webhook_logs`` and bill the usage it carries.
 
-Constraints decide every fate. The usual path reads the batch's log rows, bills the new (and previously
-failed) events, and inserts each new log row once with its final status — ``ON CONFLICT DO NOTHING`` /
-``INSERT IGNORE``, counting the rows written. When that count is short, a concurrent delivery of one of
-these event ids got in first: the work is rolled back to a savepoint and redone claim-first — log rows
-inserted as ``received`` before billing, so a row still ``received`` is this transaction's own (committed
-rows always carry a final state; an insert that meets another's uncommitted row waits for it, and READ
-COMMITTED reads then see its commit). A stored row with the same body is a duplicate (or, when
-``failed``, retried: a key may have been linked since), with another body a conflict. Money is guarded one
-level down: ``ledger.apply_usage`` charges a usage key only in the transaction whose insert wrote it.
+Constraints decide every fate. Where inserts return what they wrote (SQLite, MariaDB) a batch goes
+final-first: the status each new log row ends with is known before billing (``ignored`` without usage,
+``failed`` for an unknown key, else ``processed``, whether the usage is charged or was charged before),
+so the log rows are inserted first, with it, ``ON CONFLICT DO NOTHING`` / ``INSERT IGNORE … RETURNING``;
+the rows returned are this delivery's, the others are read back (an insert that meets another's
+uncommitted row waits for it, and READ COMMITTED reads then see its commit, always with a final status).
+
+Where inserts only count rows (MySQL) the usual path reads the batch's log rows, bills the new (and
+previously failed) events, and inserts each new log row once with its final status. When that count is
+short, a concurrent delivery of one of these event ids got in first: the work is redone claim-first —
+log rows inserted as ``received`` before billing, so a row still ``received`` is this transaction's own.
+
+Either way, a stored row with the same body is a duplicate (or, when ``failed``, retried: a key may have
+been linked since), with another body a conflict. Money is guarded one level down: ``ledger.apply_usage``
+charges a usage key only in the transaction whose insert wrote it.
 
 Reads are never ``FOR UPDATE``: an insert already holds a shared lock on a duplicate row, and 40 racing
 deliveries upgrading it to exclusive deadlock each other.
