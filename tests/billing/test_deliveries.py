@@ -1,13 +1,11 @@
 """billing/deliveries.py: webhook log claims, conflicts, retries of failed events, late replays."""
 
-import threading
-
 import pytest
 
 from billing.accounts import link_key
 from billing.deliveries import DeliveryStatus, record_deliveries
-from schema.wire import Event, parse_event
-from tests.billing.conftest import NOW, in_transaction
+from schema.wire import parse_event
+from tests.billing.conftest import NOW, concurrently, in_transaction
 from tests.billing.test_ledger import make_user
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
@@ -64,24 +62,8 @@ def test_concurrent_overlapping_deliveries_record_and_charge_each_event_once(dat
     users = [make_user(database, f"u{i}@example.com", 10_000, f"k{i}") for i in range(3)]
     events = [parse_event(encode(usage_event(f"c{i:02}", key=f"k{i % 3}", cost=1 + i % 4))) for i in range(60)]
     batches = [[events[(t * 11 + j) % 60] for j in range(30)] for t in range(6)]
-    outcomes: list[DeliveryStatus] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(batches))
-
-    def run(batch: list[Event]) -> None:
-        start.wait()
-        try:
-            done = in_transaction(database, lambda c: record_deliveries(c, batch, NOW))
-            outcomes.extend(o.status for o in done)
-        except BaseException as error:  # noqa: BLE001 - collected and asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    results = concurrently(database, batches, lambda c, batch: record_deliveries(c, batch, NOW))
+    outcomes = [o.status for done in results for o in done]
     sent = {e.event_id for b in batches for e in b}
     assert outcomes.count(DeliveryStatus.CHARGED) == len(sent)
     assert outcomes.count(DeliveryStatus.DUPLICATE) == sum(len(b) for b in batches) - len(sent)

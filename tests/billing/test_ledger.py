@@ -1,6 +1,5 @@
 """billing/ledger.py: usage charged once per usage key, credits once per reference, balances exact."""
 
-import threading
 from datetime import datetime
 
 import pytest
@@ -20,7 +19,7 @@ from billing.ledger import (
     insert_new_ids,
 )
 from schema.tables import poll_state, webhook_logs
-from tests.billing.conftest import NOW, in_transaction
+from tests.billing.conftest import NOW, concurrently, in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
 
@@ -123,20 +122,7 @@ def test_concurrent_overlapping_batches_charge_each_usage_once(database: Databas
         [usage(f"u{(t * 7 + j) % 60}", 1 + (t * 7 + j) % 60 % 5, f"k{(t * 7 + j) % 60 % 3}") for j in range(25)]
         for t in range(8)
     ]
-    errors: list[BaseException] = []
-
-    def run(batch: list[Usage]) -> None:
-        try:
-            in_transaction(database, lambda c: apply_usage(c, batch, datetime(2026, 1, 1)))
-        except BaseException as error:  # noqa: BLE001 - collected and asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    concurrently(database, batches, lambda c, batch: apply_usage(c, batch, datetime(2026, 1, 1)))
     distinct = {u.usage_key: u for b in batches for u in b}
     assert database.count("usage_records") == len(distinct)
     spent = {f"k{i}": 0 for i in range(3)}
