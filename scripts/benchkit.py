@@ -23,10 +23,10 @@ import sqlalchemy as sa
 
 from billing.accounts import NewUser, create_user, link_key
 from billing.database import run_transaction
-from billing.deliveries import DeliveryOutcome, record_deliveries
+from receiver.ingest import Ingestor
 from schema.database import make_engine, utc
 from schema.migrate import upgrade
-from schema.wire import Event, parse_event
+from schema.wire import parse_event
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 100
@@ -258,19 +258,17 @@ def _events_sent(requests_file: Path, threads: int, sent_per_thread: list[int]) 
 
 
 def duplicate_detection_ms(url: str, samples: int = 500) -> str:
-    """Server-side time to answer a redelivered event (one transaction, as a lone request does)."""
+    """Server-side time to answer a redelivered event: the group-commit writer's own call for a lone
+    request (its held connection, one transaction)."""
     engine = make_engine(url)
     with engine.connect() as c:
         payloads = [row[0] for row in c.execute(sa.text("SELECT payload FROM webhook_logs LIMIT :n"), {"n": samples})]
+    ingestor = Ingestor(engine, time.time)
     timings = []
     for payload in payloads:
         event = parse_event(payload.encode())
-
-        def redeliver(connection: sa.Connection, event: Event = event) -> list[DeliveryOutcome]:
-            return record_deliveries(connection, [event], utc(time.time()))
-
         started = time.perf_counter()
-        [outcome] = run_transaction(engine, redeliver)
+        [outcome] = ingestor.ingest_batch([event])
         timings.append((time.perf_counter() - started) * 1000)
         if outcome.status.value != "duplicate":
             raise SystemExit(f"expected a duplicate, got {outcome.status.value}")
