@@ -50,7 +50,9 @@ def insert_returning(
     if not rows:
         return []
     dialect = connection.dialect
-    sql, params = _cached(("insert_returning", table.name), dialect, rows[0], lambda: _insert(table, dialect))
+    sql, params = _cached(
+        ("insert_returning", table.name), dialect, rows[0], lambda: insert_ignoring_duplicates(table, dialect.name)
+    )
     head, group, tail = _values_group(sql)
     quote = dialect.identifier_preparer.quote
     tail += f" RETURNING {', '.join(quote(c) for c in returning)}"
@@ -141,10 +143,6 @@ def savepoint(connection: Connection, name: str) -> Iterator[Callable[[], None]]
         raise
     if not rolled_back:
         _run(connection, f"RELEASE SAVEPOINT {name}", ())
-
-
-def _insert(table: sa.Table, dialect: sa.Dialect) -> sa.Insert:
-    return insert_ignoring_duplicates(table, dialect.name)
 
 
 def _cached(

@@ -49,6 +49,11 @@ def insert_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Both ways of learning which rows an insert wrote: ``RETURNING`` (SQLite, MariaDB) and, as on MySQL,
     row counts with savepoints and ids read back (forced here on the databases that could return)."""
     if request.param == "row_count":
-        for module in (ledger, deliveries):
-            monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)
+        force_row_counts(monkeypatch)
     return str(request.param)
+
+
+def force_row_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Billing as on MySQL, where inserts only count the rows they wrote (no ``RETURNING``)."""
+    for module in (ledger, deliveries):
+        monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, OperationalError
 
-from billing import deliveries, ledger
+from billing import deliveries
 from billing.database import run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
 from receiver.app import create_app
@@ -16,6 +16,7 @@ from receiver.group_commit import GroupCommitter
 from receiver.ingest import Ingestor
 from schema.database import utc
 from schema.wire import Event, parse_event
+from tests.billing.conftest import force_row_counts
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
@@ -141,8 +142,7 @@ def test_a_delivery_that_races_another_is_sorted_out_in_a_second_transaction(
     """Where inserts only count rows (MySQL): the writer's optimistic read misses a row another delivery
     committed just after it (simulated), its insert comes up short, the transaction is rolled back whole,
     and the claim-first retry finds the duplicate — one charge, nothing half-written."""
-    for module in (deliveries, ledger):
-        monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)
+    force_row_counts(monkeypatch)
     add_user(database.engine)
     ingestor = Ingestor(database.engine, lambda: 1_800_000_000.0)
     [first] = ingestor.ingest_batch(events("raced"))
