@@ -46,8 +46,8 @@ class DeliveryStatus(StrEnum):
     IGNORED = "ignored"
 
 
-@dataclass(frozen=True)
-class DeliveryOutcome:
+@dataclass(slots=True)
+class DeliveryOutcome:  # a value, slotted rather than frozen for speed (see ledger.Usage)
     event_id: str
     status: DeliveryStatus
     error: str | None = None

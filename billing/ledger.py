@@ -55,7 +55,9 @@ class Shortfall(Exception):
     """A strict insert wrote fewer rows than it was given: some keys already existed."""
 
 
-@dataclass(frozen=True)
+# The per-event records of the hot path are plain slotted dataclasses: a frozen one costs ~6x as much to
+# build (every field set through object.__setattr__), ~4 µs per webhook event in all. Treat them as values.
+@dataclass(slots=True)
 class Usage:
     """One usage at the gateway, as billing needs it, whichever way it arrived."""
 
@@ -72,7 +74,7 @@ class Usage:
     total_tokens: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UsageOutcome:
     status: UsageStatus
     user_id: int | None = None

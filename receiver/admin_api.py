@@ -92,7 +92,7 @@ async def topup(request: Request) -> Response:
     service = _service(request)
     user_id = int(request.path_params["user_id"])
     body = await read_limited(request, 16 * 1024)
-    require_json(request)
+    require_json(request.headers)
     try:
         document = parse_json_object(body)
     except EnvelopeError as error:

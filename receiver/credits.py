@@ -99,7 +99,7 @@ async def _apply(service: CreditService, body: SyncBody) -> SyncOutcome:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     body = await read_limited(request, BODY_LIMIT)
-    require_json(request)
+    require_json(request.headers)
     try:
         return parse_json_object(body)
     except EnvelopeError as error:

@@ -1,16 +1,20 @@
 """Hands parsed events to billing: one transaction per group of concurrent requests, off the event loop."""
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
 
 from billing.database import connect, run_transaction
-from billing.deliveries import DeliveryOutcome, record_deliveries
+from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
 from billing.ledger import Shortfall
 from receiver.group_commit import GroupCommitter
+from receiver.metrics import EVENTS
 from schema.database import utc
 from schema.wire import Event
+
+_COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
 
 
 class Ingestor:
@@ -25,13 +29,16 @@ class Ingestor:
         self.committer = GroupCommitter(self.ingest_batch, writers=writers or default)
 
     def ingest_batch(self, events: Sequence[Event]) -> list[DeliveryOutcome]:
-        """Runs on a writer thread, in that thread's own connection."""
+        """Runs on a writer thread, in that thread's own connection; counts the committed outcomes."""
         now = utc(self.clock())
         connection = self._connection()
         try:
-            return run_transaction(connection, lambda c: record_deliveries(c, events, now, fallback=False))
+            outcomes = run_transaction(connection, lambda c: record_deliveries(c, events, now, fallback=False))
         except Shortfall:  # another delivery of one of these events got in between: sort it out claim-first
-            return run_transaction(connection, lambda c: record_deliveries(c, events, now))
+            outcomes = run_transaction(connection, lambda c: record_deliveries(c, events, now))
+        for status, count in Counter(o.status for o in outcomes).items():
+            _COUNTED[status].inc(count)
+        return outcomes
 
     def _connection(self) -> Connection:
         connection: Connection | None = getattr(self._writer, "connection", None)

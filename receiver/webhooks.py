@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from billing.database import DatabaseUnavailable, ping
 from billing.deliveries import DeliveryOutcome, DeliveryStatus
-from receiver.bodies import read_limited, require_json
+from receiver.bodies import header_map, read_body, require_json
 from receiver.errors import ApiError
 from receiver.ingest import Ingestor
 from receiver.metrics import EVENTS, REQUEST_SECONDS
@@ -68,9 +68,10 @@ class EventsEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         try:
-            body = await _receive_event(Request(scope, receive))
+            body = await _receive_event(scope["app"].state.webhooks, scope, receive)
         except ApiError as error:
-            EVENTS.labels(_REFUSALS.get(error.status_code, str(error.status_code))).inc()
+            if error.status_code in _REFUSALS:  # an event's own outcomes (409, 422) are counted by the ingestor
+                _REFUSALS[error.status_code].inc()
             raise
         except DatabaseUnavailable:
             EVENTS.labels("unavailable").inc()
@@ -85,28 +86,30 @@ class EventsEndpoint:
 receive_event = EventsEndpoint()
 
 
-_COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
-_REFUSALS = {400: "invalid", 401: "unauthenticated", 409: "conflict", 413: "too_large", 422: "unbillable"}
+_REFUSALS = {
+    status: EVENTS.labels(outcome)
+    for status, outcome in ((400, "invalid"), (401, "unauthenticated"), (413, "too_large"))
+}
+_ROUTINE = (DeliveryStatus.CHARGED, DeliveryStatus.DUPLICATE)
 
 
-async def _receive_event(request: Request) -> bytes:
-    service = _service(request)
-    structlog.contextvars.clear_contextvars()
-    body = await read_limited(request, service.body_limit)
-    if not verify_signature(service.secrets, body, request.headers, service.clock()):
+async def _receive_event(service: WebhookService, scope: Scope, receive: Receive) -> bytes:
+    """The 200 answer's body for one delivery; refusals raise ``ApiError``. The route runs without a
+    Starlette ``Request``: headers are read once into a dict, the body straight from ``receive``."""
+    headers = header_map(scope)
+    body = await read_body(receive, headers, service.body_limit)
+    if not verify_signature(service.secrets, body, headers, service.clock()):
         log.info("webhook_rejected", reason="signature")
         raise ApiError(401, "Invalid webhook signature")
-    require_json(request)
+    require_json(headers)
     try:
         event = parse_event(body)
     except EnvelopeError as error:
         raise ApiError(400, str(error)) from None
-    structlog.contextvars.bind_contextvars(event_id=event.event_id)
     outcome = await service.ingestor.ingest(event)
-    if outcome.status not in (DeliveryStatus.CONFLICT, DeliveryStatus.UNBILLABLE):  # refusals are counted as such
-        _COUNTED[outcome.status].inc()
-    routine = outcome.status in (DeliveryStatus.CHARGED, DeliveryStatus.DUPLICATE)
-    (log.debug if routine else log.info)("webhook_event", status=outcome.status.value, user_id=outcome.user_id)
+    (log.debug if outcome.status in _ROUTINE else log.info)(
+        "webhook_event", event_id=event.event_id, status=outcome.status, user_id=outcome.user_id
+    )
     return render_outcome(outcome)
 
 

@@ -62,3 +62,23 @@ def test_huge_and_many_signature_headers_are_refused_quickly(receiver: Receiver,
             continue
         assert reply.status_code in (400, 401, 431)
     assert database.count("webhook_logs") == 0
+
+
+def test_a_chunked_body_is_read_whole_and_refused_once_it_grows_past_the_limit(
+    receiver: Receiver, database: Database
+) -> None:
+    """Without Content-Length the body arrives in pieces: a signed one in three chunks is charged, one that
+    grows past the limit chunk by chunk is refused with 413 and charges nothing."""
+    body = encode(usage_event("evt-chunked"))
+    pieces = [body[:10], body[10:50], body[50:]]
+    headers = {"Content-Type": "application/json", "X-Webhook-Signature": seed_signature(body)}
+    answer = receiver.client.post("/api/webhooks/events", content=iter(pieces), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["eventId"] == "evt-chunked"
+
+    big = encode(usage_event("evt-too-big", padding="x" * 70_000))
+    chunks = [big[i : i + 8192] for i in range(0, len(big), 8192)]
+    headers = {"Content-Type": "application/json", "X-Webhook-Signature": seed_signature(big)}
+    answer = receiver.client.post("/api/webhooks/events", content=iter(chunks), headers=headers)
+    assert answer.status_code == 413
+    assert database.scalar("SELECT COUNT(*) FROM usage_records WHERE eventId = 'evt-too-big'") == 0

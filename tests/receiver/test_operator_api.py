@@ -50,6 +50,29 @@ def test_metrics_parse_and_move_when_events_arrive(receiver: Receiver, database:
     assert 89 <= after[("creditrelay_poll_lag_seconds", ())] < 200
 
 
+def test_every_refusal_is_counted_once_under_its_own_outcome(receiver: Receiver) -> None:
+    """Outcomes of billing (counted per committed batch) and refusals before it (counted by the route)
+    never double up: a conflict, an unknown key, an invalid body and an ignored event move one counter each."""
+    first, other = encode(usage_event("evt-c", cost=1)), encode(usage_event("evt-c", cost=2))
+    unknown, ignored = (
+        encode(usage_event("evt-u", key="no-such-key")),
+        encode({**usage_event("evt-i"), "eventType": "x"}),
+    )
+    before = samples(receiver.client)
+    answers = [
+        receiver.client.post("/api/webhooks/events", content=body, headers=seed_headers(body)).status_code
+        for body in (first, other, unknown, ignored, b"[]")
+    ]
+    after = samples(receiver.client)
+    assert answers == [200, 409, 422, 200, 400]
+    moved = {
+        labels[0][1]: after[(name, labels)] - before.get((name, labels), 0.0)
+        for name, labels in after
+        if name == "creditrelay_webhook_events_total" and after[(name, labels)] != before.get((name, labels), 0.0)
+    }
+    assert moved == {"charged": 1, "conflict": 1, "unbillable": 1, "ignored": 1, "invalid": 1}
+
+
 def test_info_says_what_is_enabled(receiver: Receiver) -> None:
     """Version, database kind and the enabled parts."""
     data = receiver.client.get("/api/info").json()["data"]
