@@ -1,11 +1,14 @@
 """Webhook deliveries: record each event id once in ``webhook_logs`` and bill the usage it carries.
 
 Constraints decide every fate. Where inserts return what they wrote (SQLite, MariaDB) a batch goes
-final-first: the status each new log row ends with is known before billing (``ignored`` without usage,
-``failed`` for an unknown key, else ``processed``, whether the usage is charged or was charged before),
-so the log rows are inserted first, with it, ``ON CONFLICT DO NOTHING`` / ``INSERT IGNORE … RETURNING``;
-the rows returned are this delivery's, the others are read back (an insert that meets another's
-uncommitted row waits for it, and READ COMMITTED reads then see its commit, always with a final status).
+final-first. One read (a ``UNION ALL``) finds the batch's key owners and the log rows already stored;
+events whose rows exist are judged from them, so a batch of duplicates writes nothing. For the others
+the status each new log row ends with is known before billing (``ignored`` without usage, ``failed``
+for an unknown key, else ``processed``, whether the usage is charged or was charged before), so their
+log rows are inserted first, with it, ``ON CONFLICT DO NOTHING`` / ``INSERT IGNORE … RETURNING``; the
+rows returned are this delivery's, the others (committed or being inserted by another delivery since the
+read) are read back (an insert that meets another's uncommitted row waits for it, and READ COMMITTED
+reads then see its commit, always with a final status).
 
 Where inserts only count rows (MySQL) the usual path reads the batch's log rows, bills the new (and
 previously failed) events, and inserts each new log row once with its final status. When that count is
@@ -29,10 +32,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new, key_owners
+from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
 from schema.database import utc
-from schema.statements import execute_many, fetch_in, returns_inserted, savepoint
-from schema.tables import webhook_logs
+from schema.statements import execute_many, fetch_in, fetch_in_each, returns_inserted, savepoint
+from schema.tables import api_keys, webhook_logs
 from schema.wire import Event
 
 RECEIVED, PROCESSED, FAILED, IGNORED = "received", "processed", "failed", "ignored"
@@ -192,23 +195,54 @@ def _optimistic(connection: Connection, events: Sequence[Event], now: datetime) 
 
 
 def _final_first(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
-    """Where inserts return what they wrote: each new log row is written first, already with its final
-    status (known before billing: ``ignored`` without usage, ``failed`` for an unknown key, else
-    ``processed``), and the ``RETURNING`` says which rows are this delivery's. Only the others are read
-    back. The log rows are locked before the users, as everywhere, and outside the users' lock window."""
-    owners = key_owners(connection, (str(e.usage.remoteKeyId) for e in events if e.usage is not None))
-    expected = {e.event_id: _expected(e, owners) for e in events}
-    rows = [_log_row(e, now, expected[e.event_id]) for e in events]
-    written = insert_new(connection, webhook_logs, rows, "eventId")
+    """Where inserts return what they wrote: the batch's key owners and stored log rows are read in one
+    round trip; each new log row is written already with its final status (known before billing:
+    ``ignored`` without usage, ``failed`` for an unknown key, else ``processed``), and the ``RETURNING``
+    says which rows are this delivery's. A row that appeared between the read and the insert (another
+    delivery's, committed meanwhile) is read back. A batch of duplicates writes nothing. The log rows are
+    locked before the users, as everywhere, and outside the users' lock window."""
+    owners, stored = _known(connection, events)
+    new = [e for e in events if e.event_id not in stored]
+    expected = {e.event_id: _expected(e, owners) for e in new}
+    written = insert_new(connection, webhook_logs, [_log_row(e, now, expected[e.event_id]) for e in new], "eventId")
+    stored |= _read(connection, [e.event_id for e in new if e.event_id not in written])
     earlier = [e for e in events if e.event_id not in written]
-    stored = _read(connection, [e.event_id for e in earlier])
     verdicts, to_bill = _judge(connection, earlier, stored)
-    fresh = [e for e in events if e.event_id in written]
+    fresh = [e for e in new if e.event_id in written]
     verdicts |= {e.event_id: expected[e.event_id] for e in fresh if expected[e.event_id] is not _BILLABLE}
     to_bill += [e for e in fresh if expected[e.event_id] is _BILLABLE]
     verdicts |= _bill(connection, to_bill, now, owners=owners)
     _finish(connection, [verdicts[e.event_id] for e in earlier if stored[e.event_id][1] in (RECEIVED, FAILED)], now)
     return verdicts
+
+
+def _known(connection: Connection, events: Sequence[Event]) -> tuple[dict[str, int], dict[str, tuple[str, str]]]:
+    """The owners of the batch's gateway keys (as ``ledger.key_owners``) and its stored log rows (as
+    ``_read``), in one statement: a ``UNION ALL`` of the two lookups."""
+    keys = sorted({str(e.usage.remoteKeyId) for e in events if e.usage is not None})
+    if not keys:
+        return {}, _read(connection, [e.event_id for e in events])
+
+    def build(lists: Sequence[Sequence[sa.BindParameter[Any]]]) -> sa.CompoundSelect[Any]:
+        owners = sa.select(
+            sa.literal_column("'k'").label("kind"),
+            api_keys.c.remoteKeyId.label("name"),
+            api_keys.c.userId.label("owner"),
+            sa.null().label("digest"),
+            sa.null().label("status"),
+        ).where(api_keys.c.remoteKeyId.in_(lists[0]))
+        logs = sa.select(
+            sa.literal_column("'l'"),
+            webhook_logs.c.eventId,
+            sa.null(),
+            webhook_logs.c.payloadHash,
+            webhook_logs.c.status,
+        ).where(webhook_logs.c.eventId.in_(lists[1]))
+        return sa.union_all(owners, logs)
+
+    rows = fetch_in_each(connection, "owners_and_logs", build, [keys, [e.event_id for e in events]])
+    owners = {name: int(owner) for kind, name, owner, _, _ in rows if kind == "k"}
+    return owners, {name: (digest, status) for kind, name, _, digest, status in rows if kind == "l"}
 
 
 _BILLABLE = DeliveryOutcome("", DeliveryStatus.CHARGED)  # logged as processed whether charged or a duplicate

@@ -101,10 +101,25 @@ def fetch_in(
     """
     if not values:
         return []
-    values = padded(values)
-    params = {f"v{i}": v for i, v in enumerate(values)}
-    cursor = run_cached(connection, (cache_key, len(values)), lambda: build(placeholders("v", len(values))), params)
-    return list(cursor.fetchall())
+    return fetch_in_each(connection, cache_key, lambda lists: build(lists[0]), [values])
+
+
+def fetch_in_each(
+    connection: Connection,
+    cache_key: Hashable,
+    build: Callable[[Sequence[Sequence[sa.BindParameter[Any]]]], sa.Executable],
+    lists: Sequence[Sequence[Any]],
+) -> list[Any]:
+    """``fetch_in`` for a statement with several ``IN`` lists (one round trip for several lookups): ``build``
+    gets one list of placeholders per list of values. Every list must hold at least one value."""
+    lists = [padded(values) for values in lists]
+    params = {f"v{n}_{i}": v for n, values in enumerate(lists) for i, v in enumerate(values)}
+    shape = tuple(len(values) for values in lists)
+
+    def statement() -> sa.ClauseElement:
+        return cast(sa.ClauseElement, build([placeholders(f"v{n}_", size) for n, size in enumerate(shape)]))
+
+    return list(run_cached(connection, (cache_key, shape), statement, params).fetchall())
 
 
 def placeholders(prefix: str, count: int) -> list[sa.BindParameter[Any]]:

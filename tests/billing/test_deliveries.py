@@ -1,9 +1,13 @@
 """billing/deliveries.py: webhook log claims, conflicts, retries of failed events, late replays."""
 
+from typing import Any
+
 import pytest
+from sqlalchemy import Connection
 
 from billing.accounts import link_key
 from billing.deliveries import DeliveryStatus, record_deliveries
+from schema import statements as statements_module
 from schema.wire import parse_event
 from tests.billing.conftest import NOW, concurrently, in_transaction
 from tests.billing.test_ledger import make_user
@@ -73,3 +77,27 @@ def test_concurrent_overlapping_deliveries_record_and_charge_each_event_once(dat
         cost = sum(1 + int(e.event_id[1:]) % 4 for e in events if e.event_id in sent and int(e.event_id[1:]) % 3 == i)
         assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == 10_000 - cost
     assert_ledger_consistent(database)
+
+
+def test_a_batch_of_duplicates_writes_nothing_and_takes_no_lock(
+    database: Database, insert_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redelivered events already logged with a final status are judged from what is read: no statement
+    of the batch writes or locks a row (the seed's duplicate detection is a read), on both paths."""
+    make_user(database, "alice@example.com", 100, "1")
+    batch = [parse_event(encode(usage_event(f"e{i}", cost=1))) for i in range(3)]
+    in_transaction(database, lambda c: record_deliveries(c, batch, NOW))
+    statements: list[str] = []
+    run = statements_module._run
+
+    def recording(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+        statements.append(sql)
+        return run(connection, sql, params, many=many)
+
+    monkeypatch.setattr(statements_module, "_run", recording)
+    outcomes = in_transaction(database, lambda c: record_deliveries(c, batch, NOW))
+    assert {o.status for o in outcomes} == {DeliveryStatus.DUPLICATE}
+    reads = [sql for sql in statements if not sql.startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+    assert reads, "the batch was read"
+    assert all(sql.lstrip().upper().startswith("SELECT") and "FOR UPDATE" not in sql for sql in reads), reads
+    assert database.scalar("SELECT balance FROM users") == 97
