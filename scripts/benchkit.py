@@ -51,6 +51,7 @@ class Result:
     non_200: int = 0
     sent_per_thread: list[int] = field(default_factory=list)
     in_flight_allowance: int = 0
+    ceiling_rps: float = 0.0  # the bare ceiling measured beside this run (0: not compared)
     ledger: str = "-"
     notes: str = ""
 
