@@ -80,7 +80,7 @@ def test_concurrent_overlapping_deliveries_record_and_charge_each_event_once(dat
 
 
 def test_a_batch_of_duplicates_writes_nothing_and_takes_no_lock(
-    database: Database, insert_path: str, monkeypatch: pytest.MonkeyPatch
+    database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redelivered events already logged with a final status are judged from what is read: no statement
     of the batch writes or locks a row (the seed's duplicate detection is a read), on both paths."""
