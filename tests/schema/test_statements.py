@@ -77,10 +77,10 @@ def test_hostile_text_round_trips_exactly(database: Database, no_backslash_escap
 def test_large_batches_are_split_within_the_database_limits(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows beyond one statement's limit (bytes on MySQL, parameters on SQLite; both made small here) go
-    in several statements: every row written once, every id returned, duplicates still skipped."""
+    """Rows beyond one statement's limit (bytes on MySQL, rows on SQLite; both made small here) go in
+    several statements: every row written once, every id returned, duplicates still skipped."""
     monkeypatch.setattr(statements, "_MYSQL_STATEMENT_BYTES", 2_000)
-    monkeypatch.setattr(statements, "_SQLITE_PARAMETERS", 50)
+    monkeypatch.setattr(statements, "_SQLITE_ROWS", 8)
     rows = [log(f"big{i:03}", "x" * (300 + i)) for i in range(40)]
 
     def work(connection: Connection) -> int:
@@ -93,3 +93,37 @@ def test_large_batches_are_split_within_the_database_limits(
 
     assert run_transaction(database.engine, work) == 40
     assert stored(database) == {r["eventId"]: (r["payload"], NOW) for r in rows}
+
+
+def test_inserts_of_every_batch_size_write_each_row_once_in_few_statement_shapes(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 1 to 70 rows, half of them already stored: each insert returns exactly its new rows and
+    stores them once. On SQLite a short statement is padded with copies of its last row (skipped by its
+    unique key), so all these sizes run in at most seven statement shapes, which stay prepared."""
+    with database.engine.connect() as connection:
+        if not returns_inserted(connection.dialect):
+            pytest.skip("the database cannot say which rows an insert wrote")
+    shapes: set[str] = set()
+    run = statements._run
+
+    def recording(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+        if sql.startswith("INSERT"):
+            shapes.add(sql)
+        return run(connection, sql, params, many=many)
+
+    monkeypatch.setattr(statements, "_run", recording)
+    expected: dict[str, tuple[str, datetime | None]] = {}
+
+    def insert_new(rows: list[dict[str, Any]]) -> list[Any]:
+        return run_transaction(database.engine, lambda c: insert_returning(c, webhook_logs, rows, ["eventId"]))
+
+    for size in range(1, 71):
+        rows = [log(f"s{size}-{i}", f"payload {size} {i}") for i in range(size)]
+        insert_new(rows[: size // 2])
+        returned = insert_new(rows)
+        assert sorted(e for (e,) in returned) == sorted(r["eventId"] for r in rows[size // 2 :])
+        expected |= {r["eventId"]: (r["payload"], NOW) for r in rows}
+    assert stored(database) == expected
+    if database.kind == "sqlite":
+        assert len(shapes) <= 7
