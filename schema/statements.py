@@ -234,7 +234,8 @@ def _values_group(sql: str) -> tuple[str, str, str]:
 
 
 def _insert_rows(connection: Connection, parts: tuple[str, str, str], rows: list[tuple[Any, ...]]) -> Iterator[Any]:
-    """Cursors of the multi-row statements (as few as the database's limits allow) inserting ``rows``."""
+    """Cursors of the multi-row statements inserting ``rows``: on MySQL as few as its packet size allows, on
+    SQLite one per 64 rows."""
     head, group, tail = parts
     if connection.dialect.name != "mysql":
         # At most _SQLITE_ROWS rows per statement, a short chunk padded with copies of its last row to a
