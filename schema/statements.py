@@ -294,14 +294,20 @@ def _inline(driver: Any, sql: str, params: Sequence[Any]) -> str:
 
 def _literal_for(driver: Any) -> Callable[[Any], str]:
     """How to write a value as a literal on this connection: pymysql's own ``escape`` when the session has
-    ``NO_BACKSLASH_ESCAPES``, else its escaping table with one call per value."""
+    ``NO_BACKSLASH_ESCAPES``, else its escaping table with one call per value, each distinct text escaped
+    once per statement."""
     if driver.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
         return lambda value: str(driver.escape(value))
+
+    written: dict[str, str] = {}  # a batch repeats its timestamps, statuses, sources and models
 
     def literal(value: Any) -> str:
         kind = type(value)
         if kind is str:
-            return "'" + escape_string(value) + "'"
+            text = written.get(value)
+            if text is None:
+                text = written[value] = "'" + escape_string(value) + "'"
+            return text
         if kind is int:
             return str(value)
         if value is None:
