@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -210,10 +211,15 @@ def set_balances(connection: Connection, balances: Mapping[int, int], now: datet
             .values(balance=new, updatedAt=sa.bindparam("now", type_=users.c.updatedAt.type))
         )
 
-    params: dict[str, Any] = {"now": now}
-    for i, user_id in enumerate(ids):
-        params |= {f"u{i}": user_id, f"b{i}": balances[user_id], f"w{i}": user_id}
+    values = [value for user_id in ids for value in (user_id, balances[user_id], user_id)]
+    params: dict[str, Any] = dict(zip(_balance_names(len(ids)), values, strict=True)) | {"now": now}
     run_cached(connection, ("set_balances", len(ids)), build, params)
+
+
+@cache
+def _balance_names(count: int) -> tuple[str, ...]:
+    """``set_balances``' parameter names for ``count`` users: each user's id, new balance, id again."""
+    return tuple(name for i in range(count) for name in (f"u{i}", f"b{i}", f"w{i}"))
 
 
 def _usage_row(usage: Usage, user_id: int, now: datetime) -> dict[str, Any]:

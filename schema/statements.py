@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
+from functools import cache
+from itertools import chain
 from operator import itemgetter
 from typing import Any, cast
 
@@ -117,13 +119,19 @@ def fetch_in_each(
     """``fetch_in`` for a statement with several ``IN`` lists (one round trip for several lookups): ``build``
     gets one list of placeholders per list of values. Every list must hold at least one value."""
     lists = [padded(values) for values in lists]
-    params = {f"v{n}_{i}": v for n, values in enumerate(lists) for i, v in enumerate(values)}
     shape = tuple(len(values) for values in lists)
+    params = dict(zip(_list_names(shape), chain.from_iterable(lists), strict=True))
 
     def statement() -> sa.ClauseElement:
         return cast(sa.ClauseElement, build([placeholders(f"v{n}_", size) for n, size in enumerate(shape)]))
 
     return list(run_cached(connection, (cache_key, shape), statement, params).fetchall())
+
+
+@cache
+def _list_names(shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The parameter names of ``fetch_in_each``'s lists of these lengths, in order."""
+    return tuple(f"v{n}_{i}" for n, size in enumerate(shape) for i in range(size))
 
 
 def placeholders(prefix: str, count: int) -> list[sa.BindParameter[Any]]:
