@@ -115,13 +115,13 @@ def test_inserts_of_every_batch_size_write_each_row_once_in_few_statement_shapes
     monkeypatch.setattr(statements, "_run", recording)
     expected: dict[str, tuple[str, datetime | None]] = {}
 
-    def insert_new(rows: list[dict[str, Any]]) -> list[Any]:
+    def store_new(rows: list[dict[str, Any]]) -> list[Any]:
         return run_transaction(database.engine, lambda c: insert_returning(c, webhook_logs, rows, ["eventId"]))
 
     for size in range(1, 71):
         rows = [log(f"s{size}-{i}", f"payload {size} {i}") for i in range(size)]
-        insert_new(rows[: size // 2])
-        returned = insert_new(rows)
+        store_new(rows[: size // 2])
+        returned = store_new(rows)
         assert sorted(e for (e,) in returned) == sorted(r["eventId"] for r in rows[size // 2 :])
         expected |= {r["eventId"]: (r["payload"], NOW) for r in rows}
     assert stored(database) == expected
