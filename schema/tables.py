@@ -69,7 +69,7 @@ class UsageRecord(SQLModel, table=True):
     usage_key: str = column("usageKey", max_length=160, unique=True)
     user_id: int = column("userId", foreign_key="users.id", sa_type=Id)
     remote_key_id: str = column("remoteKeyId", max_length=64)
-    event_id: str | None = column("eventId", default=None, max_length=64, index=True)
+    event_id: str | None = column("eventId", default=None, max_length=64)
     request_id: str | None = column("requestId", default=None, max_length=128)
     model: str = Field(max_length=128)
     prompt_tokens: int = column("promptTokens", default=0, sa_type=sa.BigInteger)
@@ -87,7 +87,6 @@ class CreditTransaction(SQLModel, table=True):
     __tablename__ = "credit_transactions"
     __table_args__ = (
         sa.Index(None, "userId", "id"),
-        sa.Index(None, "createdAt"),
         sa.CheckConstraint("(type = 'usage') = (usageRecordId IS NOT NULL)", name="usage_has_record"),
         MYSQL_TABLE_OPTIONS,
     )

@@ -31,3 +31,22 @@ def test_usage_records_index_swap_goes_down_and_up_again(database: Database) -> 
         indexes = {ix["name"] for ix in sa.inspect(connection).get_indexes("usage_records")}
     assert "ix_usage_records_usedAt" in indexes
     assert "ix_usage_records_userId_createdAt" not in indexes
+
+
+def test_unread_indexes_drop_goes_down_and_up_again(database: Database) -> None:
+    """0005 (no index on usage_records.eventId or credit_transactions.createdAt: no query reads them) can be
+    undone and redone, and the result still matches the models."""
+    downgrade(database.engine, "0004")
+    with database.engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        assert "ix_usage_records_eventId" in {ix["name"] for ix in inspector.get_indexes("usage_records")}
+        assert "ix_credit_transactions_createdAt" in {ix["name"] for ix in inspector.get_indexes("credit_transactions")}
+    upgrade(database.engine)
+    with database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+        inspector = sa.inspect(connection)
+        assert "ix_usage_records_eventId" not in {ix["name"] for ix in inspector.get_indexes("usage_records")}
+        indexes = {ix["name"] for ix in inspector.get_indexes("credit_transactions")}
+    assert "ix_credit_transactions_createdAt" not in indexes
+    assert "ix_credit_transactions_userId_id" in indexes
