@@ -2,27 +2,32 @@
 
 Prints events/s, p50/p99 latency, peak RSS and the ratio to the ceiling for unique events and for a
 duplicate-heavy mix, checks the ledger for exactly-once after every run, and measures the seed's own
-targets (server-side duplicate detection, deduction latency at moderate load). It prints figures and
-asserts nothing about timing. Servers run pinned to CPU 0 and wrk to CPU 1 (both when there is one).
+targets (server-side duplicate detection, deduction latency at moderate load). Every run is repeated
+(``--repeat``, interleaved rounds) and the table gives medians. It prints figures and asserts nothing
+about timing. Servers run pinned to CPU 0 and wrk to CPU 1 (both when there is one).
 """
 
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.benchkit import (
     Result,
+    Summary,
     check_ledger,
     duplicate_detection_ms,
     make_database,
     run_load,
     serve,
+    summarize,
     write_requests,
 )
 
@@ -30,28 +35,48 @@ HERE = Path(__file__).resolve().parent
 SECRET = "bench-secret-bench-secret-bench-secret-0123"  # noqa: S105 - a throwaway secret for local servers
 
 
-def scenario(
-    name: str,
-    url: str,
-    requests_file: Path,
-    args: argparse.Namespace,
-    *,
-    workers: int = 1,
-    connections: int | None = None,
-) -> Result:
+@dataclass(frozen=True)
+class Plan:
+    """One run of a round: which database, which requests, how many workers and connections."""
+
+    name: str
+    url: str
+    requests_file: Path
+    workers: int = 1
+    connections: int | None = None  # None: --connections, full load, compared with the ceiling
+
+    @property
+    def full_load(self) -> bool:
+        return self.connections is None
+
+
+def scenario(plan: Plan, args: argparse.Namespace) -> Result:
     """A fresh database, creditrelay serve on it under wrk, and the ledger checked afterwards."""
-    make_database(url)
-    env = {"DATABASE_URL": url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "warning"}
-    with serve(["serve", "--workers", str(workers)], env, cpu=args.server_cpu) as server:
-        result = run_load(server, requests_file, args, connections=connections)
-    result.name = name
-    result.ledger = check_ledger(url, result, requests_file, min(args.threads, connections or args.connections))
+    make_database(plan.url)
+    env = {"DATABASE_URL": plan.url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "warning"}
+    with serve(["serve", "--workers", str(plan.workers)], env, cpu=args.server_cpu) as server:
+        result = run_load(server, plan.requests_file, args, connections=plan.connections)
+    result.name = plan.name
+    threads = min(args.threads, plan.connections or args.connections)
+    result.ledger = check_ledger(plan.url, result, plan.requests_file, threads)
     return result
+
+
+def plans(args: argparse.Namespace, work: Path, unique: Path, mixed: Path) -> list[Plan]:
+    kinds = [("sqlite", f"sqlite:///{work / 'bench.db'}")] + ([] if args.skip_mysql else [("mysql", args.mysql_url)])
+    runs = []
+    for kind, url in kinds:
+        runs += [Plan(f"{kind}: unique events", url, unique), Plan(f"{kind}: 50% duplicates", url, mixed)]
+        if kind == "mysql":
+            runs.append(Plan(f"{kind}: unique events, --workers 2", url, unique, workers=2))
+        runs.append(Plan(f"{kind}: moderate load (4 connections)", url, unique, connections=4))
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every run; the table gives medians")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--events", type=int, default=300_000, help="unique events prepared per run")
@@ -70,48 +95,49 @@ def main() -> None:
     os.environ["CREDITRELAY_BENCH_LOG"] = str(work / "servers.log")
     unique = write_requests(work / "unique.tsv", "u", args.events, SECRET, duplicates=False)
     mixed = write_requests(work / "mixed.tsv", "m", args.events, SECRET, duplicates=True)
-    results: list[Result] = []
 
     def measure_ceiling() -> float:
         with serve(None, {"WEBHOOK_SECRET": SECRET}, cpu=args.server_cpu, ceiling=True) as server:
             return run_load(server, unique, args).rps
 
-    # The host's speed drifts within minutes (a shared machine: 10k-18k requests/s for the same ceiling
-    # within an hour), so the ceiling is measured before the first run and after every run, and each run's
-    # ratio is to the mean of the two ceilings on either side of it.
+    # The host's speed drifts within minutes (a shared machine: 11k-26k requests/s for the same ceiling
+    # a minute apart), so the ceiling is measured before the first run and after every run, each run's
+    # ratio is to the mean of the two ceilings on either side of it, and the rounds interleave every run
+    # so that a slow spell does not fall on one of them only.
     ceilings = [measure_ceiling()]
+    rounds: dict[str, list[Result]] = {}
+    for round_number in range(1, args.repeat + 1):
+        for plan in plans(args, work, unique, mixed):
+            result = scenario(plan, args)
+            if not plan.full_load:
+                result.duplicate_ms = duplicate_detection_ms(plan.url)
+            ceilings.append(measure_ceiling())
+            if plan.full_load:
+                result.ceiling_rps = (ceilings[-2] + ceilings[-1]) / 2
+            rounds.setdefault(plan.name, []).append(result)
+            print(f"round {round_number}/{args.repeat}: {plan.name}: {result.rps:.0f} events/s", file=sys.stderr)
+    report([summarize(results) for results in rounds.values()], ceilings, args)
 
-    def measured(result: Result, *, full_load: bool = True) -> Result:
-        ceilings.append(measure_ceiling())
-        if full_load:
-            result.ceiling_rps = (ceilings[-2] + ceilings[-1]) / 2
-        return result
 
-    kinds = [("sqlite", f"sqlite:///{work / 'bench.db'}")] + ([] if args.skip_mysql else [("mysql", args.mysql_url)])
-    for kind, url in kinds:
-        for label, requests_file in (("unique events", unique), ("50% duplicates", mixed)):
-            results.append(measured(scenario(f"{kind}: {label}", url, requests_file, args)))
-        if kind == "mysql":
-            results.append(measured(scenario(f"{kind}: unique events, --workers 2", url, unique, args, workers=2)))
-        moderate = scenario(f"{kind}: moderate load (4 connections)", url, unique, args, connections=4)
-        moderate.notes = f"duplicate detected server-side in {duplicate_detection_ms(url)}"
-        results.append(measured(moderate, full_load=False))
-
-    print()
-    header = f"{'run':44} {'events/s':>10} {'ceiling':>8} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7}"
-    print(header + f" {'non-200':>8}  exactly-once check")
-    for r in results:
-        ratio = f"{r.rps / r.ceiling_rps:7.1%}" if r.ceiling_rps else f"{'-':>7}"
-        ceiling = f"{r.ceiling_rps:8.0f}" if r.ceiling_rps else f"{'-':>8}"
-        figures = f"{r.rps:10.0f} {ceiling} {ratio} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.rss_mb:7.0f} {r.non_200:8d}"
-        print(f"{r.name:44} {figures}  {r.ledger}")
-        if r.notes:
-            print(f"{'':44} {r.notes}")
+def report(summaries: list[Summary], ceilings: list[float], args: argparse.Namespace) -> None:
+    print(f"\nmedians of {args.repeat} rounds (ratio range: lowest and highest round)")
+    header = f"{'run':44} {'events/s':>9} {'ceiling':>8} {'ratio':>6} {'range':>12} {'p50 ms':>7} {'p99 ms':>7}"
+    print(header + f" {'RSS MB':>6} {'non-200':>7}  exactly-once check")
+    for s in summaries:
+        ratio, spread = f"{'-':>6}", f"{'-':>12}"
+        if s.ratio is not None and s.ratio_range is not None:
+            ratio, spread = f"{s.ratio:6.1%}", f"{s.ratio_range[0]:5.1%}-{s.ratio_range[1]:5.1%}"
+        ceiling = f"{s.ceiling_rps:8.0f}" if s.ceiling_rps else f"{'-':>8}"
+        figures = f"{s.rps:9.0f} {ceiling} {ratio} {spread} {s.p50_ms:7.2f} {s.p99_ms:7.2f} {s.rss_mb:6.0f}"
+        print(f"{s.name:44} {figures} {s.non_200:7d}  {s.ledger}")
+        if s.duplicate_ms is not None:
+            p50, p99 = s.duplicate_ms
+            print(f"{'':44} duplicate detected server-side: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     print(
         f"\nceiling: the bare Starlette endpoint (HMAC only), measured {len(ceilings)} times, between the runs: "
-        f"{min(ceilings):.0f}-{max(ceilings):.0f} requests/s; each ratio is to the mean of the two measurements "
-        f"beside it.\n(wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; work dir {work})"
+        f"{min(ceilings):.0f}-{max(ceilings):.0f} requests/s (median {statistics.median(ceilings):.0f}); each "
+        f"ratio is to the mean of the two measurements beside it.\n(wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration}s; {time.strftime('%Y-%m-%d %H:%M')})"
     )
 
 

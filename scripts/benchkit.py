@@ -53,7 +53,7 @@ class Result:
     in_flight_allowance: int = 0
     ceiling_rps: float = 0.0  # the bare ceiling measured beside this run (0: not compared)
     ledger: str = "-"
-    notes: str = ""
+    duplicate_ms: tuple[float, float] | None = None  # server-side duplicate detection, p50 and p99
 
 
 def write_requests(path: Path, prefix: str, count: int, secret: str, *, duplicates: bool) -> Path:
@@ -258,9 +258,9 @@ def _events_sent(requests_file: Path, threads: int, sent_per_thread: list[int]) 
     return sent
 
 
-def duplicate_detection_ms(url: str, samples: int = 500) -> str:
-    """Server-side time to answer a redelivered event: the group-commit writer's own call for a lone
-    request (its held connection, one transaction)."""
+def duplicate_detection_ms(url: str, samples: int = 500) -> tuple[float, float]:
+    """Server-side time to answer a redelivered event, p50 and p99 in ms: the group-commit writer's own
+    call for a lone request (its held connection, one transaction)."""
     engine = make_engine(url)
     with engine.connect() as c:
         payloads = [row[0] for row in c.execute(sa.text("SELECT payload FROM webhook_logs LIMIT :n"), {"n": samples})]
@@ -275,5 +275,46 @@ def duplicate_detection_ms(url: str, samples: int = 500) -> str:
             raise SystemExit(f"expected a duplicate, got {outcome.status.value}")
     engine.dispose()
     timings.sort()
-    p99 = timings[int(len(timings) * 0.99) - 1]
-    return f"p50 {statistics.median(timings):.2f} ms, p99 {p99:.2f} ms ({len(timings)} samples)"
+    return statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
+
+
+@dataclass
+class Summary:
+    """A scenario over its rounds: medians of the figures, the spread of the ratio, the worst of the rest."""
+
+    name: str
+    rounds: int
+    rps: float
+    ceiling_rps: float
+    ratio: float | None
+    ratio_range: tuple[float, float] | None
+    p50_ms: float
+    p99_ms: float
+    rss_mb: float
+    non_200: int
+    ledger: str
+    duplicate_ms: tuple[float, float] | None
+
+
+def summarize(results: list[Result]) -> Summary:
+    ratios = [r.rps / r.ceiling_rps for r in results if r.ceiling_rps]
+    failed = [r.ledger for r in results if not r.ledger.startswith("OK")]
+    duplicate = [r.duplicate_ms for r in results if r.duplicate_ms is not None]
+    return Summary(
+        name=results[0].name,
+        rounds=len(results),
+        rps=statistics.median(r.rps for r in results),
+        ceiling_rps=statistics.median(r.ceiling_rps for r in results),
+        ratio=statistics.median(ratios) if ratios else None,
+        ratio_range=(min(ratios), max(ratios)) if ratios else None,
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        rss_mb=max(r.rss_mb for r in results),
+        non_200=sum(r.non_200 for r in results),
+        ledger="; ".join(failed) if failed else f"OK in {len(results)} of {len(results)} {results[-1].ledger[3:]}",
+        duplicate_ms=(
+            (statistics.median(d[0] for d in duplicate), statistics.median(d[1] for d in duplicate))
+            if duplicate
+            else None
+        ),
+    )
