@@ -29,6 +29,7 @@ from scripts.benchkit import (
     serve,
     summarize,
     write_requests,
+    writer_cost_us,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -62,10 +63,13 @@ def scenario(plan: Plan, args: argparse.Namespace) -> Result:
     return result
 
 
+def kinds(args: argparse.Namespace, work: Path) -> list[tuple[str, str]]:
+    return [("sqlite", f"sqlite:///{work / 'bench.db'}")] + ([] if args.skip_mysql else [("mysql", args.mysql_url)])
+
+
 def plans(args: argparse.Namespace, work: Path, unique: Path, mixed: Path) -> list[Plan]:
-    kinds = [("sqlite", f"sqlite:///{work / 'bench.db'}")] + ([] if args.skip_mysql else [("mysql", args.mysql_url)])
     runs = []
-    for kind, url in kinds:
+    for kind, url in kinds(args, work):
         runs += [Plan(f"{kind}: unique events", url, unique), Plan(f"{kind}: 50% duplicates", url, mixed)]
         if kind == "mysql":
             runs.append(Plan(f"{kind}: unique events, --workers 2", url, unique, workers=2))
@@ -117,6 +121,11 @@ def main() -> None:
             rounds.setdefault(plan.name, []).append(result)
             print(f"round {round_number}/{args.repeat}: {plan.name}: {result.rps:.0f} events/s", file=sys.stderr)
     report([summarize(results) for results in rounds.values()], ceilings, args)
+    for kind, url in kinds(args, work):
+        costs = sorted(writer_cost_us(url, unique) for _ in range(args.repeat))
+        cpu, wall = costs[len(costs) // 2]
+        figures = f"{cpu:.1f} µs CPU, {wall:.1f} µs wall per event"
+        print(f"writer alone, {kind}, in-process, batches of 32 unique events: {figures}")
 
 
 def report(summaries: list[Summary], ceilings: list[float], args: argparse.Namespace) -> None:

@@ -278,6 +278,27 @@ def duplicate_detection_ms(url: str, samples: int = 500) -> tuple[float, float]:
     return statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
 
 
+def writer_cost_us(url: str, requests_file: Path, *, batch: int = 32, events: int = 6400) -> tuple[float, float]:
+    """The group-commit writer alone, in this process, on a fresh database: CPU and wall time per event in
+    µs over batches of ``batch`` unique events (the thread's CPU, SQLite's C code included; not the
+    database server's). Nothing else runs on the thread, so this is the figure the host's noise blurs
+    least: it tracks what our code costs per event from one version to the next."""
+    make_database(url)
+    with requests_file.open() as lines:
+        bodies = [line.split("\t", 1)[1].rstrip("\n").encode() for line, _ in zip(lines, range(events), strict=False)]
+    parsed = [parse_event(body) for body in bodies]
+    engine = make_engine(url)
+    ingestor = Ingestor(engine, time.time)
+    ingestor.ingest_batch(parsed[:batch])  # warm: connection, compiled statements
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for start in range(batch, len(parsed), batch):
+        ingestor.ingest_batch(parsed[start : start + batch])
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    engine.dispose()
+    count = len(parsed) - batch
+    return cpu / count * 1e6, wall / count * 1e6
+
+
 @dataclass
 class Summary:
     """A scenario over its rounds: medians of the figures, the spread of the ratio, the worst of the rest."""
