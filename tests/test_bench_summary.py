@@ -17,6 +17,7 @@ def test_summary_takes_medians_and_the_spread_of_the_ratio() -> None:
     assert summary.ratio == 0.4  # the median of 0.25, 0.45 and 0.40, not 6000 / 20000 of the medians
     assert summary.ratio_range == (0.25, 0.45)
     assert summary.p99_ms == 12.0
+    assert summary.worst_p99_ms == 30.0
     assert summary.ledger == "OK in 3 of 3 (10 charged once of 10 distinct sent)"
 
 
@@ -24,7 +25,7 @@ def test_a_failed_exactly_once_check_in_any_round_is_shown() -> None:
     """One failing ledger among passing rounds makes the row say what failed."""
     failed = "FAILED: 2 events sent but not charged (8 charged once of 10 distinct sent)"
     summary = summarize([_round(5000, 20000, 9.0), _round(5000, 20000, 9.0, ledger=failed)])
-    assert summary.ledger == failed
+    assert summary.ledger == f"1 of 2 rounds {failed}"
 
 
 def test_runs_below_full_load_have_no_ratio() -> None:
