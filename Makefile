@@ -1,8 +1,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SERVICES_ENV := $(VENV)/test-services.env
 
-.PHONY: install run test lint typecheck pytest bench chaos clean
+.PHONY: install run test lint typecheck services pytest bench chaos clean
 
 NODE_EXAMPLES := tests/seed_examples/node_modules/.package-lock.json
 
@@ -25,13 +26,19 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	if [ -f ../shared/tools/check_layers.py ]; then python3 ../shared/tools/check_layers.py; fi
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
-	$(VENV)/bin/pytest -n 2 -q
+# MariaDB and PostgreSQL answering on 127.0.0.1 and Debian's chromium, started or installed where missing;
+# the database URLs it settles on (or the CREDITRELAY_TEST_*_URL already set) go to pytest via $(SERVICES_ENV)
+services: install
+	scripts/test-services.sh > $(SERVICES_ENV)
+	@cat $(SERVICES_ENV)
+
+pytest: install services
+	. $(abspath $(SERVICES_ENV)) && $(VENV)/bin/pytest -n 2 -q
 
 test: lint typecheck pytest
 

@@ -1,6 +1,7 @@
 """The /admin pages: refused without sign-in, CSRF-checked, and the operator's loop in a real browser."""
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.support.signing import encode, seed_headers, usage_event
 
 TOKEN = "admin-token-admin-token-admin-token-42"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # Debian's, from PATH
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]  # fmt: skip
 
@@ -56,6 +57,7 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
     body = encode(usage_event("evt-lost", key="k-new", cost=25, timestamp=int(time.time())))
     assert httpx.post(f"{site}/api/webhooks/events", content=body, headers=seed_headers(body)).status_code == 422
     with sync_playwright() as playwright:
+        assert CHROMIUM, "no chromium on PATH: install Debian's chromium (make test does)"
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page()
         page.goto(f"{site}/admin/")
