@@ -15,6 +15,7 @@ from billing.polling import Poller
 from receiver import admin_api, credits, openapi, operator_api
 from receiver.admin_pages import admin_pages
 from receiver.background import polling_lifespan
+from receiver.bodies import BodyDeadline
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.ingest import Ingestor
 from receiver.metrics import ledger_registry
@@ -31,20 +32,20 @@ class ReceiverApp(Starlette):
     36 µs per request in `make bench`). Its errors are rendered by the app's own exception handlers; every
     other request, and this path under any other method, is Starlette's as usual."""
 
+    body_deadline: BodyDeadline | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.body_deadline is not None:
+            receive = self.body_deadline.bound(receive)
         if scope["type"] != "http" or scope["path"] != EVENTS_PATH or scope["method"] != "POST":
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
         try:
             await receive_event(scope, receive, send)
-        except Exception as error:
-            handler = next(
-                (self.exception_handlers[k] for k in type(error).__mro__ if k in self.exception_handlers), None
-            )
-            if handler is None:
-                raise  # uvicorn logs it and answers 500, as Starlette's ServerErrorMiddleware would
-            response = await handler(Request(scope, receive), error)
+        except Exception as error:  # noqa: BLE001 - rendered by the app's handlers, as Starlette's stack would
+            handler = next(k for k in type(error).__mro__ if k in self.exception_handlers)  # Exception is there
+            response = await self.exception_handlers[handler](Request(scope, receive), error)
             await response(scope, receive, send)
 
 
@@ -82,6 +83,7 @@ def create_app(
     if poller is not None and settings.poll_interval:
         lifespan = polling_lifespan(poller, settings.poll_interval)
     app = ReceiverApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app.body_deadline = BodyDeadline(settings.body_timeout)
     app.state.webhooks = WebhookService(
         secrets=settings.require_secrets(),
         body_limit=settings.body_limit,

@@ -10,17 +10,24 @@ from starlette.applications import Starlette
 from billing.database import DatabaseUnavailable
 from billing.newapi import UpstreamError
 from billing.polling import Poller
+from receiver.metrics import POLL_PASSES
 
 log = structlog.get_logger()
 
 
 async def poll_forever(poller: Poller, interval: float, stop: asyncio.Event) -> None:
-    """One pass every ``interval`` seconds, off the event loop; a failed pass is logged and retried next time."""
+    """One pass every ``interval`` seconds, off the event loop. A failed pass is logged, counted and tried
+    again next time, whatever failed: nothing but ``stop`` ends the loop."""
     while not stop.is_set():
         try:
             await asyncio.to_thread(poller.run_once)
+            POLL_PASSES.labels("ok").inc()
         except (UpstreamError, DatabaseUnavailable) as error:
+            POLL_PASSES.labels("failed").inc()
             log.error("poll_failed", error=str(error))
+        except Exception:  # a bug or an answer nobody expected: the next pass, as for an outage
+            POLL_PASSES.labels("failed").inc()
+            log.error("poll_failed", exc_info=True)
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:

@@ -5,7 +5,7 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from billing.database import DatabaseUnavailable
@@ -53,9 +53,23 @@ async def render_http_exception(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.detail)
 
 
+async def render_disconnect(_request: Request, _exc: Exception) -> Response:
+    """The client went away before its body arrived: nothing to answer, nothing done; not an error of ours."""
+    log.debug("client_disconnected")
+    return Response(status_code=400)
+
+
+async def render_unexpected(_request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback, answered in JSON like every other error."""
+    log.error("unexpected_error", error=repr(exc), exc_info=exc)
+    return error_response(500, "Internal error; nothing was recorded or charged by this request")
+
+
 EXCEPTION_HANDLERS = {
     ApiError: render_api_error,
     DatabaseUnavailable: render_unavailable,
     SQLAlchemyError: render_database_error,
     HTTPException: render_http_exception,
+    ClientDisconnect: render_disconnect,
+    Exception: render_unexpected,
 }

@@ -8,6 +8,11 @@ event loop — and resolves each request's future. A batch that fails (the datab
 trips on it) is retried one event at a time, so a poison event fails alone and the writer goes on; when
 the database is unreachable every event of the batch gets ``DatabaseUnavailable`` (503) and nothing of
 it was committed.
+
+Nothing outside a batch's own work can end a writer: a failure in handing a batch over, logging or
+counting fails that batch's requests (500) and the writer takes the next one. A writer task that stops
+anyway is started again on the next request or health check, and ``stalled`` tells health when no
+writer has made progress for ``stall_seconds`` while events wait.
 """
 
 import asyncio
@@ -20,12 +25,12 @@ import structlog
 
 from billing.database import DatabaseUnavailable
 from billing.deliveries import DeliveryOutcome
-from receiver.metrics import BATCH_SIZE, COMMIT_SECONDS
+from receiver.metrics import BATCH_SIZE, COMMIT_SECONDS, WRITER_FAILURES, WRITER_RESTARTS
 from schema.wire import Event
 
 log = structlog.get_logger()
 Outcome = DeliveryOutcome | Exception
-Pending = tuple[Event, "asyncio.Future[DeliveryOutcome]"]
+Pending = tuple[Event, "asyncio.Future[DeliveryOutcome]", float]  # the event, its request's future, when it came
 
 
 class GroupCommitter:
@@ -35,34 +40,61 @@ class GroupCommitter:
         *,
         max_batch: int = 512,
         writers: int = 1,
+        stall_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.apply_batch = apply_batch
         self.max_batch = max_batch
         self.writers = writers
+        self.stall_seconds = stall_seconds
+        self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="group-commit")
         # What is waiting, and a future the idle writers await (set by the next arrival). A deque and one
         # shared future cost less per event than an asyncio.Queue's put and get.
         self._waiting: deque[Pending] = deque()
         self._arrival: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: dict[int, float] = {}  # writer number -> when its current batch started
+        self._closed = False
 
     async def submit(self, event: Event) -> DeliveryOutcome:
         """The event's outcome, once the transaction holding it has committed."""
-        if not self._tasks:
-            self._tasks = [asyncio.create_task(self._write_forever()) for _ in range(self.writers)]
+        self.ensure_writers()
         future: asyncio.Future[DeliveryOutcome] = asyncio.get_running_loop().create_future()
-        self._waiting.append((event, future))
+        self._waiting.append((event, future, self.clock()))
         if self._arrival is not None and not self._arrival.done():
             self._arrival.set_result(None)
         return await future
 
+    def ensure_writers(self) -> None:
+        """Start the writers, and start again any that stopped (on the running event loop)."""
+        if self._closed:
+            return
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._write_forever(n)) for n in range(self.writers)]
+            return
+        for number, task in enumerate(self._tasks):
+            if task.done():
+                WRITER_RESTARTS.inc()
+                log.error("writer_restarted", writer=number, reason=_ending(task))
+                self._in_flight.pop(number, None)
+                self._tasks[number] = asyncio.create_task(self._write_forever(number))
+
+    def stalled(self) -> bool:
+        """Whether no writer can commit: events or a batch have waited past ``stall_seconds``."""
+        oldest = list(self._in_flight.values())
+        if self._waiting:
+            oldest.append(self._waiting[0][2])
+        return bool(oldest) and self.clock() - min(oldest) > self.stall_seconds
+
     async def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.executor.shutdown(wait=True)
 
-    async def _write_forever(self) -> None:
+    async def _write_forever(self, number: int) -> None:
         loop = asyncio.get_running_loop()
         waiting = self._waiting
         while True:
@@ -71,17 +103,18 @@ class GroupCommitter:
                     self._arrival = loop.create_future()
                 await self._arrival
             batch = [waiting.popleft() for _ in range(min(len(waiting), self.max_batch))]
-            started = time.perf_counter()
-            outcomes = await loop.run_in_executor(self.executor, self.apply_isolated, [e for e, _ in batch])
-            COMMIT_SECONDS.observe(time.perf_counter() - started)
-            BATCH_SIZE.observe(len(batch))
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():  # the client went away; its event is committed all the same
-                    continue
-                if isinstance(outcome, Exception):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            self._in_flight[number] = batch[0][2]
+            try:
+                started = time.perf_counter()
+                outcomes = await loop.run_in_executor(self.executor, self.apply_isolated, [e for e, _, _ in batch])
+                COMMIT_SECONDS.observe(time.perf_counter() - started)
+                BATCH_SIZE.observe(len(batch))
+                _resolve(batch, outcomes)
+            except Exception as error:  # noqa: BLE001 - outside billing: the batch's requests fail, the writer goes on
+                WRITER_FAILURES.inc()
+                _resolve(batch, [error] * len(batch))
+            finally:
+                self._in_flight.pop(number, None)
 
     def apply_isolated(self, events: Sequence[Event]) -> list[Outcome]:
         """Outcomes for a batch; a failing batch is split so that only the failing events fail."""
@@ -95,3 +128,22 @@ class GroupCommitter:
                 return [error]
             log.warning("batch_failed_retrying_one_by_one", size=len(events), error=repr(error))
             return [outcome for event in events for outcome in self.apply_isolated([event])]
+
+
+def _resolve(batch: Sequence[Pending], outcomes: Sequence[Outcome]) -> None:
+    """Answer each request of ``batch`` (in order) with its outcome; a request whose client went away is
+    skipped — its event is committed all the same."""
+    for (_, future, _), outcome in zip(batch, outcomes, strict=True):
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _ending(task: "asyncio.Task[None]") -> str:
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return "returned" if error is None else repr(error)

@@ -33,6 +33,12 @@ COMMIT_SECONDS = Histogram(
 BATCH_SIZE = Histogram(
     "creditrelay_batch_events", "Events per committed batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 )
+WRITER_FAILURES = Counter(
+    "creditrelay_writer_failures", "Group-commit batches whose handling failed outside billing (their requests got 500)"
+)
+WRITER_RESTARTS = Counter("creditrelay_writer_restarts", "Group-commit writers found stopped and started again")
+LOG_LINES_DROPPED = Counter("creditrelay_log_lines_dropped", "Log lines that could not be rendered or written")
+POLL_PASSES = Counter("creditrelay_poll_passes", "Background polling passes by outcome", ["outcome"])
 
 
 class LedgerCollector(Collector):

@@ -114,8 +114,14 @@ async def _receive_event(service: WebhookService, scope: Scope, receive: Receive
 
 
 async def health(request: Request) -> Response:
+    """200 while the database takes a write transaction and the writers are committing; else 503."""
     service = _service(request)
     now = datetime.fromtimestamp(service.clock(), UTC).isoformat().replace("+00:00", "Z")
+    committer = service.ingestor.committer
+    committer.ensure_writers()
+    if committer.stalled():
+        message = f"No webhook writer has committed for {committer.stall_seconds:g} s"
+        return JSONResponse({"success": False, "message": message, "timestamp": now}, status_code=503)
     try:
         await run_in_threadpool(ping, service.engine)
     except DatabaseUnavailable:

@@ -33,6 +33,7 @@ class Settings:
     new_api_user_id: str | None = None
     credit_sync_secret: str | None = None
     body_limit: int = DEFAULT_BODY_LIMIT
+    body_timeout: float = 10.0  # seconds a request's body may take to arrive
     poll_interval: float | None = None
     poll_quota_per_credit: int = 1
     poll_overlap_seconds: int = 300
@@ -107,4 +108,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         poll_overlap_seconds=int(_number(config, "POLL_OVERLAP_SECONDS", "300", minimum=0)),
         poll_lookback_hours=int(_number(config, "POLL_LOOKBACK_HOURS", "24", minimum=1)),
         credit_rate_limit=int(_number(config, "CREDIT_RATE_LIMIT", "0", minimum=0)) or None,
+        body_timeout=_number(config, "BODY_READ_TIMEOUT", "10", minimum=0.1, integer=False),
     )

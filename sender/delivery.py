@@ -112,7 +112,8 @@ def attempt_from_response(event_id: str, started: float, response: httpx.Respons
     )
 
 
-def attempt_from_error(event_id: str, started: float, error: httpx.TransportError, clock: float) -> Attempt:
+def attempt_from_error(event_id: str, started: float, error: httpx.HTTPError, clock: float) -> Attempt:
+    """A try that got no usable answer (no connection, a timeout, a body that could not be decoded): retried."""
     message = f"{type(error).__name__}: {error}"[:SNIPPET_LENGTH]
     return Attempt(event_id, started, Verdict.RETRY, None, int((clock - started) * 1000), message)
 
@@ -122,7 +123,7 @@ def attempt_delivery(client: httpx.Client, url: str, event_id: str, body: bytes,
     started = time.time()
     try:
         response = client.post(url, content=body, headers=signer.headers(event_id, body))
-    except httpx.TransportError as error:
+    except httpx.HTTPError as error:
         return attempt_from_error(event_id, started, error, time.time())
     return attempt_from_response(event_id, started, response, time.time())
 
@@ -134,7 +135,7 @@ async def attempt_delivery_async(
     started = time.time()
     try:
         response = await client.post(url, content=body, headers=signer.headers(event_id, body))
-    except httpx.TransportError as error:
+    except httpx.HTTPError as error:
         return attempt_from_error(event_id, started, error, time.time())
     return attempt_from_response(event_id, started, response, time.time())
 

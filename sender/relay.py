@@ -61,6 +61,7 @@ class OutboxRelay:
         self.signer = signer
         self.config = config
         self._wakeup: asyncio.Event | None = None
+        self.failed_passes = 0
 
     def notify(self) -> None:
         """New events were enqueued: look now rather than at the next poll (call on the relay's loop)."""
@@ -89,20 +90,29 @@ class OutboxRelay:
         return len(due)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set."""
+        """Deliver until ``stop`` is set. A failed pass (the outbox's database away, a bug, an answer that
+        cannot be read) is logged and counted, and the next pass comes after ``poll_interval``: nothing
+        but ``stop`` ends the relay."""
         self._wakeup = asyncio.Event()
-        released = await asyncio.to_thread(self.outbox.release_claims)
-        if released:
-            log.info("relay_resumed", in_flight_again=released)
+        resumed = False
         timeout = httpx.Timeout(self.config.timeout)
         limits = httpx.Limits(max_connections=self.config.concurrency)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             while not stop.is_set():
                 try:
+                    if not resumed:
+                        released = await asyncio.to_thread(self.outbox.release_claims)
+                        resumed = True
+                        if released:
+                            log.info("relay_resumed", in_flight_again=released)
                     if await self.drain_once(client):
                         continue
                 except OperationalError as error:  # the outbox's database is away: wait, then try again
+                    self.failed_passes += 1
                     log.error("relay_outbox_unavailable", error=str(error.orig))
+                except Exception:  # one failed pass (a bug, an unreadable answer) never ends the relay
+                    self.failed_passes += 1
+                    log.error("relay_pass_failed", exc_info=True)
                 self._wakeup.clear()
                 waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
                 await asyncio.wait(waits, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -67,19 +68,26 @@ def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float
         ids = [event_id for event_id, _ in events]
         return JSONResponse({"success": True, "accepted": len(ids), "eventIds": ids}, status_code=202)
 
+    running: list[asyncio.Task[None]] = []
+
     async def health(_request: Request) -> Response:
-        counts = await asyncio.to_thread(outbox.counts)
+        try:
+            counts = await asyncio.to_thread(outbox.counts)
+        except OperationalError:
+            return _refuse(503, "The outbox's database is unavailable")
+        if not running or running[0].done():
+            return JSONResponse({"success": False, "message": "Relay is not running", **counts}, status_code=503)
         return JSONResponse({"success": True, "message": "Relay is running", **counts})
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop))
+        running.append(asyncio.create_task(relay.run(stop)))
         try:
             yield
         finally:
             stop.set()
-            await task
+            await running.pop()
 
     routes = [Route("/events", post_events, methods=["POST"]), Route("/health", health, methods=["GET"])]
     return Starlette(routes=routes, lifespan=lifespan)

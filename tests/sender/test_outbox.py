@@ -117,3 +117,41 @@ def test_outbox_drains_once_the_receiver_comes_back(outbox: Outbox) -> None:
     attempts = outbox.attempts_of(receiver.seen[0].headers["webhook-id"])
     assert [a["verdict"] for a in attempts][-1] == "delivered"
     assert all(a["latencyMs"] >= 0 for a in attempts)
+
+
+def test_the_relay_outlives_an_unreadable_answer_and_a_failing_pass(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver's answer that cannot be decoded is a failed attempt, retried; a pass that raises
+    something nobody expected is counted; the relay keeps going and delivers."""
+    outbox.enqueue(events(2), T0)
+    garbled = Reply(200, headers={"Content-Encoding": "gzip"})  # a JSON body that says it is gzip
+    with scripted_receiver(garbled, garbled) as receiver:
+        config = RelayConfig(url=receiver.url, schedule=(0,) * 5, poll_interval=0.01, clock=lambda: T0.timestamp() + 1)
+        relay = OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), config)
+        real_claim = outbox.claim_due
+        failures = [RuntimeError("a bug in one pass")]
+
+        def claim_once_failing(*args: object) -> list[OutboxEvent]:
+            if failures:
+                raise failures.pop()
+            return real_claim(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(outbox, "claim_due", claim_once_failing)
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(relay.run(stop))
+            for _ in range(500):
+                if outbox.counts()[DELIVERED] == 2 or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            stop.set()
+            await task
+
+        asyncio.run(run())
+    assert relay.failed_passes == 1
+    assert outbox.counts() == {PENDING: 0, DELIVERED: 2, DEAD: 0}
+    verdicts = [a["verdict"] for e in ("e000", "e001") for a in outbox.attempts_of(e)]
+    assert verdicts.count("retry") == 2
+    assert "DecodingError" in str([a["snippet"] for a in outbox.attempts_of("e000")])
