@@ -9,10 +9,11 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
-from schema.database import insert_ignoring_duplicates
+from schema.database import upsert
+from schema.money import MAX_AMOUNT, MAX_BALANCE
 from schema.statements import savepoint
 from schema.tables import api_keys, users
-from schema.wire import BIGINT_MAX
+from schema.wire import BIGINT_MAX, plain_int
 
 
 class AccountError(ValueError):
@@ -45,10 +46,14 @@ def user_json(row: Any) -> dict[str, Any]:
 def create_user(connection: Connection, new: NewUser, now: datetime) -> dict[str, Any]:
     """Create a user; a non-zero opening balance is written as the user's first transaction."""
     email = new.email.strip().lower()
-    if "@" not in email or len(email) > 191:
-        raise AccountError(f"not an email address: {new.email!r}")
-    if new.opening_credits < 0:
-        raise AccountError("opening credits cannot be negative")
+    if "@" not in email or len(email) > 191 or any(c.isspace() for c in email):
+        raise AccountError(f"not an email address: {new.email[:200]!r}")
+    if new.name is not None and len(new.name) > 191:
+        raise AccountError("name must be at most 191 characters")
+    if new.telegram_id is not None and not 0 < new.telegram_id <= BIGINT_MAX:
+        raise AccountError(f"telegram id must be a positive integer up to {BIGINT_MAX}")
+    if not 0 <= new.opening_credits <= MAX_AMOUNT:
+        raise AccountError(f"opening credits must be 0 to {MAX_AMOUNT}")
     try:
         with savepoint(connection, "create_user"):
             row = {"email": email, "name": new.name, "telegramId": new.telegram_id, "balance": 0}
@@ -69,8 +74,13 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> dict[str
 def find_user(connection: Connection, email_or_id: str) -> dict[str, Any]:
     """A user by numeric id or by email."""
     wanted = email_or_id.strip()
-    condition = users.c.id == int(wanted) if wanted.isdigit() else users.c.email == wanted.lower()
-    row = connection.execute(sa.select(users).where(condition)).one_or_none()
+    number = plain_int(wanted)
+    if number is not None:
+        row = connection.execute(sa.select(users).where(users.c.id == number)).one_or_none()
+    elif wanted.isascii() and wanted.isdigit():  # an id past BIGINT: nobody has it
+        row = None
+    else:
+        row = connection.execute(sa.select(users).where(users.c.email == wanted.lower())).one_or_none()
     if row is None:
         raise AccountError(f"no user {email_or_id!r}")
     return user_json(row)
@@ -82,9 +92,7 @@ def link_key(connection: Connection, remote_key_id: str, user_id: int, now: date
     if not key or len(key) > 64:
         raise AccountError("a remote key id is 1 to 64 characters")
     row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
-    statement = insert_ignoring_duplicates(api_keys, connection.dialect.name)
-    if connection.execute(statement, row).rowcount == 0:
-        connection.execute(api_keys.update().where(api_keys.c.remoteKeyId == key).values(userId=user_id, updatedAt=now))
+    connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], ["userId", "updatedAt"]))
     return {"remoteKeyId": key, "userId": user_id}
 
 
@@ -96,12 +104,16 @@ def top_up(
     Raises ``AccountError`` for a bad amount or reference, ``ReferenceConflict`` when the reference was
     used for another user or amount, ``UnknownUser`` when there is no such user.
     """
-    if not 0 < amount <= BIGINT_MAX:
-        raise AccountError("amount must be a positive integer")
+    if not 0 < amount <= MAX_AMOUNT:
+        raise AccountError(f"amount must be a positive integer up to {MAX_AMOUNT}")
     if not 0 < len(reference) <= 128:
         raise AccountError("reference must be 1 to 128 characters")
-    change = CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=(reason or "")[:255] or None)
+    if reason is not None and len(reason) > 255:
+        raise AccountError("reason must be at most 255 characters")
+    change = CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=reason or None)
     outcome = apply_credit(connection, change, now)
     if outcome.status is CreditStatus.CONFLICT:
         raise ReferenceConflict(f"reference {reference!r} was used for another top-up")
+    if outcome.status is CreditStatus.OUT_OF_RANGE:
+        raise AccountError(f"amount: the balance would pass the maximum of {MAX_BALANCE} credits")
     return outcome

@@ -1,13 +1,17 @@
-"""Engines for the two supported databases, and the one place their differences are spelled out.
+"""Engines for the supported databases, and the one place their differences are spelled out.
 
 SQLite (the embedded default): WAL journal, ``synchronous=FULL`` so a commit is on disk before it returns,
-foreign keys on, and every transaction ``BEGIN IMMEDIATE`` so writers queue on the busy timeout instead
-of failing on a lock upgrade. MySQL/MariaDB through pymysql: ``READ COMMITTED`` (no gap locks; reads see
-the latest commit), UTC sessions, utf8mb4, stale pooled connections replaced.
+foreign keys on, and every writing transaction ``BEGIN IMMEDIATE`` so writers queue on the busy timeout
+instead of failing on a lock upgrade; a transaction run ``read_only`` starts with a plain ``BEGIN`` and
+never takes the write lock. MySQL/MariaDB through pymysql: ``READ COMMITTED`` (no gap locks; reads see
+the latest commit), UTC sessions in strict mode (a value that does not fit is an error, never cut),
+utf8mb4 with a binary NO PAD collation (identifiers compare byte for byte, trailing spaces included),
+stale pooled connections replaced.
 
 Billing's ledger and the sender's outbox both use these engines.
 """
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,12 +36,69 @@ def utc(seconds: float) -> datetime:
 _EPOCH = datetime(1970, 1, 1)
 
 
-# Identifiers compare byte for byte on MySQL, as they do on SQLite.
+# Identifiers compare byte for byte on MySQL, as they do on SQLite: a binary collation that does not pad
+# (``utf8mb4_bin`` is PAD SPACE: "R1 " = "R1"). MariaDB's name for it is the default here; a table created on
+# MySQL 8 gets MySQL's (``register_exact_collation``).
 MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
+    "mysql_collate": "utf8mb4_nopad_bin",
 }
+READ_ONLY = "creditrelay_read_only"  # an execution option: the transaction only reads (SQLite: no write lock)
+
+
+class UnsupportedDatabase(Exception):
+    """The database server lacks something creditrelay relies on."""
+
+
+def exact_collation(dialect: sa.Dialect) -> str:
+    """The binary NO PAD utf8mb4 collation of this MySQL server: MariaDB 10.2+ and MySQL 8.0+ have one."""
+    version = tuple(dialect.server_version_info or ())
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    if version >= (8, 0):
+        return "utf8mb4_0900_bin"
+    raise UnsupportedDatabase("MySQL before 8.0 has no binary NO PAD collation: use MySQL 8.0+ or MariaDB 10.2+")
+
+
+def register_exact_collation(metadata: sa.MetaData) -> None:
+    """Tables of ``metadata`` created on MySQL get that server's ``exact_collation``."""
+
+    @event.listens_for(metadata, "before_create")
+    def _collate(_target: sa.MetaData, connection: Connection, **kwargs: Any) -> None:
+        if connection.dialect.name == "mysql":
+            for table in kwargs.get("tables") or metadata.sorted_tables:
+                table.dialect_options["mysql"]["collate"] = exact_collation(connection.dialect)
+
+
+def convert_to_exact_collation(connection: Connection, tables: Sequence[str]) -> list[str]:
+    """Rebuild those of ``tables`` (MySQL) whose collation is not ``exact_collation``; the ones converted.
+
+    Safe on existing data: a NO PAD binary collation tells apart strictly more values than a PAD SPACE one,
+    so no unique key can collide after the change. On MySQL the rebuild copies the table.
+    """
+    if connection.dialect.name != "mysql":
+        return []
+    wanted = exact_collation(connection.dialect)
+    found = connection.execute(
+        sa.text(
+            "SELECT TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN :names"
+        ).bindparams(sa.bindparam("names", expanding=True)),
+        {"names": list(tables)},
+    )
+    converted = sorted(name for name, collation in found if collation != wanted)
+    for name in converted:
+        connection.exec_driver_sql(f"ALTER TABLE `{name}` CONVERT TO CHARACTER SET utf8mb4 COLLATE {wanted}")
+    return converted
+
+
+# Strict: a value too long, out of range or NULL where it may not be is an error, in and out of
+# transactions, whatever the server's default mode is.
+_MYSQL_SESSION = (
+    "SET time_zone = '+00:00', "
+    "sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES', 'ERROR_FOR_DIVISION_BY_ZERO')"
+)
 
 
 def make_engine(url: URL | str, *, busy_timeout_ms: int = 5000, pool_size: int = 8) -> Engine:
@@ -51,7 +112,7 @@ def make_engine(url: URL | str, *, busy_timeout_ms: int = 5000, pool_size: int =
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=3600,
-        connect_args={"charset": "utf8mb4", "init_command": "SET time_zone = '+00:00'", "connect_timeout": 5},
+        connect_args={"charset": "utf8mb4", "init_command": _MYSQL_SESSION, "connect_timeout": 5},
     )
 
 
@@ -72,14 +133,32 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
 def insert_ignoring_duplicates(table: sa.Table, dialect_name: str) -> sa.Insert:
-    """An INSERT that skips rows whose unique keys already exist; ``rowcount`` counts the rows written."""
+    """An INSERT that skips rows whose unique keys already exist; ``rowcount`` counts the rows written.
+
+    On MySQL this is ``INSERT IGNORE``, which turns *every* error into a warning (a value too long is cut,
+    one out of range clamped): run it through ``schema.statements``, which refuses a statement that warned
+    of anything but duplicates.
+    """
     if dialect_name == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     return mysql.insert(table).prefix_with("IGNORE")
+
+
+def upsert(
+    table: sa.Table, dialect_name: str, row: dict[str, Any], key: Sequence[str], update: Sequence[str]
+) -> sa.Insert:
+    """Insert ``row``, or where its unique ``key`` exists set the ``update`` columns to ``row``'s values
+    (only a conflict on that key is resolved; anything else is an error)."""
+    if dialect_name == "sqlite":
+        insert = sqlite.insert(table).values(row)
+        return insert.on_conflict_do_update(index_elements=list(key), set_={c: insert.excluded[c] for c in update})
+    statement = mysql.insert(table).values(row)
+    return statement.on_duplicate_key_update({c: statement.inserted[c] for c in update})

@@ -2,7 +2,8 @@
 
 Attributes are snake_case in Python; the column names are the seed's, so its monitoring SQL runs
 unchanged. Credits are BIGINT. Times are naive UTC. Identifier columns compare byte-for-byte on MySQL
-(``utf8mb4_bin``) exactly as they do on SQLite, so ``evt-A`` and ``evt-a`` are two events on both.
+(a binary NO PAD collation) exactly as they do on SQLite, so ``evt-A`` and ``evt-a``, ``R1`` and ``R1 ``
+are two events on both.
 
 Exactly-once is a fact of these constraints: ``webhook_logs.eventId`` is unique per delivery;
 ``usage_records.usageKey`` (the gateway's request id, else the event id) is unique per usage and those
@@ -16,9 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp
+from schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp, register_exact_collation
 
 metadata = SQLModel.metadata
+register_exact_collation(metadata)
 metadata.naming_convention = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -20,21 +20,26 @@ from schema.database import (
     Id,
     LongText,
     Timestamp,
+    convert_to_exact_collation,
     insert_ignoring_duplicates,
     make_engine,
+    register_exact_collation,
     utc,
 )
+from schema.statements import execute_many
 from sender.delivery import SNIPPET_LENGTH, Attempt
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"
+EVENT_ID_MAX = 64
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
 metadata = sa.MetaData()
+register_exact_collation(metadata)
 outbox_events = sa.Table(
     "outbox_events",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("eventId", sa.String(64), nullable=False, unique=True),
+    sa.Column("eventId", sa.String(EVENT_ID_MAX), nullable=False, unique=True),
     sa.Column("body", LongText, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
@@ -96,6 +101,8 @@ class Outbox:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        with engine.begin() as connection:  # outboxes made before event ids compared byte for byte on MySQL
+            convert_to_exact_collation(connection, list(metadata.tables))
 
     @classmethod
     def open(cls, url: str = DEFAULT_OUTBOX_URL) -> "Outbox":
@@ -104,8 +111,11 @@ class Outbox:
     def enqueue(self, events: Sequence[tuple[str, bytes]], now: datetime | None = None) -> int:
         """Commit the events (event id, exact body); an id already in the outbox is kept as it was.
 
-        Returns how many were new. When this returns, the events are on disk.
+        Returns how many were new. When this returns, the events are on disk. An event id is 1 to 64
+        characters (``ValueError`` otherwise: nothing is enqueued).
         """
+        if bad := [event_id for event_id, _ in events if not 0 < len(event_id) <= EVENT_ID_MAX]:
+            raise ValueError(f"eventId must be 1 to {EVENT_ID_MAX} characters: {bad[0][:80]!r}")
         now = now or utc(time.time())
         rows = [
             {
@@ -120,9 +130,10 @@ class Outbox:
         ]
         if not rows:
             return 0
-        statement = insert_ignoring_duplicates(outbox_events, self.engine.dialect.name)
         with self.engine.begin() as connection:
-            return int(connection.execute(statement, rows).rowcount)
+            return execute_many(
+                connection, "outbox_enqueue", lambda dialect: insert_ignoring_duplicates(outbox_events, dialect), rows
+            )
 
     def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxEvent]:
         """Take up to ``limit`` due events, oldest due first, and hold them for ``lease``."""

@@ -1,5 +1,6 @@
 """The alembic migrations build exactly the schema the models describe, on both databases."""
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -50,3 +51,49 @@ def test_unread_indexes_drop_goes_down_and_up_again(database: Database) -> None:
         indexes = {ix["name"] for ix in inspector.get_indexes("credit_transactions")}
     assert "ix_credit_transactions_createdAt" not in indexes
     assert "ix_credit_transactions_userId_id" in indexes
+
+
+def test_identifier_columns_go_to_a_binary_no_pad_collation_with_their_data(database: Database) -> None:
+    """0006 on MySQL: tables made with PAD SPACE utf8mb4_bin, holding rows, move to the server's NO PAD
+    binary collation; after it "e1 " is a new event id beside "e1". A no-op on SQLite."""
+    downgrade(database.engine, "0005")
+    database.execute(
+        "INSERT INTO webhook_logs (eventId, eventType, payload, payloadHash, status, createdAt)"
+        " VALUES ('e1', 'usage', '{}', 'h', 'processed', '2026-01-01 00:00:00')"
+    )
+    upgrade(database.engine)
+    database.execute(
+        "INSERT INTO webhook_logs (eventId, eventType, payload, payloadHash, status, createdAt)"
+        " VALUES ('e1 ', 'usage', '{}', 'h', 'processed', '2026-01-01 00:00:00')"
+    )
+    assert database.count("webhook_logs") == 2
+    if database.kind == "mysql":
+        collations = {
+            collation
+            for (collation,) in database.rows(
+                "SELECT DISTINCT COLLATION_NAME FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND COLLATION_NAME IS NOT NULL AND TABLE_NAME <> 'alembic_version'"
+            )
+        }
+        assert collations == {"utf8mb4_nopad_bin"}
+
+
+def test_an_outbox_made_before_exact_ids_is_converted_when_opened(database: Database) -> None:
+    """An outbox table created with PAD SPACE (before 0006's rule) is rebuilt by Outbox on open."""
+    from sender.outbox import Outbox, metadata
+
+    if database.kind != "mysql":
+        pytest.skip("a MySQL collation")
+    try:
+        database.execute(
+            "CREATE TABLE outbox_attempts (id BIGINT AUTO_INCREMENT PRIMARY KEY, eventId VARCHAR(64) NOT NULL)"
+            " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+        Outbox(database.engine)
+        found = database.scalar(
+            "SELECT TABLE_COLLATION FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'outbox_attempts'"
+        )
+        assert found == "utf8mb4_nopad_bin"
+    finally:
+        metadata.drop_all(database.engine)
