@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from schema.wire import MAX_TIMESTAMP
+
 CONSUME = 2
 PAGE_SIZE = 100
 
@@ -51,7 +53,7 @@ def _row(item: Any) -> ConsumeLog:
     if not isinstance(item, dict):
         raise UpstreamError("a log row is not an object")
     try:
-        return ConsumeLog(
+        row = ConsumeLog(
             id=int(item["id"]),
             created_at=int(item["created_at"]),
             user_id=int(item.get("user_id") or 0),
@@ -66,6 +68,10 @@ def _row(item: Any) -> ConsumeLog:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise UpstreamError(f"log row not understood: {error!r}") from None
+    numbers = (row.id, row.created_at, row.user_id, row.token_id, row.quota, row.prompt_tokens, row.completion_tokens)
+    if any(not -(2**63) <= n < 2**63 for n in numbers) or not 0 <= row.created_at <= MAX_TIMESTAMP:
+        raise UpstreamError(f"log row {str(item.get('id'))[:40]} has a number out of range")
+    return row
 
 
 class NewApiClient:

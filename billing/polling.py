@@ -25,8 +25,9 @@ from billing.database import run_transaction
 from billing.ledger import Usage, UsageStatus, apply_usage, insert_new
 from billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient, UpstreamError
 from schema.database import utc
+from schema.money import MAX_AMOUNT, MAX_BALANCE
 from schema.tables import poll_state, unbilled_usage
-from schema.wire import usage_key_for_request
+from schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request
 
 log = structlog.get_logger()
 STATE_NAME = "new-api"
@@ -72,34 +73,57 @@ def credits_for(quota: int, quota_per_credit: int) -> int:
 
 
 def usage_from_log(row: ConsumeLog, config: PollConfig) -> Usage:
+    """The usage of a row ``refusal`` has nothing against."""
     return Usage(
         usage_key=usage_key_for_request(row.request_key),
         remote_key_id=str(row.token_id),
-        model=(row.model_name or "unknown")[:128],
+        model=row.model_name or "unknown",
         credit_cost=credits_for(row.quota, config.quota_per_credit),
         used_at=utc(row.created_at),
         source="poll",
-        request_id=row.request_key[:128],
+        request_id=row.request_key,
         prompt_tokens=max(row.prompt_tokens, 0),
         completion_tokens=max(row.completion_tokens, 0),
-        total_tokens=max(row.prompt_tokens + row.completion_tokens, 0),
+        total_tokens=max(row.prompt_tokens, 0) + max(row.completion_tokens, 0),
     )
 
 
-def _unbilled_reason(row: ConsumeLog) -> str:
+def refusal(row: ConsumeLog, config: PollConfig) -> str | None:
+    """Why a row cannot be charged as it is, or None. A value is stored whole or the row is not charged:
+    nothing is cut to fit."""
     if row.quota < 0:
         return f"negative quota {row.quota} (a refund entry): not a usage charge"
     if row.token_id == 0:
         return "no token id on the log row"
+    if len(row.request_key) > MAX_REQUEST_ID:
+        return f"request_id is {len(row.request_key)} characters, more than the {MAX_REQUEST_ID} a usage keeps"
+    if len(row.model_name) > MAX_MODEL:
+        return f"model_name is {len(row.model_name)} characters, more than the {MAX_MODEL} a usage keeps"
+    if (credits := credits_for(row.quota, config.quota_per_credit)) > MAX_AMOUNT:
+        return f"quota {row.quota} is {credits} credits, more than the {MAX_AMOUNT} one usage may cost"
+    if max(row.prompt_tokens, 0) + max(row.completion_tokens, 0) > BIGINT_MAX:
+        return "prompt_tokens + completion_tokens is out of range"
+    return None
+
+
+def _unlinked(row: ConsumeLog) -> str:
     return f"token {row.token_id} is not linked to a user (creditrelay key link {row.token_id} --user …)"
+
+
+def _unbilled_key(row: ConsumeLog) -> str:
+    """The usage key the row would have, or for a request id too long to key by, one named by the log id
+    (it can meet no usage key: those start with ``req:`` or ``evt:``)."""
+    if len(row.request_key) > MAX_REQUEST_ID:
+        return f"bad:newapi-log-{row.id}"
+    return usage_key_for_request(row.request_key)
 
 
 def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollConfig, now: datetime) -> PollReport:
     """Charge upstream rows once each and keep the unbillable ones; counts only (window left to the caller)."""
     report = PollReport(0, 0, rows=len(rows))
-    billable = [r for r in rows if r.quota >= 0]
+    unbillable = [(row, reason) for row in rows if (reason := refusal(row, config)) is not None]
+    billable = [row for row in rows if refusal(row, config) is None]
     outcomes = apply_usage(connection, [usage_from_log(r, config) for r in billable], now)
-    unbillable = [r for r in rows if r.quota < 0]
     charged_keys = []
     for row, outcome in zip(billable, outcomes, strict=True):
         if outcome.status is UsageStatus.CHARGED:
@@ -107,9 +131,11 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
             charged_keys.append(usage_key_for_request(row.request_key))
         elif outcome.status is UsageStatus.DUPLICATE:
             report.duplicates += 1
+        elif outcome.status is UsageStatus.OUT_OF_RANGE:
+            unbillable.append((row, f"the balance of user {outcome.user_id} would pass -{MAX_BALANCE} credits"))
         else:
-            unbillable.append(row)
-    for row in unbillable:
+            unbillable.append((row, _unlinked(row)))
+    for row, _ in unbillable:
         report.unknown_tokens[str(row.token_id)] = report.unknown_tokens.get(str(row.token_id), 0) + 1
     report.unbilled = len(unbillable)
     insert_new(
@@ -117,18 +143,18 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
         unbilled_usage,
         [
             {
-                "usageKey": usage_key_for_request(row.request_key),
+                "usageKey": _unbilled_key(row),
                 "remoteKeyId": str(row.token_id),
                 "upstreamId": row.id,
                 "quota": row.quota,
                 "credits": credits_for(row.quota, config.quota_per_credit),
-                "model": (row.model_name or "unknown")[:128],
-                "reason": _unbilled_reason(row)[:255],
+                "model": row.model_name if len(row.model_name) <= MAX_MODEL else "",
+                "reason": reason,
                 "payload": json.dumps(row.raw, ensure_ascii=False),
                 "usedAt": utc(row.created_at),
                 "createdAt": now,
             }
-            for row in unbillable
+            for row, reason in unbillable
         ],
         "usageKey",
     )

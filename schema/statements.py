@@ -263,11 +263,24 @@ def _insert_rows(connection: Connection, parts: tuple[str, str, str], rows: list
     for row in rows:
         values = f"({', '.join([literal(value) for value in row])})"
         if written and size + len(values) > _MYSQL_STATEMENT_BYTES:
-            yield _run(connection, f"{head}{', '.join(written)}{tail}", None)
+            yield _only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
             written, size = [], 0
         written.append(values)
         size += len(values) + 2
-    yield _run(connection, f"{head}{', '.join(written)}{tail}", None)
+    yield _only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
+
+
+def _only_duplicates_ignored(cursor: Any, given: int) -> Any:
+    """The cursor of a MySQL ``INSERT IGNORE`` of ``given`` rows, if it ignored nothing but duplicates.
+
+    ``IGNORE`` turns every error into a warning and stores what it can (a value too long cut, one out of
+    range clamped). A skipped duplicate is one warning; any warning beyond those means some value was not
+    stored whole, and the statement is refused (its transaction must roll back: the row was written)."""
+    skipped = given - max(int(cursor.rowcount), 0)
+    if cursor.warning_count > skipped:
+        problem = f"{cursor.warning_count} warnings for {skipped} duplicate rows: a value was not stored whole"
+        raise sa.exc.DataError("INSERT IGNORE", None, ValueError(problem))
+    return cursor
 
 
 def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:

@@ -12,11 +12,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from schema.money import MAX_AMOUNT
+
 BIGINT_MAX = 2**63 - 1
 USAGE_EVENT = "usage"
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
+MAX_MODEL = 128  # characters of a model name
+MAX_REQUEST_ID = 128  # characters of a gateway request id
 
 Count = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
+Credits = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 RemoteKeyId = Annotated[int, Field(ge=0, le=BIGINT_MAX)] | Identifier
 
@@ -31,12 +36,12 @@ class UsageData(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
     remoteKeyId: RemoteKeyId
-    model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    creditCost: Count
+    model: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MODEL)]
+    creditCost: Credits
     promptTokens: Count = 0
     completionTokens: Count = 0
     totalTokens: Count = 0
-    requestId: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    requestId: Annotated[str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID)] | None = None
     userId: RemoteKeyId | None = None
 
 
@@ -82,6 +87,15 @@ class Event:
         if self.usage is not None and self.usage.requestId is not None:
             return usage_key_for_request(self.usage.requestId)
         return f"evt:{self.event_id}"
+
+
+def plain_int(text: str, maximum: int = BIGINT_MAX) -> int | None:
+    """A whole number from 0 to ``maximum`` written in ASCII digits alone, or None. (``str.isdigit`` also
+    takes "²" and Arabic-Indic digits, which ``int`` refuses or reads as digits: neither is what we meant.)"""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum)):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
 
 
 def usage_key_for_request(request_id: str) -> str:

@@ -8,6 +8,7 @@ import pytest
 from billing.deliveries import record_deliveries
 from billing.newapi import NewApiClient, UpstreamError
 from billing.polling import PollConfig, Poller, read_watermark
+from schema.money import MAX_AMOUNT
 from schema.wire import parse_event
 from tests.billing.conftest import NOW, in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent
@@ -164,3 +165,23 @@ def test_wrong_credentials_are_an_upstream_error(setup: Setup) -> None:
     poller = Poller(setup.database.engine, client, PollConfig(attempts=1), clock=lambda: T, sleep=lambda _: None)
     with pytest.raises(UpstreamError, match="401"):
         poller.run_once()
+
+
+def test_rows_that_cannot_be_stored_whole_are_kept_unbilled_with_the_reason(setup: Setup) -> None:
+    """A request id or model name longer than a usage keeps, or a quota past the largest charge: not charged
+    under a cut-down key (which collided with another usage), but kept in unbilled_usage saying why; the
+    rows around them are charged as usual."""
+    long_id = "r" * 129
+    setup.api.add(T - 50, token_id=5, quota=10, request_id=long_id[:128])  # a real usage whose id is the cut
+    setup.api.add(T - 40, token_id=5, quota=20, request_id=long_id)
+    setup.api.add(T - 30, token_id=5, quota=30, request_id="model-long", model="m" * 129)
+    setup.api.add(T - 20, token_id=5, quota=MAX_AMOUNT + 1, request_id="huge")
+    report = setup.poller().run_once()
+    assert (report.charged, report.unbilled) == (1, 3)
+    assert setup.balance() == 100_000 - 10
+    reasons = dict(setup.database.rows("SELECT upstreamId, reason FROM unbilled_usage ORDER BY upstreamId"))
+    assert reasons[2] == "request_id is 129 characters, more than the 128 a usage keeps"
+    assert reasons[3] == "model_name is 129 characters, more than the 128 a usage keeps"
+    assert reasons[4].startswith(f"quota {MAX_AMOUNT + 1} is")
+    assert setup.database.count("usage_records") == setup.database.count("credit_transactions", "type = 'usage'")
+    assert_ledger_consistent(setup.database)

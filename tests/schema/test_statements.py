@@ -7,7 +7,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from billing import ledger
 from billing.database import run_transaction
+from billing.ledger import insert_new
 from schema import statements
 from schema.statements import execute_many, fetch_in, insert_returning, returns_inserted
 from schema.tables import webhook_logs
@@ -127,3 +129,37 @@ def test_inserts_of_every_batch_size_write_each_row_once_in_few_statement_shapes
     assert stored(database) == expected
     if database.kind == "sqlite":
         assert len(shapes) <= 7
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_an_insert_that_would_cut_a_value_is_refused_not_stored(
+    database: Database, returning: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value too long for its column: MySQL's INSERT IGNORE would store it cut (and skip a duplicate);
+    ours refuses the statement, with RETURNING (MariaDB) and with row counts (MySQL). SQLite stores it
+    whole. Duplicates alone are still skipped quietly."""
+    if not returning:
+        monkeypatch.setattr(ledger, "returns_inserted", lambda _dialect: False)
+    row = log("e-long", "p")
+    row["eventId"] = "x" * 65  # the column holds 64
+
+    def work(connection: Connection) -> int:
+        insert_new(connection, webhook_logs, [log("e-dup", "p")], "eventId")
+        insert_new(connection, webhook_logs, [log("e-dup", "p"), log("e-new", "p")], "eventId")
+        return len(insert_new(connection, webhook_logs, [row, log("e-dup", "p")], "eventId"))
+
+    if database.kind == "sqlite":
+        assert run_transaction(database.engine, work) == 1
+        assert database.count("webhook_logs", "eventId = :e", e="x" * 65) == 1
+        return
+    with pytest.raises(sa.exc.DataError, match="not stored whole"):
+        run_transaction(database.engine, work)
+    assert database.count("webhook_logs") == 0  # the whole transaction rolled back
+
+
+def test_mysql_sessions_are_strict(database: Database) -> None:
+    """Every MySQL session runs with STRICT_ALL_TABLES, whatever the server's default."""
+    if database.kind != "mysql":
+        pytest.skip("a MySQL session setting")
+    modes = str(database.scalar("SELECT @@SESSION.sql_mode")).split(",")
+    assert "STRICT_ALL_TABLES" in modes
