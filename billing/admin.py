@@ -11,8 +11,9 @@ from sqlalchemy import Connection
 from billing.accounts import user_json
 from billing.deliveries import DeliveryOutcome, record_deliveries
 from schema.database import utc
+from schema.money import exact_sum, summed
 from schema.tables import api_keys, credit_transactions, poll_state, reconcile_runs, usage_records, users, webhook_logs
-from schema.wire import EnvelopeError, parse_event
+from schema.wire import EnvelopeError, parse_event, plain_int
 
 STATUSES = ("processed", "failed", "ignored")
 
@@ -25,8 +26,8 @@ def search_users(connection: Connection, query: str, limit: int = 20) -> list[di
     """Users whose email contains ``query``, or whose Telegram id or gateway key is ``query``."""
     text = query.strip()
     conditions = [users.c.email.contains(text.lower(), autoescape=True)]
-    if text.isdigit():
-        conditions.append(users.c.telegramId == int(text))
+    if (telegram_id := plain_int(text)) is not None:
+        conditions.append(users.c.telegramId == telegram_id)
     keyed = sa.select(api_keys.c.userId).where(api_keys.c.remoteKeyId == text)
     conditions.append(users.c.id.in_(keyed))
     rows = connection.execute(sa.select(users).where(sa.or_(*conditions)).order_by(users.c.id).limit(limit))
@@ -142,20 +143,16 @@ def stats(connection: Connection, now: datetime) -> dict[str, Any]:
 
 def usage_by_model(connection: Connection, since: datetime) -> list[tuple[str, int]]:
     """Credits charged per model since ``since``, largest first."""
-    total = sa.func.sum(usage_records.c.creditCost)
+    total = exact_sum(usage_records.c.creditCost, connection.dialect.name, "credits")
     rows = connection.execute(
-        sa.select(usage_records.c.model, total).where(usage_records.c.usedAt >= since).group_by(usage_records.c.model)
+        sa.select(usage_records.c.model, *total).where(usage_records.c.usedAt >= since).group_by(usage_records.c.model)
     )
-    return sorted(((model, int(credits)) for model, credits in rows), key=lambda pair: -pair[1])
+    return sorted(((model, summed(parts)) for model, *parts in rows), key=lambda pair: -pair[1])
 
 
 def usage_by_day(connection: Connection, since: datetime) -> list[tuple[str, int]]:
     """Credits charged per day (UTC) since ``since``, oldest first."""
     day = sa.func.date(usage_records.c.usedAt)
-    rows = connection.execute(
-        sa.select(day, sa.func.sum(usage_records.c.creditCost))
-        .where(usage_records.c.usedAt >= since)
-        .group_by(day)
-        .order_by(day)
-    )
-    return [(str(d), int(credits)) for d, credits in rows]
+    total = exact_sum(usage_records.c.creditCost, connection.dialect.name, "credits")
+    rows = connection.execute(sa.select(day, *total).where(usage_records.c.usedAt >= since).group_by(day).order_by(day))
+    return [(str(d), summed(parts)) for d, *parts in rows]

@@ -37,6 +37,7 @@ class SyncStatus(StrEnum):
     REPLAYED = "replayed"
     CONFLICT = "conflict"
     INSUFFICIENT = "insufficient"
+    OUT_OF_RANGE = "out_of_range"
     UNKNOWN_USER = "unknown_user"
 
 
@@ -92,6 +93,8 @@ def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOut
         return SyncOutcome(SyncStatus.INSUFFICIENT, body.telegram_id, outcome.balance)
     if outcome.status is CreditStatus.CONFLICT:
         return SyncOutcome(SyncStatus.CONFLICT, body.telegram_id, outcome.balance)
+    if outcome.status is CreditStatus.OUT_OF_RANGE:
+        return SyncOutcome(SyncStatus.OUT_OF_RANGE, body.telegram_id, outcome.balance)
     repeated = SyncStatus.DUPLICATE if body.external_reference is not None else SyncStatus.REPLAYED
     return SyncOutcome(repeated, body.telegram_id, outcome.balance)
 

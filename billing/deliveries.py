@@ -34,6 +34,7 @@ from sqlalchemy import Connection
 
 from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
 from schema.database import utc
+from schema.money import MAX_BALANCE
 from schema.statements import execute_many, fetch_in, fetch_in_each, returns_inserted, savepoint
 from schema.tables import api_keys, webhook_logs
 from schema.wire import Event
@@ -111,6 +112,13 @@ def _unknown_key(event: Event) -> DeliveryOutcome:
 def _from_usage(event: Event, outcome: UsageOutcome) -> DeliveryOutcome:
     if outcome.status is UsageStatus.UNKNOWN_KEY:
         return _unknown_key(event)
+    if outcome.status is UsageStatus.OUT_OF_RANGE:
+        assert event.usage is not None
+        error = (
+            f"creditCost {event.usage.creditCost} would take user {outcome.user_id}'s balance of {outcome.balance}"
+            f" below -{MAX_BALANCE}: not charged"
+        )
+        return DeliveryOutcome(event.event_id, DeliveryStatus.UNBILLABLE, error, outcome.user_id, outcome.balance)
     status = DeliveryStatus.CHARGED if outcome.status is UsageStatus.CHARGED else DeliveryStatus.DUPLICATE
     return DeliveryOutcome(event.event_id, status, None, outcome.user_id, outcome.balance)
 
@@ -212,7 +220,13 @@ def _final_first(connection: Connection, events: Sequence[Event], now: datetime)
     verdicts |= {e.event_id: expected[e.event_id] for e in fresh if expected[e.event_id] is not _BILLABLE}
     to_bill += [e for e in fresh if expected[e.event_id] is _BILLABLE]
     verdicts |= _bill(connection, to_bill, now, owners=owners)
-    _finish(connection, [verdicts[e.event_id] for e in earlier if stored[e.event_id][1] in (RECEIVED, FAILED)], now)
+    finished = [verdicts[e.event_id] for e in earlier if stored[e.event_id][1] in (RECEIVED, FAILED)]
+    unforeseen = [  # written as processed, then refused by the ledger (a balance out of range)
+        verdicts[e.event_id]
+        for e in fresh
+        if expected[e.event_id] is _BILLABLE and verdicts[e.event_id].status is DeliveryStatus.UNBILLABLE
+    ]
+    _finish(connection, finished + unforeseen, now)
     return verdicts
 
 

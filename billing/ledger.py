@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from schema.database import insert_ignoring_duplicates
+from schema.money import in_range
 from schema.statements import (
     execute_many,
     fetch_in,
@@ -39,6 +40,7 @@ class UsageStatus(StrEnum):
     CHARGED = "charged"
     DUPLICATE = "duplicate"
     UNKNOWN_KEY = "unknown_key"
+    OUT_OF_RANGE = "out_of_range"  # the charge would take the balance below -MAX_BALANCE: not charged
 
 
 class CreditStatus(StrEnum):
@@ -46,6 +48,7 @@ class CreditStatus(StrEnum):
     DUPLICATE = "duplicate"
     INSUFFICIENT = "insufficient"
     CONFLICT = "conflict"
+    OUT_OF_RANGE = "out_of_range"  # the change would take the balance past ±MAX_BALANCE: not applied
 
 
 class UnknownUser(LookupError):
@@ -252,7 +255,8 @@ def apply_usage(
 
     ``strict``: raise ``Shortfall`` instead of sorting out usages charged before (the caller retries the
     batch on its slower path). ``owners``: the caller's ``key_owners`` of these usages, read in this
-    transaction.
+    transaction. A charge that would take a balance below ``-MAX_BALANCE`` is not made (``OUT_OF_RANGE``)
+    and leaves no row behind; the usage can be charged later, once the balance allows it.
     """
     if owners is None:
         owners = key_owners(connection, (u.remote_key_id for u in usages))
@@ -269,6 +273,7 @@ def apply_usage(
     outcomes: list[UsageOutcome] = []
     transactions: list[dict[str, Any]] = []
     changed: dict[int, int] = {}
+    refused: list[str] = []
     for index, usage in enumerate(usages):
         user_id = owners.get(usage.remote_key_id)
         if user_id is None:
@@ -276,6 +281,10 @@ def apply_usage(
             continue
         if candidates[usage.usage_key] != index or usage.usage_key not in record_ids:
             outcomes.append(UsageOutcome(UsageStatus.DUPLICATE, user_id))
+            continue
+        if not in_range(balances[user_id] - usage.credit_cost):
+            refused.append(usage.usage_key)
+            outcomes.append(UsageOutcome(UsageStatus.OUT_OF_RANGE, user_id, balances[user_id]))
             continue
         balances[user_id] -= usage.credit_cost
         changed[user_id] = balances[user_id]
@@ -293,6 +302,8 @@ def apply_usage(
             }
         )
         outcomes.append(UsageOutcome(UsageStatus.CHARGED, user_id, balances[user_id]))
+    if refused:  # written a moment ago by this transaction, so nobody else has seen them
+        connection.execute(usage_records.delete().where(usage_records.c.usageKey.in_(refused)))
     execute_many(connection, "usage_transactions", lambda _: credit_transactions.insert(), transactions)
     set_balances(connection, changed, now)
     return outcomes
@@ -302,7 +313,9 @@ def apply_credit(connection: Connection, change: CreditChange, now: datetime) ->
     """Apply a non-usage balance change once per reference.
 
     A repeated reference is a duplicate (or a conflict when it names another user or amount) and changes
-    nothing. A change that would take the balance below zero is refused unless ``allow_overdraft``.
+    nothing. A deduction that would take the balance below zero is refused unless ``allow_overdraft`` (a
+    top-up of an overdrawn balance is not: it may leave it below zero), and any change that would take it
+    past ``±MAX_BALANCE`` always.
     """
     balance = lock_balances(connection, [change.user_id]).get(change.user_id)
     if balance is None:
@@ -321,9 +334,12 @@ def apply_credit(connection: Connection, change: CreditChange, now: datetime) ->
     with savepoint(connection, "apply_credit") as rollback:
         if not insert_new(connection, credit_transactions, [row], "reference"):
             return _repeated_credit(connection, change, balance)
-        if new_balance < 0 and not change.allow_overdraft:
+        if change.amount < 0 and new_balance < 0 and not change.allow_overdraft:  # a deduction, not a top-up
             rollback()
             return CreditOutcome(CreditStatus.INSUFFICIENT, balance, 0)
+        if not in_range(new_balance):
+            rollback()
+            return CreditOutcome(CreditStatus.OUT_OF_RANGE, balance, 0)
     set_balances(connection, {change.user_id: new_balance}, now)
     transaction_id = connection.execute(
         sa.select(credit_transactions.c.id).where(credit_transactions.c.reference == change.reference)

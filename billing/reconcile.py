@@ -25,6 +25,7 @@ from billing.deliveries import record_deliveries
 from billing.newapi import ConsumeLog
 from billing.polling import PollConfig, Poller, bill_logs, credits_for
 from schema.database import utc
+from schema.money import exact_sum, summed
 from schema.tables import api_keys, credit_transactions, reconcile_runs, usage_records, users, webhook_logs
 from schema.wire import EnvelopeError, parse_event, usage_key_for_request
 
@@ -83,20 +84,19 @@ def ledger_findings(connection: Connection) -> list[Finding]:
         .limit(1)
         .scalar_subquery()
     )
-    total = (
-        sa.select(sa.func.coalesce(sa.func.sum(credit_transactions.c.amount), 0))
-        .where(credit_transactions.c.userId == users.c.id)
-        .scalar_subquery()
-    )
+    total = [
+        sa.select(part).where(credit_transactions.c.userId == users.c.id).scalar_subquery()
+        for part in exact_sum(credit_transactions.c.amount, connection.dialect.name, "total")
+    ]
     findings = []
-    for row in connection.execute(
-        sa.select(users.c.email, users.c.balance, total.label("total"), newest.label("newest"))
+    for email, balance, newest_balance, *parts in connection.execute(
+        sa.select(users.c.email, users.c.balance, newest, *total)
     ):
-        if row.balance != row.total or row.balance != (row.newest or 0):
+        if balance != summed(parts) or balance != (newest_balance or 0):
             detail = (
-                f"balance {row.balance}, sum of transactions {row.total}, newest transaction's balance {row.newest}"
+                f"balance {balance}, sum of transactions {summed(parts)}, newest transaction's balance {newest_balance}"
             )
-            findings.append(Finding("balance", row.email, row.email, detail))
+            findings.append(Finding("balance", email, email, detail))
     unpaired = (
         sa.select(usage_records.c.usageKey, usage_records.c.eventId, users.c.email)
         .join(users, users.c.id == usage_records.c.userId)

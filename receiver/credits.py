@@ -24,10 +24,12 @@ from billing.credit_sync import (
 from billing.database import run_transaction
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
+from receiver.params import path_int, query_int
 from receiver.rate_limit import RateLimiter
 from schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
 from schema.database import utc
-from schema.wire import BIGINT_MAX, EnvelopeError, parse_json_object
+from schema.money import MAX_BALANCE
+from schema.wire import EnvelopeError, parse_json_object
 
 log = structlog.get_logger()
 BODY_LIMIT = 1024 * 1024
@@ -38,6 +40,7 @@ _ANSWERS: dict[SyncStatus, tuple[int, str]] = {
     SyncStatus.REPLAYED: (409, "This token was already used: sign a new request"),
     SyncStatus.CONFLICT: (409, "This external_reference was already used for another user or amount"),
     SyncStatus.INSUFFICIENT: (402, "Insufficient credits"),
+    SyncStatus.OUT_OF_RANGE: (422, f"amount: the balance would pass the maximum of ±{MAX_BALANCE} credits"),
     SyncStatus.UNKNOWN_USER: (404, "User not registered"),
 }
 
@@ -67,10 +70,7 @@ async def _client(request: Request, service: CreditService) -> Client:
 
 
 def _telegram_id(request: Request) -> int:
-    text = request.path_params["telegram_id"]
-    if not text.isdigit() or not 0 < int(text) <= BIGINT_MAX:
-        raise ApiError(400, "telegram_id: must be a positive integer")
-    return int(text)
+    return path_int(request, "telegram_id")
 
 
 def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
@@ -160,12 +160,8 @@ async def records(request: Request) -> Response:
     service = _service(request)
     await _client(request, service)
     telegram_id = _telegram_id(request)
-    limit_text = request.query_params.get("limit", "20")
-    if not limit_text.isdigit() or int(limit_text) < 1:
-        raise ApiError(400, "limit: must be a positive integer")
-    found = await run_in_threadpool(
-        run_transaction, service.engine, lambda c: records_of(c, telegram_id, int(limit_text))
-    )
+    limit = query_int(request, "limit", 20)
+    found = await run_in_threadpool(run_transaction, service.engine, lambda c: records_of(c, telegram_id, limit))
     if found is None:
         raise ApiError(404, "User not registered")
     return JSONResponse({"success": True, "message": "", "data": {"telegram_id": telegram_id, "records": found}})

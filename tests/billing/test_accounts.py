@@ -42,3 +42,18 @@ def test_a_refused_user_leaves_the_transaction_usable(database: Database) -> Non
 
     assert in_transaction(database, work) == 5
     assert database.count("users") == 2
+
+
+def test_a_top_up_of_an_overdrawn_balance_is_applied_even_if_it_stays_below_zero(database: Database) -> None:
+    """A user at -260 who tops up 100 is at -160: a top-up is never refused for lack of credits."""
+    user = in_transaction(database, lambda c: create_user(c, NewUser("low@example.com"), NOW))["id"]
+    database.execute("UPDATE users SET balance = -260 WHERE id = :id", id=user)
+    database.execute(
+        "INSERT INTO credit_transactions (userId, type, amount, balance, reference, createdAt)"
+        " VALUES (:id, 'usage_import', -260, -260, 'import:1', :now)",
+        id=user,
+        now=NOW,
+    )
+    outcome = in_transaction(database, lambda c: top_up(c, user, 100, "order-1", NOW))
+    assert outcome.balance == -160
+    assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user) == -160

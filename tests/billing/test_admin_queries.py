@@ -28,3 +28,22 @@ def test_usage_by_model_and_day(database: Database) -> None:
     since = NOW - timedelta(days=30)
     assert in_transaction(database, lambda c: usage_by_model(c, since)) == [("gpt-4", 12), ("gpt-4o", 10)]
     assert in_transaction(database, lambda c: usage_by_day(c, since)) == [("2026-05-09", 10), ("2026-05-10", 12)]
+
+
+def test_usage_sums_are_exact_past_bigint(database: Database) -> None:
+    """Three usages of 2^62 credits (written by hand: no path of ours takes so much) add up to 3 * 2^62 in
+    the usage charts, on SQLite too, where SUM would raise "integer overflow"."""
+    user_id = add_user(database.engine)
+    for i in range(3):
+        database.execute(
+            "INSERT INTO usage_records (usageKey, userId, remoteKeyId, model, promptTokens, completionTokens,"
+            " totalTokens, creditCost, source, usedAt, createdAt)"
+            " VALUES (:key, :user, '1', 'gpt-4', 0, 0, 0, :cost, 'webhook', :now, :now)",
+            key=f"evt:{i}",
+            user=user_id,
+            cost=2**62,
+            now=NOW,
+        )
+    since = NOW - timedelta(days=1)
+    assert in_transaction(database, lambda c: usage_by_model(c, since)) == [("gpt-4", 3 * 2**62)]
+    assert [credits for _, credits in in_transaction(database, lambda c: usage_by_day(c, since))] == [3 * 2**62]

@@ -32,6 +32,11 @@ class Database:
         with self.engine.connect() as connection:
             return list(connection.execute(sa.text(sql), params))
 
+    def execute(self, sql: str, **params: Any) -> None:
+        """Run a statement and commit it (as an operator's ad-hoc SQL would)."""
+        with self.engine.begin() as connection:
+            connection.execute(sa.text(sql), params)
+
     def count(self, table: str, where: str = "1=1", **params: Any) -> int:
         return int(self.scalar(f"SELECT COUNT(*) FROM {table} WHERE {where}", **params))
 
