@@ -3,6 +3,7 @@
 Engines themselves are made by ``schema.database.make_engine``.
 """
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TypeVar
@@ -18,25 +19,55 @@ T = TypeVar("T")
 # MySQL errors after which the whole transaction may simply run again: deadlock, lock wait timeout,
 # and the connection errors that leave a commit's fate unknown (the constraints make a re-run harmless).
 _MYSQL_RETRYABLE = {1213, 1205, 2006, 2013}
+# MySQL errors that say the server is away or will not take a connection now, not that it refused our
+# statement: can't connect (2002, 2003, 2005), gone or lost (2006, 2013, 2055), too many connections
+# (1040, 1203), server shutting down (1053), connection killed or aborted (1152, 1927, 4031), read-only
+# (1290, 1836: a replica or a failover in progress), and the lock waits and deadlocks still there after
+# every retry (1205, 1213).
+_MYSQL_UNAVAILABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152, 1927, 4031, 1290, 1836, 1205, 1213}
+# SQLite primary result codes that mean the database file cannot be used now: busy or locked past the
+# timeout, disk I/O, full, cannot open, locking protocol, read-only. Everything else (no such table, too
+# many SQL variables, a syntax error, an integer overflow) is a refusal of the statement.
+_SQLITE_UNAVAILABLE = {5, 6, 8, 10, 13, 14, 15}
 
 
 class DatabaseUnavailable(Exception):
     """The database did not answer (down, unreachable, locked past the timeout); nothing was written."""
 
 
+def _code(error: DBAPIError) -> int | None:
+    """The driver's error code: pymysql's first argument, sqlite3's primary result code."""
+    orig = error.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return None if code is None else int(code) & 0xFF
+    if orig is not None and orig.args and isinstance(orig.args[0], int):
+        return int(orig.args[0])
+    return None
+
+
 def is_retryable(error: BaseException) -> bool:
-    if isinstance(error, DBAPIError) and error.orig is not None and error.orig.args:
-        return error.orig.args[0] in _MYSQL_RETRYABLE
+    """A deadlock, a lock wait timeout or a lost connection on MySQL: the transaction may run again."""
+    if isinstance(error, DBAPIError) and not isinstance(error.orig, sqlite3.Error):
+        return _code(error) in _MYSQL_RETRYABLE
     return False
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """Connection-level failures and timeouts: the database, not our statement, is the problem."""
-    if isinstance(error, PoolTimeoutError | InterfaceError):
+    """A lost or refused connection, or a database that cannot be used now: an outage (503), not a refusal
+    of this statement (which is the unit of work's own failure)."""
+    if isinstance(error, PoolTimeoutError):
         return True
-    if isinstance(error, OperationalError):
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
         return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    code = _code(error)
+    if isinstance(error.orig, sqlite3.Error):
+        return code in _SQLITE_UNAVAILABLE
+    if isinstance(error, InterfaceError):  # the driver has no usable connection
+        return True
+    return isinstance(error, OperationalError) and code in _MYSQL_UNAVAILABLE
 
 
 def run_transaction(
@@ -102,7 +133,7 @@ def _reset(connection: Connection) -> None:
 def _unavailable_as_such() -> Iterator[None]:
     try:
         yield
-    except (OperationalError, InterfaceError, PoolTimeoutError) as error:
+    except (DBAPIError, PoolTimeoutError) as error:
         if is_unavailable(error):
             raise DatabaseUnavailable(str(error.orig) if isinstance(error, DBAPIError) else str(error)) from error
         raise
