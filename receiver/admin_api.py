@@ -4,7 +4,6 @@ top-ups and stats — the same billing calls the admin pages are to use."""
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -18,8 +17,9 @@ from billing.database import run_transaction
 from billing.ledger import CreditStatus, UnknownUser
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
+from receiver.params import path_int, query_int, query_moment, query_optional_int
 from schema.database import utc
-from schema.wire import BIGINT_MAX, EnvelopeError, parse_json_object
+from schema.wire import EnvelopeError, parse_json_object
 
 
 @dataclass(frozen=True)
@@ -45,26 +45,6 @@ def _service(request: Request) -> AdminService:
     return service
 
 
-def _int(request: Request, name: str, default: int | None, *, maximum: int = BIGINT_MAX) -> int | None:
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    if not text.isdigit() or not 0 < int(text) <= maximum:
-        raise ApiError(400, f"{name}: must be a positive integer up to {maximum}")
-    return int(text)
-
-
-def _moment(request: Request, name: str) -> datetime | None:
-    text = request.query_params.get(name)
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromtimestamp(int(text), UTC) if text.isdigit() else datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, f"{name}: Unix seconds or an ISO-8601 time") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).replace(tzinfo=None)
-
-
 def _ok(data: Any) -> Response:
     return JSONResponse({"success": True, "message": "", "data": data})
 
@@ -72,15 +52,15 @@ def _ok(data: Any) -> Response:
 async def users(request: Request) -> Response:
     service = _service(request)
     query = request.query_params.get("q", "")
-    limit = _int(request, "limit", 20, maximum=200) or 20
+    limit = query_int(request, "limit", 20, maximum=200)
     return _ok(await service.run(lambda c: admin.search_users(c, query, limit)))
 
 
 async def user(request: Request) -> Response:
     service = _service(request)
-    user_id = int(request.path_params["user_id"])
-    limit = _int(request, "limit", 50, maximum=500) or 50
-    before = _int(request, "before", None)
+    user_id = path_int(request, "user_id")
+    limit = query_int(request, "limit", 50, maximum=500)
+    before = query_optional_int(request, "before")
     found = await service.run(lambda c: admin.user_detail(c, user_id, limit, before))
     if found is None:
         raise ApiError(404, f"No user {user_id}")
@@ -90,7 +70,7 @@ async def user(request: Request) -> Response:
 async def topup(request: Request) -> Response:
     """A top-up needs a reference, so a form submitted twice credits once."""
     service = _service(request)
-    user_id = int(request.path_params["user_id"])
+    user_id = path_int(request, "user_id")
     body = await read_limited(request, 16 * 1024)
     require_json(request.headers)
     try:
@@ -119,9 +99,9 @@ async def webhook_logs(request: Request) -> Response:
     status = request.query_params.get("status")
     if status is not None and status not in admin.STATUSES:
         raise ApiError(400, f"status: one of {', '.join(admin.STATUSES)}")
-    since, until = _moment(request, "since"), _moment(request, "until")
-    limit = _int(request, "limit", 50, maximum=500) or 50
-    before = _int(request, "before", None)
+    since, until = query_moment(request, "since"), query_moment(request, "until")
+    limit = query_int(request, "limit", 50, maximum=500)
+    before = query_optional_int(request, "before")
     found = await service.run(
         lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=limit, before=before)
     )

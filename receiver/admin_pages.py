@@ -29,8 +29,11 @@ from billing.accounts import AccountError, link_key, top_up
 from billing.ledger import CreditStatus, UnknownUser
 from receiver.admin_api import AdminService
 from receiver.charts import bar_chart
+from receiver.errors import EXCEPTION_HANDLERS, ApiError
 from receiver.metrics import event_counts
+from receiver.params import path_int, query_moment
 from schema.database import utc
+from schema.wire import plain_int
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
 Page = Callable[[Request], Awaitable[Response]]
@@ -109,7 +112,7 @@ async def users(request: Request) -> Response:
 
 async def user(request: Request) -> Response:
     service = _service(request)
-    user_id = int(request.path_params["user_id"])
+    user_id = path_int(request, "user_id")
     detail = await service.run(lambda c: admin.user_detail(c, user_id, 100))
     if detail is None:
         return Response("No such user", status_code=404)
@@ -122,14 +125,15 @@ def _back(path: str, notice: str) -> Response:
 
 async def topup(request: Request) -> Response:
     service = _service(request)
-    user_id = int(request.path_params["user_id"])
+    user_id = path_int(request, "user_id")
     form = await request.form()
     amount, reference = str(form.get("amount", "")).strip(), str(form.get("reference", "")).strip()
     reason, now = str(form.get("reason", "")), utc(service.clock())
-    if not amount.isdigit():
+    credits = plain_int(amount)
+    if not credits:
         return _back(f"/admin/users/{user_id}", "A top-up needs a positive amount and a reference")
     try:
-        outcome = await service.run(lambda c: top_up(c, user_id, int(amount), reference, now, reason))
+        outcome = await service.run(lambda c: top_up(c, user_id, credits, reference, now, reason))
     except UnknownUser:
         return Response("No such user", status_code=404)
     except AccountError as error:  # a bad amount or reference, or one used for another top-up
@@ -140,7 +144,7 @@ async def topup(request: Request) -> Response:
 
 async def add_key(request: Request) -> Response:
     service = _service(request)
-    user_id = int(request.path_params["user_id"])
+    user_id = path_int(request, "user_id")
     key = str((await request.form()).get("remote_key_id", ""))
     try:
         await service.run(lambda c: link_key(c, key, user_id, utc(service.clock())))
@@ -170,8 +174,8 @@ async def logs(request: Request) -> Response:
 def _local_time(request: Request, name: str) -> datetime | None:
     """A datetime-local form field (UTC), or None when empty or not a time."""
     try:
-        return datetime.fromisoformat(request.query_params[name])
-    except (KeyError, ValueError):
+        return query_moment(request, name)
+    except ApiError:
         return None
 
 
@@ -214,6 +218,6 @@ def admin_pages(service: AdminService) -> Starlette:
     ]
     middleware = [Middleware(SessionMiddleware, secret_key=session_key, session_cookie="creditrelay_admin",
                              same_site="strict", max_age=8 * 3600)]  # fmt: skip
-    pages = Starlette(routes=routes, middleware=middleware)
+    pages = Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     pages.state.admin = service
     return pages
