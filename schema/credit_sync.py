@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from schema.money import MAX_AMOUNT
 from schema.wire import BIGINT_MAX, MAX_TIMESTAMP, EnvelopeError, describe
 
 TOKEN_WINDOW_SECONDS = 300
@@ -32,7 +33,7 @@ class SyncBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     telegram_id: Annotated[int, Field(ge=1, le=BIGINT_MAX)]
-    amount: Annotated[int, Field(ge=-BIGINT_MAX, le=BIGINT_MAX)]
+    amount: Annotated[int, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
     source: Annotated[str, StringConstraints(min_length=1, max_length=48)]
     reason: Annotated[str, StringConstraints(max_length=255)]
     timestamp: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP)]

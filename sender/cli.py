@@ -14,7 +14,7 @@ import uvicorn
 
 from schema.database import utc
 from schema.settings import Settings
-from schema.wire import EnvelopeError, parse_event
+from schema.wire import EnvelopeError, parse_event, plain_int
 from sender.delivery import DeliveryPolicy, Signer, Verdict, deliver
 from sender.outbox import DEAD, DEFAULT_OUTBOX_URL, DELIVERED, PENDING, Outbox
 from sender.relay import DEFAULT_SCHEDULE, OutboxRelay, RelayConfig
@@ -65,9 +65,10 @@ def _schedule(text: str) -> tuple[float, ...]:
 
 def _listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    number = plain_int(port, 65535)
+    if not host or number is None:
         raise argparse.ArgumentTypeError("HOST:PORT, e.g. 127.0.0.1:4100")
-    return host, int(port)
+    return host, number
 
 
 def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
