@@ -14,6 +14,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tenacity import Retrying, nap, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from schema.database import READ_ONLY
+
 T = TypeVar("T")
 
 # MySQL errors after which the whole transaction may simply run again: deadlock, lock wait timeout,
@@ -76,14 +78,18 @@ def run_transaction(
     *,
     attempts: int = 5,
     sleep: Callable[[float], None] | None = None,
+    read_only: bool = False,
 ) -> T:
     """Run ``work`` in one transaction, commit it, and run it again on a deadlock or a lost connection.
 
     ``target`` is an engine (a pooled connection per transaction) or a connection its caller holds (a
     writer's own: no checkout, liveness ping or reset per transaction; a lost one reconnects on next use).
     ``work`` must be idempotent by the database's constraints (billing's is). A database that stays out of
-    reach becomes ``DatabaseUnavailable``; any other error propagates untouched.
+    reach becomes ``DatabaseUnavailable``; any other error propagates untouched. ``read_only`` work (an
+    engine's) never takes SQLite's write lock, so a long read does not hold up the writers.
     """
+    if read_only and isinstance(target, Engine):
+        target = target.execution_options(**{READ_ONLY: True})
     retrying = Retrying(
         retry=retry_if_exception(is_retryable),
         stop=stop_after_attempt(attempts),

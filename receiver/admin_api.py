@@ -36,7 +36,12 @@ class AdminService:
             raise ApiError(401, "Admin token required (Authorization: Bearer …)")
 
     async def run(self, work: Callable[[Connection], Any]) -> Any:
+        """``work`` in a writing transaction, off the event loop."""
         return await run_in_threadpool(run_transaction, self.engine, work)
+
+    async def read(self, work: Callable[[Connection], Any]) -> Any:
+        """``work`` in a read-only transaction (on SQLite it never holds up the webhook writers)."""
+        return await run_in_threadpool(lambda: run_transaction(self.engine, work, read_only=True))
 
 
 def _service(request: Request) -> AdminService:
@@ -53,7 +58,7 @@ async def users(request: Request) -> Response:
     service = _service(request)
     query = request.query_params.get("q", "")
     limit = query_int(request, "limit", 20, maximum=200)
-    return _ok(await service.run(lambda c: admin.search_users(c, query, limit)))
+    return _ok(await service.read(lambda c: admin.search_users(c, query, limit)))
 
 
 async def user(request: Request) -> Response:
@@ -61,7 +66,7 @@ async def user(request: Request) -> Response:
     user_id = path_int(request, "user_id")
     limit = query_int(request, "limit", 50, maximum=500)
     before = query_optional_int(request, "before")
-    found = await service.run(lambda c: admin.user_detail(c, user_id, limit, before))
+    found = await service.read(lambda c: admin.user_detail(c, user_id, limit, before))
     if found is None:
         raise ApiError(404, f"No user {user_id}")
     return _ok(found)
@@ -102,7 +107,7 @@ async def webhook_logs(request: Request) -> Response:
     since, until = query_moment(request, "since"), query_moment(request, "until")
     limit = query_int(request, "limit", 50, maximum=500)
     before = query_optional_int(request, "before")
-    found = await service.run(
+    found = await service.read(
         lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=limit, before=before)
     )
     return _ok(found)
@@ -119,4 +124,4 @@ async def replay(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     service = _service(request)
-    return _ok(await service.run(lambda c: admin.stats(c, utc(service.clock()))))
+    return _ok(await service.read(lambda c: admin.stats(c, utc(service.clock()))))

@@ -90,8 +90,11 @@ async def logout(request: Request) -> Response:
 
 async def overview(request: Request) -> Response:
     service = _service(request)
-    stats = await service.run(lambda c: admin.stats(c, utc(service.clock())))
-    per_minute = [(f"-{60 - i} min", n) for i, n in enumerate(stats["lastHour"]["perMinute"])]
+    stats = await service.read(lambda c: admin.stats(c, utc(service.clock())))
+    since = datetime.fromisoformat(stats["lastHour"]["since"].removesuffix("Z"))
+    per_minute = [
+        ((since + timedelta(minutes=i)).strftime("%H:%M"), n) for i, n in enumerate(stats["lastHour"]["perMinute"])
+    ]
     chart = bar_chart(per_minute, title="deliveries per minute, last hour")
     counts = await run_in_threadpool(event_counts)
     answered = sum(counts.values())
@@ -106,14 +109,14 @@ async def overview(request: Request) -> Response:
 async def users(request: Request) -> Response:
     service = _service(request)
     query = request.query_params.get("q", "").strip()
-    found = await service.run(lambda c: admin.search_users(c, query, 50)) if query else []
+    found = await service.read(lambda c: admin.search_users(c, query, 50)) if query else []
     return _render(request, "users.html", query=query, users=found)
 
 
 async def user(request: Request) -> Response:
     service = _service(request)
     user_id = path_int(request, "user_id")
-    detail = await service.run(lambda c: admin.user_detail(c, user_id, 100))
+    detail = await service.read(lambda c: admin.user_detail(c, user_id, 100))
     if detail is None:
         return Response("No such user", status_code=404)
     return _render(request, "user.html", user=detail)
@@ -159,7 +162,7 @@ async def logs(request: Request) -> Response:
     if status not in (None, *admin.STATUSES):
         status = None
     since, until = _local_time(request, "since"), _local_time(request, "until")
-    rows = await service.run(lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=200))
+    rows = await service.read(lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=200))
     rows.sort(key=lambda r: r["status"] != "failed")  # failed first, each part newest first
     return _render(
         request,
@@ -190,8 +193,8 @@ async def replay(request: Request) -> Response:
 async def usage(request: Request) -> Response:
     service = _service(request)
     since = utc(service.clock()) - timedelta(days=30)
-    by_model = await service.run(lambda c: admin.usage_by_model(c, since))
-    by_day = await service.run(lambda c: admin.usage_by_day(c, since))
+    by_model = await service.read(lambda c: admin.usage_by_model(c, since))
+    by_day = await service.read(lambda c: admin.usage_by_day(c, since))
     return _render(
         request,
         "usage.html",

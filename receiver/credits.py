@@ -60,7 +60,9 @@ def _service(request: Request) -> CreditService:
 
 async def _client(request: Request, service: CreditService) -> Client:
     api_key = request.headers.get("x-api-key", "")
-    client = await run_in_threadpool(run_transaction, service.engine, lambda c: authenticate(c, api_key))
+    client = await run_in_threadpool(
+        lambda: run_transaction(service.engine, lambda c: authenticate(c, api_key), read_only=True)
+    )
     if not api_key or client is None:
         raise ApiError(401, "Invalid API key")
     structlog.contextvars.bind_contextvars(source=client.source)
@@ -150,7 +152,9 @@ async def balance(request: Request) -> Response:
     service = _service(request)
     await _client(request, service)
     telegram_id = _telegram_id(request)
-    found = await run_in_threadpool(run_transaction, service.engine, lambda c: balance_of(c, telegram_id))
+    found = await run_in_threadpool(
+        lambda: run_transaction(service.engine, lambda c: balance_of(c, telegram_id), read_only=True)
+    )
     if found is None:
         raise ApiError(404, "User not registered")
     return JSONResponse({"success": True, "message": "", "data": found})
@@ -161,7 +165,9 @@ async def records(request: Request) -> Response:
     await _client(request, service)
     telegram_id = _telegram_id(request)
     limit = query_int(request, "limit", 20)
-    found = await run_in_threadpool(run_transaction, service.engine, lambda c: records_of(c, telegram_id, limit))
+    found = await run_in_threadpool(
+        lambda: run_transaction(service.engine, lambda c: records_of(c, telegram_id, limit), read_only=True)
+    )
     if found is None:
         raise ApiError(404, "User not registered")
     return JSONResponse({"success": True, "message": "", "data": {"telegram_id": telegram_id, "records": found}})

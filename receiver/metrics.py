@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from schema.database import READ_ONLY
 from schema.tables import poll_state, reconcile_runs
 
 EVENTS = Counter("creditrelay_webhook_events", "Webhook deliveries by outcome", ["outcome"])
@@ -50,7 +51,7 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            with self.engine.connect() as connection:
+            with self.engine.execution_options(**{READ_ONLY: True}).connect() as connection:
                 watermark = connection.execute(sa.select(sa.func.max(poll_state.c.watermark))).scalar()
                 last = connection.execute(
                     sa.select(reconcile_runs.c.discrepancies, reconcile_runs.c.startedAt)

@@ -1,9 +1,17 @@
 """billing/admin.py's usage figures on both databases (the day grouping is SQL each database spells)."""
 
+import threading
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from billing import admin
 from billing.admin import usage_by_day, usage_by_model
+from billing.database import run_transaction
 from billing.deliveries import record_deliveries
+from schema.database import make_engine
+from schema.tables import webhook_logs
 from schema.wire import parse_event
 from tests.billing.conftest import in_transaction
 from tests.support.database import Database
@@ -47,3 +55,50 @@ def test_usage_sums_are_exact_past_bigint(database: Database) -> None:
     since = NOW - timedelta(days=1)
     assert in_transaction(database, lambda c: usage_by_model(c, since)) == [("gpt-4", 3 * 2**62)]
     assert [credits for _, credits in in_transaction(database, lambda c: usage_by_day(c, since))] == [3 * 2**62]
+
+
+def test_stats_count_each_clock_minute_of_the_last_hour_by_status(database: Database) -> None:
+    """Logs 0, 5, 59 and 61 minutes old and one in the current minute: each in its minute's bucket (the
+    current minute last), the one past the hour left out, the counts by status adding up."""
+    now = datetime(2026, 5, 10, 12, 30, 40)
+    ages = {"m0": 0, "m5": 5, "m59": 59, "m61": 61}
+    rows = [
+        {"eventId": name, "eventType": "usage", "payload": "{}", "payloadHash": "h",
+         "status": "failed" if name == "m5" else "processed", "createdAt": now - timedelta(minutes=minutes)}
+        for name, minutes in ages.items()
+    ]  # fmt: skip
+    with database.engine.begin() as connection:
+        connection.execute(webhook_logs.insert(), rows)
+    stats = in_transaction(database, lambda c: admin.stats(c, now))
+    hour = stats["lastHour"]
+    assert hour["since"] == "2026-05-10T11:31:00Z"
+    assert hour["byStatus"] == {"processed": 2, "failed": 1, "ignored": 0}
+    assert [i for i, n in enumerate(hour["perMinute"]) if n] == [0, 54, 59]
+    assert hour["byMinute"]["failed"][54] == 1
+    assert stats["failedTotal"] == 1
+
+
+def test_a_read_only_transaction_does_not_hold_up_writers(database: Database) -> None:
+    """While an admin read is open, a webhook's write transaction commits (SQLite: the read took no write
+    lock; before, every transaction began IMMEDIATE)."""
+    reading, done = threading.Event(), threading.Event()
+
+    def slow_read(connection: Connection) -> int:
+        count = int(connection.execute(sa.select(sa.func.count()).select_from(webhook_logs)).scalar_one())
+        reading.set()
+        done.wait(10)
+        return count
+
+    reader = threading.Thread(target=lambda: run_transaction(database.engine, slow_read, read_only=True))
+    reader.start()
+    try:
+        assert reading.wait(10)
+        impatient = make_engine(database.url, busy_timeout_ms=200)
+        try:
+            add_user(impatient, "writer@example.com")
+        finally:
+            impatient.dispose()
+    finally:
+        done.set()
+        reader.join(10)
+    assert database.count("users") == 1
