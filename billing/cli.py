@@ -96,19 +96,36 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     until = args.until if args.until is not None else int(now)
     since = args.since if args.since is not None else until - 24 * 3600
     poller = make_poller(settings) if settings.polling_enabled else None
-    reconciler = Reconciler(make_engine(settings.database_url), poller, poll_config(settings))
+    bars: dict[str, tqdm[Any]] = {}
+
+    def progress(what: str, count: int) -> None:
+        if what not in bars:
+            bars[what] = tqdm(unit=" rows", desc=f"fixing {what}", disable=not sys.stderr.isatty())
+        _counting(bars[what])(count)
+
+    reconciler = Reconciler(make_engine(settings.database_url), poller, poll_config(settings), progress)
     try:
         report = reconciler.run(since, until, fix=args.fix, now=utc(now))
     except UpstreamError as error:
         print(f"creditrelay: reconcile could not read new-api: {error}", file=sys.stderr)
         return 2
+    for bar in bars.values():
+        bar.close()
     print(json.dumps(report.as_json()) if args.json else render_table(report))
     return 0 if report.ok else 1
 
 
+def _counting(bar: "tqdm[Any]") -> Callable[[int], None]:
+    def told(count: int) -> None:
+        bar.update(count)
+
+    return told
+
+
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     cutoff = utc(time.time()) - timedelta(days=args.older_than_days)
-    deleted = delete_old_logs(make_engine(settings.database_url), cutoff)
+    with tqdm(unit=" logs", desc="deleting old logs", disable=not sys.stderr.isatty()) as bar:
+        deleted = delete_old_logs(make_engine(settings.database_url), cutoff, progress=_counting(bar))
     print(json.dumps({"deleted": deleted, "olderThan": cutoff.isoformat() + "Z"}))
     return 0
 

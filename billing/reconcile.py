@@ -12,9 +12,10 @@ idempotent); it never touches a balance that does not add up — that calls for 
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from schema.tables import api_keys, credit_transactions, reconcile_runs, usage_r
 from schema.wire import EnvelopeError, parse_event, usage_key_for_request
 
 CHUNK = 500
+LISTED = 1000  # failed deliveries a report names one by one
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,15 @@ class ReconcileReport:
     findings: list[Finding] = field(default_factory=list)
     tokens: list[TokenSummary] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    unlisted_failed: int = 0  # failed deliveries past the ``LISTED`` named in ``findings``
+
+    @property
+    def discrepancies(self) -> int:
+        return len(self.findings) + self.unlisted_failed
 
     @property
     def ok(self) -> bool:
-        return not self.findings
+        return self.discrepancies == 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -68,7 +75,8 @@ class ReconcileReport:
             "windowStart": self.window_start,
             "windowEnd": self.window_end,
             "upstreamChecked": self.upstream_checked,
-            "discrepancies": len(self.findings),
+            "discrepancies": self.discrepancies,
+            "unlistedFailedWebhooks": self.unlisted_failed,
             "findings": [asdict(f) for f in self.findings],
             "tokens": [asdict(t) for t in self.tokens],
             "fixed": self.fixed,
@@ -116,11 +124,35 @@ def ledger_findings(connection: Connection) -> list[Finding]:
     return findings
 
 
-def failed_deliveries(connection: Connection) -> list[Any]:
-    query = sa.select(webhook_logs.c.eventId, webhook_logs.c.errorMsg, webhook_logs.c.payload).where(
-        webhook_logs.c.status == "failed"
+def failed_deliveries(
+    connection: Connection, after: tuple[datetime, int] | None = None, limit: int | None = None
+) -> list[Any]:
+    """Up to ``limit`` (``CHUNK``) failed deliveries past ``after`` (the last one's ``createdAt, id``), in the
+    order of the ``(status, createdAt)`` index: ``id, createdAt, eventId, errorMsg, payload``."""
+    logs = webhook_logs.c
+    query = (
+        sa.select(logs.id, logs.createdAt, logs.eventId, logs.errorMsg, logs.payload)
+        .where(logs.status == "failed")
+        .order_by(logs.createdAt, logs.id)
+        .limit(limit or CHUNK)
     )
-    return list(connection.execute(query.order_by(webhook_logs.c.createdAt)))
+    if after is not None:  # the plain bound lets MySQL start its index range there
+        query = query.where(logs.createdAt >= after[0], sa.tuple_(logs.createdAt, logs.id) > sa.tuple_(*after))
+    return list(connection.execute(query))
+
+
+def failed_findings(connection: Connection) -> tuple[list[Finding], int]:
+    """A finding for each of the first ``LISTED`` failed deliveries, and how many more there are."""
+    failed = webhook_logs.c.status == "failed"
+    total = int(connection.execute(sa.select(sa.func.count()).where(failed)).scalar_one())
+    rows = connection.execute(
+        sa.select(webhook_logs.c.eventId, webhook_logs.c.errorMsg)
+        .where(failed)
+        .order_by(webhook_logs.c.id)
+        .limit(LISTED)
+    )
+    findings = [Finding("failed_webhook", row.eventId, None, row.errorMsg or "failed") for row in rows]
+    return findings, total - len(findings)
 
 
 def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -187,47 +219,68 @@ def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> li
 
 
 class Reconciler:
-    def __init__(self, engine: Engine, poller: Poller | None, config: PollConfig) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        poller: Poller | None,
+        config: PollConfig,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.poller = poller
         self.config = config
+        self.progress = progress  # told (what, how many) after each chunk --fix commits
 
     def run(self, since: int, until: int, *, fix: bool, now: datetime) -> ReconcileReport:
         logs = self.poller.fetch(since, until) if self.poller is not None else []
         window = (utc(since), utc(until))
         report = ReconcileReport(since, until, upstream_checked=self.poller is not None)
         if fix:
-
-            def repair(connection: Connection) -> list[str]:
-                _, _, missing = compare_upstream(connection, logs, window, self.config)
-                fixed = []
-                if missing:
-                    billed = bill_logs(connection, missing, self.config, now)
-                    fixed.append(f"charged {billed.charged} missing upstream usage(s)")
-                return fixed + _redeliver(connection, failed_deliveries(connection), now)
-
-            report.fixed = run_transaction(self.engine, repair)
+            report.fixed = self._repair(logs, window, now)
 
         def check(connection: Connection) -> None:
             report.findings = ledger_findings(connection)
             if self.poller is not None:
                 upstream, report.tokens, _ = compare_upstream(connection, logs, window, self.config)
                 report.findings += upstream
-            for row in failed_deliveries(connection):
-                report.findings.append(Finding("failed_webhook", row.eventId, None, row.errorMsg or "failed"))
+            listed, report.unlisted_failed = failed_findings(connection)
+            report.findings += listed
             connection.execute(
                 reconcile_runs.insert().values(
                     startedAt=now,
                     windowStart=window[0],
                     windowEnd=window[1],
                     fixed=fix,
-                    discrepancies=len(report.findings),
+                    discrepancies=report.discrepancies,
                     report=json.dumps(report.as_json()),
                 )
             )
 
         run_transaction(self.engine, check)
         return report
+
+    def _repair(self, logs: Sequence[ConsumeLog], window: tuple[datetime, datetime], now: datetime) -> list[str]:
+        """Charge the missing upstream usage and re-run the failed deliveries, ``CHUNK`` at a time, each
+        chunk its own transaction (idempotent, so a run cut short is simply run again)."""
+        _, _, missing = run_transaction(
+            self.engine, partial(compare_upstream, logs=logs, window=window, config=self.config)
+        )
+        charged = 0
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start : start + CHUNK]
+            charged += run_transaction(self.engine, partial(bill_logs, rows=chunk, config=self.config, now=now)).charged
+            self._told("missing usage", len(chunk))
+        fixed = [f"charged {charged} missing upstream usage(s)"] if missing else []
+        after = None
+        while rows := run_transaction(self.engine, partial(failed_deliveries, after=after), read_only=True):
+            fixed += run_transaction(self.engine, partial(_redeliver, rows=rows, now=now))
+            after = (rows[-1].createdAt, rows[-1].id)
+            self._told("failed deliveries", len(rows))
+        return fixed
+
+    def _told(self, what: str, count: int) -> None:
+        if self.progress is not None:
+            self.progress(what, count)
 
 
 def render_table(report: ReconcileReport) -> str:
@@ -247,5 +300,7 @@ def render_table(report: ReconcileReport) -> str:
         lines += ["", f"{'kind':<26} {'subject':<40} {'user':<28} detail"]
         for f in report.findings:
             lines.append(f"{f.kind:<26} {f.subject:<40} {f.user or '-':<28} {f.detail}")
-    lines += ["", "OK: no discrepancies" if report.ok else f"{len(report.findings)} discrepancies"]
+    if report.unlisted_failed:
+        lines.append(f"{'failed_webhook':<26} … and {report.unlisted_failed} more failed webhook deliveries")
+    lines += ["", "OK: no discrepancies" if report.ok else f"{report.discrepancies} discrepancies"]
     return "\n".join(lines)

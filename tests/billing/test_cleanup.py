@@ -4,6 +4,7 @@ from datetime import timedelta
 
 from billing.cleanup import delete_old_logs
 from billing.deliveries import record_deliveries
+from schema.tables import webhook_logs
 from schema.wire import parse_event
 from tests.billing.conftest import NOW, in_transaction
 from tests.support.database import Database
@@ -32,3 +33,21 @@ def test_cleanup_keeps_failed_and_recent_logs_and_every_charge(database: Databas
     assert after["balances"] == before["balances"]
     assert after["counts"]["usage_records"] == before["counts"]["usage_records"] == 26
     assert after["counts"]["credit_transactions"] == before["counts"]["credit_transactions"]
+
+
+def test_cleanup_walks_batches_that_share_a_timestamp(database: Database) -> None:
+    """A group-commit batch writes many logs with one createdAt: batches cut through such a run lose none
+    and delete nothing younger, for both cleaned statuses."""
+    old = NOW - timedelta(days=10)
+    rows = [
+        {"eventId": f"e{i:03}", "eventType": "usage" if i % 3 else "ping", "payload": "{}", "payloadHash": "h",
+         "status": "processed" if i % 3 else "ignored", "createdAt": old + timedelta(seconds=i // 25)}
+        for i in range(100)
+    ]  # fmt: skip
+    rows.append(dict(rows[0], eventId="young", createdAt=NOW))
+    with database.engine.begin() as connection:
+        connection.execute(webhook_logs.insert(), rows)
+    told: list[int] = []
+    assert delete_old_logs(database.engine, NOW - timedelta(days=7), batch=10, progress=told.append) == 100
+    assert sum(told) == 100
+    assert database.rows("SELECT eventId FROM webhook_logs") == [("young",)]
