@@ -7,6 +7,7 @@ replayed token is refused by the same unique constraint. A deduction never overd
 """
 
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from billing.clients import Client
-from billing.ledger import CreditChange, CreditStatus, apply_credit
+from billing.ledger import CreditChange, CreditStatus, apply_credit, lock_balances
 from schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
 from schema.tables import credit_transactions, users
 
@@ -97,6 +98,13 @@ def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOut
         return SyncOutcome(SyncStatus.OUT_OF_RANGE, body.telegram_id, outcome.balance)
     repeated = SyncStatus.DUPLICATE if body.external_reference is not None else SyncStatus.REPLAYED
     return SyncOutcome(repeated, body.telegram_id, outcome.balance)
+
+
+def apply_syncs(connection: Connection, bodies: Sequence[SyncBody], now: datetime) -> list[SyncOutcome]:
+    """Apply verified syncs in order, all in the caller's one transaction: either every outcome here is
+    committed or none is. The users are locked first, in id order (the order every transaction takes)."""
+    lock_balances(connection, [u for u in (_user_id(connection, b.telegram_id) for b in bodies) if u is not None])
+    return [apply_sync(connection, body, now) for body in bodies]
 
 
 def balance_of(connection: Connection, telegram_id: int) -> dict[str, Any] | None:

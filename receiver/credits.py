@@ -17,6 +17,7 @@ from billing.credit_sync import (
     SyncStatus,
     SyncUnavailable,
     apply_sync,
+    apply_syncs,
     balance_of,
     records_of,
     verify_request,
@@ -122,7 +123,9 @@ async def sync(request: Request) -> Response:
 
 
 async def batch(request: Request) -> Response:
-    """Each item checked and applied on its own: one bad item fails alone."""
+    """Each item checked on its own (a malformed or forged item is refused alone); the valid ones applied
+    in one transaction, so a batch is all-or-nothing: an outage or a refused statement applies none of
+    it (503 / 500, retry the whole batch), and a 200 means every item answered ``applied`` is committed."""
     structlog.contextvars.clear_contextvars()
     service = _service(request)
     client = await _client(request, service)
@@ -131,20 +134,31 @@ async def batch(request: Request) -> Response:
         raise ApiError(400, "items: must be a non-empty list")
     if len(items) > MAX_BATCH_ITEMS:
         raise ApiError(400, f"items: at most {MAX_BATCH_ITEMS} per batch")
-    results = []
+    results: list[dict[str, Any] | None] = []
+    valid: list[tuple[int, SyncBody]] = []
     for index, item in enumerate(items):
         try:
             body = parse_sync_body(item, f"items.{index}")
             _verified(client, body, service)
-            status, answer = _answer(await _apply(service, body))
         except (EnvelopeError, ApiError) as error:
             status = error.status_code if isinstance(error, ApiError) else 400
-            answer = {"success": False, "message": str(error), "data": None}
-        results.append({"index": index, "status": status} | answer)
-    succeeded = sum(1 for r in results if r["success"])
-    data = {"success": succeeded, "failed": len(results) - succeeded, "results": results}
+            results.append({"index": index, "status": status, "success": False, "message": str(error), "data": None})
+            continue
+        results.append(None)
+        valid.append((index, body))
+    now = utc(service.clock())
+    outcomes: list[SyncOutcome] = await run_in_threadpool(
+        run_transaction, service.engine, lambda c: apply_syncs(c, [body for _, body in valid], now)
+    )
+    for (index, _), outcome in zip(valid, outcomes, strict=True):
+        status, answer = _answer(outcome)
+        results[index] = {"index": index, "status": status} | answer
+    answered = [r for r in results if r is not None]
+    succeeded = sum(1 for r in answered if r["success"])
+    log.info("credit_batch", items=len(answered), applied=succeeded)
+    data = {"success": succeeded, "failed": len(answered) - succeeded, "results": answered}
     return JSONResponse(
-        {"success": True, "message": f"{succeeded} applied, {len(results) - succeeded} failed", "data": data}
+        {"success": True, "message": f"{succeeded} applied, {len(answered) - succeeded} failed", "data": data}
     )
 
 

@@ -2,10 +2,15 @@
 
 import asyncio
 import time
+from datetime import datetime
 
 import httpx
 import pytest
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
+from billing.credit_sync import SyncOutcome
+from schema.credit_sync import SyncBody
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, register_client, signed
 from tests.support.database import Database
@@ -168,6 +173,55 @@ def test_a_batch_applies_each_item_on_its_own(receiver: Receiver, database: Data
     assert [r["data"] and r["data"]["duplicate"] for r in again.json()["data"]["results"][:2]] == [True, True]
     assert balance(database) == 130
     assert database.scalar("SELECT balance FROM users WHERE telegramId = 555") == 20
+
+
+def test_a_batch_is_all_or_nothing_through_an_outage(
+    receiver: Receiver, database: Database, creds: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away after the 112th of 300 items: 503 and nothing applied, so the retry of the
+    same batch (items without a reference included) applies every item once, none refused as replayed."""
+    from billing import credit_sync
+
+    items = [signed(creds, i, reason=f"tip {i}") for i in range(1, 301)]  # no external_reference
+    real = credit_sync.apply_sync
+    calls = [0]
+
+    def lost_after_112(connection: Connection, body: SyncBody, now: datetime) -> SyncOutcome:
+        calls[0] += 1
+        if calls[0] % 300 == 113:  # every attempt of run_transaction meets it
+            raise OperationalError("UPDATE …", {}, Exception(2013, "Lost connection to MySQL server during query"))
+        return real(connection, body, now)
+
+    monkeypatch.setattr(credit_sync, "apply_sync", lost_after_112)
+    reply = receiver.client.post("/api/credits/batch", json={"items": items}, headers={"X-Api-Key": creds.api_key})
+    assert reply.status_code == 503
+    assert balance(database) == 100
+    assert database.count("credit_transactions", "type = 'sync'") == 0
+    monkeypatch.setattr(credit_sync, "apply_sync", real)
+    again = receiver.client.post("/api/credits/batch", json={"items": items}, headers={"X-Api-Key": creds.api_key})
+    assert again.status_code == 200
+    assert again.json()["data"]["success"] == 300
+    assert balance(database) == 100 + sum(range(1, 301))
+    assert_ledger_consistent(database)
+
+
+def test_a_batch_item_past_the_bounds_fails_alone(receiver: Receiver, database: Database, creds: Credentials) -> None:
+    """An amount past MAX_AMOUNT (400) and one that would pass MAX_BALANCE (422) fail alone; the rest apply."""
+    from schema.money import MAX_AMOUNT, MAX_BALANCE
+
+    add_telegram_user(database.engine, 777, name="Rich")
+    database.execute("UPDATE users SET balance = :b WHERE telegramId = 777", b=MAX_BALANCE - 10)
+    items = [
+        signed(creds, 5, reference="a"),
+        signed(creds, MAX_AMOUNT + 1, reference="b"),
+        signed(creds, 11, 777, reference="c"),
+        signed(creds, 7, reference="d"),
+    ]
+    reply = receiver.client.post("/api/credits/batch", json={"items": items}, headers={"X-Api-Key": creds.api_key})
+    results = reply.json()["data"]["results"]
+    assert [(r["index"], r["status"]) for r in results] == [(0, 200), (1, 400), (2, 422), (3, 200)]
+    assert results[1]["message"].startswith("items.1.amount:")
+    assert balance(database) == 112
 
 
 def test_balance_and_records_answer_newest_first(receiver: Receiver, database: Database, creds: Credentials) -> None:
