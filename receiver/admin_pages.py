@@ -1,24 +1,22 @@
 """`/admin`: the operator's pages, rendered on the server (Jinja2, inline SVG charts, no script, no CDN).
 
-Sign-in with ADMIN_TOKEN into a signed session cookie; every form carries the session's CSRF token. The
-pages call the same billing functions as the admin JSON API. Mounted as its own small application so the
-session middleware never touches the webhook hot path.
+Sign-in with ADMIN_TOKEN opens a session kept in the database (``billing.sessions``); the cookie holds
+its random token (HttpOnly, SameSite=Strict, Secure when the request came over HTTPS — directly or through
+a proxy uvicorn trusts to say so), and sign-out ends it on the server, so a copied cookie stops working
+too. Every form carries the session's CSRF token. The pages call the same billing functions as the admin
+JSON API. Mounted as its own small application, off the webhook hot path.
 """
 
-import hashlib
 import hmac
-import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -27,6 +25,7 @@ from starlette.templating import Jinja2Templates
 from billing import admin
 from billing.accounts import AccountError, link_key, top_up
 from billing.ledger import CreditStatus, UnknownUser
+from billing.sessions import LIFETIME, Session, end_session, find_session, open_session
 from receiver.admin_api import AdminService
 from receiver.charts import bar_chart
 from receiver.errors import EXCEPTION_HANDLERS, ApiError
@@ -36,6 +35,7 @@ from schema.database import utc
 from schema.wire import plain_int
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
+templates.env.filters["urlencode_path"] = lambda text: quote(str(text), safe="")  # an id with "/", "?" or "#"
 Page = Callable[[Request], Awaitable[Response]]
 
 
@@ -44,20 +44,30 @@ def _service(request: Request) -> AdminService:
     return service
 
 
-def _signed_in(request: Request) -> bool:
-    return request.session.get("admin") is True
+COOKIE = "creditrelay_admin"
+
+
+async def _session(request: Request) -> Session | None:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    service = _service(request)
+    found: Session | None = await service.read(lambda c: find_session(c, token, utc(service.clock())))
+    return found
 
 
 def _page(handler: Page) -> Page:
     """Sign-in required; POSTs must carry the session's CSRF token."""
 
     async def guarded(request: Request) -> Response:
-        if not _signed_in(request):
+        session = await _session(request)
+        if session is None:
             return RedirectResponse("/admin/login", status_code=303)
+        request.state.session = session
         if request.method == "POST":
             form = await request.form()
             given = str(form.get("csrf", ""))
-            if not hmac.compare_digest(given.encode(), str(request.session.get("csrf", "")).encode()):
+            if not hmac.compare_digest(given.encode(), session.csrf.encode()):
                 return Response("Form expired or forged (CSRF check failed); reload the page", status_code=403)
         return await handler(request)
 
@@ -65,7 +75,8 @@ def _page(handler: Page) -> Page:
 
 
 def _render(request: Request, name: str, **context: Any) -> Response:
-    context |= {"csrf": request.session.get("csrf", ""), "notice": request.query_params.get("notice", "")}
+    session: Session | None = getattr(request.state, "session", None)
+    context |= {"csrf": session.csrf if session else "", "notice": request.query_params.get("notice", "")}
     return templates.TemplateResponse(request, name, context)
 
 
@@ -78,14 +89,27 @@ async def login(request: Request) -> Response:
         return templates.TemplateResponse(
             request, "login.html", {"error": "Wrong token", "csrf": "", "notice": ""}, status_code=401
         )
-    request.session.clear()
-    request.session.update({"admin": True, "csrf": secrets.token_urlsafe(32)})
-    return RedirectResponse("/admin/", status_code=303)
+    session = await service.run(lambda c: open_session(c, utc(service.clock())))
+    response = RedirectResponse("/admin/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        session.token,
+        max_age=int(LIFETIME.total_seconds()),
+        path="/admin",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
 
 
 async def logout(request: Request) -> Response:
-    request.session.clear()
-    return RedirectResponse("/admin/login", status_code=303)
+    service = _service(request)
+    session: Session = request.state.session
+    await service.run(lambda c: end_session(c, session.token, utc(service.clock())))
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/admin", httponly=True, samesite="strict")
+    return response
 
 
 async def overview(request: Request) -> Response:
@@ -205,22 +229,18 @@ async def usage(request: Request) -> Response:
 
 def admin_pages(service: AdminService) -> Starlette:
     """The /admin application; without ADMIN_TOKEN every page says the panel is disabled."""
-    token = service.token or secrets.token_urlsafe(32)
-    session_key = hmac.new(token.encode(), b"creditrelay admin session", hashlib.sha256).hexdigest()
     routes = [
         Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["POST"]),
+        Route("/logout", _page(logout), methods=["POST"]),
         Route("/", _page(overview)),
         Route("/users", _page(users)),
         Route("/users/{user_id:int}", _page(user)),
         Route("/users/{user_id:int}/topup", _page(topup), methods=["POST"]),
         Route("/users/{user_id:int}/keys", _page(add_key), methods=["POST"]),
         Route("/logs", _page(logs)),
-        Route("/logs/{event_id}/replay", _page(replay), methods=["POST"]),
+        Route("/logs/{event_id:path}/replay", _page(replay), methods=["POST"]),
         Route("/usage", _page(usage)),
     ]
-    middleware = [Middleware(SessionMiddleware, secret_key=session_key, session_cookie="creditrelay_admin",
-                             same_site="strict", max_age=8 * 3600)]  # fmt: skip
-    pages = Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    pages = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     pages.state.admin = service
     return pages

@@ -75,7 +75,7 @@ def create_app(
         Route("/api/admin/users/{user_id:int}", admin_api.user, methods=["GET"]),
         Route("/api/admin/users/{user_id:int}/topup", admin_api.topup, methods=["POST"]),
         Route("/api/admin/webhook-logs", admin_api.webhook_logs, methods=["GET"]),
-        Route("/api/admin/webhook-logs/{event_id}/replay", admin_api.replay, methods=["POST"]),
+        Route("/api/admin/webhook-logs/{event_id:path}/replay", admin_api.replay, methods=["POST"]),
         Route("/api/admin/stats", admin_api.stats, methods=["GET"]),
         Route("/metrics", operator_api.metrics, methods=["GET"]),
     ]

@@ -191,9 +191,25 @@ class ApiClient(SQLModel, table=True):
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 
 
+class AdminSession(SQLModel, table=True):
+    """A signed-in admin page session: the cookie carries a random token, stored here only as its SHA-256;
+    sign-out ends it (``endedAt``), so a copied cookie stops working too."""
+
+    __tablename__ = "admin_sessions"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    token_hash: str = column("tokenHash", max_length=64, unique=True)
+    csrf: str = Field(max_length=64)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+    expires_at: datetime = column("expiresAt", sa_type=Timestamp, index=True)
+    ended_at: datetime | None = column("endedAt", default=None, sa_type=Timestamp)
+
+
 users = metadata.tables["users"]
 api_keys = metadata.tables["api_keys"]
 usage_records = metadata.tables["usage_records"]
 credit_transactions = metadata.tables["credit_transactions"]
 webhook_logs = metadata.tables["webhook_logs"]
 api_clients = metadata.tables["api_clients"]
+admin_sessions = metadata.tables["admin_sessions"]

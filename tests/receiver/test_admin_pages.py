@@ -5,6 +5,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -106,3 +107,52 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
         _shot(page, "7-usage")
         browser.close()
     assert database.scalar("SELECT status FROM webhook_logs WHERE eventId = 'evt-lost'") == "processed"
+
+
+def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(site: str) -> None:
+    """A cookie copied before sign-out no longer opens a page after it; the cookie is HttpOnly, SameSite
+    Strict, and Secure when the request came through a proxy that says it was HTTPS."""
+    with httpx.Client(base_url=site) as client:
+        signed_in = client.post("/admin/login", data={"token": TOKEN})
+        cookie = signed_in.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
+        assert "Secure" not in cookie
+        copied = dict(client.cookies)
+        page = client.get("/admin/")
+        assert page.status_code == 200
+        csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+        assert client.post("/admin/logout", data={"csrf": csrf}).status_code == 303
+    with httpx.Client(base_url=site, cookies=copied) as thief:
+        reply = thief.get("/admin/")
+        assert (reply.status_code, reply.headers["location"]) == (303, "/admin/login")
+    behind_tls = httpx.post(f"{site}/admin/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in behind_tls.headers["set-cookie"]
+
+
+def test_a_failed_event_whose_id_has_a_slash_can_be_replayed(site: str, database: Database) -> None:
+    """Event ids may hold "/", "?", "#" or "%": the Replay button and the admin API both reach them."""
+    from billing.accounts import link_key
+    from billing.database import run_transaction
+    from schema.database import utc
+
+    for event_id in ("gw/2026/evt-1", "odd?#%-id"):
+        body = encode(usage_event(event_id, key="k-slash", cost=3, timestamp=int(time.time())))
+        assert httpx.post(f"{site}/api/webhooks/events", content=body, headers=seed_headers(body)).status_code == 422
+    alice = database.scalar("SELECT id FROM users WHERE email = 'alice@example.com'")
+    run_transaction(database.engine, lambda c: link_key(c, "k-slash", alice, utc(time.time())))
+    with httpx.Client(base_url=site) as client:
+        client.post("/admin/login", data={"token": TOKEN})
+        page = client.get("/admin/logs", params={"status": "failed"})
+        forms = [part.split('"')[0] for part in page.text.split('action="')[1:] if "/replay" in part.split('"')[0]]
+        assert "/admin/logs/gw%2F2026%2Fevt-1/replay" in forms
+        csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+        replayed = client.post("/admin/logs/gw%2F2026%2Fevt-1/replay", data={"csrf": csrf})
+        notice = parse_qs(urlsplit(replayed.headers["location"]).query)["notice"]
+        assert notice == ["gw/2026/evt-1: charged"]
+    api = httpx.post(
+        f"{site}/api/admin/webhook-logs/odd%3F%23%25-id/replay", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert api.status_code == 200, api.text
+    assert api.json()["data"] == {"eventId": "odd?#%-id", "status": "charged", "error": None}
+    assert database.count("webhook_logs", "status = 'processed'") == 2
