@@ -3,7 +3,7 @@
 import time
 from collections.abc import Callable
 
-import swagger_ui_bundle  # type: ignore[import-untyped]  # the package ships no type information
+import openapi_ui_bundles
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -70,7 +70,7 @@ def create_app(
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
         Mount("/admin", app=admin_pages(admin_service)),
-        Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static"),
+        Mount("/docs/static", StaticFiles(directory=openapi_ui_bundles.swagger_ui.static_path), name="docs-static"),
         Route("/api/admin/users", admin_api.users, methods=["GET"]),
         Route("/api/admin/users/{user_id:int}", admin_api.user, methods=["GET"]),
         Route("/api/admin/users/{user_id:int}/topup", admin_api.topup, methods=["POST"]),

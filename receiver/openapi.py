@@ -1,7 +1,8 @@
 """`/openapi.json` and `/docs`: the public endpoints with their request and answer schemas.
 
 Request schemas come from the pydantic models that validate the bodies (one source of truth); `/docs`
-renders the document with Swagger UI from the ``swagger-ui-bundle`` package — no CDN, works offline.
+renders the document with Swagger UI 5 (which reads OpenAPI 3.1, the version pydantic's JSON Schemas are
+written in) from the ``openapi-ui-bundles`` package — no CDN, works offline.
 """
 
 from typing import Any
@@ -54,8 +55,17 @@ def _event_schema() -> dict[str, Any]:
     }
 
 
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema}
+
+
+_MOMENT = {"type": "string", "description": "Unix seconds or an ISO-8601 time (UTC unless it says otherwise)"}
+
+
 def document() -> dict[str, Any]:
     telegram = [{"name": "telegram_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
+    user_id = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+    before = _query("before", {"type": "integer", "minimum": 1})
     webhook: list[dict[str, list[str]]] = [{"webhookSignature": []}, {"standardWebhooks": []}]
     client: list[dict[str, list[str]]] = [{"apiKey": []}]
     admin: list[dict[str, list[str]]] = [{"adminToken": []}]
@@ -82,7 +92,7 @@ def document() -> dict[str, Any]:
         },
         "/api/credits/batch": {
             "post": {
-                "summary": "Several syncs, each applied on its own",
+                "summary": "Several syncs: each checked on its own, the valid ones applied in one transaction",
                 "security": client,
                 "requestBody": {
                     "required": True,
@@ -130,8 +140,43 @@ def document() -> dict[str, Any]:
             "get": {
                 "summary": "Find users by email, Telegram id or gateway key",
                 "security": admin,
-                "parameters": [{"name": "q", "in": "query", "schema": {"type": "string"}}],
+                "parameters": [
+                    _query("q", {"type": "string"}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                ],
                 "responses": _answers(200, 400, 401, 403, 503),
+            }
+        },
+        "/api/admin/users/{user_id}": {
+            "get": {
+                "summary": "A user, their keys and transactions newest first",
+                "security": admin,
+                "parameters": [user_id, _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}), before],
+                "responses": _answers(200, 400, 401, 403, 404, 503),
+            }
+        },
+        "/api/admin/users/{user_id}/topup": {
+            "post": {
+                "summary": "Add credits once per reference",
+                "security": admin,
+                "parameters": [user_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["amount", "reference"],
+                                "properties": {
+                                    "amount": {"type": "integer", "minimum": 1},
+                                    "reference": {"type": "string", "minLength": 1, "maxLength": 128},
+                                    "reason": {"type": "string", "maxLength": 255},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": _answers(200, 400, 401, 403, 404, 409, 503),
             }
         },
         "/api/admin/webhook-logs": {
@@ -139,10 +184,21 @@ def document() -> dict[str, Any]:
                 "summary": "Webhook deliveries, newest first",
                 "security": admin,
                 "parameters": [
-                    {"name": "status", "in": "query", "schema": {"enum": ["processed", "failed", "ignored"]}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    _query("status", {"enum": ["processed", "failed", "ignored"]}),
+                    _query("since", _MOMENT),
+                    _query("until", _MOMENT),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                    before,
                 ],
                 "responses": _answers(200, 400, 401, 403, 503),
+            }
+        },
+        "/api/admin/webhook-logs/{event_id}/replay": {
+            "post": {
+                "summary": "Run a stored delivery through billing again (its id URL-encoded)",
+                "security": admin,
+                "parameters": [{"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": _answers(200, 401, 403, 404, 503),
             }
         },
     }

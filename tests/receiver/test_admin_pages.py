@@ -1,27 +1,22 @@
 """The /admin pages: refused without sign-in, CSRF-checked, and the operator's loop in a real browser."""
 
 import dataclasses
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from receiver.app import create_app
+from tests.support.browser import chromium, screenshot
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
 from tests.support.signing import encode, seed_headers, usage_event
 
 TOKEN = "admin-token-admin-token-admin-token-42"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # Debian's, from PATH
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 @pytest.fixture
@@ -48,8 +43,7 @@ def test_pages_refuse_without_sign_in_and_forms_without_csrf(site: str) -> None:
 
 
 def _shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    screenshot(page, "admin", name)
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -57,9 +51,7 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
     """The operator's loop in headless Chromium, one screenshot per page in test-artifacts/admin/."""
     body = encode(usage_event("evt-lost", key="k-new", cost=25, timestamp=int(time.time())))
     assert httpx.post(f"{site}/api/webhooks/events", content=body, headers=seed_headers(body)).status_code == 422
-    with sync_playwright() as playwright:
-        assert CHROMIUM, "no chromium on PATH: install Debian's chromium (make test does)"
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         page = browser.new_page()
         page.goto(f"{site}/admin/")
         page.fill("input[name=token]", TOKEN)
@@ -105,7 +97,6 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
         page.click("nav >> text=Usage")
         assert page.locator("svg.chart rect").count() >= 1
         _shot(page, "7-usage")
-        browser.close()
     assert database.scalar("SELECT status FROM webhook_logs WHERE eventId = 'evt-lost'") == "processed"
 
 
