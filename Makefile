@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SERVICES_ENV := $(VENV)/test-services.env
 
-.PHONY: install run test lint typecheck services pytest bench chaos clean
+.PHONY: install run test lint typecheck services pytest bench scale chaos clean
 
 NODE_EXAMPLES := tests/seed_examples/node_modules/.package-lock.json
 
@@ -46,6 +46,10 @@ test: lint typecheck pytest
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# The operator's reads (admin stats) and the log cleanup at a million rows, SQLite and MySQL (prints figures)
+scale: install
+	$(PY) scripts/scale.py $(SCALE_ARGS)
 
 # Kills and outages while events flow; really restarts the local MariaDB once (root only)
 chaos: install

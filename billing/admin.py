@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 
 from billing.accounts import user_json
 from billing.deliveries import DeliveryOutcome, record_deliveries
-from schema.database import minute_of, utc
+from schema.database import utc
 from schema.money import exact_sum, summed
 from schema.tables import api_keys, credit_transactions, poll_state, reconcile_runs, usage_records, users, webhook_logs
 from schema.wire import EnvelopeError, parse_event, plain_int
@@ -120,20 +120,27 @@ def replay(connection: Connection, event_id: str, now: datetime) -> DeliveryOutc
 
 def stats(connection: Connection, now: datetime) -> dict[str, Any]:
     """Deliveries per clock minute over the last hour (the current minute last), counts by status, polling
-    lag, the last reconcile. Counted by the database over its ``(status, createdAt)`` index: the answer is
-    a few hundred numbers however many rows the hour holds."""
+    lag, the last reconcile.
+
+    One statement counts each (status, minute) as a range of the ``(status, createdAt)`` index: the
+    database walks the hour's index entries once, with no grouping sort and no function per row, and the
+    answer is 180 numbers however many rows the hour holds.
+    """
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=MINUTES - 1)
-    minute = minute_of(webhook_logs.c.createdAt, connection.dialect.name)
-    counted = connection.execute(
-        sa.select(webhook_logs.c.status, minute, sa.func.count())
-        .where(webhook_logs.c.status.in_(STATUSES), webhook_logs.c.createdAt >= start)
-        .group_by(webhook_logs.c.status, minute)
-    )
-    by_minute = {status: [0] * MINUTES for status in STATUSES}
-    for status, stamp, count in counted:
-        index = int((datetime.fromisoformat(str(stamp)) - start).total_seconds() // 60)
-        if 0 <= index < MINUTES:
-            by_minute[status][index] += int(count)
+    edges = [start + timedelta(minutes=i) for i in range(MINUTES + 1)]
+    logs = webhook_logs.c
+    counts = connection.execute(
+        sa.select(
+            *(
+                sa.select(sa.func.count())
+                .where(logs.status == status, logs.createdAt >= edges[i], logs.createdAt < edges[i + 1])
+                .scalar_subquery()
+                for status in STATUSES
+                for i in range(MINUTES)
+            )
+        )
+    ).one()
+    by_minute = {status: [int(n) for n in counts[k * MINUTES : (k + 1) * MINUTES]] for k, status in enumerate(STATUSES)}
     failed = connection.execute(sa.select(sa.func.count()).where(webhook_logs.c.status == "failed")).scalar()
     watermark = connection.execute(sa.select(sa.func.max(poll_state.c.watermark))).scalar()
     last = connection.execute(sa.select(reconcile_runs).order_by(reconcile_runs.c.id.desc()).limit(1)).one_or_none()

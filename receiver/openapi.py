@@ -55,6 +55,10 @@ def _event_schema() -> dict[str, Any]:
     }
 
 
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "schema": schema}
 
@@ -74,7 +78,7 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "A signed usage event from the gateway (charged once)",
                 "security": webhook,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _event_schema()}}},
+                "requestBody": _body(_event_schema()),
                 "responses": _answers(200, 400, 401, 409, 413, 422, 503, ok="Charged, duplicate, or ignored"),
             }
         },
@@ -83,10 +87,7 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference",
                 "security": client,
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": SyncBody.model_json_schema()}},
-                },
+                "requestBody": _body(SyncBody.model_json_schema()),
                 "responses": _answers(200, 400, 401, 402, 404, 409, 429, 503),
             }
         },
@@ -94,18 +95,13 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "Several syncs: each checked on its own, the valid ones applied in one transaction",
                 "security": client,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["items"],
-                                "properties": {"items": {"type": "array", "items": SyncBody.model_json_schema()}},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["items"],
+                        "properties": {"items": {"type": "array", "items": SyncBody.model_json_schema()}},
+                    }
+                ),
                 "responses": _answers(200, 400, 401, 429, 503),
             }
         },
@@ -160,22 +156,17 @@ def document() -> dict[str, Any]:
                 "summary": "Add credits once per reference",
                 "security": admin,
                 "parameters": [user_id],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["amount", "reference"],
-                                "properties": {
-                                    "amount": {"type": "integer", "minimum": 1},
-                                    "reference": {"type": "string", "minLength": 1, "maxLength": 128},
-                                    "reason": {"type": "string", "maxLength": 255},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["amount", "reference"],
+                        "properties": {
+                            "amount": {"type": "integer", "minimum": 1},
+                            "reference": {"type": "string", "minLength": 1, "maxLength": 128},
+                            "reason": {"type": "string", "maxLength": 255},
+                        },
+                    }
+                ),
                 "responses": _answers(200, 400, 401, 403, 404, 409, 503),
             }
         },

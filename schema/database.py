@@ -152,14 +152,6 @@ def insert_ignoring_duplicates(table: sa.Table, dialect_name: str) -> sa.Insert:
     return mysql.insert(table).prefix_with("IGNORE")
 
 
-def minute_of(column: Any, dialect_name: str) -> sa.ColumnElement[str]:
-    """A timestamp column's minute as text, ``YYYY-MM-DD HH:MM`` (cheap to group by: on SQLite a prefix of
-    the stored text)."""
-    if dialect_name == "sqlite":
-        return sa.func.substr(column, 1, 16)
-    return sa.func.date_format(column, "%Y-%m-%d %H:%i")
-
-
 def upsert(
     table: sa.Table, dialect_name: str, row: dict[str, Any], key: Sequence[str], update: Sequence[str]
 ) -> sa.Insert:

@@ -1,6 +1,6 @@
 """Fixtures shared by every test: a migrated database on SQLite and on MySQL, users, a running receiver.
 
-MySQL is reached at ``CREDITRELAY_TEST_MYSQL_URL`` (``.ci/run`` sets it; default: the machine's MariaDB as
+MySQL is reached at ``CREDITRELAY_TEST_MYSQL_URL`` (``make test`` sets it; default: the machine's MariaDB as
 root). Each pytest-xdist worker gets a database of its own, migrated once and emptied before each test.
 Set ``CREDITRELAY_TEST_MYSQL_URL=skip`` to run the SQLite half alone on a machine without MySQL.
 """
@@ -35,7 +35,7 @@ def mysql_url(worker_id: str) -> URL:
             connection.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
             connection.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
     except sa.exc.OperationalError as error:
-        pytest.fail(f"MySQL is not reachable at {base.host}:{base.port} ({error.orig}); run .ci/run")
+        pytest.fail(f"MySQL is not reachable at {base.host}:{base.port} ({error.orig}); run make test, which starts it")
     finally:
         admin.dispose()
     url = base.set(database=name)
