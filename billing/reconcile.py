@@ -12,6 +12,7 @@ idempotent); it never touches a balance that does not add up — that calls for 
 """
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -58,12 +59,25 @@ class ReconcileReport:
     upstream_checked: bool
     findings: list[Finding] = field(default_factory=list)
     tokens: list[TokenSummary] = field(default_factory=list)
-    fixed: list[str] = field(default_factory=list)
-    unlisted_failed: int = 0  # failed deliveries past the ``LISTED`` named in ``findings``
+    fixed: dict[str, int] = field(default_factory=dict)  # what --fix did, counted
+    unlisted: dict[str, int] = field(default_factory=dict)  # findings of a kind past the first ``LISTED``
+
+    def add(self, findings: Iterable[Finding]) -> None:
+        """Keep the first ``LISTED`` findings of each kind by name, and count the rest (a report stays small
+        enough to store and read, however large the backlog)."""
+        listed: dict[str, int] = {}
+        for finding in self.findings:
+            listed[finding.kind] = listed.get(finding.kind, 0) + 1
+        for finding in findings:
+            if listed.get(finding.kind, 0) < LISTED:
+                listed[finding.kind] = listed.get(finding.kind, 0) + 1
+                self.findings.append(finding)
+            else:
+                self.unlisted[finding.kind] = self.unlisted.get(finding.kind, 0) + 1
 
     @property
     def discrepancies(self) -> int:
-        return len(self.findings) + self.unlisted_failed
+        return len(self.findings) + sum(self.unlisted.values())
 
     @property
     def ok(self) -> bool:
@@ -76,7 +90,7 @@ class ReconcileReport:
             "windowEnd": self.window_end,
             "upstreamChecked": self.upstream_checked,
             "discrepancies": self.discrepancies,
-            "unlistedFailedWebhooks": self.unlisted_failed,
+            "unlisted": self.unlisted,
             "findings": [asdict(f) for f in self.findings],
             "tokens": [asdict(t) for t in self.tokens],
             "fixed": self.fixed,
@@ -207,7 +221,8 @@ def compare_upstream(
     return findings, sorted(tokens.values(), key=lambda t: t.token), missing
 
 
-def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> list[str]:
+def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> Counter[str]:
+    """Run stored failed deliveries through billing again; how many ended how."""
     events = []
     for row in rows:
         try:
@@ -215,7 +230,7 @@ def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> li
         except EnvelopeError:
             continue
     outcomes = record_deliveries(connection, events, now)
-    return [f"webhook {o.event_id}: {o.status.value}" for o in outcomes if o.status.value in ("charged", "duplicate")]
+    return Counter(f"failed webhooks now {o.status.value}" for o in outcomes)
 
 
 class Reconciler:
@@ -239,12 +254,15 @@ class Reconciler:
             report.fixed = self._repair(logs, window, now)
 
         def check(connection: Connection) -> None:
-            report.findings = ledger_findings(connection)
+            report.findings, report.unlisted = [], {}
+            report.add(ledger_findings(connection))
             if self.poller is not None:
                 upstream, report.tokens, _ = compare_upstream(connection, logs, window, self.config)
-                report.findings += upstream
-            listed, report.unlisted_failed = failed_findings(connection)
-            report.findings += listed
+                report.add(upstream)
+            listed, more = failed_findings(connection)
+            report.add(listed)
+            if more:
+                report.unlisted["failed_webhook"] = report.unlisted.get("failed_webhook", 0) + more
             connection.execute(
                 reconcile_runs.insert().values(
                     startedAt=now,
@@ -259,7 +277,7 @@ class Reconciler:
         run_transaction(self.engine, check)
         return report
 
-    def _repair(self, logs: Sequence[ConsumeLog], window: tuple[datetime, datetime], now: datetime) -> list[str]:
+    def _repair(self, logs: Sequence[ConsumeLog], window: tuple[datetime, datetime], now: datetime) -> dict[str, int]:
         """Charge the missing upstream usage and re-run the failed deliveries, ``CHUNK`` at a time, each
         chunk its own transaction (idempotent, so a run cut short is simply run again)."""
         _, _, missing = run_transaction(
@@ -270,13 +288,13 @@ class Reconciler:
             chunk = missing[start : start + CHUNK]
             charged += run_transaction(self.engine, partial(bill_logs, rows=chunk, config=self.config, now=now)).charged
             self._told("missing usage", len(chunk))
-        fixed = [f"charged {charged} missing upstream usage(s)"] if missing else []
+        fixed: Counter[str] = Counter({"missing upstream usages charged": charged} if missing else {})
         after = None
         while rows := run_transaction(self.engine, partial(failed_deliveries, after=after), read_only=True):
             fixed += run_transaction(self.engine, partial(_redeliver, rows=rows, now=now))
             after = (rows[-1].createdAt, rows[-1].id)
             self._told("failed deliveries", len(rows))
-        return fixed
+        return dict(sorted(fixed.items()))
 
     def _told(self, what: str, count: int) -> None:
         if self.progress is not None:
@@ -294,13 +312,13 @@ def render_table(report: ReconcileReport) -> str:
         for t in report.tokens:
             upstream = f"{t.upstream_rows:>12}  {t.upstream_credits:>10}"
             lines.append(f"{t.token:>10}  {upstream}  {t.local_rows:>12}  {t.local_credits:>10}")
-    for item in report.fixed:
-        lines.append(f"fixed: {item}")
+    for what, count in report.fixed.items():
+        lines.append(f"fixed: {count} {what}")
     if report.findings:
         lines += ["", f"{'kind':<26} {'subject':<40} {'user':<28} detail"]
         for f in report.findings:
             lines.append(f"{f.kind:<26} {f.subject:<40} {f.user or '-':<28} {f.detail}")
-    if report.unlisted_failed:
-        lines.append(f"{'failed_webhook':<26} … and {report.unlisted_failed} more failed webhook deliveries")
+    for kind, count in report.unlisted.items():
+        lines.append(f"{kind:<26} … and {count} more not listed one by one")
     lines += ["", "OK: no discrepancies" if report.ok else f"{report.discrepancies} discrepancies"]
     return "\n".join(lines)

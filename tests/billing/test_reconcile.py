@@ -80,9 +80,9 @@ def test_missing_usage_is_listed_and_fix_charges_it(database: Database, api: Fak
 
     fixed = reconciler(database, api).run(*WINDOW, fix=True, now=utc(T))
     assert fixed.ok
-    assert fixed.fixed == ["charged 1 missing upstream usage(s)"]
+    assert fixed.fixed == {"missing upstream usages charged": 1}
     assert database.scalar("SELECT balance FROM users") == 500 - 55
-    assert reconciler(database, api).run(*WINDOW, fix=True, now=utc(T)).fixed == []
+    assert reconciler(database, api).run(*WINDOW, fix=True, now=utc(T)).fixed == {}
 
 
 def test_extra_local_usage_is_flagged(database: Database, api: FakeNewApi) -> None:
@@ -103,7 +103,7 @@ def test_failed_webhooks_are_listed_and_fix_replays_them_once_linked(database: D
     add_user(database.engine, "erin@example.com", credits=100, key="k-new")
     repaired = Reconciler(database.engine, None, PollConfig()).run(*WINDOW, fix=True, now=utc(T))
     assert repaired.ok
-    assert repaired.fixed == ["webhook evt-stuck: charged"]
+    assert repaired.fixed == {"failed webhooks now charged": 1}
     assert database.scalar("SELECT balance FROM users WHERE email = 'erin@example.com'") == 88
 
 
@@ -137,8 +137,8 @@ def test_fix_works_through_a_backlog_in_chunks_with_progress(
     user_id = add_user(database.engine, credits=500, key="5")
     add_failed_deliveries(database, 120)
     report = reconciler(database, api).run(*WINDOW, fix=False, now=utc(T))
-    assert (len(report.findings), report.unlisted_failed, report.discrepancies) == (20, 100, 120)
-    assert "and 100 more failed webhook deliveries" in render_table(report)
+    assert (len(report.findings), report.unlisted, report.discrepancies) == (20, {"failed_webhook": 100}, 120)
+    assert "and 100 more not listed one by one" in render_table(report)
     in_transaction(database, lambda c: link_key(c, "k-late", user_id, utc(T)))
     told: list[tuple[str, int]] = []
     fixer = reconciler(database, api)
@@ -146,6 +146,7 @@ def test_fix_works_through_a_backlog_in_chunks_with_progress(
     fixed = fixer.run(*WINDOW, fix=True, now=utc(T))
     assert fixed.ok, render_table(fixed)
     assert told == [("failed deliveries", 50), ("failed deliveries", 50), ("failed deliveries", 20)]
+    assert fixed.fixed == {"failed webhooks now charged": 120}
     assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == 500 - 120
 
 
