@@ -6,7 +6,7 @@ both timestamps inclusive. A refusal may come back as HTTP 200 with ``"success":
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -23,7 +23,9 @@ class UpstreamError(Exception):
 
 @dataclass(frozen=True)
 class ConsumeLog:
-    """One type-2 row of new-api's ``logs`` table."""
+    """One type-2 row of new-api's ``logs`` table. A row whose fields are not what new-api writes (a number
+    that is not a whole 64-bit number, text that is not Unicode) is kept with ``problem`` saying so, and
+    its unusable fields zero or empty: it is never charged, and never stops a pass."""
 
     id: int
     created_at: int
@@ -36,10 +38,13 @@ class ConsumeLog:
     completion_tokens: int
     request_id: str
     raw: dict[str, Any]
+    other: dict[str, Any] = field(default_factory=dict)  # new-api's ``other``, a JSON object sent as a string
+    problem: str | None = None
 
     @property
     def request_key(self) -> str:
-        """The usage's request id; rows without one are named by their log id."""
+        """The usage's request id (new-api's identity for it, where the row has one); rows without one, from
+        before request ids, are named by their log id."""
         return self.request_id or f"newapi-log-{self.id}"
 
 
@@ -49,29 +54,75 @@ class LogPage:
     items: list[ConsumeLog]
 
 
+_REQUIRED = ("id", "created_at")
+
+
+def _number(item: dict[str, Any], name: str, problems: list[str]) -> int:
+    value = item.get(name)
+    if value is None and name not in _REQUIRED:
+        return 0
+    if type(value) is not int:
+        problems.append(f"{name} is {str(value)[:40]!r}, not a whole number")
+        return 0
+    low, high = (0, MAX_TIMESTAMP) if name == "created_at" else (-(2**63), 2**63 - 1)
+    if not low <= value <= high:
+        problems.append(f"{name} {str(value)[:40]} is out of range")
+        return 0
+    return value
+
+
+def _text(item: dict[str, Any], name: str, problems: list[str]) -> str:
+    value = item.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        problems.append(f"{name} is not text")
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        problems.append(f"{name} is not valid Unicode text")
+        return ""
+    return value
+
+
+def _other(item: dict[str, Any]) -> dict[str, Any]:
+    value = item.get("other")
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value) if isinstance(value, str) and value else {}
+    except json.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def _row(item: Any) -> ConsumeLog:
     if not isinstance(item, dict):
         raise UpstreamError("a log row is not an object")
-    try:
-        row = ConsumeLog(
-            id=int(item["id"]),
-            created_at=int(item["created_at"]),
-            user_id=int(item.get("user_id") or 0),
-            token_id=int(item.get("token_id") or 0),
-            token_name=str(item.get("token_name") or ""),
-            model_name=str(item.get("model_name") or ""),
-            quota=int(item.get("quota") or 0),
-            prompt_tokens=int(item.get("prompt_tokens") or 0),
-            completion_tokens=int(item.get("completion_tokens") or 0),
-            request_id=str(item.get("request_id") or ""),
-            raw=item,
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise UpstreamError(f"log row not understood: {error!r}") from None
-    numbers = (row.id, row.created_at, row.user_id, row.token_id, row.quota, row.prompt_tokens, row.completion_tokens)
-    if any(not -(2**63) <= n < 2**63 for n in numbers) or not 0 <= row.created_at <= MAX_TIMESTAMP:
-        raise UpstreamError(f"log row {str(item.get('id'))[:40]} has a number out of range")
-    return row
+    problems: list[str] = []
+
+    def number(name: str) -> int:
+        return _number(item, name, problems)
+
+    def text(name: str) -> str:
+        return _text(item, name, problems)
+
+    return ConsumeLog(
+        id=number("id"),
+        created_at=number("created_at"),
+        user_id=number("user_id"),
+        token_id=number("token_id"),
+        token_name=text("token_name"),
+        model_name=text("model_name"),
+        quota=number("quota"),
+        prompt_tokens=number("prompt_tokens"),
+        completion_tokens=number("completion_tokens"),
+        request_id=text("request_id"),
+        raw=item,
+        other=_other(item),
+        problem="; ".join(problems) or None,
+    )
 
 
 class NewApiClient:

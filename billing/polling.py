@@ -9,6 +9,7 @@ because each row's usage key (``req:<request_id>``, or ``req:newapi-log-<id>`` w
 webhook for the same request would carry.
 """
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,8 @@ def usage_from_log(row: ConsumeLog, config: PollConfig) -> Usage:
 def refusal(row: ConsumeLog, config: PollConfig) -> str | None:
     """Why a row cannot be charged as it is, or None. A value is stored whole or the row is not charged:
     nothing is cut to fit."""
+    if row.problem is not None:
+        return f"log row not as new-api writes it: {row.problem}"
     if row.quota < 0:
         return f"negative quota {row.quota} (a refund entry): not a usage charge"
     if row.token_id == 0:
@@ -111,11 +114,17 @@ def _unlinked(row: ConsumeLog) -> str:
 
 
 def _unbilled_key(row: ConsumeLog) -> str:
-    """The usage key the row would have, or for a request id too long to key by, one named by the log id
-    (it can meet no usage key: those start with ``req:`` or ``evt:``)."""
-    if len(row.request_key) > MAX_REQUEST_ID:
-        return f"bad:newapi-log-{row.id}"
-    return usage_key_for_request(row.request_key)
+    """The usage key the row would have; for a row that cannot be keyed so (a request id too long, fields
+    new-api does not write), one made of the row itself, which can meet no usage key (those start with
+    ``req:`` or ``evt:``) and is the same when the row is read again."""
+    if row.problem is None and len(row.request_key) <= MAX_REQUEST_ID:
+        return usage_key_for_request(row.request_key)
+    return "bad:" + hashlib.sha256(_stored(row.raw).encode()).hexdigest()
+
+
+def _stored(raw: dict[str, Any]) -> str:
+    """A row as stored: JSON with anything not ASCII escaped, so even text that is not Unicode is kept."""
+    return json.dumps(raw, sort_keys=True)
 
 
 def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollConfig, now: datetime) -> PollReport:
@@ -150,7 +159,7 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
                 "credits": credits_for(row.quota, config.quota_per_credit),
                 "model": row.model_name if len(row.model_name) <= MAX_MODEL else "",
                 "reason": reason,
-                "payload": json.dumps(row.raw, ensure_ascii=False),
+                "payload": _stored(row.raw),
                 "usedAt": utc(row.created_at),
                 "createdAt": now,
             }

@@ -139,7 +139,8 @@ def describe(error: ValidationError, prefix: str = "") -> str:
 
 
 def parse_json(body: bytes) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity."""
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no lone surrogates (text a database cannot
+    store)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -150,6 +151,11 @@ def parse_json(body: bytes) -> Any:
         raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
     except RecursionError:
         raise EnvelopeError("body: JSON nested too deeply") from None
+    if "\\ud" in text or "\\uD" in text:  # an escaped surrogate: fine as half of a pair, not alone
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text") from None
     return value
 
 

@@ -101,8 +101,10 @@ def test_credit_api_amounts_and_ids_out_of_range_are_refused_by_name(receiver: R
             reply = receiver.client.get(f"/api/credits/{what}/{telegram_id}", headers=headers)
             assert reply.status_code == 400, (what, telegram_id, reply.text)
             assert reply.json()["message"].startswith("telegram_id:")
-    limit = receiver.client.get(f"/api/credits/records/{TELEGRAM_ID}?limit=%C2%B2", headers=headers)
-    assert limit.status_code == 400
+    for limit in ("%C2%B2", "101", "0"):
+        reply = receiver.client.get(f"/api/credits/records/{TELEGRAM_ID}?limit={limit}", headers=headers)
+        assert reply.status_code == 400
+        assert reply.json()["message"] == "limit: must be a positive integer up to 100"
     assert database.count("credit_transactions", "reference LIKE 'sync%'") == 0
 
 
@@ -116,6 +118,7 @@ def test_credit_api_amounts_and_ids_out_of_range_are_refused_by_name(receiver: R
         ("/api/admin/webhook-logs?before=%C2%B9", "before"),
         ("/api/admin/users?limit=%D9%A1", "limit"),
         ("/api/admin/users/99999999999999999999", "user_id"),
+        ("/api/admin/users/%D9%A3", "user_id"),
         ("/api/admin/users/1?before=99999999999999999999", "before"),
         ("/api/admin/users?q=99999999999999999999&limit=0", "limit"),
     ],
@@ -151,3 +154,21 @@ def test_a_search_for_a_number_past_bigint_finds_nobody(database: Database) -> N
             assert reply.json()["data"] == []
         page = httpx.get(f"{url}/admin/users/99999999999999999999")
         assert page.status_code in (303, 400)  # signed out: to the sign-in page; never a 500
+
+
+def test_text_that_is_not_unicode_is_a_400_before_anything_is_stored(receiver: Receiver, database: Database) -> None:
+    """An eventId or model holding an unpaired surrogate escape (\\ud800) cannot be stored as text: refused
+    with a 400 saying so, on the webhook and the credit API alike; a real pair (an emoji) is fine."""
+    for body in (
+        b'{"eventId":"e\\ud800","eventType":"usage","timestamp":1,"data":{"remoteKeyId":1,"model":"m","creditCost":1}}',
+        b'{"eventId":"e1","eventType":"usage","timestamp":1,"data":{"remoteKeyId":1,"model":"\\udfff","creditCost":1}}',
+    ):
+        reply = receiver.client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+        assert reply.status_code == 400
+        assert "surrogate" in reply.json()["message"]
+    emoji = (
+        b'{"eventId":"e2","eventType":"usage","timestamp":1,'
+        b'"data":{"remoteKeyId":1,"model":"\\ud83d\\ude00","creditCost":1}}'
+    )
+    assert receiver.client.post("/api/webhooks/events", content=emoji, headers=seed_headers(emoji)).status_code == 200
+    assert database.rows("SELECT model FROM usage_records") == [("😀",)]

@@ -67,8 +67,9 @@ class FakeNewApi:
             "group": "default",
             "ip": "",
             "other": json.dumps({"model_ratio": 1, "group_ratio": 1}),
-            "request_id": request_id,
         }
+        if request_id:  # new-api omits an empty request_id (and rows from before v0.10 have none)
+            row["request_id"] = request_id
         self.rows.append(row)
         if hidden:
             self.hidden.add(row_id)
@@ -99,7 +100,8 @@ class FakeNewApi:
         found.sort(key=lambda r: r["id"], reverse=True)
         items = found[(page - 1) * size : page * size]
         data = {"page": page, "page_size": size, "total": len(found), "items": items}
-        return JSONResponse({"success": True, "message": "", "data": data})
+        body = json.dumps({"success": True, "message": "", "data": data})  # non-ASCII escaped: any text survives
+        return Response(body, media_type="application/json")
 
     async def status(self, _request: Request) -> Response:
         return JSONResponse({"success": True, "message": "", "data": {"quota_per_unit": 500000, "version": "v0.9"}})
