@@ -23,7 +23,7 @@ from billing import cli as billing_cli
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key, top_up
 from billing.database import DatabaseUnavailable, run_transaction
 from billing.ledger import CreditStatus
-from receiver.logs import configure_logging
+from receiver.logs import configure_logging, uvicorn_log_config
 from schema.database import make_engine, utc
 from schema.settings import Settings, SettingsError, load_settings
 from sender import cli as sender_cli
@@ -111,6 +111,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     uvicorn.run(
         "receiver.cli:asgi_app",
         factory=True,
+        log_config=uvicorn_log_config(),
         host=args.host,
         port=args.port,
         workers=args.workers,

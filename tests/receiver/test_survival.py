@@ -79,6 +79,38 @@ def test_serve_with_a_closed_log_pipe_answers_every_request(database: Database, 
     assert database.scalar("SELECT balance FROM users") == OPENING - 15
 
 
+def test_serve_with_a_log_pipe_nobody_reads_keeps_answering(database: Database, tmp_path: Path) -> None:
+    """`serve` whose stderr is a pipe that stopped being read (its buffer fills after a few hundred lines):
+    requests are answered as usual — lines wait in a bounded queue, then are dropped — never blocked."""
+    add_user(database.engine)
+    port = free_port()
+    env = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": database.url.render_as_string(hide_password=False),
+           "LOG_LEVEL": "debug", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    server = subprocess.Popen(
+        [CREDITRELAY, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, "serve died"
+            try:
+                if httpx.get(f"{url}/api/webhooks/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "serve did not come up"
+                time.sleep(0.1)
+        with httpx.Client(base_url=url) as client:
+            for i in range(1500):  # ~300 bytes of debug log each: far past a 64 KiB pipe buffer
+                assert post(client, f"evt-{i}", cost=1, key=999 if i % 2 else 1).status_code in (200, 422)
+            assert client.get("/api/webhooks/health", timeout=5).status_code == 200
+    finally:
+        stop(server)
+        assert server.stderr is not None
+        server.stderr.close()
+    assert database.scalar("SELECT balance FROM users") == OPENING - 750
+
+
 def test_a_writer_survives_a_failure_to_log_its_failure(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """A poison event whose error cannot even be logged is answered 500 alone; the writer goes on."""
     from receiver import group_commit
