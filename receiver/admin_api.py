@@ -114,8 +114,20 @@ async def webhook_logs(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
+    """The event id from the path (URL-encoded), or for ``POST …/webhook-logs/replay`` from the body's
+    ``eventId`` (any id, "." and ".." included, which URLs cannot carry as a path segment)."""
     service = _service(request)
-    event_id = request.path_params["event_id"]
+    if "event_id" in request.path_params:
+        event_id = request.path_params["event_id"]
+    else:
+        require_json(request.headers)
+        try:
+            body = parse_json_object(await read_limited(request, 16 * 1024))
+        except EnvelopeError as error:
+            raise ApiError(400, str(error)) from None
+        event_id = body.get("eventId")
+        if not isinstance(event_id, str) or not event_id:
+            raise ApiError(400, "eventId: the stored delivery's event id, a string")
     outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock())))
     if outcome is None:
         raise ApiError(404, f"No stored delivery {event_id}")

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
@@ -35,7 +35,6 @@ from schema.database import utc
 from schema.wire import plain_int
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
-templates.env.filters["urlencode_path"] = lambda text: quote(str(text), safe="")  # an id with "/", "?" or "#"
 Page = Callable[[Request], Awaitable[Response]]
 
 
@@ -78,6 +77,14 @@ def _render(request: Request, name: str, **context: Any) -> Response:
     session: Session | None = getattr(request.state, "session", None)
     context |= {"csrf": session.csrf if session else "", "notice": request.query_params.get("notice", "")}
     return templates.TemplateResponse(request, name, context)
+
+
+async def _error_page(request: Request, exc: Exception) -> Response:
+    """A refusal on a page, as a page (the API answers the same refusals in JSON)."""
+    assert isinstance(exc, ApiError)
+    session: Session | None = getattr(request.state, "session", None)
+    context = {"message": exc.message, "csrf": session.csrf if session else "", "notice": ""}
+    return templates.TemplateResponse(request, "error.html", context, status_code=exc.status_code)
 
 
 async def login(request: Request) -> Response:
@@ -184,7 +191,7 @@ async def logs(request: Request) -> Response:
     service = _service(request)
     status = request.query_params.get("status") or None
     if status not in (None, *admin.STATUSES):
-        status = None
+        raise ApiError(400, f"status: one of {', '.join(admin.STATUSES)}")
     since, until = _local_time(request, "since"), _local_time(request, "until")
     rows = await service.read(lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=200))
     rows.sort(key=lambda r: r["status"] != "failed")  # failed first, each part newest first
@@ -199,16 +206,14 @@ async def logs(request: Request) -> Response:
 
 
 def _local_time(request: Request, name: str) -> datetime | None:
-    """A datetime-local form field (UTC), or None when empty or not a time."""
-    try:
-        return query_moment(request, name)
-    except ApiError:
-        return None
+    """A datetime-local form field (UTC): None when left empty, a 400 naming it when not a time."""
+    return query_moment(request, name) if request.query_params.get(name) else None
 
 
 async def replay(request: Request) -> Response:
+    """The event id comes in the form, not the path: any id works, "." and ".." included."""
     service = _service(request)
-    event_id = request.path_params["event_id"]
+    event_id = str((await request.form()).get("event_id", ""))
     outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock())))
     notice = "No such delivery" if outcome is None else f"{event_id}: {outcome.status.value}"
     return _back("/admin/logs", notice)
@@ -234,13 +239,13 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/logout", _page(logout), methods=["POST"]),
         Route("/", _page(overview)),
         Route("/users", _page(users)),
-        Route("/users/{user_id:int}", _page(user)),
+        Route("/users/{user_id}", _page(user)),
         Route("/users/{user_id:int}/topup", _page(topup), methods=["POST"]),
         Route("/users/{user_id:int}/keys", _page(add_key), methods=["POST"]),
         Route("/logs", _page(logs)),
-        Route("/logs/{event_id:path}/replay", _page(replay), methods=["POST"]),
+        Route("/logs/replay", _page(replay), methods=["POST"]),
         Route("/usage", _page(usage)),
     ]
-    pages = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    pages = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS | {ApiError: _error_page})
     pages.state.admin = service
     return pages

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from billing.clients import Client, authenticate
 from billing.credit_sync import (
+    MAX_RECORDS,
     SyncOutcome,
     SyncRefused,
     SyncStatus,
@@ -178,7 +179,7 @@ async def records(request: Request) -> Response:
     service = _service(request)
     await _client(request, service)
     telegram_id = _telegram_id(request)
-    limit = query_int(request, "limit", 20)
+    limit = query_int(request, "limit", 20, maximum=MAX_RECORDS)
     found = await run_in_threadpool(
         lambda: run_transaction(service.engine, lambda c: records_of(c, telegram_id, limit), read_only=True)
     )

@@ -119,7 +119,7 @@ def document() -> dict[str, Any]:
                 "security": client,
                 "parameters": [
                     *telegram,
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
                 ],
                 "responses": _answers(200, 400, 401, 404, 429, 503),
             }
@@ -182,6 +182,16 @@ def document() -> dict[str, Any]:
                     before,
                 ],
                 "responses": _answers(200, 400, 401, 403, 503),
+            }
+        },
+        "/api/admin/webhook-logs/replay": {
+            "post": {
+                "summary": "Run a stored delivery through billing again (any event id, in the body)",
+                "security": admin,
+                "requestBody": _body(
+                    {"type": "object", "required": ["eventId"], "properties": {"eventId": {"type": "string"}}}
+                ),
+                "responses": _answers(200, 400, 401, 403, 404, 503),
             }
         },
         "/api/admin/webhook-logs/{event_id}/replay": {

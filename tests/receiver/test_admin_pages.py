@@ -37,7 +37,7 @@ def test_pages_refuse_without_sign_in_and_forms_without_csrf(site: str) -> None:
         assert client.post("/admin/login", data={"token": "wrong"}).status_code == 401
         assert client.post("/admin/login", data={"token": TOKEN}).status_code == 303
         assert client.get("/admin/").status_code == 200
-        forged = client.post("/admin/logs/evt-x/replay", data={"csrf": "not-the-token"})
+        forged = client.post("/admin/logs/replay", data={"csrf": "not-the-token", "event_id": "evt-x"})
         assert forged.status_code == 403
         assert client.post("/admin/users/1/topup", data={"amount": "5", "reference": "r"}).status_code == 403
 
@@ -121,13 +121,15 @@ def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(site: str) -> No
     assert "Secure" in behind_tls.headers["set-cookie"]
 
 
-def test_a_failed_event_whose_id_has_a_slash_can_be_replayed(site: str, database: Database) -> None:
-    """Event ids may hold "/", "?", "#" or "%": the Replay button and the admin API both reach them."""
+def test_failed_events_with_any_id_can_be_replayed(site: str, database: Database) -> None:
+    """Event ids may hold "/", "?", "#" or "%", or be "." or "..": the Replay button (the id in the form)
+    and the admin API (in the path, URL-encoded, or in the body) reach every one."""
     from billing.accounts import link_key
     from billing.database import run_transaction
     from schema.database import utc
 
-    for event_id in ("gw/2026/evt-1", "odd?#%-id"):
+    ids = ("gw/2026/evt-1", "odd?#%-id", ".", "..")
+    for event_id in ids:
         body = encode(usage_event(event_id, key="k-slash", cost=3, timestamp=int(time.time())))
         assert httpx.post(f"{site}/api/webhooks/events", content=body, headers=seed_headers(body)).status_code == 422
     alice = database.scalar("SELECT id FROM users WHERE email = 'alice@example.com'")
@@ -135,15 +137,34 @@ def test_a_failed_event_whose_id_has_a_slash_can_be_replayed(site: str, database
     with httpx.Client(base_url=site) as client:
         client.post("/admin/login", data={"token": TOKEN})
         page = client.get("/admin/logs", params={"status": "failed"})
-        forms = [part.split('"')[0] for part in page.text.split('action="')[1:] if "/replay" in part.split('"')[0]]
-        assert "/admin/logs/gw%2F2026%2Fevt-1/replay" in forms
+        assert page.text.count('action="/admin/logs/replay"') == 4
         csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
-        replayed = client.post("/admin/logs/gw%2F2026%2Fevt-1/replay", data={"csrf": csrf})
-        notice = parse_qs(urlsplit(replayed.headers["location"]).query)["notice"]
-        assert notice == ["gw/2026/evt-1: charged"]
-    api = httpx.post(
-        f"{site}/api/admin/webhook-logs/odd%3F%23%25-id/replay", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    assert api.status_code == 200, api.text
-    assert api.json()["data"] == {"eventId": "odd?#%-id", "status": "charged", "error": None}
-    assert database.count("webhook_logs", "status = 'processed'") == 2
+        for event_id in ("gw/2026/evt-1", ".."):
+            replayed = client.post("/admin/logs/replay", data={"csrf": csrf, "event_id": event_id})
+            notice = parse_qs(urlsplit(replayed.headers["location"]).query)["notice"]
+            assert notice == [f"{event_id}: charged"]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    by_path = httpx.post(f"{site}/api/admin/webhook-logs/odd%3F%23%25-id/replay", headers=auth)
+    assert by_path.status_code == 200, by_path.text
+    assert by_path.json()["data"] == {"eventId": "odd?#%-id", "status": "charged", "error": None}
+    by_body = httpx.post(f"{site}/api/admin/webhook-logs/replay", json={"eventId": "."}, headers=auth)
+    assert by_body.json()["data"]["status"] == "charged"
+    assert database.count("webhook_logs", "status = 'processed'") == 4
+
+
+def test_a_bad_parameter_on_a_page_is_a_page_naming_it(site: str) -> None:
+    """A time, status or user id a page cannot use is refused with a 400 page naming it, not ignored."""
+    with httpx.Client(base_url=site) as client:
+        client.post("/admin/login", data={"token": TOKEN})
+        for path, name in (
+            ("/admin/logs?since=99999999999999", "since"),
+            ("/admin/logs?until=%D9%A3", "until"),
+            ("/admin/logs?status=lost", "status"),
+            ("/admin/users/99999999999999999999", "user_id"),
+            ("/admin/users/%D9%A3", "user_id"),
+        ):
+            reply = client.get(path)
+            assert reply.status_code == 400, (path, reply.text[:200])
+            assert reply.headers["content-type"].startswith("text/html")
+            assert f'<p class="error" id="error">{name}:' in reply.text
+        assert client.get("/admin/logs?since=&until=").status_code == 200  # empty fields: no filter
