@@ -51,27 +51,30 @@ class UnsupportedDatabase(Exception):
     """The database server lacks something creditrelay relies on."""
 
 
-def exact_collation(dialect: sa.Dialect) -> str:
-    """The binary NO PAD utf8mb4 collation of this MySQL server: MariaDB 10.2+ and MySQL 8.0+ have one."""
+def exact_collation(dialect: sa.Dialect, *, required: bool = True) -> str:
+    """The binary NO PAD utf8mb4 collation of this MySQL server: MariaDB 10.2+ and MySQL 8.0+ have one.
+    MySQL 5.7 has none: ``UnsupportedDatabase``, or unless ``required``, the padding ``utf8mb4_bin``."""
     version = tuple(dialect.server_version_info or ())
     if getattr(dialect, "is_mariadb", False):
         return "utf8mb4_nopad_bin"
     if version >= (8, 0):
         return "utf8mb4_0900_bin"
+    if not required:
+        return "utf8mb4_bin"
     raise UnsupportedDatabase("MySQL before 8.0 has no binary NO PAD collation: use MySQL 8.0+ or MariaDB 10.2+")
 
 
-def register_exact_collation(metadata: sa.MetaData) -> None:
+def register_exact_collation(metadata: sa.MetaData, *, required: bool = True) -> None:
     """Tables of ``metadata`` created on MySQL get that server's ``exact_collation``."""
 
     @event.listens_for(metadata, "before_create")
     def _collate(_target: sa.MetaData, connection: Connection, **kwargs: Any) -> None:
         if connection.dialect.name == "mysql":
             for table in kwargs.get("tables") or metadata.sorted_tables:
-                table.dialect_options["mysql"]["collate"] = exact_collation(connection.dialect)
+                table.dialect_options["mysql"]["collate"] = exact_collation(connection.dialect, required=required)
 
 
-def convert_to_exact_collation(connection: Connection, tables: Sequence[str]) -> list[str]:
+def convert_to_exact_collation(connection: Connection, tables: Sequence[str], *, required: bool = True) -> list[str]:
     """Rebuild those of ``tables`` (MySQL) whose collation is not ``exact_collation``; the ones converted.
 
     Safe on existing data: a NO PAD binary collation tells apart strictly more values than a PAD SPACE one,
@@ -79,7 +82,7 @@ def convert_to_exact_collation(connection: Connection, tables: Sequence[str]) ->
     """
     if connection.dialect.name != "mysql":
         return []
-    wanted = exact_collation(connection.dialect)
+    wanted = exact_collation(connection.dialect, required=required)
     found = connection.execute(
         sa.text(
             "SELECT TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES"
@@ -94,10 +97,11 @@ def convert_to_exact_collation(connection: Connection, tables: Sequence[str]) ->
 
 
 # Strict: a value too long, out of range or NULL where it may not be is an error, in and out of
-# transactions, whatever the server's default mode is.
+# transactions, whatever the server's default mode is; and all of a statement's warnings are kept.
 _MYSQL_SESSION = (
     "SET time_zone = '+00:00', "
-    "sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES', 'ERROR_FOR_DIVISION_BY_ZERO')"
+    "sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES', 'ERROR_FOR_DIVISION_BY_ZERO'), "
+    "max_error_count = 65535"  # every warning of a statement can be read back (schema.statements)
 )
 
 

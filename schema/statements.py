@@ -271,16 +271,30 @@ def _insert_rows(connection: Connection, parts: tuple[str, str, str], rows: list
 
 
 def _only_duplicates_ignored(cursor: Any, given: int) -> Any:
-    """The cursor of a MySQL ``INSERT IGNORE`` of ``given`` rows, if it ignored nothing but duplicates.
+    """The cursor of a MySQL ``INSERT IGNORE`` of ``given`` rows, if it skipped nothing but duplicates and
+    stored every value whole.
 
-    ``IGNORE`` turns every error into a warning and stores what it can (a value too long cut, one out of
-    range clamped). A skipped duplicate is one warning; any warning beyond those means some value was not
-    stored whole, and the statement is refused (its transaction must roll back: the row was written)."""
+    ``IGNORE`` turns every error into a warning: a value too long is cut, one out of range clamped, a row
+    failing a foreign key or a check skipped. With no warning nothing happened; otherwise the warnings are
+    read (one round trip, only then: sessions keep all of them, ``max_error_count``), and the statement is
+    refused — its transaction must roll back, as rows were written — unless every skipped row was a
+    duplicate (1062) and no warning says a value was changed. Notes about anything else pass."""
+    if not cursor.warning_count:
+        return cursor
+    warnings = cursor.connection.show_warnings()
+    codes = [int(code) for _level, code, _message in warnings]
     skipped = given - max(int(cursor.rowcount), 0)
-    if cursor.warning_count > skipped:
-        problem = f"{cursor.warning_count} warnings for {skipped} duplicate rows: a value was not stored whole"
-        raise sa.exc.DataError("INSERT IGNORE", None, ValueError(problem))
+    altered = [f"{code} {message}" for _level, code, message in warnings if int(code) in _ALTERED]
+    if altered or codes.count(_DUPLICATE) != skipped:
+        problem = "; ".join(altered) or f"{skipped} rows skipped, {codes.count(_DUPLICATE)} of them duplicates"
+        raise sa.exc.DataError("INSERT IGNORE", None, ValueError(f"a value was not stored whole: {problem}"))
     return cursor
+
+
+_DUPLICATE = 1062
+# Warnings an IGNORE makes of errors that change or drop a row: data truncated or too long, out of range,
+# an incorrect value, NULL into NOT NULL, a foreign key or a check constraint failing.
+_ALTERED = {1265, 1406, 1264, 1366, 1292, 1048, 1452, 1451, 4025, 3819}
 
 
 def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:

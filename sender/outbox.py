@@ -34,7 +34,7 @@ EVENT_ID_MAX = 64
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
 metadata = sa.MetaData()
-register_exact_collation(metadata)
+register_exact_collation(metadata, required=False)  # an outbox still opens on MySQL 5.7 (ids minted unique)
 outbox_events = sa.Table(
     "outbox_events",
     metadata,
@@ -102,7 +102,7 @@ class Outbox:
         self.engine = engine
         metadata.create_all(engine)
         with engine.begin() as connection:  # outboxes made before event ids compared byte for byte on MySQL
-            convert_to_exact_collation(connection, list(metadata.tables))
+            convert_to_exact_collation(connection, list(metadata.tables), required=False)
 
     @classmethod
     def open(cls, url: str = DEFAULT_OUTBOX_URL) -> "Outbox":

@@ -12,7 +12,7 @@ from billing.database import run_transaction
 from billing.ledger import insert_new
 from schema import statements
 from schema.statements import execute_many, fetch_in, insert_returning, returns_inserted
-from schema.tables import webhook_logs
+from schema.tables import usage_records, webhook_logs
 from tests.support.database import Database
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901)
@@ -163,3 +163,14 @@ def test_mysql_sessions_are_strict(database: Database) -> None:
         pytest.skip("a MySQL session setting")
     modes = str(database.scalar("SELECT @@SESSION.sql_mode")).split(",")
     assert "STRICT_ALL_TABLES" in modes
+
+
+def test_a_row_skipped_for_a_broken_foreign_key_is_not_taken_for_a_duplicate(database: Database) -> None:
+    """MySQL's INSERT IGNORE skips a row whose foreign key fails, with a warning: that row is refused, not
+    reported as a usage charged before. SQLite's ON CONFLICT DO NOTHING never skips it in the first place."""
+    row = {"usageKey": "evt:orphan", "userId": 999_999, "remoteKeyId": "1", "model": "m", "promptTokens": 0,
+           "completionTokens": 0, "totalTokens": 0, "creditCost": 1, "source": "webhook", "usedAt": NOW,
+           "createdAt": NOW}  # fmt: skip
+    with pytest.raises((sa.exc.DataError, sa.exc.IntegrityError)):
+        run_transaction(database.engine, lambda c: insert_new(c, usage_records, [row], "usageKey"))
+    assert database.count("usage_records") == 0
