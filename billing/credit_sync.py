@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from billing.clients import Client
-from billing.ledger import CreditChange, CreditStatus, apply_credit, lock_balances
+from billing.ledger import CreditChange, CreditStatus, apply_credit
+from billing.rows import lock_balances
 from schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
 from schema.tables import credit_transactions, users
 

@@ -32,7 +32,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.ledger import Shortfall, Usage, UsageOutcome, UsageStatus, apply_usage, insert_new
+from billing.ledger import Usage, UsageOutcome, UsageStatus, apply_usage
+from billing.rows import Shortfall, insert_new
 from schema.database import utc
 from schema.money import MAX_BALANCE
 from schema.statements import execute_many, fetch_in, fetch_in_each, returns_inserted, savepoint

@@ -8,7 +8,7 @@ from sqlalchemy import Connection, Engine
 
 from billing.database import connect, run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
-from billing.ledger import Shortfall
+from billing.rows import Shortfall
 from receiver.group_commit import GroupCommitter
 from receiver.metrics import EVENTS
 from schema.database import utc

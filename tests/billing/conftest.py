@@ -8,7 +8,7 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import Connection
 
-from billing import deliveries, ledger
+from billing import deliveries, rows
 from billing.database import run_transaction
 from tests.support.database import Database
 
@@ -55,5 +55,5 @@ def insert_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 def force_row_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Billing as on MySQL, where inserts only count the rows they wrote (no ``RETURNING``)."""
-    for module in (ledger, deliveries):
+    for module in (rows, deliveries):
         monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)

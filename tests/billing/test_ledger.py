@@ -9,15 +9,13 @@ from billing.accounts import NewUser, create_user, link_key
 from billing.ledger import (
     CreditChange,
     CreditStatus,
-    Shortfall,
     UnknownUser,
     Usage,
     UsageStatus,
     apply_credit,
     apply_usage,
-    insert_new,
-    insert_new_ids,
 )
+from billing.rows import Shortfall, insert_new, insert_new_ids
 from schema.tables import poll_state, webhook_logs
 from tests.billing.conftest import NOW, concurrently, in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent

@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing import ledger
+from billing import rows
 from billing.database import run_transaction
-from billing.ledger import insert_new
+from billing.rows import insert_new
 from schema import statements
 from schema.statements import execute_many, fetch_in, insert_returning, returns_inserted
 from schema.tables import usage_records, webhook_logs
@@ -139,7 +139,7 @@ def test_an_insert_that_would_cut_a_value_is_refused_not_stored(
     ours refuses the statement, with RETURNING (MariaDB) and with row counts (MySQL). SQLite stores it
     whole. Duplicates alone are still skipped quietly."""
     if not returning:
-        monkeypatch.setattr(ledger, "returns_inserted", lambda _dialect: False)
+        monkeypatch.setattr(rows, "returns_inserted", lambda _dialect: False)
     row = log("e-long", "p")
     row["eventId"] = "x" * 65  # the column holds 64
 
