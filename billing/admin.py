@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 
 from billing.accounts import user_json
 from billing.deliveries import DeliveryOutcome, record_deliveries
+from billing.matching import DEFAULT_TOLERANCE
 from schema.database import utc
 from schema.money import exact_sum, summed
 from schema.tables import api_keys, credit_transactions, poll_state, reconcile_runs, usage_records, users, webhook_logs
@@ -105,7 +106,9 @@ def list_webhook_logs(
     ]
 
 
-def replay(connection: Connection, event_id: str, now: datetime) -> DeliveryOutcome | None:
+def replay(
+    connection: Connection, event_id: str, now: datetime, tolerance: float = DEFAULT_TOLERANCE
+) -> DeliveryOutcome | None:
     """Run a stored delivery through billing again (a failed one is charged if its key is linked now)."""
     payload = connection.execute(sa.select(webhook_logs.c.payload).where(webhook_logs.c.eventId == event_id)).scalar()
     if payload is None:
@@ -114,7 +117,7 @@ def replay(connection: Connection, event_id: str, now: datetime) -> DeliveryOutc
         event = parse_event(payload.encode())
     except EnvelopeError:
         return None
-    [outcome] = record_deliveries(connection, [event], now)
+    [outcome] = record_deliveries(connection, [event], now, tolerance=tolerance)
     return outcome
 
 

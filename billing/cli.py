@@ -43,6 +43,7 @@ def poll_config(settings: Settings, attempts: int = PollConfig.attempts) -> Poll
         overlap_seconds=settings.poll_overlap_seconds,
         lookback_hours=settings.poll_lookback_hours,
         attempts=attempts,
+        match_seconds=settings.usage_match_seconds,
     )
 
 

@@ -33,11 +33,12 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from billing.ledger import Usage, UsageOutcome, UsageStatus, apply_usage
+from billing.matching import DEFAULT_TOLERANCE
 from billing.rows import Shortfall, insert_new
 from schema.database import utc
 from schema.money import MAX_BALANCE
 from schema.statements import execute_many, fetch_in, fetch_in_each, returns_inserted, savepoint
-from schema.tables import api_keys, webhook_logs
+from schema.tables import api_keys, usage_matches, webhook_logs
 from schema.wire import Event
 
 RECEIVED, PROCESSED, FAILED, IGNORED = "received", "processed", "failed", "ignored"
@@ -120,7 +121,7 @@ def _from_usage(event: Event, outcome: UsageOutcome) -> DeliveryOutcome:
             f" below -{MAX_BALANCE}: not charged"
         )
         return DeliveryOutcome(event.event_id, DeliveryStatus.UNBILLABLE, error, outcome.user_id, outcome.balance)
-    status = DeliveryStatus.CHARGED if outcome.status is UsageStatus.CHARGED else DeliveryStatus.DUPLICATE
+    status = DeliveryStatus.CHARGED if outcome.status is UsageStatus.CHARGED else DeliveryStatus.DUPLICATE  # or MATCHED
     return DeliveryOutcome(event.event_id, status, None, outcome.user_id, outcome.balance)
 
 
@@ -155,8 +156,11 @@ def _bill(
     *,
     strict: bool = False,
     owners: Mapping[str, int] | None = None,
+    paired: set[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, DeliveryOutcome]:
-    outcomes = apply_usage(connection, [usage_of(e) for e in events], now, strict=strict, owners=owners)
+    usages = [usage_of(e) for e in events]
+    outcomes = apply_usage(connection, usages, now, strict=strict, owners=owners, paired=paired, tolerance=tolerance)
     return {event.event_id: _from_usage(event, outcome) for event, outcome in zip(events, outcomes, strict=True)}
 
 
@@ -167,10 +171,11 @@ def _decide(
     now: datetime,
     *,
     strict: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, DeliveryOutcome]:
     """Each event's outcome given its stored log row (absent: new); bills what is to be billed."""
     verdicts, to_bill = _judge(connection, events, stored)
-    return verdicts | _bill(connection, to_bill, now, strict=strict)
+    return verdicts | _bill(connection, to_bill, now, strict=strict, tolerance=tolerance)
 
 
 def _same_events(connection: Connection, events: Sequence[Event]) -> set[str]:
@@ -187,7 +192,9 @@ def _same_events(connection: Connection, events: Sequence[Event]) -> set[str]:
     return {e.event_id for e in events if e.event_id in stored and e.same_as(stored[e.event_id])}
 
 
-def _optimistic(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
+def _optimistic(
+    connection: Connection, events: Sequence[Event], now: datetime, tolerance: float
+) -> dict[str, DeliveryOutcome]:
     """Read the batch's log rows, bill, then write each new log row once, with its final status.
 
     The inserts decide: if the log insert writes fewer rows than were new when read (another delivery of
@@ -196,21 +203,23 @@ def _optimistic(connection: Connection, events: Sequence[Event], now: datetime) 
     claim-first path, which sorts out every row.
     """
     stored = _read(connection, [e.event_id for e in events])
-    verdicts = _decide(connection, events, stored, now, strict=True)
+    verdicts = _decide(connection, events, stored, now, strict=True, tolerance=tolerance)
     new = [_log_row(e, now, verdicts[e.event_id]) for e in events if e.event_id not in stored]
     insert_new(connection, webhook_logs, new, "eventId", strict=True)
     _finish(connection, [verdicts[e.event_id] for e in events if stored.get(e.event_id, ("", ""))[1] == FAILED], now)
     return verdicts
 
 
-def _final_first(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
+def _final_first(
+    connection: Connection, events: Sequence[Event], now: datetime, tolerance: float
+) -> dict[str, DeliveryOutcome]:
     """Where inserts return what they wrote: the batch's key owners and stored log rows are read in one
     round trip; each new log row is written already with its final status (known before billing:
     ``ignored`` without usage, ``failed`` for an unknown key, else ``processed``), and the ``RETURNING``
     says which rows are this delivery's. A row that appeared between the read and the insert (another
     delivery's, committed meanwhile) is read back. A batch of duplicates writes nothing. The log rows are
     locked before the users, as everywhere, and outside the users' lock window."""
-    owners, stored = _known(connection, events)
+    owners, stored, paired = _known(connection, events)
     new = [e for e in events if e.event_id not in stored]
     expected = {e.event_id: _expected(e, owners) for e in new}
     written = insert_new(connection, webhook_logs, [_log_row(e, now, expected[e.event_id]) for e in new], "eventId")
@@ -220,7 +229,7 @@ def _final_first(connection: Connection, events: Sequence[Event], now: datetime)
     fresh = [e for e in new if e.event_id in written]
     verdicts |= {e.event_id: expected[e.event_id] for e in fresh if expected[e.event_id] is not _BILLABLE}
     to_bill += [e for e in fresh if expected[e.event_id] is _BILLABLE]
-    verdicts |= _bill(connection, to_bill, now, owners=owners)
+    verdicts |= _bill(connection, to_bill, now, owners=owners, paired=paired, tolerance=tolerance)
     finished = [verdicts[e.event_id] for e in earlier if stored[e.event_id][1] in (RECEIVED, FAILED)]
     unforeseen = [  # written as processed, then refused by the ledger (a balance out of range)
         verdicts[e.event_id]
@@ -231,12 +240,16 @@ def _final_first(connection: Connection, events: Sequence[Event], now: datetime)
     return verdicts
 
 
-def _known(connection: Connection, events: Sequence[Event]) -> tuple[dict[str, int], dict[str, tuple[str, str]]]:
-    """The owners of the batch's gateway keys (as ``ledger.key_owners``) and its stored log rows (as
-    ``_read``), in one statement: a ``UNION ALL`` of the two lookups."""
+def _known(
+    connection: Connection, events: Sequence[Event]
+) -> tuple[dict[str, int], dict[str, tuple[str, str]], set[str]]:
+    """In one statement (a ``UNION ALL``): the owners of the batch's gateway keys (as ``ledger.key_owners``),
+    its stored log rows (as ``_read``), and which of its usages without a request id have paired with a
+    polled usage before (``matching.paired_keys``: a redelivery after its log row was cleaned up)."""
     keys = sorted({str(e.usage.remoteKeyId) for e in events if e.usage is not None})
+    unkeyed = sorted({e.usage_key for e in events if e.usage is not None and e.usage.requestId is None})
     if not keys:
-        return {}, _read(connection, [e.event_id for e in events])
+        return {}, _read(connection, [e.event_id for e in events]), set()
 
     def build(lists: Sequence[Sequence[sa.BindParameter[Any]]]) -> sa.CompoundSelect[Any]:
         owners = sa.select(
@@ -253,11 +266,18 @@ def _known(connection: Connection, events: Sequence[Event]) -> tuple[dict[str, i
             webhook_logs.c.payloadHash,
             webhook_logs.c.status,
         ).where(webhook_logs.c.eventId.in_(lists[1]))
-        return sa.union_all(owners, logs)
+        if len(lists) == 2:
+            return sa.union_all(owners, logs)
+        paired = sa.select(sa.literal_column("'p'"), usage_matches.c.pairedKey, sa.null(), sa.null(), sa.null()).where(
+            usage_matches.c.pairedKey.in_(lists[2])
+        )
+        return sa.union_all(owners, logs, paired)
 
-    rows = fetch_in_each(connection, "owners_and_logs", build, [keys, [e.event_id for e in events]])
+    lists = [keys, [e.event_id for e in events], *([unkeyed] if unkeyed else [])]
+    rows = fetch_in_each(connection, "owners_logs_paired" if unkeyed else "owners_and_logs", build, lists)
     owners = {name: int(owner) for kind, name, owner, _, _ in rows if kind == "k"}
-    return owners, {name: (digest, status) for kind, name, _, digest, status in rows if kind == "l"}
+    stored = {name: (digest, status) for kind, name, _, digest, status in rows if kind == "l"}
+    return owners, stored, {name for kind, name, _, _, _ in rows if kind == "p"}
 
 
 _BILLABLE = DeliveryOutcome("", DeliveryStatus.CHARGED)  # logged as processed whether charged or a duplicate
@@ -271,11 +291,13 @@ def _expected(event: Event, owners: Mapping[str, int]) -> DeliveryOutcome:
     return _BILLABLE
 
 
-def _claim_first(connection: Connection, events: Sequence[Event], now: datetime) -> dict[str, DeliveryOutcome]:
+def _claim_first(
+    connection: Connection, events: Sequence[Event], now: datetime, tolerance: float
+) -> dict[str, DeliveryOutcome]:
     """Insert the new log rows as ``received`` first, then decide and bill, then write the final states."""
     insert_new(connection, webhook_logs, [_log_row(e, now) for e in events], "eventId")
     stored = _read(connection, [e.event_id for e in events])
-    verdicts = _decide(connection, events, stored, now)
+    verdicts = _decide(connection, events, stored, now, tolerance=tolerance)
     _finish(connection, [verdicts[e.event_id] for e in events if stored[e.event_id][1] in (RECEIVED, FAILED)], now)
     return verdicts
 
@@ -310,7 +332,12 @@ def _repeat(first: DeliveryOutcome, same_body: bool) -> DeliveryOutcome:
 
 
 def record_deliveries(
-    connection: Connection, events: Sequence[Event], now: datetime, *, fallback: bool = True
+    connection: Connection,
+    events: Sequence[Event],
+    now: datetime,
+    *,
+    fallback: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> list[DeliveryOutcome]:
     """Record and bill a batch of delivered events; one outcome per event, in order.
 
@@ -323,16 +350,16 @@ def record_deliveries(
         first.setdefault(event.event_id, index)
     unique = sorted((events[i] for i in first.values()), key=lambda e: e.event_id)
     if returns_inserted(connection.dialect):
-        verdicts = _final_first(connection, unique, now)
+        verdicts = _final_first(connection, unique, now, tolerance)
     elif not fallback:
-        verdicts = _optimistic(connection, unique, now)
+        verdicts = _optimistic(connection, unique, now, tolerance)
     else:
         with savepoint(connection, "deliveries") as rollback:
             try:
-                verdicts = _optimistic(connection, unique, now)
+                verdicts = _optimistic(connection, unique, now, tolerance)
             except Shortfall:
                 rollback()
-                verdicts = _claim_first(connection, unique, now)
+                verdicts = _claim_first(connection, unique, now, tolerance)
 
     results = []
     for index, event in enumerate(events):

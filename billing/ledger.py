@@ -11,6 +11,7 @@ Every balance change is a ``credit_transactions`` row carrying the balance after
 balance is always the sum of their transactions and equals their newest transaction's ``balance``.
 """
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,15 +21,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, set_balances
+from billing import matching
+from billing.matching import DEFAULT_TOLERANCE
+from billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, lock_users, set_balances
 from schema.money import in_range
 from schema.statements import execute_many, savepoint
-from schema.tables import credit_transactions, usage_records
+from schema.tables import credit_transactions, usage_matches, usage_records
 
 
 class UsageStatus(StrEnum):
     CHARGED = "charged"
     DUPLICATE = "duplicate"
+    MATCHED = "matched"  # the same usage, charged when it came by the other path (billing.matching)
     UNKNOWN_KEY = "unknown_key"
     OUT_OF_RANGE = "out_of_range"  # the charge would take the balance below -MAX_BALANCE: not charged
 
@@ -122,13 +126,19 @@ def apply_usage(
     *,
     strict: bool = False,
     owners: Mapping[str, int] | None = None,
+    paired: set[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> list[UsageOutcome]:
     """Charge each usage once: one outcome per usage, in order, inside the caller's transaction.
 
-    ``strict``: raise ``Shortfall`` instead of sorting out usages charged before (the caller retries the
-    batch on its slower path). ``owners``: the caller's ``key_owners`` of these usages, read in this
-    transaction. A charge that would take a balance below ``-MAX_BALANCE`` is not made (``OUT_OF_RANGE``)
-    and leaves no row behind; the usage can be charged later, once the balance allows it.
+    A webhook usage without a request id and a usage read from the gateway's log are the same usage when
+    they pair (``billing.matching``): the second to arrive is a duplicate of the first, whichever path it
+    came by. ``strict``: raise ``Shortfall`` instead of sorting out usages charged before (the caller
+    retries the batch on its slower path). ``owners``: the caller's ``key_owners`` of these usages, read in
+    this transaction; ``paired``: which webhook usage keys have paired before, when the caller read that
+    (see ``matching.settle``); ``tolerance``: seconds a pair's times may differ. A charge that would take
+    a balance below ``-MAX_BALANCE`` is not made (``OUT_OF_RANGE``) and leaves no row behind; the usage
+    can be charged later, once the balance allows it.
     """
     if owners is None:
         owners = key_owners(connection, (u.remote_key_id for u in usages))
@@ -136,9 +146,28 @@ def apply_usage(
     for index, usage in enumerate(usages):
         if usage.remote_key_id in owners:
             candidates.setdefault(usage.usage_key, index)
-    balances = lock_balances(connection, {owners[usages[i].remote_key_id] for i in candidates.values()})
+    locked = lock_users(connection, {owners[usages[i].remote_key_id] for i in candidates.values()})
+    balances = {user_id: balance for user_id, (balance, _) in locked.items()}
+    arrivals = {
+        key: _arrival(usages[index], owners[usages[index].remote_key_id])
+        for key, index in candidates.items()
+        if _matchable(usages[index])
+    }
+    settled = matching.settle(
+        connection,
+        [a for a in arrivals.values() if a.source == matching.WEBHOOK],
+        [a for a in arrivals.values() if a.source == matching.POLL],
+        {user_id: waiting for user_id, (_, waiting) in locked.items()},
+        paired,
+        tolerance,
+        now,
+    )
+    matched = {p.arrival.usage_key for p in settled.pairings}
+    settled_keys = settled.known | matched
     new_rows = [
-        _usage_row(usages[index], owners[usages[index].remote_key_id], now) for _, index in sorted(candidates.items())
+        _usage_row(usages[index], owners[usages[index].remote_key_id], now)
+        for key, index in sorted(candidates.items())
+        if key not in settled_keys
     ]
     record_ids = insert_new_ids(connection, usage_records, new_rows, "usageKey", strict=strict)
 
@@ -146,10 +175,14 @@ def apply_usage(
     transactions: list[dict[str, Any]] = []
     changed: dict[int, int] = {}
     refused: list[str] = []
+    opened: list[matching.Arrival] = []
     for index, usage in enumerate(usages):
         user_id = owners.get(usage.remote_key_id)
         if user_id is None:
             outcomes.append(UsageOutcome(UsageStatus.UNKNOWN_KEY))
+            continue
+        if candidates[usage.usage_key] == index and usage.usage_key in matched:
+            outcomes.append(UsageOutcome(UsageStatus.MATCHED, user_id))
             continue
         if candidates[usage.usage_key] != index or usage.usage_key not in record_ids:
             outcomes.append(UsageOutcome(UsageStatus.DUPLICATE, user_id))
@@ -173,12 +206,40 @@ def apply_usage(
                 "createdAt": now,
             }
         )
+        if usage.usage_key in arrivals:
+            opened.append(arrivals[usage.usage_key])
         outcomes.append(UsageOutcome(UsageStatus.CHARGED, user_id, balances[user_id]))
     if refused:  # written a moment ago by this transaction, so nobody else has seen them
         connection.execute(usage_records.delete().where(usage_records.c.usageKey.in_(refused)))
     execute_many(connection, "usage_transactions", lambda _: credit_transactions.insert(), transactions)
     set_balances(connection, changed, now)
+    _open(connection, opened, record_ids, settled.pairings)
     return outcomes
+
+
+def _matchable(usage: Usage) -> bool:
+    """Whether a usage can be the same as one of the other path's without sharing its key: a webhook
+    usage without a request id, or any usage read from the gateway's log."""
+    return usage.source == matching.POLL or (usage.source == matching.WEBHOOK and usage.request_id is None)
+
+
+def _arrival(usage: Usage, user_id: int) -> matching.Arrival:
+    match_key = matching.fingerprint(usage.remote_key_id, usage.model, usage.prompt_tokens, usage.completion_tokens)
+    source = matching.POLL if usage.source == matching.POLL else matching.WEBHOOK
+    return matching.Arrival(usage.usage_key, user_id, source, match_key, usage.used_at, usage.credit_cost)
+
+
+def _open(
+    connection: Connection,
+    opened: Sequence[matching.Arrival],
+    record_ids: Mapping[str, int],
+    pairings: Sequence[matching.Pairing],
+) -> None:
+    """Open the charged matchable usages for their other half, and count each user's open polled usages."""
+    execute_many(connection, "open_usages", lambda _: usage_matches.insert(), matching.open_rows(opened, record_ids))
+    waiting = Counter(a.user_id for a in opened if a.source == matching.POLL)
+    waiting.subtract(p.open.user_id for p in pairings if p.arrival.source == matching.WEBHOOK)
+    matching.count_open_poll(connection, waiting)
 
 
 def apply_credit(connection: Connection, change: CreditChange, now: datetime) -> CreditOutcome:

@@ -24,6 +24,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from billing.database import run_transaction
 from billing.ledger import Usage, UsageStatus, apply_usage
+from billing.matching import DEFAULT_TOLERANCE
 from billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient, UpstreamError
 from billing.rows import insert_new
 from schema.database import utc
@@ -43,6 +44,7 @@ class PollConfig:
     slice_seconds: int = 3600
     attempts: int = 6
     backoff_max: float = 60.0
+    match_seconds: float = DEFAULT_TOLERANCE  # how far apart a log row and its webhook's timestamp may be
 
 
 @dataclass
@@ -53,6 +55,7 @@ class PollReport:
     rows: int = 0
     charged: int = 0
     duplicates: int = 0
+    matched: int = 0  # rows that were a webhook usage without a request id, charged when it came
     unbilled: int = 0
     unknown_tokens: dict[str, int] = field(default_factory=dict)
 
@@ -64,6 +67,7 @@ class PollReport:
             "rows": self.rows,
             "charged": self.charged,
             "duplicates": self.duplicates,
+            "matched": self.matched,
             "unbilled": self.unbilled,
             "unknownTokens": self.unknown_tokens,
         }
@@ -133,7 +137,8 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
     report = PollReport(0, 0, rows=len(rows))
     unbillable = [(row, reason) for row in rows if (reason := refusal(row, config)) is not None]
     billable = [row for row in rows if refusal(row, config) is None]
-    outcomes = apply_usage(connection, [usage_from_log(r, config) for r in billable], now)
+    usages = [usage_from_log(r, config) for r in billable]
+    outcomes = apply_usage(connection, usages, now, tolerance=config.match_seconds)
     charged_keys = []
     for row, outcome in zip(billable, outcomes, strict=True):
         if outcome.status is UsageStatus.CHARGED:
@@ -141,6 +146,9 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
             charged_keys.append(usage_key_for_request(row.request_key))
         elif outcome.status is UsageStatus.DUPLICATE:
             report.duplicates += 1
+        elif outcome.status is UsageStatus.MATCHED:
+            report.matched += 1
+            charged_keys.append(usage_key_for_request(row.request_key))  # charged, by its webhook
         elif outcome.status is UsageStatus.OUT_OF_RANGE:
             unbillable.append((row, f"the balance of user {outcome.user_id} would pass -{MAX_BALANCE} credits"))
         else:
@@ -261,6 +269,7 @@ class Poller:
             part = run_transaction(self.engine, bill)
             report.rows += part.rows
             report.charged += part.charged
+            report.matched += part.matched
             report.duplicates += part.duplicates
             report.unbilled += part.unbilled
             for token, count in part.unknown_tokens.items():

@@ -22,34 +22,24 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+from billing.comparison import Finding, TokenSummary, compare_upstream
 from billing.database import run_transaction
 from billing.deliveries import record_deliveries
 from billing.newapi import ConsumeLog
-from billing.polling import PollConfig, Poller, bill_logs, credits_for
+from billing.polling import PollConfig, Poller, bill_logs
 from schema.database import utc
 from schema.money import exact_sum, summed
-from schema.tables import api_keys, credit_transactions, reconcile_runs, usage_records, users, webhook_logs
-from schema.wire import EnvelopeError, parse_event, usage_key_for_request
+from schema.tables import (
+    credit_transactions,
+    reconcile_runs,
+    usage_records,
+    users,
+    webhook_logs,
+)
+from schema.wire import EnvelopeError, parse_event
 
 CHUNK = 500
 LISTED = 1000  # failed deliveries a report names one by one
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    subject: str
-    user: str | None
-    detail: str
-
-
-@dataclass
-class TokenSummary:
-    token: str
-    upstream_rows: int = 0
-    upstream_credits: int = 0
-    local_rows: int = 0
-    local_credits: int = 0
 
 
 @dataclass
@@ -169,59 +159,7 @@ def failed_findings(connection: Connection) -> tuple[list[Finding], int]:
     return findings, total - len(findings)
 
 
-def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), CHUNK):
-        yield values[start : start + CHUNK]
-
-
-def _existing_keys(connection: Connection, keys: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(keys):
-        found |= set(connection.scalars(sa.select(usage_records.c.usageKey).where(usage_records.c.usageKey.in_(chunk))))
-    return found
-
-
-def _token_owners(connection: Connection) -> dict[str, str]:
-    rows = connection.execute(sa.select(api_keys.c.remoteKeyId, users.c.email).join(users))
-    return {key: email for key, email in rows}
-
-
-def compare_upstream(
-    connection: Connection, logs: Sequence[ConsumeLog], window: tuple[datetime, datetime], config: PollConfig
-) -> tuple[list[Finding], list[TokenSummary], list[ConsumeLog]]:
-    """Findings, the per-token table, and the upstream rows that have no usage record."""
-    usage = [row for row in logs if row.quota >= 0]
-    upstream_keys = {usage_key_for_request(row.request_key): row for row in usage}
-    present = _existing_keys(connection, list(upstream_keys))
-    owners = _token_owners(connection)
-    tokens: dict[str, TokenSummary] = {}
-    findings, missing = [], []
-    for key, row in upstream_keys.items():
-        summary = tokens.setdefault(str(row.token_id), TokenSummary(str(row.token_id)))
-        summary.upstream_rows += 1
-        summary.upstream_credits += credits_for(row.quota, config.quota_per_credit)
-        if key not in present:
-            missing.append(row)
-            owner = owners.get(str(row.token_id))
-            hint = "" if owner else f"; token {row.token_id} is not linked to a user"
-            detail = f"new-api log {row.id} ({row.quota} quota, {row.model_name}) is not charged{hint}"
-            findings.append(Finding("missing", key, owner, detail))
-    local = connection.execute(
-        sa.select(usage_records.c.usageKey, usage_records.c.remoteKeyId, usage_records.c.creditCost, users.c.email)
-        .join(users, users.c.id == usage_records.c.userId)
-        .where(usage_records.c.usedAt.between(*window))
-    )
-    for record in local:
-        summary = tokens.setdefault(record.remoteKeyId, TokenSummary(record.remoteKeyId))
-        summary.local_rows += 1
-        summary.local_credits += record.creditCost
-        if record.usageKey.startswith("req:") and record.usageKey not in upstream_keys:
-            detail = "charged here, not in new-api's consume logs"
-            findings.append(Finding("extra", record.usageKey, record.email, detail))
-    return findings, sorted(tokens.values(), key=lambda t: t.token), missing
-
-
-def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> Counter[str]:
+def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime, tolerance: float) -> Counter[str]:
     """Run stored failed deliveries through billing again; how many ended how."""
     events = []
     for row in rows:
@@ -229,7 +167,7 @@ def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> Co
             events.append(parse_event(row.payload.encode()))
         except EnvelopeError:
             continue
-    outcomes = record_deliveries(connection, events, now)
+    outcomes = record_deliveries(connection, events, now, tolerance=tolerance)
     return Counter(f"failed webhooks now {o.status.value}" for o in outcomes)
 
 
@@ -291,7 +229,9 @@ class Reconciler:
         fixed: Counter[str] = Counter({"missing upstream usages charged": charged} if missing else {})
         after = None
         while rows := run_transaction(self.engine, partial(failed_deliveries, after=after), read_only=True):
-            fixed += run_transaction(self.engine, partial(_redeliver, rows=rows, now=now))
+            fixed += run_transaction(
+                self.engine, partial(_redeliver, rows=rows, now=now, tolerance=self.config.match_seconds)
+            )
             after = (rows[-1].createdAt, rows[-1].id)
             self._told("failed deliveries", len(rows))
         return dict(sorted(fixed.items()))

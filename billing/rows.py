@@ -56,6 +56,23 @@ def lock_balances(connection: Connection, user_ids: Collection[int]) -> dict[int
     return {user_id: balance for user_id, balance in rows}
 
 
+def lock_users(connection: Connection, user_ids: Collection[int]) -> dict[int, tuple[int, int]]:
+    """``lock_balances``, with each user's count of open polled usages (``billing.matching``) beside the
+    balance: what charging usage needs, in the same statement."""
+    rows = fetch_in(
+        connection,
+        "lock_users",
+        lambda ids: (
+            sa.select(users.c.id, users.c.balance, users.c.openPollUsages)
+            .where(users.c.id.in_(ids))
+            .order_by(users.c.id)
+            .with_for_update()
+        ),
+        sorted(user_ids),
+    )
+    return {user_id: (balance, waiting) for user_id, balance, waiting in rows}
+
+
 def insert_new(
     connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str, *, strict: bool = False
 ) -> set[Any]:

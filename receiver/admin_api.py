@@ -15,6 +15,7 @@ from billing import admin
 from billing.accounts import AccountError, ReferenceConflict, top_up
 from billing.database import run_transaction
 from billing.ledger import CreditStatus, UnknownUser
+from billing.matching import DEFAULT_TOLERANCE
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
 from receiver.params import path_int, query_int, query_moment, query_optional_int
@@ -27,6 +28,7 @@ class AdminService:
     engine: Engine
     token: str | None
     clock: Callable[[], float]
+    tolerance: float = DEFAULT_TOLERANCE  # seconds a usage's webhook and log row may be apart
 
     def authorize(self, request: Request) -> None:
         if self.token is None:
@@ -128,7 +130,7 @@ async def replay(request: Request) -> Response:
         event_id = body.get("eventId")
         if not isinstance(event_id, str) or not event_id:
             raise ApiError(400, "eventId: the stored delivery's event id, a string")
-    outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock())))
+    outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock()), service.tolerance))
     if outcome is None:
         raise ApiError(404, f"No stored delivery {event_id}")
     return _ok({"eventId": outcome.event_id, "status": outcome.status.value, "error": outcome.error})

@@ -214,7 +214,7 @@ async def replay(request: Request) -> Response:
     """The event id comes in the form, not the path: any id works, "." and ".." included."""
     service = _service(request)
     event_id = str((await request.form()).get("event_id", ""))
-    outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock())))
+    outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock()), service.tolerance))
     notice = "No such delivery" if outcome is None else f"{event_id}: {outcome.status.value}"
     return _back("/admin/logs", notice)
 

@@ -58,7 +58,7 @@ def create_app(
 ) -> Starlette:
     """The receiver for ``settings``, on ``engine`` (already migrated); with ``poller`` and ``POLL_INTERVAL``
     it also polls new-api in the background."""
-    admin_service = admin_api.AdminService(engine, settings.admin_token, clock)
+    admin_service = admin_api.AdminService(engine, settings.admin_token, clock, settings.usage_match_seconds)
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
         Route("/api/webhooks/health", health, methods=["GET"]),
@@ -88,7 +88,7 @@ def create_app(
     app.state.webhooks = WebhookService(
         secrets=settings.require_secrets(),
         body_limit=settings.body_limit,
-        ingestor=Ingestor(engine, clock),
+        ingestor=Ingestor(engine, clock, tolerance=settings.usage_match_seconds),
         engine=engine,
         clock=clock,
     )

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, Engine
 
 from billing.database import connect, run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
+from billing.matching import DEFAULT_TOLERANCE
 from billing.rows import Shortfall
 from receiver.group_commit import GroupCommitter
 from receiver.metrics import EVENTS
@@ -20,9 +21,17 @@ _COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
 class Ingestor:
     """Applies delivered events and answers only after their transaction has committed."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float], *, writers: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], float],
+        *,
+        writers: int | None = None,
+        tolerance: float = DEFAULT_TOLERANCE,
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        self.tolerance = tolerance  # seconds a usage's webhook and log row may be apart (billing.matching)
         self._writer = threading.local()  # each writer thread holds one connection
         # SQLite has one writer at a time; MySQL overlaps one batch's round trips with the next batch's work.
         default = 1 if engine.dialect.name == "sqlite" else 2
@@ -33,9 +42,13 @@ class Ingestor:
         now = utc(self.clock())
         connection = self._connection()
         try:
-            outcomes = run_transaction(connection, lambda c: record_deliveries(c, events, now, fallback=False))
+            outcomes = run_transaction(
+                connection, lambda c: record_deliveries(c, events, now, fallback=False, tolerance=self.tolerance)
+            )
         except Shortfall:  # another delivery of one of these events got in between: sort it out claim-first
-            outcomes = run_transaction(connection, lambda c: record_deliveries(c, events, now))
+            outcomes = run_transaction(
+                connection, lambda c: record_deliveries(c, events, now, tolerance=self.tolerance)
+            )
         for status, count in Counter(o.status for o in outcomes).items():
             _COUNTED[status].inc(count)
         return outcomes

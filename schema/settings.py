@@ -34,6 +34,7 @@ class Settings:
     credit_sync_secret: str | None = None
     body_limit: int = DEFAULT_BODY_LIMIT
     body_timeout: float = 10.0  # seconds a request's body may take to arrive
+    usage_match_seconds: float = 10.0  # how far apart a usage's webhook and log row may be to pair
     poll_interval: float | None = None
     poll_quota_per_credit: int = 1
     poll_overlap_seconds: int = 300
@@ -109,4 +110,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         poll_lookback_hours=int(_number(config, "POLL_LOOKBACK_HOURS", "24", minimum=1)),
         credit_rate_limit=int(_number(config, "CREDIT_RATE_LIMIT", "0", minimum=0)) or None,
         body_timeout=_number(config, "BODY_READ_TIMEOUT", "10", minimum=0.1, integer=False),
+        usage_match_seconds=_number(config, "USAGE_MATCH_SECONDS", "10", minimum=0, integer=False),
     )

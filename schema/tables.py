@@ -44,6 +44,9 @@ class User(SQLModel, table=True):
     name: str | None = Field(default=None, max_length=191)
     telegram_id: int | None = column("telegramId", default=None, unique=True, sa_type=sa.BigInteger)
     balance: int = Field(default=0, sa_type=sa.BigInteger)
+    # usages charged from the gateway's log still waiting for their webhook (billing.matching): while there
+    # are none, a webhook without a request id has nothing to look for
+    open_poll_usages: int = column("openPollUsages", default=0, sa_type=sa.BigInteger)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 
@@ -105,6 +108,25 @@ class CreditTransaction(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=255)
     source: str | None = Field(default=None, max_length=64)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
+
+
+class UsageMatch(SQLModel, table=True):
+    """A usage that arrived by one path without a key the other path shares (``billing.matching``): open
+    while ``pairedKey`` is empty, paired once the other path's arrival claimed it (never reopened)."""
+
+    __tablename__ = "usage_matches"
+    __table_args__ = (sa.Index(None, "matchKey", "usedAt"), MYSQL_TABLE_OPTIONS)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    usage_record_id: int = column("usageRecordId", foreign_key="usage_records.id", unique=True, sa_type=Id)
+    user_id: int = column("userId", sa_type=Id)
+    source: str = Field(max_length=16)  # how the charged usage came: webhook or poll
+    match_key: str = column("matchKey", max_length=32)  # billing.matching.fingerprint
+    used_at: datetime = column("usedAt", sa_type=Timestamp)
+    credit_cost: int = column("creditCost", sa_type=sa.BigInteger)
+    paired_key: str | None = column("pairedKey", default=None, max_length=160, unique=True)
+    paired_cost: int | None = column("pairedCost", default=None, sa_type=sa.BigInteger)
+    paired_at: datetime | None = column("pairedAt", default=None, sa_type=Timestamp)
 
 
 class WebhookLog(SQLModel, table=True):
@@ -213,3 +235,4 @@ credit_transactions = metadata.tables["credit_transactions"]
 webhook_logs = metadata.tables["webhook_logs"]
 api_clients = metadata.tables["api_clients"]
 admin_sessions = metadata.tables["admin_sessions"]
+usage_matches = metadata.tables["usage_matches"]

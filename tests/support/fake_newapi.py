@@ -45,6 +45,8 @@ class FakeNewApi:
         *,
         hidden: bool = False,
         model: str = "gpt-4o",
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
     ) -> dict[str, Any]:
         row_id = next(self._ids)
         row = {
@@ -57,8 +59,8 @@ class FakeNewApi:
             "token_name": f"token-{token_id}",
             "model_name": model,
             "quota": quota,
-            "prompt_tokens": quota // 3,
-            "completion_tokens": quota // 5,
+            "prompt_tokens": quota // 3 if prompt_tokens is None else prompt_tokens,
+            "completion_tokens": quota // 5 if completion_tokens is None else completion_tokens,
             "use_time": 1,
             "is_stream": False,
             "channel": 1,
