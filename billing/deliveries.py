@@ -247,7 +247,7 @@ def _known(
     its stored log rows (as ``_read``), and which of its usages without a request id have paired with a
     polled usage before (``matching.paired_keys``: a redelivery after its log row was cleaned up)."""
     keys = sorted({str(e.usage.remoteKeyId) for e in events if e.usage is not None})
-    unkeyed = sorted({e.usage_key for e in events if e.usage is not None and e.usage.requestId is None})
+    unkeyed = sorted(e.usage_key for e in events if e.usage is not None and e.usage.requestId is None)
     if not keys:
         return {}, _read(connection, [e.event_id for e in events]), set()
 

@@ -24,8 +24,8 @@ from sqlalchemy import Connection
 from billing import matching
 from billing.matching import DEFAULT_TOLERANCE
 from billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, lock_users, set_balances
-from schema.money import in_range
-from schema.statements import execute_many, savepoint
+from schema.money import MAX_BALANCE, in_range
+from schema.statements import execute_many, insert_all, savepoint
 from schema.tables import credit_transactions, usage_matches, usage_records
 
 
@@ -148,20 +148,12 @@ def apply_usage(
             candidates.setdefault(usage.usage_key, index)
     locked = lock_users(connection, {owners[usages[i].remote_key_id] for i in candidates.values()})
     balances = {user_id: balance for user_id, (balance, _) in locked.items()}
-    arrivals = {
+    arrivals = {  # the usages that may be the same as one of the other path's (a cheap test per usage)
         key: _arrival(usages[index], owners[usages[index].remote_key_id])
         for key, index in candidates.items()
-        if _matchable(usages[index])
+        if usages[index].request_id is None or usages[index].source == matching.POLL
     }
-    settled = matching.settle(
-        connection,
-        [a for a in arrivals.values() if a.source == matching.WEBHOOK],
-        [a for a in arrivals.values() if a.source == matching.POLL],
-        {user_id: waiting for user_id, (_, waiting) in locked.items()},
-        paired,
-        tolerance,
-        now,
-    )
+    settled = _settle(connection, arrivals, locked, paired, tolerance, now)
     matched = {p.arrival.usage_key for p in settled.pairings}
     settled_keys = settled.known | matched
     new_rows = [
@@ -187,7 +179,7 @@ def apply_usage(
         if candidates[usage.usage_key] != index or usage.usage_key not in record_ids:
             outcomes.append(UsageOutcome(UsageStatus.DUPLICATE, user_id))
             continue
-        if not in_range(balances[user_id] - usage.credit_cost):
+        if balances[user_id] - usage.credit_cost < -MAX_BALANCE:  # a cost is never negative: only the floor
             refused.append(usage.usage_key)
             outcomes.append(UsageOutcome(UsageStatus.OUT_OF_RANGE, user_id, balances[user_id]))
             continue
@@ -213,14 +205,32 @@ def apply_usage(
         connection.execute(usage_records.delete().where(usage_records.c.usageKey.in_(refused)))
     execute_many(connection, "usage_transactions", lambda _: credit_transactions.insert(), transactions)
     set_balances(connection, changed, now)
-    _open(connection, opened, record_ids, settled.pairings)
+    if opened or settled.pairings:
+        _open(connection, opened, record_ids, settled.pairings)
     return outcomes
 
 
-def _matchable(usage: Usage) -> bool:
-    """Whether a usage can be the same as one of the other path's without sharing its key: a webhook
-    usage without a request id, or any usage read from the gateway's log."""
-    return usage.source == matching.POLL or (usage.source == matching.WEBHOOK and usage.request_id is None)
+def _settle(
+    connection: Connection,
+    arrivals: Mapping[str, matching.Arrival],
+    locked: Mapping[int, tuple[int, int]],
+    paired: set[str] | None,
+    tolerance: float,
+    now: datetime,
+) -> matching.Settled:
+    """``matching.settle`` for the arrivals that may pair: a webhook usage without a request id, any usage
+    read from the gateway's log (none, on the webhook hot path with request ids)."""
+    if not arrivals:
+        return matching.Settled(set(), [])
+    return matching.settle(
+        connection,
+        [a for a in arrivals.values() if a.source == matching.WEBHOOK],
+        [a for a in arrivals.values() if a.source == matching.POLL],
+        {user_id: waiting for user_id, (_, waiting) in locked.items()},
+        paired,
+        tolerance,
+        now,
+    )
 
 
 def _arrival(usage: Usage, user_id: int) -> matching.Arrival:
@@ -236,7 +246,7 @@ def _open(
     pairings: Sequence[matching.Pairing],
 ) -> None:
     """Open the charged matchable usages for their other half, and count each user's open polled usages."""
-    execute_many(connection, "open_usages", lambda _: usage_matches.insert(), matching.open_rows(opened, record_ids))
+    insert_all(connection, usage_matches, matching.open_rows(opened, record_ids))
     waiting = Counter(a.user_id for a in opened if a.source == matching.POLL)
     waiting.subtract(p.open.user_id for p in pairings if p.arrival.source == matching.WEBHOOK)
     matching.count_open_poll(connection, waiting)

@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.statements import execute_many
+from schema.statements import execute_many, fetch_in, fetch_in_each
 from schema.tables import usage_matches, usage_records, users
 
 WEBHOOK, POLL = "webhook", "poll"
@@ -110,18 +110,34 @@ def open_usages(connection: Connection, source: str, arrivals: Sequence[Arrival]
     if not arrivals:
         return []
     slack = timedelta(seconds=tolerance)
+    bounds = {
+        "source": source,
+        "low": min(a.used_at for a in arrivals) - slack,
+        "high": max(a.used_at for a in arrivals) + slack,
+    }
     matches = usage_matches.c
-    rows = connection.execute(
-        sa.select(matches.id, matches.userId, matches.matchKey, matches.usedAt, matches.creditCost)
-        .where(
-            matches.matchKey.in_(sorted({a.match_key for a in arrivals})),
-            matches.source == source,
-            matches.pairedKey.is_(None),
-            matches.usedAt.between(min(a.used_at for a in arrivals) - slack, max(a.used_at for a in arrivals) + slack),
+
+    def build(lists: Sequence[Sequence[sa.BindParameter[Any]]]) -> sa.Select[Any]:
+        moment = matches.usedAt.type
+        return (
+            sa.select(matches.id, matches.userId, matches.matchKey, matches.usedAt, matches.creditCost)
+            .where(
+                matches.matchKey.in_(lists[0]),
+                matches.source == sa.bindparam("source", type_=matches.source.type),
+                matches.pairedKey.is_(None),
+                matches.usedAt.between(sa.bindparam("low", type_=moment), sa.bindparam("high", type_=moment)),
+            )
+            .order_by(matches.id)
         )
-        .order_by(matches.id)
-    )
-    return [OpenUsage(int(r.id), int(r.userId), r.matchKey, r.usedAt, int(r.creditCost)) for r in rows]
+
+    keys = sorted({a.match_key for a in arrivals})
+    rows = fetch_in_each(connection, "open_usages", build, [keys], bounds)
+    return [OpenUsage(int(r[0]), int(r[1]), r[2], _moment(r[3]), int(r[4])) for r in rows]
+
+
+def _moment(value: Any) -> datetime:
+    """A timestamp read by a driver-level statement: a datetime on MySQL, its stored text on SQLite."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 def paired_keys(connection: Connection, keys: Iterable[str]) -> set[str]:
@@ -129,8 +145,13 @@ def paired_keys(connection: Connection, keys: Iterable[str]) -> set[str]:
     wanted = sorted(set(keys))
     if not wanted:
         return set()
-    query = sa.select(usage_matches.c.pairedKey).where(usage_matches.c.pairedKey.in_(wanted))
-    return set(connection.scalars(query))
+    rows = fetch_in(
+        connection,
+        "paired_keys",
+        lambda ids: sa.select(usage_matches.c.pairedKey).where(usage_matches.c.pairedKey.in_(ids)),
+        wanted,
+    )
+    return {key for (key,) in rows}
 
 
 def recorded_keys(connection: Connection, keys: Iterable[str]) -> set[str]:
@@ -138,7 +159,13 @@ def recorded_keys(connection: Connection, keys: Iterable[str]) -> set[str]:
     wanted = sorted(set(keys))
     if not wanted:
         return set()
-    return set(connection.scalars(sa.select(usage_records.c.usageKey).where(usage_records.c.usageKey.in_(wanted))))
+    rows = fetch_in(
+        connection,
+        "recorded_keys",
+        lambda ids: sa.select(usage_records.c.usageKey).where(usage_records.c.usageKey.in_(ids)),
+        wanted,
+    )
+    return {key for (key,) in rows}
 
 
 def claim(connection: Connection, pairings: Sequence[Pairing], now: datetime) -> None:

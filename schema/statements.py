@@ -85,6 +85,17 @@ def execute_many(
     return int(_run(connection, sql, converted, many=True).rowcount)
 
 
+def insert_all(connection: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert every row (a table whose new rows meet no unique key): multi-row statements, as
+    ``insert_returning`` writes them, instead of the driver's row-by-row ``executemany``."""
+    if not rows:
+        return
+    dialect = connection.dialect
+    sql, params = _cached(("insert_all", table.name), dialect, rows[0], table.insert)
+    for _ in _insert_rows(connection, _values_group(sql), _convert(rows, params), pad=False):
+        pass
+
+
 def run_cached(
     connection: Connection, cache_key: Hashable, build: Callable[[], sa.ClauseElement], params: Mapping[str, Any]
 ) -> Any:
@@ -115,12 +126,14 @@ def fetch_in_each(
     cache_key: Hashable,
     build: Callable[[Sequence[Sequence[sa.BindParameter[Any]]]], sa.Executable],
     lists: Sequence[Sequence[Any]],
+    params: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """``fetch_in`` for a statement with several ``IN`` lists (one round trip for several lookups): ``build``
-    gets one list of placeholders per list of values. Every list must hold at least one value."""
+    gets one list of placeholders per list of values. Every list must hold at least one value. ``params``:
+    the statement's other bound parameters, by name (always the same names for one ``cache_key``)."""
     lists = [padded(values) for values in lists]
     shape = tuple(len(values) for values in lists)
-    params = dict(zip(_list_names(shape), chain.from_iterable(lists), strict=True))
+    params = dict(zip(_list_names(shape), chain.from_iterable(lists), strict=True)) | dict(params or {})
 
     def statement() -> sa.ClauseElement:
         return cast(sa.ClauseElement, build([placeholders(f"v{n}_", size) for n, size in enumerate(shape)]))
@@ -241,17 +254,20 @@ def _values_group(sql: str) -> tuple[str, str, str]:
     return head + values, rest[:end], rest[end:]
 
 
-def _insert_rows(connection: Connection, parts: tuple[str, str, str], rows: list[tuple[Any, ...]]) -> Iterator[Any]:
+def _insert_rows(
+    connection: Connection, parts: tuple[str, str, str], rows: list[tuple[Any, ...]], *, pad: bool = True
+) -> Iterator[Any]:
     """Cursors of the multi-row statements inserting ``rows``: on MySQL as few as its packet size allows, on
     SQLite one per 64 rows."""
     head, group, tail = parts
     if connection.dialect.name != "mysql":
-        # At most _SQLITE_ROWS rows per statement, a short chunk padded with copies of its last row to a
-        # power of two: the copies meet that row's unique key and are skipped, and the statements come in
-        # seven shapes per table, which the driver's statement cache keeps prepared (one shape per batch
+        # At most _SQLITE_ROWS rows per statement, a short chunk padded (``pad``) with copies of its last row
+        # to a power of two: the copies meet that row's unique key and are skipped, and the statements come
+        # in seven shapes per table, which the driver's statement cache keeps prepared (one shape per batch
         # size missed it: ~3 µs per event went into compiling them again).
         for start in range(0, len(rows), _SQLITE_ROWS):
-            chunk = padded(rows[start : start + _SQLITE_ROWS])
+            chunk = rows[start : start + _SQLITE_ROWS]
+            chunk = padded(chunk) if pad else chunk
             flat = [value for row in chunk for value in row]
             yield _run(connection, f"{head}{', '.join([group] * len(chunk))}{tail}", flat)
         return

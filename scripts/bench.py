@@ -121,11 +121,29 @@ def main() -> None:
             rounds.setdefault(plan.name, []).append(result)
             print(f"round {round_number}/{args.repeat}: {plan.name}: {result.rps:.0f} events/s", file=sys.stderr)
     report([summarize(results) for results in rounds.values()], ceilings, args)
+    writer_alone(args, work, unique)
+
+
+def writer_alone(args: argparse.Namespace, work: Path, unique: Path) -> None:
+    """The writer alone, in-process, batches of 32 unique events: with request ids (what the runs above
+    send), as seed 004's payload without them (each kept open for matching with its log row), and without
+    them while every user has a polled usage waiting for its webhook (each batch also looks for a pair).
+    The variants interleave, ``--repeat`` rounds, medians."""
+    variants = {
+        "with requestId": {"request_ids": True},
+        "no requestId, nothing polled": {"request_ids": False},
+        "no requestId, polled usages open": {"request_ids": False, "polled": True},
+    }
+    print("\nthe writer alone, in-process, batches of 32 unique events (CPU / wall µs per event, medians):")
     for kind, url in kinds(args, work):
-        costs = sorted(writer_cost_us(url, unique) for _ in range(args.repeat))
-        cpu, wall = costs[len(costs) // 2]
-        figures = f"{cpu:.1f} µs CPU, {wall:.1f} µs wall per event"
-        print(f"writer alone, {kind}, in-process, batches of 32 unique events: {figures}")
+        costs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+        for _ in range(args.repeat):
+            for name, options in variants.items():
+                costs[name].append(writer_cost_us(url, unique, **options))
+        base = statistics.median(cpu for cpu, _ in costs["with requestId"])
+        for name, runs in costs.items():
+            cpu, wall = statistics.median(c for c, _ in runs), statistics.median(w for _, w in runs)
+            print(f"  {kind:6} {name:34} {cpu:6.1f} / {wall:6.1f}   ({cpu / base:.2f}x the CPU with requestId)")
 
 
 def report(summaries: list[Summary], ceilings: list[float], args: argparse.Namespace) -> None:

@@ -278,16 +278,33 @@ def duplicate_detection_ms(url: str, samples: int = 500) -> tuple[float, float]:
     return statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
 
 
-def writer_cost_us(url: str, requests_file: Path, *, batch: int = 32, events: int = 6400) -> tuple[float, float]:
+def writer_cost_us(
+    url: str,
+    requests_file: Path,
+    *,
+    batch: int = 32,
+    events: int = 6400,
+    request_ids: bool = True,
+    polled: bool = False,
+) -> tuple[float, float]:
     """The group-commit writer alone, in this process, on a fresh database: CPU and wall time per event in
     µs over batches of ``batch`` unique events (the thread's CPU, SQLite's C code included; not the
     database server's). No HTTP, no load generator and no other thread share the core, so the host's
-    noise blurs it less than the end-to-end ratio (on a shared host it still moves between runs)."""
+    noise blurs it less than the end-to-end ratio (on a shared host it still moves between runs).
+
+    Without ``request_ids`` the events are seed 004's payload (no ``requestId``): each is kept open for
+    matching with its log row; with ``polled`` too, every user has a usage charged from the log still
+    waiting for its webhook, so each batch also looks for one to pair with (``billing.matching``)."""
     make_database(url)
     with requests_file.open() as lines:
         bodies = [line.split("\t", 1)[1].rstrip("\n").encode() for line, _ in zip(lines, range(events), strict=False)]
+    if not request_ids:
+        bodies = [_without_request_id(body) for body in bodies]
     parsed = [parse_event(body) for body in bodies]
     engine = make_engine(url)
+    if polled:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE users SET openPollUsages = 1")
     ingestor = Ingestor(engine, time.time)
     ingestor.ingest_batch(parsed[:batch])  # warm: connection, compiled statements
     cpu, wall = time.thread_time(), time.perf_counter()
@@ -297,6 +314,12 @@ def writer_cost_us(url: str, requests_file: Path, *, batch: int = 32, events: in
     engine.dispose()
     count = len(parsed) - batch
     return cpu / count * 1e6, wall / count * 1e6
+
+
+def _without_request_id(body: bytes) -> bytes:
+    event = json.loads(body)
+    del event["data"]["requestId"]
+    return json.dumps(event, separators=(",", ":")).encode()
 
 
 @dataclass

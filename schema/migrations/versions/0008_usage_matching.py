@@ -47,15 +47,22 @@ def upgrade() -> None:
         sa.Column("pairedAt", Timestamp, nullable=True),
         sa.ForeignKeyConstraint(["usageRecordId"], ["usage_records.id"], name=op.f("fk_usage_matches_usageRecordId")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_matches")),
-        sa.UniqueConstraint("pairedKey", name=op.f("uq_usage_matches_pairedKey")),
-        sa.UniqueConstraint("usageRecordId", name=op.f("uq_usage_matches_usageRecordId")),
         **options,
     )
-    op.create_index(op.f("ix_usage_matches_matchKey_usedAt"), "usage_matches", ["matchKey", "usedAt"], unique=False)
+    op.create_index(op.f("ix_usage_matches_source_usedAt"), "usage_matches", ["source", "usedAt"], unique=False)
+    op.create_index(
+        "uq_usage_matches_pairedKey",
+        "usage_matches",
+        ["pairedKey"],
+        unique=True,
+        sqlite_where=sa.text('"pairedKey" IS NOT NULL'),
+        postgresql_where=sa.text('"pairedKey" IS NOT NULL'),
+    )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_usage_matches_matchKey_usedAt"), table_name="usage_matches")
+    op.drop_index("uq_usage_matches_pairedKey", table_name="usage_matches")
+    op.drop_index(op.f("ix_usage_matches_source_usedAt"), table_name="usage_matches")
     op.drop_table("usage_matches")
     with op.batch_alter_table("users") as batch:
         batch.drop_column("openPollUsages")
