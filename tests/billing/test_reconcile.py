@@ -160,3 +160,14 @@ def test_fix_works_through_a_backlog_past_sqlite_variable_limits(database: Datab
     report = reconciler(database, api).run(*WINDOW, fix=True, now=utc(T))
     assert report.discrepancies == 140_000  # still unlinked: re-run, and still failed
     assert database.count("webhook_logs", "status = 'failed' AND processedAt IS NOT NULL") == 140_000
+
+
+def test_a_row_that_cannot_be_charged_as_it_is_is_reported_unbillable(database: Database, api: FakeNewApi) -> None:
+    """A log row whose model name is longer than a usage keeps is neither charged nor counted missing: it is
+    reported as unbillable with the reason, and --fix leaves it alone."""
+    add_user(database.engine, credits=500, key="5")
+    api.add(T - 60, token_id=5, quota=9, request_id="long-model", model="m" * 129)
+    report = reconciler(database, api).run(*WINDOW, fix=True, now=utc(T))
+    assert [(f.kind, f.subject) for f in report.findings] == [("unbillable", "req:long-model")]
+    assert "model_name is 129 characters" in report.findings[0].detail
+    assert database.scalar("SELECT balance FROM users") == 500
