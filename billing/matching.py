@@ -41,7 +41,7 @@ class ClaimLost(Exception):
     the user's row lock; the transaction is rolled back and retried)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value; slotted, not frozen: built per usage on the writer (see ledger.Usage)
 class Arrival:
     """A usage arriving by one path that may be the same usage as an open one of the other path."""
 
@@ -53,7 +53,7 @@ class Arrival:
     credit_cost: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value; slotted, not frozen: built per usage on the writer (see ledger.Usage)
 class OpenUsage:
     """A charged usage still waiting for its other half."""
 
@@ -64,7 +64,7 @@ class OpenUsage:
     credit_cost: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value; slotted, not frozen: built per usage on the writer (see ledger.Usage)
 class Pairing:
     arrival: Arrival
     open: OpenUsage
