@@ -14,6 +14,7 @@ worktree), side by side.
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def instructions(root: Path, events: int, variant: str) -> int:
         child.write(CHILD)
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, child.name,
                str(root), str(events), variant]  # fmt: skip
-    output = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stderr
+    env = os.environ | {"PYTHONHASHSEED": "0"}  # the same hashes, so the same work, in every run
+    output = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=True).stderr
     found = re.search(r"Collected : (\d+)", output)
     if found is None:
         raise SystemExit(f"callgrind printed no count:\n{output[-2000:]}")
