@@ -159,7 +159,7 @@ def apply_usage(
     new_rows = [
         _usage_row(usages[index], owners[usages[index].remote_key_id], now)
         for key, index in sorted(candidates.items())
-        if key not in settled_keys
+        if not settled_keys or key not in settled_keys
     ]
     record_ids = insert_new_ids(connection, usage_records, new_rows, "usageKey", strict=strict)
 
@@ -173,7 +173,7 @@ def apply_usage(
         if user_id is None:
             outcomes.append(UsageOutcome(UsageStatus.UNKNOWN_KEY))
             continue
-        if candidates[usage.usage_key] == index and usage.usage_key in matched:
+        if matched and candidates[usage.usage_key] == index and usage.usage_key in matched:
             outcomes.append(UsageOutcome(UsageStatus.MATCHED, user_id))
             continue
         if candidates[usage.usage_key] != index or usage.usage_key not in record_ids:
@@ -198,7 +198,7 @@ def apply_usage(
                 "createdAt": now,
             }
         )
-        if usage.usage_key in arrivals:
+        if arrivals and usage.usage_key in arrivals:
             opened.append(arrivals[usage.usage_key])
         outcomes.append(UsageOutcome(UsageStatus.CHARGED, user_id, balances[user_id]))
     if refused:  # written a moment ago by this transaction, so nobody else has seen them
