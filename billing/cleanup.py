@@ -12,7 +12,7 @@ from functools import partial
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from billing.database import run_transaction
+from schema.database import run_transaction
 from schema.tables import webhook_logs
 
 BATCH = 1000

@@ -22,12 +22,11 @@ import structlog
 from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from billing.database import run_transaction
 from billing.ledger import Usage, UsageStatus, apply_usage
 from billing.matching import DEFAULT_TOLERANCE
 from billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient, UpstreamError
 from billing.rows import insert_new
-from schema.database import utc
+from schema.database import run_transaction, utc
 from schema.money import MAX_AMOUNT, MAX_BALANCE
 from schema.tables import poll_state, unbilled_usage
 from schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request

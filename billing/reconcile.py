@@ -23,11 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from billing.comparison import Finding, TokenSummary, compare_upstream
-from billing.database import run_transaction
 from billing.deliveries import record_deliveries
 from billing.newapi import ConsumeLog
 from billing.polling import PollConfig, Poller, bill_logs
-from schema.database import utc
+from schema.database import run_transaction, utc
 from schema.money import exact_sum, summed
 from schema.tables import (
     credit_transactions,

@@ -13,13 +13,12 @@ from starlette.responses import JSONResponse, Response
 
 from billing import admin
 from billing.accounts import AccountError, ReferenceConflict, top_up
-from billing.database import run_transaction
 from billing.ledger import CreditStatus, UnknownUser
 from billing.matching import DEFAULT_TOLERANCE
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
 from receiver.params import path_int, query_int, query_moment, query_optional_int
-from schema.database import utc
+from schema.database import run_transaction, utc
 from schema.wire import EnvelopeError, parse_json_object
 
 

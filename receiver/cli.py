@@ -21,10 +21,9 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from billing import cli as billing_cli
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key, top_up
-from billing.database import DatabaseUnavailable, run_transaction
 from billing.ledger import CreditStatus
 from receiver.logs import configure_logging, uvicorn_log_config
-from schema.database import make_engine, utc
+from schema.database import DatabaseUnavailable, make_engine, run_transaction, utc
 from schema.settings import Settings, SettingsError, load_settings
 from sender import cli as sender_cli
 

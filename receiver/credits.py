@@ -23,13 +23,12 @@ from billing.credit_sync import (
     records_of,
     verify_request,
 )
-from billing.database import run_transaction
 from receiver.bodies import read_limited, require_json
 from receiver.errors import ApiError
 from receiver.params import path_int, query_int
 from receiver.rate_limit import RateLimiter
 from schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
-from schema.database import utc
+from schema.database import run_transaction, utc
 from schema.money import MAX_BALANCE
 from schema.wire import EnvelopeError, parse_json_object
 

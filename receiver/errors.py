@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from billing.database import DatabaseUnavailable
+from schema.database import DatabaseUnavailable
 
 log = structlog.get_logger()
 

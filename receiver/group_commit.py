@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
-from billing.database import DatabaseUnavailable
 from billing.deliveries import DeliveryOutcome
 from receiver.metrics import BATCH_SIZE, COMMIT_SECONDS, WRITER_FAILURES, WRITER_RESTARTS
+from schema.database import DatabaseUnavailable
 from schema.wire import Event
 
 log = structlog.get_logger()

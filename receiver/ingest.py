@@ -6,13 +6,12 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
 
-from billing.database import connect, run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
 from billing.matching import DEFAULT_TOLERANCE
 from billing.rows import Shortfall
 from receiver.group_commit import GroupCommitter
 from receiver.metrics import EVENTS
-from schema.database import utc
+from schema.database import connect, run_transaction, utc
 from schema.wire import Event
 
 _COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}

@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from billing.database import DatabaseUnavailable, ping
 from billing.deliveries import DeliveryOutcome, DeliveryStatus
 from receiver.bodies import header_map, read_body, require_json
 from receiver.errors import ApiError
 from receiver.ingest import Ingestor
 from receiver.metrics import EVENTS, REQUEST_SECONDS
+from schema.database import DatabaseUnavailable, ping
 from schema.signing import WebhookSecret, verify_signature
 from schema.wire import EnvelopeError, parse_event
 

@@ -22,9 +22,8 @@ import httpx
 import sqlalchemy as sa
 
 from billing.accounts import NewUser, create_user, link_key
-from billing.database import run_transaction
 from receiver.ingest import Ingestor
-from schema.database import make_engine, utc
+from schema.database import make_engine, run_transaction, utc
 from schema.migrate import upgrade
 from schema.wire import parse_event
 

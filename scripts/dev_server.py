@@ -16,8 +16,7 @@ from pathlib import Path
 from sqlalchemy import Connection
 
 from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
-from billing.database import run_transaction
-from schema.database import make_engine, utc
+from schema.database import make_engine, run_transaction, utc
 from schema.migrate import upgrade
 from schema.settings import load_settings
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Connection
 
 from billing import deliveries, rows
-from billing.database import run_transaction
+from schema.database import run_transaction
 from tests.support.database import Database
 
 T = TypeVar("T")

@@ -8,9 +8,8 @@ from sqlalchemy import Connection
 
 from billing import admin
 from billing.admin import usage_by_day, usage_by_model
-from billing.database import run_transaction
 from billing.deliveries import record_deliveries
-from schema.database import make_engine
+from schema.database import make_engine, run_transaction
 from schema.tables import webhook_logs
 from schema.wire import parse_event
 from tests.billing.conftest import in_transaction

@@ -7,9 +7,8 @@ import httpx
 import pytest
 
 from billing.accounts import link_key
-from billing.database import run_transaction
 from receiver.app import create_app
-from schema.database import utc
+from schema.database import run_transaction, utc
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving

@@ -125,8 +125,7 @@ def test_failed_events_with_any_id_can_be_replayed(site: str, database: Database
     """Event ids may hold "/", "?", "#" or "%", or be "." or "..": the Replay button (the id in the form)
     and the admin API (in the path, URL-encoded, or in the body) reach every one."""
     from billing.accounts import link_key
-    from billing.database import run_transaction
-    from schema.database import utc
+    from schema.database import run_transaction, utc
 
     ids = ("gw/2026/evt-1", "odd?#%-id", ".", "..")
     for event_id in ids:

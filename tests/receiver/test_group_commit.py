@@ -9,12 +9,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DataError, OperationalError
 
 from billing import deliveries
-from billing.database import run_transaction
 from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
 from receiver.app import create_app
 from receiver.group_commit import GroupCommitter
 from receiver.ingest import Ingestor
-from schema.database import utc
+from schema.database import run_transaction, utc
 from schema.wire import Event, parse_event
 from tests.billing.conftest import force_row_counts
 from tests.receiver.test_webhooks import assert_ledger_consistent

@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from billing import rows
-from billing.database import run_transaction
 from billing.rows import insert_new
 from schema import statements
+from schema.database import run_transaction
 from schema.statements import execute_many, fetch_in, insert_returning, returns_inserted
 from schema.tables import usage_records, webhook_logs
 from tests.support.database import Database

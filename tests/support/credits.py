@@ -10,8 +10,7 @@ from sqlalchemy import Connection, Engine
 
 from billing.accounts import NewUser, create_user
 from billing.clients import add_client
-from billing.database import run_transaction
-from schema.database import utc
+from schema.database import run_transaction, utc
 
 TELEGRAM_ID = 123456789
 

@@ -7,8 +7,7 @@ import httpx
 from sqlalchemy import Connection, Engine
 
 from billing.accounts import NewUser, create_user, link_key
-from billing.database import run_transaction
-from schema.database import utc
+from schema.database import run_transaction, utc
 from schema.settings import Settings
 from schema.signing import parse_secrets
 from tests.support.database import Database

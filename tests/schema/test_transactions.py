@@ -1,11 +1,11 @@
-"""billing/database.py: only a lost or refused connection is an outage; a refused statement is its own
+"""schema/database.py's transactions: only a lost or refused connection is an outage; a refused statement is its own
 unit of work's failure. Errors raised by the real drivers on both databases."""
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.database import DatabaseUnavailable, run_transaction
+from schema.database import DatabaseUnavailable, run_transaction
 from tests.support.database import Database
 
 
