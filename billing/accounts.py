@@ -10,17 +10,18 @@ from sqlalchemy.exc import IntegrityError
 
 from billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
 from schema.database import upsert
+from schema.errors import Conflict, InvalidInput
 from schema.money import MAX_AMOUNT, MAX_BALANCE
 from schema.statements import savepoint
 from schema.tables import api_keys, users
 from schema.wire import BIGINT_MAX, plain_int
 
 
-class AccountError(ValueError):
+class AccountError(InvalidInput):
     """An account operation cannot be done as asked; the message says why."""
 
 
-class ReferenceConflict(AccountError):
+class ReferenceConflict(Conflict):
     """A top-up reference was already used for another user or amount."""
 
 

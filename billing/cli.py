@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from billing.cleanup import delete_old_logs
 from billing.clients import ClientError, add_client, list_clients, revoke_client, rotate_client
-from billing.newapi import NewApiClient, UpstreamError
+from billing.newapi import NewApiClient
 from billing.polling import PollConfig, Poller, PollReport
 from billing.reconcile import Reconciler, render_table
 from schema.database import DatabaseUnavailable, make_engine, run_transaction, utc
+from schema.errors import UpstreamError
 from schema.settings import Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]

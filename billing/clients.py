@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from schema.errors import InvalidInput
 from schema.statements import savepoint
 from schema.tables import api_clients
 
@@ -22,7 +23,7 @@ ACTIVE, REVOKED = "active", "revoked"
 _SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,48}")
 
 
-class ClientError(ValueError):
+class ClientError(InvalidInput):
     """A client operation cannot be done as asked."""
 
 

@@ -20,17 +20,20 @@ from billing.clients import Client
 from billing.ledger import CreditChange, CreditStatus, apply_credit
 from billing.rows import lock_balances
 from schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
+from schema.errors import CreditRelayError, Unauthorized
 from schema.tables import credit_transactions, users
 
 MAX_RECORDS = 100
 
 
-class SyncRefused(Exception):
+class SyncRefused(Unauthorized):
     """The request is not authentic (key, source, time or token); nothing was looked up or changed."""
 
 
-class SyncUnavailable(Exception):
+class SyncUnavailable(CreditRelayError):
     """The client has no secret and no ``CREDIT_SYNC_SECRET`` is configured."""
+
+    status_code = 503
 
 
 class SyncStatus(StrEnum):

@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from billing import matching
 from billing.matching import DEFAULT_TOLERANCE
 from billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, lock_users, set_balances
+from schema.errors import NotFound
 from schema.money import MAX_BALANCE, in_range
 from schema.statements import execute_many, insert_all, savepoint
 from schema.tables import credit_transactions, usage_matches, usage_records
@@ -45,7 +46,7 @@ class CreditStatus(StrEnum):
     OUT_OF_RANGE = "out_of_range"  # the change would take the balance past ±MAX_BALANCE: not applied
 
 
-class UnknownUser(LookupError):
+class UnknownUser(NotFound):
     """No user has that id."""
 
 

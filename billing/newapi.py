@@ -11,14 +11,11 @@ from typing import Any
 
 import httpx
 
+from schema.errors import UpstreamError
 from schema.wire import MAX_TIMESTAMP
 
 CONSUME = 2
 PAGE_SIZE = 100
-
-
-class UpstreamError(Exception):
-    """new-api did not answer usefully (down, refused, or not the documented shape)."""
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from billing.ledger import Usage, UsageStatus, apply_usage
 from billing.matching import DEFAULT_TOLERANCE
-from billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient, UpstreamError
+from billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
 from billing.rows import insert_new
 from schema.database import run_transaction, utc
+from schema.errors import UpstreamError
 from schema.money import MAX_AMOUNT, MAX_BALANCE
 from schema.tables import poll_state, unbilled_usage
 from schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request

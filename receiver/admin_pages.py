@@ -32,6 +32,7 @@ from receiver.errors import EXCEPTION_HANDLERS, ApiError
 from receiver.metrics import event_counts
 from receiver.params import path_int, query_moment
 from schema.database import utc
+from schema.errors import CreditRelayError
 from schema.wire import plain_int
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
@@ -81,9 +82,9 @@ def _render(request: Request, name: str, **context: Any) -> Response:
 
 async def _error_page(request: Request, exc: Exception) -> Response:
     """A refusal on a page, as a page (the API answers the same refusals in JSON)."""
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, CreditRelayError)
     session: Session | None = getattr(request.state, "session", None)
-    context = {"message": exc.message, "csrf": session.csrf if session else "", "notice": ""}
+    context = {"message": exc.public_message, "csrf": session.csrf if session else "", "notice": ""}
     return templates.TemplateResponse(request, "error.html", context, status_code=exc.status_code)
 
 
@@ -246,6 +247,6 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/logs/replay", _page(replay), methods=["POST"]),
         Route("/usage", _page(usage)),
     ]
-    pages = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS | {ApiError: _error_page})
+    pages = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS | {CreditRelayError: _error_page})
     pages.state.admin = service
     return pages

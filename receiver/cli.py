@@ -20,10 +20,11 @@ from sqlalchemy.exc import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from billing import cli as billing_cli
-from billing.accounts import AccountError, NewUser, create_user, find_user, link_key, top_up
+from billing.accounts import NewUser, create_user, find_user, link_key, top_up
 from billing.ledger import CreditStatus
 from receiver.logs import configure_logging, uvicorn_log_config
 from schema.database import DatabaseUnavailable, make_engine, run_transaction, utc
+from schema.errors import CreditRelayError
 from schema.settings import Settings, SettingsError, load_settings
 from sender import cli as sender_cli
 
@@ -34,7 +35,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 log = structlog.get_logger()
 
 
-class CommandError(Exception):
+class CommandError(CreditRelayError):
     """A command cannot do what was asked; printed on stderr, exit 1."""
 
 
@@ -217,11 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"creditrelay: {error}", file=sys.stderr)
         return 2
-    except (CommandError, AccountError) as error:
-        print(f"creditrelay: {error}", file=sys.stderr)
-        return 1
     except DatabaseUnavailable as error:
         print(f"creditrelay: database unavailable: {error}", file=sys.stderr)
+        return 1
+    except CreditRelayError as error:
+        print(f"creditrelay: {error}", file=sys.stderr)
         return 1
 
 

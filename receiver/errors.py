@@ -1,4 +1,5 @@
-"""One error type carrying its HTTP status, and the one place errors are rendered as JSON."""
+"""The one place errors are rendered as JSON: every ``CreditRelayError`` by its status and public message,
+a statement the database refused, a client that went away, and (logged with its traceback) a bug."""
 
 from typing import Any
 
@@ -8,19 +9,20 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from schema.database import DatabaseUnavailable
+from schema.errors import CreditRelayError, DatabaseUnavailable
 
 log = structlog.get_logger()
 
 
-class ApiError(Exception):
-    """An answer other than success: ``status_code`` and a message safe to show the caller."""
+class ApiError(CreditRelayError):
+    """An answer other than success, decided at the edge: its status, a message safe to show the caller,
+    headers and extra fields of the JSON answer."""
 
     def __init__(self, status_code: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
-        self.status_code = status_code
+        self.status_code = status_code  # type: ignore[misc]  # per answer, where the class has a default
         self.message = message
-        self.headers = headers
+        self.headers = headers  # type: ignore[misc]
         self.extra = extra
 
 
@@ -28,18 +30,14 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
     return JSONResponse({"success": False, "message": message, **extra}, status_code=status_code, headers=headers)
 
 
-async def render_api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.message, exc.headers, **exc.extra)
-
-
-async def render_unavailable(_request: Request, exc: Exception) -> Response:
-    log.warning("database_unavailable", error=str(exc))
-    return JSONResponse(
-        {"success": False, "message": "Database unavailable, retry later"},
-        status_code=503,
-        headers={"Retry-After": "5"},
-    )
+async def render_error(_request: Request, exc: Exception) -> Response:
+    """Any ``CreditRelayError``: its status, its public message, its headers (and an ``ApiError``'s extra
+    fields). An outage is logged with what the driver said, which the answer does not repeat."""
+    assert isinstance(exc, CreditRelayError)
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("database_unavailable", error=str(exc))
+    extra = exc.extra if isinstance(exc, ApiError) else {}
+    return error_response(exc.status_code, exc.public_message, exc.headers, **extra)
 
 
 async def render_database_error(_request: Request, exc: Exception) -> Response:
@@ -66,8 +64,7 @@ async def render_unexpected(_request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS = {
-    ApiError: render_api_error,
-    DatabaseUnavailable: render_unavailable,
+    CreditRelayError: render_error,
     SQLAlchemyError: render_database_error,
     HTTPException: render_http_exception,
     ClientDisconnect: render_disconnect,

@@ -28,6 +28,9 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tenacity import Retrying, nap, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from schema.errors import DatabaseUnavailable as DatabaseUnavailable  # raised here, defined with the others
+from schema.errors import UnsupportedDatabase
+
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")  # naive UTC, microseconds
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")  # a 64 KiB body does not fit MySQL's TEXT
@@ -52,10 +55,6 @@ MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     "mysql_collate": "utf8mb4_nopad_bin",
 }
 READ_ONLY = "creditrelay_read_only"  # an execution option: the transaction only reads (SQLite: no write lock)
-
-
-class UnsupportedDatabase(Exception):
-    """The database server lacks something creditrelay relies on."""
 
 
 def exact_collation(dialect: sa.Dialect, *, required: bool = True) -> str:
@@ -192,10 +191,6 @@ _MYSQL_UNAVAILABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152
 # timeout, disk I/O, full, cannot open, locking protocol, read-only. Everything else (no such table, too
 # many SQL variables, a syntax error, an integer overflow) is a refusal of the statement.
 _SQLITE_UNAVAILABLE = {5, 6, 8, 10, 13, 14, 15}
-
-
-class DatabaseUnavailable(Exception):
-    """The database did not answer (down, unreachable, locked past the timeout); nothing was written."""
 
 
 def _code(error: DBAPIError) -> int | None:

@@ -13,14 +13,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
+from schema.errors import SettingsError as SettingsError  # raised here, defined with the others
 from schema.signing import SecretError, WebhookSecret, parse_secrets
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
 DEFAULT_BODY_LIMIT = 64 * 1024
-
-
-class SettingsError(ValueError):
-    """A configuration value is missing or unusable; the message names the variable."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from schema.errors import SettingsError
+
 SEED_HEADER = "x-webhook-signature"
 STD_ID_HEADER = "webhook-id"
 STD_TIMESTAMP_HEADER = "webhook-timestamp"
@@ -31,7 +33,7 @@ _MAX_SIGNATURE_HEADER = 2048  # room for a few v1 entries during a key rotation;
 _MAX_SIGNATURES = 8
 
 
-class SecretError(ValueError):
+class SecretError(SettingsError):
     """A configured secret is unusable; the message says why without repeating the secret."""
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from schema.errors import InvalidInput
 from schema.money import MAX_AMOUNT
 
 BIGINT_MAX = 2**63 - 1
@@ -26,7 +27,7 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 RemoteKeyId = Annotated[int, Field(ge=0, le=BIGINT_MAX)] | Identifier
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(InvalidInput):
     """The body is not a valid event; ``str(error)`` names the field and the problem."""
 
 

@@ -15,11 +15,12 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from schema.credit_sync import sync_token
+from schema.errors import CreditRelayError
 
 USER_AGENT = "creditrelay-credit-sdk/0.1"
 
 
-class CreditSyncError(Exception):
+class CreditSyncError(CreditRelayError):
     """A read could not be answered (network, authentication, server); the message says which."""
 
 

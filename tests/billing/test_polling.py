@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import pytest
 
 from billing.deliveries import record_deliveries
-from billing.newapi import NewApiClient, UpstreamError
+from billing.newapi import NewApiClient
 from billing.polling import PollConfig, Poller, read_watermark
+from schema.errors import UpstreamError
 from schema.money import MAX_AMOUNT
 from schema.wire import parse_event
 from tests.billing.conftest import NOW, in_transaction
