@@ -30,12 +30,12 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from billing.ledger import Usage, UsageOutcome, UsageStatus, apply_usage
 from billing.matching import DEFAULT_TOLERANCE
 from billing.rows import Shortfall, insert_new
-from schema.database import utc
+from schema.database import run_transaction, utc
 from schema.money import MAX_BALANCE
 from schema.statements import execute_many, fetch_in, fetch_in_each, returns_inserted, savepoint
 from schema.tables import api_keys, usage_matches, webhook_logs
@@ -371,3 +371,16 @@ def record_deliveries(
             same = event.payload_hash == earlier.payload_hash or event.same_as(earlier.payload)
             results.append(_repeat(verdict, same))
     return results
+
+
+def deliver(
+    target: Engine | Connection, events: Sequence[Event], now: datetime, *, tolerance: float = DEFAULT_TOLERANCE
+) -> list[DeliveryOutcome]:
+    """Record and bill a batch in its own transaction (committed when this returns), the fast way first:
+    when another delivery of one of these events got in between, the transaction is rolled back and the
+    batch run again claim-first (``record_deliveries``' two paths; on MySQL the fast one saves two round
+    trips, nearly always)."""
+    try:
+        return run_transaction(target, lambda c: record_deliveries(c, events, now, fallback=False, tolerance=tolerance))
+    except Shortfall:
+        return run_transaction(target, lambda c: record_deliveries(c, events, now, tolerance=tolerance))

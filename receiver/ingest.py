@@ -6,12 +6,11 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
 
-from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
+from billing.deliveries import DeliveryOutcome, DeliveryStatus, deliver
 from billing.matching import DEFAULT_TOLERANCE
-from billing.rows import Shortfall
 from receiver.group_commit import GroupCommitter
 from receiver.metrics import EVENTS
-from schema.database import connect, run_transaction, utc
+from schema.database import connect, utc
 from schema.wire import Event
 
 _COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
@@ -40,14 +39,7 @@ class Ingestor:
         """Runs on a writer thread, in that thread's own connection; counts the committed outcomes."""
         now = utc(self.clock())
         connection = self._connection()
-        try:
-            outcomes = run_transaction(
-                connection, lambda c: record_deliveries(c, events, now, fallback=False, tolerance=self.tolerance)
-            )
-        except Shortfall:  # another delivery of one of these events got in between: sort it out claim-first
-            outcomes = run_transaction(
-                connection, lambda c: record_deliveries(c, events, now, tolerance=self.tolerance)
-            )
+        outcomes = deliver(connection, events, now, tolerance=self.tolerance)
         for status, count in Counter(o.status for o in outcomes).items():
             _COUNTED[status].inc(count)
         return outcomes

@@ -248,3 +248,17 @@ def test_the_poll_loop_survives_any_failed_pass() -> None:
 
     asyncio.run(run())
     assert poller.calls >= 4
+
+
+def test_the_webhook_bypass_is_explicit_no_middleware_can_be_added(database: Database) -> None:
+    """The events route skips Starlette's middleware stack on purpose: adding a middleware to the app is
+    refused with the reason, so none can silently miss the busiest route; the route still answers."""
+    from starlette.middleware.gzip import GZipMiddleware
+
+    add_user(database.engine)
+    app = create_app(settings_for(database), database.engine)
+    with pytest.raises(TypeError, match="bypasses the middleware stack"):
+        app.add_middleware(GZipMiddleware)
+    assert app.user_middleware == []
+    with serving(app) as url, httpx.Client(base_url=url) as client:
+        assert post(client, "through-the-bypass", cost=1).status_code == 200
