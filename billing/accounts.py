@@ -8,13 +8,13 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
-from schema.database import upsert
-from schema.errors import Conflict, InvalidInput
-from schema.money import MAX_AMOUNT, MAX_BALANCE
-from schema.statements import savepoint
-from schema.tables import api_keys, users
-from schema.wire import BIGINT_MAX, plain_int
+from creditrelay.billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
+from creditrelay.schema.database import upsert
+from creditrelay.schema.errors import Conflict, InvalidInput
+from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
+from creditrelay.schema.statements import savepoint
+from creditrelay.schema.tables import api_keys, users
+from creditrelay.schema.wire import BIGINT_MAX, plain_int
 
 
 class AccountError(InvalidInput):

@@ -8,13 +8,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.accounts import user_json
-from billing.deliveries import DeliveryOutcome, record_deliveries
-from billing.matching import DEFAULT_TOLERANCE
-from schema.database import utc
-from schema.money import exact_sum, summed
-from schema.tables import api_keys, credit_transactions, poll_state, reconcile_runs, usage_records, users, webhook_logs
-from schema.wire import EnvelopeError, parse_event, plain_int
+from creditrelay.billing.accounts import user_json
+from creditrelay.billing.deliveries import DeliveryOutcome, record_deliveries
+from creditrelay.billing.matching import DEFAULT_TOLERANCE
+from creditrelay.schema.database import utc
+from creditrelay.schema.money import exact_sum, summed
+from creditrelay.schema.tables import (
+    api_keys,
+    credit_transactions,
+    poll_state,
+    reconcile_runs,
+    usage_records,
+    users,
+    webhook_logs,
+)
+from creditrelay.schema.wire import EnvelopeError, parse_event, plain_int
 
 STATUSES = ("processed", "failed", "ignored")
 MINUTES = 60

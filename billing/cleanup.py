@@ -12,8 +12,8 @@ from functools import partial
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from schema.database import run_transaction
-from schema.tables import webhook_logs
+from creditrelay.schema.database import run_transaction
+from creditrelay.schema.tables import webhook_logs
 
 BATCH = 1000
 CLEANED = ("processed", "ignored")

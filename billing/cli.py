@@ -12,14 +12,14 @@ import structlog
 from sqlalchemy import Connection
 from tqdm import tqdm
 
-from billing.cleanup import delete_old_logs
-from billing.clients import ClientError, add_client, list_clients, revoke_client, rotate_client
-from billing.newapi import NewApiClient
-from billing.polling import PollConfig, Poller, PollReport
-from billing.reconcile import Reconciler, render_table
-from schema.database import DatabaseUnavailable, make_engine, run_transaction, utc
-from schema.errors import UpstreamError
-from schema.settings import Settings, SettingsError
+from creditrelay.billing.cleanup import delete_old_logs
+from creditrelay.billing.clients import ClientError, add_client, list_clients, revoke_client, rotate_client
+from creditrelay.billing.newapi import NewApiClient
+from creditrelay.billing.polling import PollConfig, Poller, PollReport
+from creditrelay.billing.reconcile import Reconciler, render_table
+from creditrelay.schema.database import DatabaseUnavailable, make_engine, run_transaction, utc
+from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.settings import Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 Register = Callable[[Any, str, Handler, str], argparse.ArgumentParser]

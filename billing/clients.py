@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from schema.errors import InvalidInput
-from schema.statements import savepoint
-from schema.tables import api_clients
+from creditrelay.schema.errors import InvalidInput
+from creditrelay.schema.statements import savepoint
+from creditrelay.schema.tables import api_clients
 
 ACTIVE, REVOKED = "active", "revoked"
 _SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,48}")

@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing import matching
-from billing.newapi import ConsumeLog
-from billing.polling import PollConfig, credits_for, refusal
-from schema.database import utc
-from schema.tables import api_keys, usage_matches, usage_records, users
-from schema.wire import usage_key_for_request
+from creditrelay.billing import matching
+from creditrelay.billing.newapi import ConsumeLog
+from creditrelay.billing.polling import PollConfig, credits_for, refusal
+from creditrelay.schema.database import utc
+from creditrelay.schema.tables import api_keys, usage_matches, usage_records, users
+from creditrelay.schema.wire import usage_key_for_request
 
 LOOKUP_CHUNK = 500  # keys per IN list
 

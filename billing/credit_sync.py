@@ -16,12 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing.clients import Client
-from billing.ledger import CreditChange, CreditStatus, apply_credit
-from billing.rows import lock_balances
-from schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
-from schema.errors import CreditRelayError, Unauthorized
-from schema.tables import credit_transactions, users
+from creditrelay.billing.clients import Client
+from creditrelay.billing.ledger import CreditChange, CreditStatus, apply_credit
+from creditrelay.billing.rows import lock_balances
+from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
+from creditrelay.schema.errors import CreditRelayError, Unauthorized
+from creditrelay.schema.tables import credit_transactions, users
 
 MAX_RECORDS = 100
 

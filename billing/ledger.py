@@ -21,13 +21,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing import matching
-from billing.matching import DEFAULT_TOLERANCE
-from billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, lock_users, set_balances
-from schema.errors import NotFound
-from schema.money import MAX_BALANCE, in_range
-from schema.statements import execute_many, insert_all, savepoint
-from schema.tables import credit_transactions, usage_matches, usage_records
+from creditrelay.billing import matching
+from creditrelay.billing.matching import DEFAULT_TOLERANCE
+from creditrelay.billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, lock_users, set_balances
+from creditrelay.schema.errors import NotFound
+from creditrelay.schema.money import MAX_BALANCE, in_range
+from creditrelay.schema.statements import execute_many, insert_all, savepoint
+from creditrelay.schema.tables import credit_transactions, usage_matches, usage_records
 
 
 class UsageStatus(StrEnum):

@@ -29,8 +29,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.statements import execute_many, fetch_in, fetch_in_each
-from schema.tables import usage_matches, usage_records, users
+from creditrelay.schema.statements import execute_many, fetch_in, fetch_in_each
+from creditrelay.schema.tables import usage_matches, usage_records, users
 
 WEBHOOK, POLL = "webhook", "poll"
 DEFAULT_TOLERANCE = 10  # seconds between a log row's created_at and its webhook's timestamp

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from schema.errors import UpstreamError
-from schema.wire import MAX_TIMESTAMP
+from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.wire import MAX_TIMESTAMP
 
 CONSUME = 2
 PAGE_SIZE = 100

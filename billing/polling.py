@@ -22,15 +22,15 @@ import structlog
 from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from billing.ledger import Usage, UsageStatus, apply_usage
-from billing.matching import DEFAULT_TOLERANCE
-from billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
-from billing.rows import insert_new
-from schema.database import run_transaction, utc
-from schema.errors import UpstreamError
-from schema.money import MAX_AMOUNT, MAX_BALANCE
-from schema.tables import poll_state, unbilled_usage
-from schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request
+from creditrelay.billing.ledger import Usage, UsageStatus, apply_usage
+from creditrelay.billing.matching import DEFAULT_TOLERANCE
+from creditrelay.billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
+from creditrelay.billing.rows import insert_new
+from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
+from creditrelay.schema.tables import poll_state, unbilled_usage
+from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request
 
 log = structlog.get_logger()
 STATE_NAME = "new-api"

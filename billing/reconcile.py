@@ -22,20 +22,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from billing.comparison import Finding, TokenSummary, compare_upstream
-from billing.deliveries import record_deliveries
-from billing.newapi import ConsumeLog
-from billing.polling import PollConfig, Poller, bill_logs
-from schema.database import run_transaction, utc
-from schema.money import exact_sum, summed
-from schema.tables import (
+from creditrelay.billing.comparison import Finding, TokenSummary, compare_upstream
+from creditrelay.billing.deliveries import record_deliveries
+from creditrelay.billing.newapi import ConsumeLog
+from creditrelay.billing.polling import PollConfig, Poller, bill_logs
+from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.money import exact_sum, summed
+from creditrelay.schema.tables import (
     credit_transactions,
     reconcile_runs,
     usage_records,
     users,
     webhook_logs,
 )
-from schema.wire import EnvelopeError, parse_event
+from creditrelay.schema.wire import EnvelopeError, parse_event
 
 CHUNK = 500
 LISTED = 1000  # failed deliveries a report names one by one

@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.database import insert_ignoring_duplicates
-from schema.statements import (
+from creditrelay.schema.database import insert_ignoring_duplicates
+from creditrelay.schema.statements import (
     execute_many,
     fetch_in,
     insert_returning,
@@ -25,7 +25,7 @@ from schema.statements import (
     run_cached,
     savepoint,
 )
-from schema.tables import api_keys, users
+from creditrelay.schema.tables import api_keys, users
 
 
 class Shortfall(Exception):

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.tables import admin_sessions
+from creditrelay.schema.tables import admin_sessions
 
 LIFETIME = timedelta(hours=8)
 

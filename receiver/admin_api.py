@@ -11,15 +11,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from billing import admin
-from billing.accounts import AccountError, ReferenceConflict, top_up
-from billing.ledger import CreditStatus, UnknownUser
-from billing.matching import DEFAULT_TOLERANCE
-from receiver.bodies import read_limited, require_json
-from receiver.errors import ApiError
-from receiver.params import path_int, query_int, query_moment, query_optional_int
-from schema.database import run_transaction, utc
-from schema.wire import EnvelopeError, parse_json_object
+from creditrelay.billing import admin
+from creditrelay.billing.accounts import AccountError, ReferenceConflict, top_up
+from creditrelay.billing.ledger import CreditStatus, UnknownUser
+from creditrelay.billing.matching import DEFAULT_TOLERANCE
+from creditrelay.receiver.bodies import read_limited, require_json
+from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.params import path_int, query_int, query_moment, query_optional_int
+from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.wire import EnvelopeError, parse_json_object
 
 
 @dataclass(frozen=True)

@@ -22,18 +22,18 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from billing import admin
-from billing.accounts import AccountError, link_key, top_up
-from billing.ledger import CreditStatus, UnknownUser
-from billing.sessions import LIFETIME, Session, end_session, find_session, open_session
-from receiver.admin_api import AdminService
-from receiver.charts import bar_chart
-from receiver.errors import EXCEPTION_HANDLERS, ApiError
-from receiver.metrics import event_counts
-from receiver.params import path_int, query_moment
-from schema.database import utc
-from schema.errors import CreditRelayError
-from schema.wire import plain_int
+from creditrelay.billing import admin
+from creditrelay.billing.accounts import AccountError, link_key, top_up
+from creditrelay.billing.ledger import CreditStatus, UnknownUser
+from creditrelay.billing.sessions import LIFETIME, Session, end_session, find_session, open_session
+from creditrelay.receiver.admin_api import AdminService
+from creditrelay.receiver.charts import bar_chart
+from creditrelay.receiver.errors import EXCEPTION_HANDLERS, ApiError
+from creditrelay.receiver.metrics import event_counts
+from creditrelay.receiver.params import path_int, query_moment
+from creditrelay.schema.database import utc
+from creditrelay.schema.errors import CreditRelayError
+from creditrelay.schema.wire import plain_int
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
 Page = Callable[[Request], Awaitable[Response]]

@@ -11,17 +11,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from billing.polling import Poller
-from receiver import admin_api, credits, openapi, operator_api
-from receiver.admin_pages import admin_pages
-from receiver.background import polling_lifespan
-from receiver.bodies import BodyDeadline
-from receiver.errors import EXCEPTION_HANDLERS
-from receiver.ingest import Ingestor
-from receiver.metrics import ledger_registry
-from receiver.rate_limit import RateLimiter
-from receiver.webhooks import WebhookService, health, receive_event
-from schema.settings import Settings
+from creditrelay.billing.polling import Poller
+from creditrelay.receiver import admin_api, credits, openapi, operator_api
+from creditrelay.receiver.admin_pages import admin_pages
+from creditrelay.receiver.background import polling_lifespan
+from creditrelay.receiver.bodies import BodyDeadline
+from creditrelay.receiver.errors import EXCEPTION_HANDLERS
+from creditrelay.receiver.ingest import Ingestor
+from creditrelay.receiver.metrics import ledger_registry
+from creditrelay.receiver.rate_limit import RateLimiter
+from creditrelay.receiver.webhooks import WebhookService, health, receive_event
+from creditrelay.schema.settings import Settings
 
 EVENTS_PATH = "/api/webhooks/events"
 

@@ -7,10 +7,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import structlog
 from starlette.applications import Starlette
 
-from billing.polling import Poller
-from receiver.metrics import POLL_PASSES
-from schema.database import DatabaseUnavailable
-from schema.errors import UpstreamError
+from creditrelay.billing.polling import Poller
+from creditrelay.receiver.metrics import POLL_PASSES
+from creditrelay.schema.database import DatabaseUnavailable
+from creditrelay.schema.errors import UpstreamError
 
 log = structlog.get_logger()
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive, Scope
 
-from receiver.errors import ApiError
+from creditrelay.receiver.errors import ApiError
 
 
 def header_map(scope: Scope) -> dict[str, str]:

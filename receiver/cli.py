@@ -19,14 +19,14 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from billing import cli as billing_cli
-from billing.accounts import NewUser, create_user, find_user, link_key, top_up
-from billing.ledger import CreditStatus
-from receiver.logs import configure_logging, uvicorn_log_config
-from schema.database import DatabaseUnavailable, make_engine, run_transaction, utc
-from schema.errors import CreditRelayError
-from schema.settings import Settings, SettingsError, load_settings
-from sender import cli as sender_cli
+from creditrelay.billing import cli as billing_cli
+from creditrelay.billing.accounts import NewUser, create_user, find_user, link_key, top_up
+from creditrelay.billing.ledger import CreditStatus
+from creditrelay.receiver.logs import configure_logging, uvicorn_log_config
+from creditrelay.schema.database import DatabaseUnavailable, make_engine, run_transaction, utc
+from creditrelay.schema.errors import CreditRelayError
+from creditrelay.schema.settings import Settings, SettingsError, load_settings
+from creditrelay.sender import cli as sender_cli
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -53,7 +53,7 @@ def _transaction(settings: Settings, work: Callable[[Connection], dict[str, Any]
 
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
-    from schema.migrate import head_revision, upgrade
+    from creditrelay.schema.migrate import head_revision, upgrade
 
     upgrade(_engine(settings))
     return _emit({"database": settings.database_url.get_backend_name(), "revision": head_revision()})
@@ -61,7 +61,7 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 def asgi_app() -> "Starlette":
     """The app each uvicorn worker builds from the environment (``serve`` checked it first)."""
-    from receiver.app import create_app
+    from creditrelay.receiver.app import create_app
 
     settings = load_settings()
     configure_logging(os.environ.get("LOG_LEVEL", "info"))
@@ -100,7 +100,7 @@ def schema_is_current(engine: Engine, check: Callable[[Engine], bool], wait: flo
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from schema.migrate import is_current
+    from creditrelay.schema.migrate import is_current
 
     settings.require_secrets()
     if schema_is_current(_engine(settings), is_current) is False:
@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # every worker writes its metrics here and /metrics adds them up, whichever worker is scraped
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditrelay-metrics-")
     uvicorn.run(
-        "receiver.cli:asgi_app",
+        "creditrelay.receiver.cli:asgi_app",
         factory=True,
         log_config=uvicorn_log_config(),
         host=args.host,

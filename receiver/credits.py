@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from billing.clients import Client, authenticate
-from billing.credit_sync import (
+from creditrelay.billing.clients import Client, authenticate
+from creditrelay.billing.credit_sync import (
     MAX_RECORDS,
     SyncOutcome,
     SyncRefused,
@@ -23,14 +23,14 @@ from billing.credit_sync import (
     records_of,
     verify_request,
 )
-from receiver.bodies import read_limited, require_json
-from receiver.errors import ApiError
-from receiver.params import path_int, query_int
-from receiver.rate_limit import RateLimiter
-from schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
-from schema.database import run_transaction, utc
-from schema.money import MAX_BALANCE
-from schema.wire import EnvelopeError, parse_json_object
+from creditrelay.receiver.bodies import read_limited, require_json
+from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.params import path_int, query_int
+from creditrelay.receiver.rate_limit import RateLimiter
+from creditrelay.schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
+from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.money import MAX_BALANCE
+from creditrelay.schema.wire import EnvelopeError, parse_json_object
 
 log = structlog.get_logger()
 BODY_LIMIT = 1024 * 1024

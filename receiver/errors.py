@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from schema.errors import CreditRelayError, DatabaseUnavailable
+from creditrelay.schema.errors import CreditRelayError, DatabaseUnavailable
 
 log = structlog.get_logger()
 

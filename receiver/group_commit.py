@@ -23,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
-from billing.deliveries import DeliveryOutcome
-from receiver.metrics import BATCH_SIZE, COMMIT_SECONDS, WRITER_FAILURES, WRITER_RESTARTS
-from schema.database import DatabaseUnavailable
-from schema.wire import Event
+from creditrelay.billing.deliveries import DeliveryOutcome
+from creditrelay.receiver.metrics import BATCH_SIZE, COMMIT_SECONDS, WRITER_FAILURES, WRITER_RESTARTS
+from creditrelay.schema.database import DatabaseUnavailable
+from creditrelay.schema.wire import Event
 
 log = structlog.get_logger()
 Outcome = DeliveryOutcome | Exception

@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
 
-from billing.deliveries import DeliveryOutcome, DeliveryStatus, deliver
-from billing.matching import DEFAULT_TOLERANCE
-from receiver.group_commit import GroupCommitter
-from receiver.metrics import EVENTS
-from schema.database import connect, utc
-from schema.wire import Event
+from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, deliver
+from creditrelay.billing.matching import DEFAULT_TOLERANCE
+from creditrelay.receiver.group_commit import GroupCommitter
+from creditrelay.receiver.metrics import EVENTS
+from creditrelay.schema.database import connect, utc
+from creditrelay.schema.wire import Event
 
 _COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
 

@@ -20,13 +20,13 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from schema.settings import SettingsError
+from creditrelay.schema.settings import SettingsError
 
 LEVELS = ("debug", "info", "warning", "error")
 
 
 def _dropped() -> None:
-    from receiver.metrics import LOG_LINES_DROPPED  # here: commands that never drop a line stay light
+    from creditrelay.receiver.metrics import LOG_LINES_DROPPED  # here: commands that never drop a line stay light
 
     LOG_LINES_DROPPED.inc()
 
@@ -106,7 +106,7 @@ def uvicorn_log_config() -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"sink": {"class": "receiver.logs.SinkHandler", "formatter": "plain"}},
+        "handlers": {"sink": {"class": "creditrelay.receiver.logs.SinkHandler", "formatter": "plain"}},
         "loggers": {
             "uvicorn": {"handlers": ["sink"], "level": "INFO", "propagate": False},
             "uvicorn.error": {"level": "INFO"},

@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from schema.database import READ_ONLY
-from schema.tables import poll_state, reconcile_runs
+from creditrelay.schema.database import READ_ONLY
+from creditrelay.schema.tables import poll_state, reconcile_runs
 
 EVENTS = Counter("creditrelay_webhook_events", "Webhook deliveries by outcome", ["outcome"])
 REQUEST_SECONDS = Histogram(

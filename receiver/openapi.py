@@ -10,8 +10,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from schema.credit_sync import SyncBody
-from schema.wire import UsageData
+from creditrelay.schema.credit_sync import SyncBody
+from creditrelay.schema.wire import UsageData
 
 ANSWER = {
     "type": "object",

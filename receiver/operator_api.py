@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.metrics import exposition
+from creditrelay.receiver.metrics import exposition
 
 
 @dataclass(frozen=True)

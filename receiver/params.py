@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 
-from receiver.errors import ApiError
-from schema.wire import BIGINT_MAX, MAX_TIMESTAMP, plain_int
+from creditrelay.receiver.errors import ApiError
+from creditrelay.schema.wire import BIGINT_MAX, MAX_TIMESTAMP, plain_int
 
 
 def positive_int(text: str, name: str, maximum: int = BIGINT_MAX) -> int:

@@ -13,14 +13,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from billing.deliveries import DeliveryOutcome, DeliveryStatus
-from receiver.bodies import header_map, read_body, require_json
-from receiver.errors import ApiError
-from receiver.ingest import Ingestor
-from receiver.metrics import EVENTS, REQUEST_SECONDS
-from schema.database import DatabaseUnavailable, ping
-from schema.signing import WebhookSecret, verify_signature
-from schema.wire import EnvelopeError, parse_event
+from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus
+from creditrelay.receiver.bodies import header_map, read_body, require_json
+from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.ingest import Ingestor
+from creditrelay.receiver.metrics import EVENTS, REQUEST_SECONDS
+from creditrelay.schema.database import DatabaseUnavailable, ping
+from creditrelay.schema.signing import WebhookSecret, verify_signature
+from creditrelay.schema.wire import EnvelopeError, parse_event
 
 log = structlog.get_logger()
 

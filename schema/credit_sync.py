@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from schema.money import MAX_AMOUNT
-from schema.wire import BIGINT_MAX, MAX_TIMESTAMP, EnvelopeError, describe
+from creditrelay.schema.money import MAX_AMOUNT
+from creditrelay.schema.wire import BIGINT_MAX, MAX_TIMESTAMP, EnvelopeError, describe
 
 TOKEN_WINDOW_SECONDS = 300
 MAX_BATCH_ITEMS = 500

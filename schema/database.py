@@ -28,8 +28,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tenacity import Retrying, nap, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from schema.errors import DatabaseUnavailable as DatabaseUnavailable  # raised here, defined with the others
-from schema.errors import UnsupportedDatabase
+from creditrelay.schema.errors import DatabaseUnavailable as DatabaseUnavailable  # raised here, defined with the others
+from creditrelay.schema.errors import UnsupportedDatabase
 
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")  # naive UTC, microseconds

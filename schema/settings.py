@@ -13,8 +13,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
-from schema.errors import SettingsError as SettingsError  # raised here, defined with the others
-from schema.signing import SecretError, WebhookSecret, parse_secrets
+from creditrelay.schema.errors import SettingsError as SettingsError  # raised here, defined with the others
+from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
 DEFAULT_BODY_LIMIT = 64 * 1024

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from schema.errors import SettingsError
+from creditrelay.schema.errors import SettingsError
 
 SEED_HEADER = "x-webhook-signature"
 STD_ID_HEADER = "webhook-id"

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from schema.database import insert_ignoring_duplicates
+from creditrelay.schema.database import insert_ignoring_duplicates
 
 _Processor = Callable[[Any], Any] | None  # a type's bind processor for the dialect
 _Compiled = tuple[str, list[tuple[str, _Processor]]]  # SQL with positional parameters, their processors

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp, register_exact_collation
+from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp, register_exact_collation
 
 metadata = SQLModel.metadata
 register_exact_collation(metadata)

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from schema.errors import InvalidInput
-from schema.money import MAX_AMOUNT
+from creditrelay.schema.errors import InvalidInput
+from creditrelay.schema.money import MAX_AMOUNT
 
 BIGINT_MAX = 2**63 - 1
 USAGE_EVENT = "usage"

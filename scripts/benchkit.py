@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from billing.accounts import NewUser, create_user, link_key
-from receiver.ingest import Ingestor
-from schema.database import make_engine, run_transaction, utc
-from schema.migrate import upgrade
-from schema.wire import parse_event
+from creditrelay.billing.accounts import NewUser, create_user, link_key
+from creditrelay.receiver.ingest import Ingestor
+from creditrelay.schema.database import make_engine, run_transaction, utc
+from creditrelay.schema.migrate import upgrade
+from creditrelay.schema.wire import parse_event
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 100

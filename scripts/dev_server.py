@@ -15,10 +15,10 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from billing.accounts import AccountError, NewUser, create_user, find_user, link_key
-from schema.database import make_engine, run_transaction, utc
-from schema.migrate import upgrade
-from schema.settings import load_settings
+from creditrelay.billing.accounts import AccountError, NewUser, create_user, find_user, link_key
+from creditrelay.schema.database import make_engine, run_transaction, utc
+from creditrelay.schema.migrate import upgrade
+from creditrelay.schema.settings import load_settings
 
 SEED_PAYLOAD = (
     '{"eventId":"test-001","eventType":"usage","timestamp":1702900800,"data":{"remoteKeyId":1,'

@@ -23,9 +23,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from billing.cleanup import delete_old_logs
-from schema.database import make_engine, utc
-from schema.tables import webhook_logs
+from creditrelay.billing.cleanup import delete_old_logs
+from creditrelay.schema.database import make_engine, utc
+from creditrelay.schema.tables import webhook_logs
 from scripts.benchkit import _rss_kb, make_database, serve
 
 SECRET = "scale-secret-scale-secret-scale-secret-01"  # noqa: S105 - a throwaway secret for a local server

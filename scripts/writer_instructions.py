@@ -40,7 +40,7 @@ for line in path.read_text().splitlines():
     lines.append("-\\t" + json.dumps(event, separators=(",", ":")))
 path.write_text("\\n".join(lines) + "\\n")
 if variant == "set-up only":  # what every variant does besides the batches: to subtract
-    from schema.wire import parse_event
+    from creditrelay.schema.wire import parse_event
     [parse_event(line.split("\t", 1)[1].encode()) for line in path.read_text().splitlines()]
 else:
     options = {"polled": True} if variant.endswith("open") else {}

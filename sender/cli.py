@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import uvicorn
 
-from schema.database import utc
-from schema.settings import Settings
-from schema.wire import EnvelopeError, parse_event, plain_int
-from sender.delivery import DeliveryPolicy, Signer, Verdict, deliver
-from sender.outbox import DEAD, DEFAULT_OUTBOX_URL, DELIVERED, PENDING, Outbox
-from sender.relay import DEFAULT_SCHEDULE, OutboxRelay, RelayConfig
-from sender.sidecar import create_sidecar
+from creditrelay.schema.database import utc
+from creditrelay.schema.settings import Settings
+from creditrelay.schema.wire import EnvelopeError, parse_event, plain_int
+from creditrelay.sender.delivery import DeliveryPolicy, Signer, Verdict, deliver
+from creditrelay.sender.outbox import DEAD, DEFAULT_OUTBOX_URL, DELIVERED, PENDING, Outbox
+from creditrelay.sender.relay import DEFAULT_SCHEDULE, OutboxRelay, RelayConfig
+from creditrelay.sender.sidecar import create_sidecar
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 Register = Callable[[Any, str, Handler, str], argparse.ArgumentParser]

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from schema.credit_sync import sync_token
-from schema.errors import CreditRelayError
+from creditrelay.schema.credit_sync import sync_token
+from creditrelay.schema.errors import CreditRelayError
 
 USER_AGENT = "creditrelay-credit-sdk/0.1"
 

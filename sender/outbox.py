@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from schema.database import (
+from creditrelay.schema.database import (
     MYSQL_TABLE_OPTIONS,
     Id,
     LongText,
@@ -26,8 +26,8 @@ from schema.database import (
     register_exact_collation,
     utc,
 )
-from schema.statements import execute_many
-from sender.delivery import SNIPPET_LENGTH, Attempt
+from creditrelay.schema.statements import execute_many
+from creditrelay.sender.delivery import SNIPPET_LENGTH, Attempt
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"
 EVENT_ID_MAX = 64

@@ -17,9 +17,9 @@ import httpx
 import structlog
 from sqlalchemy.exc import OperationalError
 
-from schema.database import utc
-from sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
-from sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Settlement
+from creditrelay.schema.database import utc
+from creditrelay.sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
+from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Settlement
 
 log = structlog.get_logger()
 

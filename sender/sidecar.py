@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from schema.database import utc
-from schema.wire import EnvelopeError, parse_event, parse_json
-from sender.events import encode_event, mint_event_id
-from sender.outbox import Outbox
-from sender.relay import OutboxRelay
+from creditrelay.schema.database import utc
+from creditrelay.schema.wire import EnvelopeError, parse_event, parse_json
+from creditrelay.sender.events import encode_event, mint_event_id
+from creditrelay.sender.outbox import Outbox
+from creditrelay.sender.relay import OutboxRelay
 
 BODY_LIMIT = 4 * 1024 * 1024
 

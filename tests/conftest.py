@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from receiver.app import create_app
-from schema.database import make_engine
-from schema.migrate import upgrade
+from creditrelay.receiver.app import create_app
+from creditrelay.schema.database import make_engine
+from creditrelay.schema.migrate import upgrade
 from tests.support.database import Database, clean
 from tests.support.receiver import Receiver, add_user, settings_for
 from tests.support.server import serving

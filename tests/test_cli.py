@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from schema.migrate import head_revision
+from creditrelay.schema.migrate import head_revision
 from tests.support.database import Database
 from tests.support.processes import CREDITRELAY
 from tests.support.signing import SECRET
@@ -137,7 +137,7 @@ def test_serve_builds_its_app_with_startup_objects_frozen(tmp_path: Path, monkey
     full collection under load does not walk them (the p99 stalls `make bench` measured before)."""
     import gc
 
-    from receiver.cli import asgi_app
+    from creditrelay.receiver.cli import asgi_app
 
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'frozen.db'}")
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)

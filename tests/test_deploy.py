@@ -53,3 +53,43 @@ def test_units_and_timers_run_real_commands() -> None:
         [job] = re.findall(r"Unit=creditrelay-job@(\w+)\.service", timer.read_text())
         assert job in jobs
     assert "backup" in (ROOT / "scripts" / "cron" / "run-job.sh").read_text()
+
+
+def test_the_installed_package_is_one_namespace_and_runs_from_anywhere(tmp_path: Path) -> None:
+    """A non-editable install (what the Dockerfile does) puts the project under ``creditrelay`` and seed
+    001's ``credit_sync_client`` only — no top-level ``schema`` or ``sender`` to shadow another package —
+    and the installed command and SDK work from a directory that is not the checkout."""
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"  # a copy of what git tracks: the build leaves nothing in the checkout
+    for name in subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(
+        b"\0"
+    ):
+        if name and not name.startswith((b"tests/", b"docs/")):
+            origin, copy = ROOT / name.decode(), source / name.decode()
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            if origin.is_symlink():
+                copy.symlink_to(os.readlink(origin))
+            elif origin.is_file():
+                copy.write_bytes(origin.read_bytes())
+    pip = [sys.executable, "-m", "pip", "--quiet"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path), str(source)], check=True)
+    (wheel,) = tmp_path.glob("creditrelay-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.startswith("creditrelay-")}
+    assert tops == {"creditrelay", "credit_sync_client.py"}
+    assert "creditrelay/schema/migrations/versions/0001_initial_schema.py" in names
+    assert "creditrelay/receiver/templates/admin/base.html" in names
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    probe = (
+        "import credit_sync_client, creditrelay.receiver.app, creditrelay.schema.migrate as m; print(m.head_revision())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=elsewhere, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip()

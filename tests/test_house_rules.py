@@ -1,5 +1,6 @@
 """STYLE.md's house rules that a checkout enforces on itself (the import arrows are `make lint`'s lint-imports)."""
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,3 +20,19 @@ def test_no_module_is_over_400_lines() -> None:
     sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines()) for path in modules}
     too_long = {name: lines for name, lines in sizes.items() if lines > MAX_LINES}
     assert too_long == {}, f"modules over {MAX_LINES} lines, to split by role: {too_long}"
+
+
+def test_code_imports_the_project_only_through_the_creditrelay_namespace() -> None:
+    """``schema``, ``billing``, ``receiver`` and ``sender`` are folders of this checkout, installed only as
+    ``creditrelay.*``: an import under the bare name would load a second copy here and fail once installed
+    (or import somebody else's ``schema`` package)."""
+    bare = re.compile(r"^\s*(?:from|import) (?:schema|billing|receiver|sender)\b", re.MULTILINE)
+    files = [
+        path
+        for folder in (*PACKAGES, "tests")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if "seed_examples" not in path.parts
+    ]
+    assert len(files) > 50
+    offenders = [path.relative_to(ROOT).as_posix() for path in files if bare.search(path.read_text())]
+    assert offenders == []

@@ -57,7 +57,7 @@ def test_seed_node_example(receiver: Receiver, database: Database, creds: Creden
 
 
 def test_seed_sdk_test_script(receiver: Receiver, database: Database, creds: Credentials) -> None:
-    """The seed's SDK test script, with only its import line changed, runs all four steps."""
+    """The seed's SDK test script, as written (its own import line), runs all four steps."""
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "sdk_test_script.py")],
         env=environment(receiver, creds), capture_output=True, text=True, check=True, timeout=60,

@@ -6,7 +6,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlmodel.sql.sqltypes import AutoString
 
-from schema.tables import metadata
+from creditrelay.schema.tables import metadata
 
 
 def render_item(kind: str, item: Any, _context: AutogenContext) -> str | Literal[False]:

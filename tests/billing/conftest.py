@@ -8,8 +8,8 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import Connection
 
-from billing import deliveries, rows
-from schema.database import run_transaction
+from creditrelay.billing import deliveries, rows
+from creditrelay.schema.database import run_transaction
 from tests.support.database import Database
 
 T = TypeVar("T")

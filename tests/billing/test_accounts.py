@@ -3,8 +3,8 @@
 import pytest
 from sqlalchemy import Connection
 
-from billing.accounts import AccountError, NewUser, ReferenceConflict, create_user, top_up
-from billing.ledger import CreditStatus, UnknownUser
+from creditrelay.billing.accounts import AccountError, NewUser, ReferenceConflict, create_user, top_up
+from creditrelay.billing.ledger import CreditStatus, UnknownUser
 from tests.billing.conftest import NOW, in_transaction
 from tests.support.database import Database
 

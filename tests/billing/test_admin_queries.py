@@ -6,12 +6,12 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from billing import admin
-from billing.admin import usage_by_day, usage_by_model
-from billing.deliveries import record_deliveries
-from schema.database import make_engine, run_transaction
-from schema.tables import webhook_logs
-from schema.wire import parse_event
+from creditrelay.billing import admin
+from creditrelay.billing.admin import usage_by_day, usage_by_model
+from creditrelay.billing.deliveries import record_deliveries
+from creditrelay.schema.database import make_engine, run_transaction
+from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.wire import parse_event
 from tests.billing.conftest import in_transaction
 from tests.support.database import Database
 from tests.support.receiver import add_user

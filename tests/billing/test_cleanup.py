@@ -2,10 +2,10 @@
 
 from datetime import timedelta
 
-from billing.cleanup import delete_old_logs
-from billing.deliveries import record_deliveries
-from schema.tables import webhook_logs
-from schema.wire import parse_event
+from creditrelay.billing.cleanup import delete_old_logs
+from creditrelay.billing.deliveries import record_deliveries
+from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.wire import parse_event
 from tests.billing.conftest import NOW, in_transaction
 from tests.support.database import Database
 from tests.support.receiver import add_user

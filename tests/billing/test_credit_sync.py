@@ -4,10 +4,10 @@ import time
 
 import pytest
 
-from billing.clients import Client, add_client, authenticate, list_clients, revoke_client, rotate_client
-from billing.credit_sync import SyncRefused, SyncUnavailable, verify_request
-from schema.credit_sync import parse_sync_body
-from schema.database import utc
+from creditrelay.billing.clients import Client, add_client, authenticate, list_clients, revoke_client, rotate_client
+from creditrelay.billing.credit_sync import SyncRefused, SyncUnavailable, verify_request
+from creditrelay.schema.credit_sync import parse_sync_body
+from creditrelay.schema.database import utc
 from tests.billing.conftest import in_transaction
 from tests.support.credits import Credentials, signed
 from tests.support.database import Database

@@ -5,10 +5,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection
 
-from billing.accounts import link_key
-from billing.deliveries import DeliveryStatus, record_deliveries
-from schema import statements as statements_module
-from schema.wire import parse_event
+from creditrelay.billing.accounts import link_key
+from creditrelay.billing.deliveries import DeliveryStatus, record_deliveries
+from creditrelay.schema import statements as statements_module
+from creditrelay.schema.wire import parse_event
 from tests.billing.conftest import NOW, concurrently, in_transaction
 from tests.billing.test_ledger import make_user
 from tests.receiver.test_webhooks import assert_ledger_consistent

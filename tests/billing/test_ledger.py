@@ -5,8 +5,8 @@ from datetime import datetime
 import pytest
 from sqlalchemy import Connection
 
-from billing.accounts import NewUser, create_user, link_key
-from billing.ledger import (
+from creditrelay.billing.accounts import NewUser, create_user, link_key
+from creditrelay.billing.ledger import (
     CreditChange,
     CreditStatus,
     UnknownUser,
@@ -15,8 +15,8 @@ from billing.ledger import (
     apply_credit,
     apply_usage,
 )
-from billing.rows import Shortfall, insert_new, insert_new_ids
-from schema.tables import poll_state, webhook_logs
+from creditrelay.billing.rows import Shortfall, insert_new, insert_new_ids
+from creditrelay.schema.tables import poll_state, webhook_logs
 from tests.billing.conftest import NOW, concurrently, in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database

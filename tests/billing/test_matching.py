@@ -8,13 +8,13 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Connection
 
-from billing.cleanup import delete_old_logs
-from billing.deliveries import DeliveryStatus, record_deliveries
-from billing.matching import Arrival, OpenUsage, nearest_first
-from billing.newapi import ConsumeLog, NewApiClient
-from billing.polling import PollConfig, Poller
-from schema.database import utc
-from schema.wire import Event, parse_event
+from creditrelay.billing.cleanup import delete_old_logs
+from creditrelay.billing.deliveries import DeliveryStatus, record_deliveries
+from creditrelay.billing.matching import Arrival, OpenUsage, nearest_first
+from creditrelay.billing.newapi import ConsumeLog, NewApiClient
+from creditrelay.billing.polling import PollConfig, Poller
+from creditrelay.schema.database import utc
+from creditrelay.schema.wire import Event, parse_event
 from tests.billing.conftest import in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
@@ -170,7 +170,7 @@ def test_nearest_first_is_one_to_one() -> None:
 def test_a_poll_racing_webhooks_charges_each_usage_once(setup: Setup) -> None:
     """A poll's transaction over 40 log rows and 8 batches of their webhooks, all started together: every
     usage charged once, whichever got the user's lock first."""
-    from billing.polling import bill_logs
+    from creditrelay.billing.polling import bill_logs
     from tests.billing.conftest import concurrently
 
     for i in range(40):

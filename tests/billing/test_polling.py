@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from billing.deliveries import record_deliveries
-from billing.newapi import NewApiClient
-from billing.polling import PollConfig, Poller, read_watermark
-from schema.errors import UpstreamError
-from schema.money import MAX_AMOUNT
-from schema.wire import parse_event
+from creditrelay.billing.deliveries import record_deliveries
+from creditrelay.billing.newapi import NewApiClient
+from creditrelay.billing.polling import PollConfig, Poller, read_watermark
+from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.money import MAX_AMOUNT
+from creditrelay.schema.wire import parse_event
 from tests.billing.conftest import NOW, in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database

@@ -5,15 +5,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from billing import reconcile
-from billing.accounts import link_key
-from billing.deliveries import record_deliveries
-from billing.newapi import NewApiClient
-from billing.polling import PollConfig, Poller
-from billing.reconcile import Reconciler, render_table
-from schema.database import utc
-from schema.tables import webhook_logs
-from schema.wire import parse_event
+from creditrelay.billing import reconcile
+from creditrelay.billing.accounts import link_key
+from creditrelay.billing.deliveries import record_deliveries
+from creditrelay.billing.newapi import NewApiClient
+from creditrelay.billing.polling import PollConfig, Poller
+from creditrelay.billing.reconcile import Reconciler, render_table
+from creditrelay.schema.database import utc
+from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.wire import parse_event
 from tests.billing.conftest import in_transaction
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from billing.accounts import link_key
-from receiver.app import create_app
-from schema.database import run_transaction, utc
+from creditrelay.billing.accounts import link_key
+from creditrelay.receiver.app import create_app
+from creditrelay.schema.database import run_transaction, utc
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
-from receiver.app import create_app
+from creditrelay.receiver.app import create_app
 from tests.support.browser import chromium, screenshot
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
@@ -124,8 +124,8 @@ def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(site: str) -> No
 def test_failed_events_with_any_id_can_be_replayed(site: str, database: Database) -> None:
     """Event ids may hold "/", "?", "#" or "%", or be "." or "..": the Replay button (the id in the form)
     and the admin API (in the path, URL-encoded, or in the body) reach every one."""
-    from billing.accounts import link_key
-    from schema.database import run_transaction, utc
+    from creditrelay.billing.accounts import link_key
+    from creditrelay.schema.database import run_transaction, utc
 
     ids = ("gw/2026/evt-1", "odd?#%-id", ".", "..")
     for event_id in ids:

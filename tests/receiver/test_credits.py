@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from billing.credit_sync import SyncOutcome
-from schema.credit_sync import SyncBody
+from creditrelay.billing.credit_sync import SyncOutcome
+from creditrelay.schema.credit_sync import SyncBody
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, register_client, signed
 from tests.support.database import Database
@@ -113,8 +113,8 @@ def test_unknown_or_revoked_keys_are_401(receiver: Receiver, database: Database,
     """A key nobody holds, no key, and a revoked key are all refused."""
     assert sync(receiver, creds, signed(creds, 10), key="crk_not-a-key").status_code == 401
     assert receiver.client.post("/api/credits/sync", json=signed(creds, 10)).status_code == 401
-    from billing.clients import revoke_client
-    from schema.database import run_transaction, utc
+    from creditrelay.billing.clients import revoke_client
+    from creditrelay.schema.database import run_transaction, utc
 
     run_transaction(database.engine, lambda c: revoke_client(c, "media_bot", utc(time.time())))
     assert sync(receiver, creds, signed(creds, 10)).status_code == 401
@@ -179,7 +179,7 @@ def test_a_batch_is_all_or_nothing_through_an_outage(
 ) -> None:
     """The database goes away after the 112th of 300 items: 503 and nothing applied, so the retry of the
     same batch (items without a reference included) applies every item once, none refused as replayed."""
-    from billing import credit_sync
+    from creditrelay.billing import credit_sync
 
     items = [signed(creds, i, reason=f"tip {i}") for i in range(1, 301)]  # no external_reference
     real = credit_sync.apply_sync
@@ -206,7 +206,7 @@ def test_a_batch_is_all_or_nothing_through_an_outage(
 
 def test_a_batch_item_past_the_bounds_fails_alone(receiver: Receiver, database: Database, creds: Credentials) -> None:
     """An amount past MAX_AMOUNT (400) and one that would pass MAX_BALANCE (422) fail alone; the rest apply."""
-    from schema.money import MAX_AMOUNT, MAX_BALANCE
+    from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
 
     add_telegram_user(database.engine, 777, name="Rich")
     database.execute("UPDATE users SET balance = :b WHERE telegramId = 777", b=MAX_BALANCE - 10)

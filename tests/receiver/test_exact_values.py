@@ -4,10 +4,10 @@ bounds, and refusals name the field — against the real server."""
 import httpx
 import pytest
 
-from billing.accounts import top_up
-from billing.admin import replay
-from billing.deliveries import DeliveryStatus
-from schema.money import MAX_AMOUNT, MAX_BALANCE
+from creditrelay.billing.accounts import top_up
+from creditrelay.billing.admin import replay
+from creditrelay.billing.deliveries import DeliveryStatus
+from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
 from tests.billing.conftest import NOW, in_transaction
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.credits import TELEGRAM_ID, add_telegram_user, register_client, signed
@@ -125,7 +125,7 @@ def test_credit_api_amounts_and_ids_out_of_range_are_refused_by_name(receiver: R
 )
 def test_admin_query_parameters_out_of_range_are_400s_naming_them(database: Database, path: str, name: str) -> None:
     """Numbers past BIGINT, times that leave a datetime's range in UTC, Unicode digits: 400, never 500."""
-    from receiver.app import create_app
+    from creditrelay.receiver.app import create_app
     from tests.support.receiver import settings_for
     from tests.support.server import serving
 
@@ -140,7 +140,7 @@ def test_admin_query_parameters_out_of_range_are_400s_naming_them(database: Data
 
 def test_a_search_for_a_number_past_bigint_finds_nobody(database: Database) -> None:
     """q=99999999999999999999 (no Telegram id can be that) answers an empty list, on SQLite too."""
-    from receiver.app import create_app
+    from creditrelay.receiver.app import create_app
     from tests.support.receiver import settings_for
     from tests.support.server import serving
 

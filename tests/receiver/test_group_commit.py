@@ -8,13 +8,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, OperationalError
 
-from billing import deliveries
-from billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
-from receiver.app import create_app
-from receiver.group_commit import GroupCommitter
-from receiver.ingest import Ingestor
-from schema.database import run_transaction, utc
-from schema.wire import Event, parse_event
+from creditrelay.billing import deliveries
+from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, record_deliveries
+from creditrelay.receiver.app import create_app
+from creditrelay.receiver.group_commit import GroupCommitter
+from creditrelay.receiver.ingest import Ingestor
+from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.wire import Event, parse_event
 from tests.billing.conftest import force_row_counts
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 
-from receiver.app import create_app
+from creditrelay.receiver.app import create_app
 from tests.support.browser import chromium, screenshot
 from tests.support.credits import add_telegram_user, register_client
 from tests.support.database import Database

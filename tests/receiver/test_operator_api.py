@@ -6,8 +6,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from billing.polling import advance_watermark
-from schema.database import run_transaction, utc
+from creditrelay.billing.polling import advance_watermark
+from creditrelay.schema.database import run_transaction, utc
 from tests.support.database import Database
 from tests.support.processes import free_port, start, stop, wait_healthy
 from tests.support.receiver import Receiver, add_user

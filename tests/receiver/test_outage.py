@@ -3,9 +3,9 @@
 import httpx
 import pytest
 
-from receiver.app import create_app
-from receiver.cli import schema_is_current
-from schema.migrate import is_current
+from creditrelay.receiver.app import create_app
+from creditrelay.receiver.cli import schema_is_current
+from creditrelay.schema.migrate import is_current
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving

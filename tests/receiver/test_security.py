@@ -5,8 +5,8 @@ import dataclasses
 import httpx
 from structlog.testing import capture_logs
 
-from receiver.app import create_app
-from receiver.rate_limit import RateLimiter
+from creditrelay.receiver.app import create_app
+from creditrelay.receiver.rate_limit import RateLimiter
 from tests.support.credits import add_telegram_user, register_client, signed
 from tests.support.database import Database
 from tests.support.receiver import Receiver, settings_for

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from billing.deliveries import DeliveryOutcome
-from receiver.app import create_app
-from receiver.group_commit import GroupCommitter
-from schema.wire import Event
+from creditrelay.billing.deliveries import DeliveryOutcome
+from creditrelay.receiver.app import create_app
+from creditrelay.receiver.group_commit import GroupCommitter
+from creditrelay.schema.wire import Event
 from tests.support.database import Database
 from tests.support.processes import CREDITRELAY, free_port, stop
 from tests.support.receiver import OPENING, add_user, settings_for
@@ -113,7 +113,7 @@ def test_serve_with_a_log_pipe_nobody_reads_keeps_answering(database: Database, 
 
 def test_a_writer_survives_a_failure_to_log_its_failure(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """A poison event whose error cannot even be logged is answered 500 alone; the writer goes on."""
-    from receiver import group_commit
+    from creditrelay.receiver import group_commit
 
     add_user(database.engine)
     monkeypatch.setattr(group_commit, "log", BrokenSink())
@@ -226,7 +226,7 @@ def test_a_slow_body_is_answered_408_and_a_half_body_is_not_logged_as_an_error(
 
 def test_the_poll_loop_survives_any_failed_pass() -> None:
     """A pass that raises something nobody expected (an undecodable answer) is counted; the loop goes on."""
-    from receiver.background import poll_forever
+    from creditrelay.receiver.background import poll_forever
 
     class FlakyPoller:
         calls = 0

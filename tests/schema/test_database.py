@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schema.database import utc
+from creditrelay.schema.database import utc
 
 
 @pytest.mark.parametrize(

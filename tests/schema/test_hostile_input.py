@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
-from schema.credit_sync import parse_sync_body
-from schema.signing import parse_secrets, sign_standard, verify_signature
-from schema.wire import EnvelopeError, parse_event
+from creditrelay.schema.credit_sync import parse_sync_body
+from creditrelay.schema.signing import parse_secrets, sign_standard, verify_signature
+from creditrelay.schema.wire import EnvelopeError, parse_event
 from tests.support.signing import SECRET, STANDARD_SECRET
 
 json_values = st.recursive(

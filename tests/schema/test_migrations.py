@@ -5,8 +5,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from schema.migrate import current_revision, downgrade, head_revision, is_current, upgrade
-from schema.tables import metadata
+from creditrelay.schema.migrate import current_revision, downgrade, head_revision, is_current, upgrade
+from creditrelay.schema.tables import metadata
 from tests.support.database import Database
 
 
@@ -80,7 +80,7 @@ def test_identifier_columns_go_to_a_binary_no_pad_collation_with_their_data(data
 
 def test_an_outbox_made_before_exact_ids_is_converted_when_opened(database: Database) -> None:
     """An outbox table created with PAD SPACE (before 0006's rule) is rebuilt by Outbox on open."""
-    from sender.outbox import Outbox, metadata
+    from creditrelay.sender.outbox import Outbox, metadata
 
     if database.kind != "mysql":
         pytest.skip("a MySQL collation")

@@ -9,7 +9,7 @@ import pytest
 from standardwebhooks import Webhook
 from starlette.datastructures import Headers
 
-from schema.signing import (
+from creditrelay.schema.signing import (
     SecretError,
     WebhookSecret,
     parse_secrets,

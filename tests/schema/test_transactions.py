@@ -5,7 +5,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from schema.database import DatabaseUnavailable, run_transaction
+from creditrelay.schema.database import DatabaseUnavailable, run_transaction
 from tests.support.database import Database
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from schema.wire import EnvelopeError, canonical_hash, parse_event
+from creditrelay.schema.wire import EnvelopeError, canonical_hash, parse_event
 from tests.support.signing import encode, usage_event
 
 

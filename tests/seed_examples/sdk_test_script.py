@@ -1,8 +1,8 @@
-# Seed 001's SDK test script (test_credit_sync.py), unchanged but for the import line and the client's
+# Seed 001's SDK test script (test_credit_sync.py), unchanged but for the client's
 # configuration, which the test passes in through the environment.
 import os
 
-from sender.credit_sync_client import CreditSyncClient
+from credit_sync_client import CreditSyncClient
 
 client = CreditSyncClient(
     base_url=os.environ["CREDIT_API_URL"],

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sender.credit_sync_client import CreditSyncClient, CreditSyncError
+from creditrelay.sender.credit_sync_client import CreditSyncClient, CreditSyncError
 from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, register_client
 from tests.support.database import Database
 from tests.support.processes import free_port

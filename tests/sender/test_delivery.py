@@ -11,9 +11,9 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from schema.signing import WebhookSecret
-from sender.delivery import Attempt, DeliveryPolicy, Signer, Verdict, deliver, parse_retry_after
-from sender.events import encode_event, usage_event
+from creditrelay.schema.signing import WebhookSecret
+from creditrelay.sender.delivery import Attempt, DeliveryPolicy, Signer, Verdict, deliver, parse_retry_after
+from creditrelay.sender.events import encode_event, usage_event
 from tests.support.scripted_receiver import Reply, scripted_receiver
 from tests.support.signing import SECRET, STANDARD_SECRET
 

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
-from schema.signing import WebhookSecret
-from sender.delivery import Attempt, Signer, Verdict
-from sender.events import encode_event, usage_event
-from sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, metadata
-from sender.relay import OutboxRelay, RelayConfig, settle
+from creditrelay.schema.signing import WebhookSecret
+from creditrelay.sender.delivery import Attempt, Signer, Verdict
+from creditrelay.sender.events import encode_event, usage_event
+from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, metadata
+from creditrelay.sender.relay import OutboxRelay, RelayConfig, settle
 from tests.support.database import Database
 from tests.support.scripted_receiver import Reply, scripted_receiver
 from tests.support.signing import SECRET

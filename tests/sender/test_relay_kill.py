@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from sender.events import usage_event
+from creditrelay.sender.events import usage_event
 from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
 from tests.support.processes import free_port, kill_hard, start, stop, wait_healthy

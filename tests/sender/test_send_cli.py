@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from sender.events import encode_event, usage_event
+from creditrelay.sender.events import encode_event, usage_event
 from tests.support.database import Database
 from tests.support.processes import CREDITRELAY
 from tests.support.receiver import Receiver

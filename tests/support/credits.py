@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from billing.accounts import NewUser, create_user
-from billing.clients import add_client
-from schema.database import run_transaction, utc
+from creditrelay.billing.accounts import NewUser, create_user
+from creditrelay.billing.clients import add_client
+from creditrelay.schema.database import run_transaction, utc
 
 TELEGRAM_ID = 123456789
 

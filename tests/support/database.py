@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from schema.database import make_engine
-from schema.tables import metadata
+from creditrelay.schema.database import make_engine
+from creditrelay.schema.tables import metadata
 from tests.support.tcp_proxy import TcpProxy
 
 TABLES = tuple(t.name for t in reversed(metadata.sorted_tables))  # children before parents

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import Connection, Engine
 
-from billing.accounts import NewUser, create_user, link_key
-from schema.database import run_transaction, utc
-from schema.settings import Settings
-from schema.signing import parse_secrets
+from creditrelay.billing.accounts import NewUser, create_user, link_key
+from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.settings import Settings
+from creditrelay.schema.signing import parse_secrets
 from tests.support.database import Database
 from tests.support.signing import OTHER_SECRET, SECRET, STANDARD_SECRET
 

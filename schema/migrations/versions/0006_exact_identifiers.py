@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from schema.database import convert_to_exact_collation
+from creditrelay.schema.database import convert_to_exact_collation
 
 revision: str = "0006"
 down_revision: str | None = "0005"

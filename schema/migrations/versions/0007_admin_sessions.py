@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from schema.database import MYSQL_TABLE_OPTIONS, exact_collation
+from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, exact_collation
 
 revision: str = "0007"
 down_revision: str | None = "0006"
