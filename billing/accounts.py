@@ -33,18 +33,30 @@ class NewUser:
     opening_credits: int = 0
 
 
-def user_json(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "email": row.email,
-        "name": row.name,
-        "telegramId": row.telegramId,
-        "balance": row.balance,
-        "createdAt": row.createdAt.isoformat() + "Z",
-    }
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    email: str
+    name: str | None
+    telegram_id: int | None
+    balance: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: sa.Row[Any]) -> "User":
+        return cls(row.id, row.email, row.name, row.telegramId, row.balance, row.createdAt)
 
 
-def create_user(connection: Connection, new: NewUser, now: datetime) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class KeyLink:
+    """A gateway key and the user it bills."""
+
+    remote_key_id: str
+    user_id: int
+    email: str
+
+
+def create_user(connection: Connection, new: NewUser, now: datetime) -> User:
     """Create a user; a non-zero opening balance is written as the user's first transaction."""
     email = new.email.strip().lower()
     if "@" not in email or len(email) > 191 or any(c.isspace() for c in email):
@@ -72,7 +84,7 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> dict[str
     return find_user(connection, str(user_id))
 
 
-def find_user(connection: Connection, email_or_id: str) -> dict[str, Any]:
+def find_user(connection: Connection, email_or_id: str) -> User:
     """A user by numeric id or by email."""
     wanted = email_or_id.strip()
     number = plain_int(wanted)
@@ -84,17 +96,61 @@ def find_user(connection: Connection, email_or_id: str) -> dict[str, Any]:
         row = connection.execute(sa.select(users).where(users.c.email == wanted.lower())).one_or_none()
     if row is None:
         raise AccountError(f"no user {email_or_id!r}")
-    return user_json(row)
+    return User.of(row)
 
 
-def link_key(connection: Connection, remote_key_id: str, user_id: int, now: datetime) -> dict[str, Any]:
-    """Make the gateway key bill ``user_id``; an existing link is moved to that user."""
+def list_users(
+    connection: Connection, *, limit: int = 50, after: int | None = None, below: int | None = None
+) -> list[User]:
+    """Users in id order, ``limit`` at a time after the id ``after``; with ``below``, only those whose
+    balance is under it (``below=0``: who owes)."""
+    query = sa.select(users).order_by(users.c.id).limit(limit)
+    if after is not None:
+        query = query.where(users.c.id > after)
+    if below is not None:
+        query = query.where(users.c.balance < below)
+    return [User.of(row) for row in connection.execute(query)]
+
+
+def _remote_key(remote_key_id: str) -> str:
     key = remote_key_id.strip()
     if not key or len(key) > 64:
         raise AccountError("a remote key id is 1 to 64 characters")
+    return key
+
+
+def link_key(connection: Connection, remote_key_id: str, user_id: int, now: datetime) -> KeyLink:
+    """Make the gateway key bill ``user_id``; an existing link is moved to that user."""
+    key = _remote_key(remote_key_id)
     row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
     connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], ["userId", "updatedAt"]))
-    return {"remoteKeyId": key, "userId": user_id}
+    [link] = list_keys(connection, remote_key_id=key)
+    return link
+
+
+def unlink_key(connection: Connection, remote_key_id: str) -> KeyLink:
+    """The gateway key bills nobody any more: its usages are logged as failed (unknown key) until it is
+    linked again, and replayable then. What it was charged stays charged."""
+    key = _remote_key(remote_key_id)
+    links = list_keys(connection, remote_key_id=key)
+    if not links:
+        raise AccountError(f"gateway key {key!r} is not linked")
+    connection.execute(api_keys.delete().where(api_keys.c.remoteKeyId == key))
+    return links[0]
+
+
+def list_keys(connection: Connection, *, user_id: int | None = None, remote_key_id: str | None = None) -> list[KeyLink]:
+    """Linked gateway keys, by user then key."""
+    query = (
+        sa.select(api_keys.c.remoteKeyId, api_keys.c.userId, users.c.email)
+        .join(users, users.c.id == api_keys.c.userId)
+        .order_by(api_keys.c.userId, api_keys.c.remoteKeyId)
+    )
+    if user_id is not None:
+        query = query.where(api_keys.c.userId == user_id)
+    if remote_key_id is not None:
+        query = query.where(api_keys.c.remoteKeyId == remote_key_id)
+    return [KeyLink(row.remoteKeyId, row.userId, row.email) for row in connection.execute(query)]
 
 
 def top_up(
@@ -107,14 +163,33 @@ def top_up(
     """
     if not 0 < amount <= MAX_AMOUNT:
         raise AccountError(f"amount must be a positive integer up to {MAX_AMOUNT}")
+    return _apply(connection, CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=reason or None), now)
+
+
+def adjust(
+    connection: Connection, user_id: int, amount: int, reference: str, reason: str, now: datetime
+) -> CreditOutcome:
+    """Take credits back once per reference, with the reason the operator gives (a top-up made by
+    mistake, a refund charged back): recorded in the ledger as an ``adjustment`` beside top-ups. An
+    adjustment may take the balance below zero — it records what is owed; it never refuses for want of
+    credit."""
+    if not -MAX_AMOUNT <= amount < 0:
+        raise AccountError(f"amount must be a negative integer down to -{MAX_AMOUNT} (to add credits: topup)")
+    if not reason.strip():
+        raise AccountError("reason: say why the credits are taken back")
+    change = CreditChange(user_id, amount, f"adjust:{reference}", "adjustment", reason=reason, allow_overdraft=True)
+    return _apply(connection, change, now)
+
+
+def _apply(connection: Connection, change: CreditChange, now: datetime) -> CreditOutcome:
+    reference = change.reference.partition(":")[2]
     if not 0 < len(reference) <= 128:
         raise AccountError("reference must be 1 to 128 characters")
-    if reason is not None and len(reason) > 255:
+    if change.reason is not None and len(change.reason) > 255:
         raise AccountError("reason must be at most 255 characters")
-    change = CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=reason or None)
     outcome = apply_credit(connection, change, now)
     if outcome.status is CreditStatus.CONFLICT:
-        raise ReferenceConflict(f"reference {reference!r} was used for another top-up")
+        raise ReferenceConflict(f"reference {reference!r} was used for another {change.type}")
     if outcome.status is CreditStatus.OUT_OF_RANGE:
-        raise AccountError(f"amount: the balance would pass the maximum of {MAX_BALANCE} credits")
+        raise AccountError(f"amount: the balance would pass ±{MAX_BALANCE} credits")
     return outcome

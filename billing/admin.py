@@ -2,13 +2,13 @@
 webhook deliveries, and the figures of the last hour. The admin API (and, later, the admin pages) call
 these; nothing here commits."""
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.billing.accounts import user_json
+from creditrelay.billing.accounts import User
 from creditrelay.billing.deliveries import DeliveryOutcome, record_deliveries
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.schema.database import utc
@@ -28,11 +28,68 @@ STATUSES = ("processed", "failed", "ignored")
 MINUTES = 60
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat() + "Z"
+@dataclass(frozen=True, slots=True)
+class UsageRef:
+    event_id: str | None
+    request_id: str | None
+    model: str | None
 
 
-def search_users(connection: Connection, query: str, limit: int = 20) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    id: int
+    type: str
+    amount: int
+    balance: int
+    reference: str
+    reason: str | None
+    source: str | None
+    created_at: datetime
+    usage: UsageRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserDetail(User):
+    keys: list[str]
+    transactions: list[Transaction]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookLog:
+    id: int
+    event_id: str
+    event_type: str
+    status: str
+    error_msg: str | None
+    payload: str
+    created_at: datetime
+    processed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LastHour:
+    since: datetime
+    per_minute: list[int]
+    by_minute: dict[str, list[int]]
+    by_status: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileRun:
+    at: datetime
+    discrepancies: int
+    fixed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    last_hour: LastHour
+    failed_total: int
+    poll_lag_seconds: int | None
+    last_reconcile: ReconcileRun | None
+
+
+def search_users(connection: Connection, query: str, limit: int = 20) -> list[User]:
     """Users whose email contains ``query``, or whose Telegram id or gateway key is ``query``."""
     text = query.strip()
     conditions = [users.c.email.contains(text.lower(), autoescape=True)]
@@ -41,12 +98,10 @@ def search_users(connection: Connection, query: str, limit: int = 20) -> list[di
     keyed = sa.select(api_keys.c.userId).where(api_keys.c.remoteKeyId == text)
     conditions.append(users.c.id.in_(keyed))
     rows = connection.execute(sa.select(users).where(sa.or_(*conditions)).order_by(users.c.id).limit(limit))
-    return [user_json(row) for row in rows]
+    return [User.of(row) for row in rows]
 
 
-def user_detail(
-    connection: Connection, user_id: int, limit: int = 50, before: int | None = None
-) -> dict[str, Any] | None:
+def user_detail(connection: Connection, user_id: int, limit: int = 50, before: int | None = None) -> UserDetail | None:
     """A user, their gateway keys, and their transactions newest first with the usage behind each."""
     row = connection.execute(sa.select(users).where(users.c.id == user_id)).one_or_none()
     if row is None:
@@ -62,22 +117,16 @@ def user_detail(
     if before is not None:
         query = query.where(credit_transactions.c.id < before)
     transactions = [
-        {
-            "id": t.id,
-            "type": t.type,
-            "amount": t.amount,
-            "balance": t.balance,
-            "reference": t.reference,
-            "reason": t.reason,
-            "source": t.source,
-            "createdAt": _iso(t.createdAt),
-            "usage": None
-            if t.usageRecordId is None
-            else {"eventId": t.eventId, "requestId": t.requestId, "model": t.model},
-        }
+        Transaction(
+            t.id, t.type, t.amount, t.balance, t.reference, t.reason, t.source, t.createdAt,
+            None if t.usageRecordId is None else UsageRef(t.eventId, t.requestId, t.model),
+        )
         for t in connection.execute(query)
-    ]
-    return user_json(row) | {"keys": keys, "transactions": transactions}
+    ]  # fmt: skip
+    user = User.of(row)
+    return UserDetail(
+        user.id, user.email, user.name, user.telegram_id, user.balance, user.created_at, keys, transactions
+    )
 
 
 def list_webhook_logs(
@@ -88,7 +137,7 @@ def list_webhook_logs(
     until: datetime | None = None,
     limit: int = 50,
     before: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[WebhookLog]:
     """Deliveries newest first, filtered; page with ``before`` (the smallest id of the previous page)."""
     query = sa.select(webhook_logs).order_by(webhook_logs.c.id.desc()).limit(limit)
     if status is not None:
@@ -100,17 +149,8 @@ def list_webhook_logs(
     if before is not None:
         query = query.where(webhook_logs.c.id < before)
     return [
-        {
-            "id": row.id,
-            "eventId": row.eventId,
-            "eventType": row.eventType,
-            "status": row.status,
-            "errorMsg": row.errorMsg,
-            "payload": row.payload,
-            "createdAt": _iso(row.createdAt),
-            "processedAt": _iso(row.processedAt),
-        }
-        for row in connection.execute(query)
+        WebhookLog(r.id, r.eventId, r.eventType, r.status, r.errorMsg, r.payload, r.createdAt, r.processedAt)
+        for r in connection.execute(query)
     ]
 
 
@@ -129,7 +169,7 @@ def replay(
     return outcome
 
 
-def stats(connection: Connection, now: datetime) -> dict[str, Any]:
+def stats(connection: Connection, now: datetime) -> Stats:
     """Deliveries per clock minute over the last hour (the current minute last), counts by status, polling
     lag, the last reconcile.
 
@@ -155,19 +195,17 @@ def stats(connection: Connection, now: datetime) -> dict[str, Any]:
     failed = connection.execute(sa.select(sa.func.count()).where(webhook_logs.c.status == "failed")).scalar()
     watermark = connection.execute(sa.select(sa.func.max(poll_state.c.watermark))).scalar()
     last = connection.execute(sa.select(reconcile_runs).order_by(reconcile_runs.c.id.desc()).limit(1)).one_or_none()
-    return {
-        "lastHour": {
-            "since": _iso(start),
-            "perMinute": [sum(counts) for counts in zip(*by_minute.values(), strict=True)],
-            "byMinute": by_minute,
-            "byStatus": {status: sum(counts) for status, counts in by_minute.items()},
-        },
-        "failedTotal": failed,
-        "pollLagSeconds": None if watermark is None else max(0, int((now - utc(watermark)).total_seconds())),
-        "lastReconcile": None
-        if last is None
-        else {"at": _iso(last.startedAt), "discrepancies": last.discrepancies, "fixed": last.fixed},
-    }
+    return Stats(
+        LastHour(
+            start,
+            [sum(counts) for counts in zip(*by_minute.values(), strict=True)],
+            by_minute,
+            {status: sum(counts) for status, counts in by_minute.items()},
+        ),
+        int(failed or 0),
+        None if watermark is None else max(0, int((now - utc(watermark)).total_seconds())),
+        None if last is None else ReconcileRun(last.startedAt, last.discrepancies, last.fixed),
+    )
 
 
 def usage_by_model(connection: Connection, since: datetime) -> list[tuple[str, int]]:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from creditrelay.billing import matching
-from creditrelay.billing.newapi import ConsumeLog
+from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.polling import PollConfig, credits_for, refusal
 from creditrelay.schema.database import utc
 from creditrelay.schema.tables import api_keys, usage_matches, usage_records, users

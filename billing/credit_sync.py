@@ -6,7 +6,6 @@ a duplicate and changes nothing — or, without an external reference, the reque
 replayed token is refused by the same unique constraint. A deduction never overdraws.
 """
 
-import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,10 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.billing.clients import Client
 from creditrelay.billing.ledger import CreditChange, CreditStatus, apply_credit
 from creditrelay.billing.rows import lock_balances
-from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
+from creditrelay.schema.credit_sync import SyncBody
 from creditrelay.schema.errors import CreditRelayError, Unauthorized
 from creditrelay.schema.tables import credit_transactions, users
 
@@ -60,19 +58,6 @@ class SyncOutcome:
             "change": self.change,
             "duplicate": self.status is SyncStatus.DUPLICATE,
         }
-
-
-def verify_request(client: Client, body: SyncBody, now: float, default_secret: str | None) -> None:
-    """Raise ``SyncRefused`` unless the body is the client's own, fresh, and signed with its secret."""
-    if not hmac.compare_digest(body.source.encode(), client.source.encode()):
-        raise SyncRefused("source does not match the API key")
-    if abs(now - body.timestamp) > TOKEN_WINDOW_SECONDS:
-        raise SyncRefused(f"timestamp is more than {TOKEN_WINDOW_SECONDS} seconds away from the server's clock")
-    secret = client.secret or default_secret
-    if secret is None:
-        raise SyncUnavailable("no secret for this client and CREDIT_SYNC_SECRET is not set")
-    if not token_matches(secret, body):
-        raise SyncRefused("Invalid token")
 
 
 def _user_id(connection: Connection, telegram_id: int) -> int | None:

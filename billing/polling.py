@@ -22,9 +22,9 @@ import structlog
 from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from creditrelay.billing.gateways.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
 from creditrelay.billing.ledger import Usage, UsageStatus, apply_usage
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
-from creditrelay.billing.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
 from creditrelay.billing.rows import insert_new
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.errors import UpstreamError

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.comparison import Finding, TokenSummary, compare_upstream
 from creditrelay.billing.deliveries import record_deliveries
-from creditrelay.billing.newapi import ConsumeLog
+from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.polling import PollConfig, Poller, bill_logs
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.money import exact_sum, summed
@@ -238,26 +238,3 @@ class Reconciler:
     def _told(self, what: str, count: int) -> None:
         if self.progress is not None:
             self.progress(what, count)
-
-
-def render_table(report: ReconcileReport) -> str:
-    """The report as an operator reads it in a terminal."""
-    lines = [
-        f"reconcile {utc(report.window_start).isoformat()}Z .. {utc(report.window_end).isoformat()}Z"
-        f"  (upstream {'checked' if report.upstream_checked else 'not configured: ledger only'})",
-    ]
-    if report.tokens:
-        lines += ["", f"{'token':>10}  {'new-api rows':>12}  {'credits':>10}  {'charged rows':>12}  {'credits':>10}"]
-        for t in report.tokens:
-            upstream = f"{t.upstream_rows:>12}  {t.upstream_credits:>10}"
-            lines.append(f"{t.token:>10}  {upstream}  {t.local_rows:>12}  {t.local_credits:>10}")
-    for what, count in report.fixed.items():
-        lines.append(f"fixed: {count} {what}")
-    if report.findings:
-        lines += ["", f"{'kind':<26} {'subject':<40} {'user':<28} detail"]
-        for f in report.findings:
-            lines.append(f"{f.kind:<26} {f.subject:<40} {f.user or '-':<28} {f.detail}")
-    for kind, count in report.unlisted.items():
-        lines.append(f"{kind:<26} … and {count} more not listed one by one")
-    lines += ["", "OK: no discrepancies" if report.ok else f"{report.discrepancies} discrepancies"]
-    return "\n".join(lines)

@@ -18,6 +18,7 @@ from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.params import path_int, query_int, query_moment, query_optional_int
+from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.wire import EnvelopeError, parse_json_object
 
@@ -52,7 +53,7 @@ def _service(request: Request) -> AdminService:
 
 
 def _ok(data: Any) -> Response:
-    return JSONResponse({"success": True, "message": "", "data": data})
+    return JSONResponse({"success": True, "message": "", "data": to_json(data)})
 
 
 async def users(request: Request) -> Response:

@@ -31,6 +31,7 @@ from creditrelay.receiver.charts import bar_chart
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS, ApiError
 from creditrelay.receiver.metrics import event_counts
 from creditrelay.receiver.params import path_int, query_moment
+from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import CreditRelayError
 from creditrelay.schema.wire import plain_int
@@ -123,9 +124,9 @@ async def logout(request: Request) -> Response:
 async def overview(request: Request) -> Response:
     service = _service(request)
     stats = await service.read(lambda c: admin.stats(c, utc(service.clock())))
-    since = datetime.fromisoformat(stats["lastHour"]["since"].removesuffix("Z"))
+    since = stats.last_hour.since
     per_minute = [
-        ((since + timedelta(minutes=i)).strftime("%H:%M"), n) for i, n in enumerate(stats["lastHour"]["perMinute"])
+        ((since + timedelta(minutes=i)).strftime("%H:%M"), n) for i, n in enumerate(stats.last_hour.per_minute)
     ]
     chart = bar_chart(per_minute, title="deliveries per minute, last hour")
     counts = await run_in_threadpool(event_counts)
@@ -135,14 +136,14 @@ async def overview(request: Request) -> Response:
         "duplicate": counts.get("duplicate", 0) / answered,
         "answered": int(answered),
     } if answered else None  # fmt: skip
-    return _render(request, "overview.html", stats=stats, chart=chart, rates=rates)
+    return _render(request, "overview.html", stats=to_json(stats), chart=chart, rates=rates)
 
 
 async def users(request: Request) -> Response:
     service = _service(request)
     query = request.query_params.get("q", "").strip()
     found = await service.read(lambda c: admin.search_users(c, query, 50)) if query else []
-    return _render(request, "users.html", query=query, users=found)
+    return _render(request, "users.html", query=query, users=to_json(found))
 
 
 async def user(request: Request) -> Response:
@@ -151,7 +152,7 @@ async def user(request: Request) -> Response:
     detail = await service.read(lambda c: admin.user_detail(c, user_id, 100))
     if detail is None:
         return Response("No such user", status_code=404)
-    return _render(request, "user.html", user=detail)
+    return _render(request, "user.html", user=to_json(detail))
 
 
 def _back(path: str, notice: str) -> Response:
@@ -195,11 +196,11 @@ async def logs(request: Request) -> Response:
         raise ApiError(400, f"status: one of {', '.join(admin.STATUSES)}")
     since, until = _local_time(request, "since"), _local_time(request, "until")
     rows = await service.read(lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=200))
-    rows.sort(key=lambda r: r["status"] != "failed")  # failed first, each part newest first
+    rows.sort(key=lambda r: r.status != "failed")  # failed first, each part newest first
     return _render(
         request,
         "logs.html",
-        logs=rows,
+        logs=to_json(rows),
         status=status or "",
         since=request.query_params.get("since", ""),
         until=request.query_params.get("until", ""),

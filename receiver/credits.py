@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from creditrelay.billing.clients import Client, authenticate
 from creditrelay.billing.credit_sync import (
     MAX_RECORDS,
     SyncOutcome,
@@ -21,9 +20,9 @@ from creditrelay.billing.credit_sync import (
     apply_syncs,
     balance_of,
     records_of,
-    verify_request,
 )
 from creditrelay.receiver.bodies import read_limited, require_json
+from creditrelay.receiver.clients import Client, authenticate, verify_request
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.params import path_int, query_int
 from creditrelay.receiver.rate_limit import RateLimiter

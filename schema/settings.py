@@ -17,6 +17,7 @@ from creditrelay.schema.errors import SettingsError as SettingsError  # raised h
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
+DEV_SECRET_FILE = Path("data/dev-webhook-secret")  # written by `make run` (scripts/dev_server.py)
 DEFAULT_BODY_LIMIT = 64 * 1024
 
 
@@ -76,12 +77,22 @@ def _number(config: Config, name: str, default: str, *, minimum: float, integer:
     return value
 
 
-def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
-    """Read and check every variable of CONTRACT §2."""
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    dev_secret_file: Path | None = DEV_SECRET_FILE,
+) -> Settings:
+    """Read and check every setting (docs/configuration.md).
+
+    With no ``WEBHOOK_SECRET`` set, the development secret ``make run`` keeps in ``data/`` (of the
+    working directory) is used when it exists, so ``serve``, ``send`` and ``relay`` run beside ``make run``
+    agree on it; a production set-up sets ``WEBHOOK_SECRET`` and never reaches this."""
     present = env_file if env_file is not None and env_file.is_file() else None
     config = Config(present, environ=dict(os.environ if environ is None else environ))
     database_url = parse_database_url(config("DATABASE_URL", default=DEFAULT_DATABASE_URL))
     secrets_text = config("WEBHOOK_SECRET", default="")
+    if not secrets_text.strip() and dev_secret_file is not None and dev_secret_file.is_file():
+        secrets_text = dev_secret_file.read_text().strip()
     try:
         secrets = parse_secrets(secrets_text) if secrets_text.strip() else ()
     except SecretError as error:

@@ -103,7 +103,7 @@ def make_database(url: str) -> None:
         now = utc(time.time())
         for i in range(USERS):
             user = create_user(connection, NewUser(f"bench{i}@example.com", opening_credits=OPENING), now)
-            link_key(connection, str(i), int(user["id"]), now)
+            link_key(connection, str(i), user.id, now)
 
     run_transaction(engine, users)
     engine.dispose()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from creditrelay.billing.accounts import AccountError, NewUser, create_user, find_user, link_key
+from creditrelay.billing.accounts import AccountError, NewUser, User, create_user, find_user, link_key
 from creditrelay.schema.database import make_engine, run_transaction, utc
 from creditrelay.schema.migrate import upgrade
 from creditrelay.schema.settings import load_settings
@@ -35,13 +35,13 @@ def dev_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def ensure_demo_user(connection: Connection) -> dict[str, object]:
+def ensure_demo_user(connection: Connection) -> User:
     now = utc(time.time())
     try:
         user = find_user(connection, "demo@example.com")
     except AccountError:
         user = create_user(connection, NewUser("demo@example.com", "Demo", opening_credits=1000), now)
-    link_key(connection, "1", int(str(user["id"])), now)
+    link_key(connection, "1", user.id, now)
     return user
 
 
@@ -76,7 +76,7 @@ def main() -> None:
 
     base_url = f"http://{args.host}:{args.port}"
     print(f"creditrelay (development) on {base_url}, database {settings.database_url.render_as_string()}")
-    print(f"demo user {user['email']} owns gateway key 1; webhook secret: {settings.webhook_secrets[0].text}")
+    print(f"demo user {user.email} owns gateway key 1; webhook secret: {settings.webhook_secrets[0].text}")
     print("\nTry it (a second run answers duplicate):\n")
     print(curl_example(settings.webhook_secrets[0].text, base_url))
     sys.stdout.flush()

@@ -1,31 +1,14 @@
 """The `creditrelay` console script, run as an operator runs it (CONTRACT §5)."""
 
 import json
-import os
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from creditrelay.schema.migrate import head_revision
+from tests.support.cli import ok, run
 from tests.support.database import Database
-from tests.support.processes import CREDITRELAY
 from tests.support.signing import SECRET
-
-
-def run(database: Database | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_SECRET", "DATABASE_URL")}
-    if database is not None:
-        environ["DATABASE_URL"] = database.url.render_as_string(hide_password=False)
-    environ |= env
-    return subprocess.run([CREDITRELAY, *args], capture_output=True, text=True, env=environ, timeout=60, check=False)
-
-
-def ok(database: Database, *args: str) -> Any:
-    result = run(database, *args)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_account_commands_print_json(database: Database) -> None:
@@ -99,7 +82,7 @@ def test_a_second_user_with_the_same_email_is_refused(database: Database) -> Non
 )
 def test_serve_refuses_bad_settings_naming_the_variable(database: Database, env: dict[str, str], variable: str) -> None:
     """A missing or unusable setting stops serve at start with the variable's name, never its value."""
-    result = run(database, "serve", **env)
+    result = run(database, "serve", env=env)
     assert result.returncode == 2
     assert variable in result.stderr
     for secret in ("WEBHOOK_SECRET", "ADMIN_TOKEN"):
@@ -137,7 +120,7 @@ def test_serve_builds_its_app_with_startup_objects_frozen(tmp_path: Path, monkey
     full collection under load does not walk them (the p99 stalls `make bench` measured before)."""
     import gc
 
-    from creditrelay.receiver.cli import asgi_app
+    from creditrelay.cli.server import asgi_app
 
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'frozen.db'}")
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)

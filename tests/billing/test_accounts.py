@@ -11,7 +11,7 @@ from tests.support.database import Database
 
 def test_top_up_once_per_reference_and_refusals(database: Database) -> None:
     """Applied once, then a duplicate; bad amount/reference, another amount, or no user are refused."""
-    user = in_transaction(database, lambda c: create_user(c, NewUser("a@example.com"), NOW))["id"]
+    user = in_transaction(database, lambda c: create_user(c, NewUser("a@example.com"), NOW)).id
     first = in_transaction(database, lambda c: top_up(c, user, 40, "order-1", NOW, "paid"))
     again = in_transaction(database, lambda c: top_up(c, user, 40, "order-1", NOW))
     assert (first.status, first.balance, again.status, again.balance) == (
@@ -38,7 +38,7 @@ def test_a_refused_user_leaves_the_transaction_usable(database: Database) -> Non
         create_user(connection, NewUser("b@example.com"), NOW)
         with pytest.raises(AccountError, match="exists"):
             create_user(connection, NewUser("B@example.com"), NOW)
-        return int(create_user(connection, NewUser("c@example.com", opening_credits=5), NOW)["balance"])
+        return int(create_user(connection, NewUser("c@example.com", opening_credits=5), NOW).balance)
 
     assert in_transaction(database, work) == 5
     assert database.count("users") == 2
@@ -46,7 +46,7 @@ def test_a_refused_user_leaves_the_transaction_usable(database: Database) -> Non
 
 def test_a_top_up_of_an_overdrawn_balance_is_applied_even_if_it_stays_below_zero(database: Database) -> None:
     """A user at -260 who tops up 100 is at -160: a top-up is never refused for lack of credits."""
-    user = in_transaction(database, lambda c: create_user(c, NewUser("low@example.com"), NOW))["id"]
+    user = in_transaction(database, lambda c: create_user(c, NewUser("low@example.com"), NOW)).id
     database.execute("UPDATE users SET balance = -260 WHERE id = :id", id=user)
     database.execute(
         "INSERT INTO credit_transactions (userId, type, amount, balance, reference, createdAt)"

@@ -69,12 +69,12 @@ def test_stats_count_each_clock_minute_of_the_last_hour_by_status(database: Data
     with database.engine.begin() as connection:
         connection.execute(webhook_logs.insert(), rows)
     stats = in_transaction(database, lambda c: admin.stats(c, now))
-    hour = stats["lastHour"]
-    assert hour["since"] == "2026-05-10T11:31:00Z"
-    assert hour["byStatus"] == {"processed": 2, "failed": 1, "ignored": 0}
-    assert [i for i, n in enumerate(hour["perMinute"]) if n] == [0, 54, 59]
-    assert hour["byMinute"]["failed"][54] == 1
-    assert stats["failedTotal"] == 1
+    hour = stats.last_hour
+    assert hour.since == datetime(2026, 5, 10, 11, 31)
+    assert hour.by_status == {"processed": 2, "failed": 1, "ignored": 0}
+    assert [i for i, n in enumerate(hour.per_minute) if n] == [0, 54, 59]
+    assert hour.by_minute["failed"][54] == 1
+    assert stats.failed_total == 1
 
 
 def test_a_read_only_transaction_does_not_hold_up_writers(database: Database) -> None:

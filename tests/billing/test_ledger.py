@@ -27,8 +27,8 @@ pytestmark = pytest.mark.usefixtures("insert_path")  # every test on both insert
 def make_user(database: Database, email: str, credits: int, key: str) -> int:
     def work(connection: Connection) -> int:
         user = create_user(connection, NewUser(email, opening_credits=credits), NOW)
-        link_key(connection, key, user["id"], NOW)
-        return int(user["id"])
+        link_key(connection, key, user.id, NOW)
+        return user.id
 
     return in_transaction(database, work)
 

@@ -10,8 +10,8 @@ from sqlalchemy import Connection
 
 from creditrelay.billing.cleanup import delete_old_logs
 from creditrelay.billing.deliveries import DeliveryStatus, record_deliveries
+from creditrelay.billing.gateways.newapi import ConsumeLog, NewApiClient
 from creditrelay.billing.matching import Arrival, OpenUsage, nearest_first
-from creditrelay.billing.newapi import ConsumeLog, NewApiClient
 from creditrelay.billing.polling import PollConfig, Poller
 from creditrelay.schema.database import utc
 from creditrelay.schema.wire import Event, parse_event

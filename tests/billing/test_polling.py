@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 
 from creditrelay.billing.deliveries import record_deliveries
-from creditrelay.billing.newapi import NewApiClient
+from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig, Poller, read_watermark
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.money import MAX_AMOUNT

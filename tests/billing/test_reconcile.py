@@ -8,9 +8,10 @@ import pytest
 from creditrelay.billing import reconcile
 from creditrelay.billing.accounts import link_key
 from creditrelay.billing.deliveries import record_deliveries
-from creditrelay.billing.newapi import NewApiClient
+from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig, Poller
-from creditrelay.billing.reconcile import Reconciler, render_table
+from creditrelay.billing.reconcile import Reconciler
+from creditrelay.cli.cron import render_table
 from creditrelay.schema.database import utc
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.wire import parse_event

@@ -3,8 +3,8 @@
 import httpx
 import pytest
 
+from creditrelay.cli.server import schema_is_current
 from creditrelay.receiver.app import create_app
-from creditrelay.receiver.cli import schema_is_current
 from creditrelay.schema.migrate import is_current
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.accounts import NewUser, create_user
-from creditrelay.billing.clients import add_client
+from creditrelay.receiver.clients import add_client
 from creditrelay.schema.database import run_transaction, utc
 
 TELEGRAM_ID = 123456789
@@ -30,7 +30,7 @@ def register_client(engine: Engine, source: str = "media_bot") -> Credentials:
 def add_telegram_user(engine: Engine, telegram_id: int = TELEGRAM_ID, credits: int = 0, name: str = "Li Lei") -> int:
     def work(connection: Connection) -> int:
         new = NewUser(f"tg{telegram_id}@example.com", name, telegram_id, credits)
-        return int(create_user(connection, new, utc(time.time()))["id"])
+        return int(create_user(connection, new, utc(time.time())).id)
 
     return run_transaction(engine, work)
 

@@ -30,7 +30,7 @@ def settings_for(database: Database) -> Settings:
 def add_user(engine: Engine, email: str = "alice@example.com", credits: int = OPENING, key: str = "1") -> int:
     def work(connection: Connection) -> int:
         user = create_user(connection, NewUser(email, opening_credits=credits), utc(time.time()))
-        link_key(connection, key, user["id"], utc(time.time()))
-        return int(user["id"])
+        link_key(connection, key, user.id, utc(time.time()))
+        return user.id
 
     return run_transaction(engine, work)

@@ -1,11 +1,19 @@
-"""billing/credit_sync.py and billing/clients.py: who may sync, with which secret."""
+"""receiver/clients.py: who may sync, with which secret (the credit API's edge)."""
 
 import time
 
 import pytest
 
-from creditrelay.billing.clients import Client, add_client, authenticate, list_clients, revoke_client, rotate_client
-from creditrelay.billing.credit_sync import SyncRefused, SyncUnavailable, verify_request
+from creditrelay.billing.credit_sync import SyncRefused, SyncUnavailable
+from creditrelay.receiver.clients import (
+    Client,
+    add_client,
+    authenticate,
+    list_clients,
+    revoke_client,
+    rotate_client,
+    verify_request,
+)
 from creditrelay.schema.credit_sync import parse_sync_body
 from creditrelay.schema.database import utc
 from tests.billing.conftest import in_transaction

@@ -1,10 +1,13 @@
-"""Client projects of the credit API: registered by source, identified by an API key stored hashed.
+"""Client projects of the credit API, and how a request proves it is one: registered by source,
+identified by an API key stored hashed, each request signed with the client's secret (the edge's
+work: billing sees only verified requests).
 
 An API key is 32 random bytes, so a plain SHA-256 of it is a safe, indexable stand-in; the HMAC secret
 must be recomputed on every request, so it is stored as given (or left empty: ``CREDIT_SYNC_SECRET``).
 """
 
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -15,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from creditrelay.billing.credit_sync import SyncRefused, SyncUnavailable
+from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
 from creditrelay.schema.errors import InvalidInput
 from creditrelay.schema.statements import savepoint
 from creditrelay.schema.tables import api_clients
@@ -108,3 +113,16 @@ def authenticate(connection: Connection, api_key: str) -> Client | None:
         )
     ).one_or_none()
     return None if row is None else Client(row.source, row.secret)
+
+
+def verify_request(client: Client, body: SyncBody, now: float, default_secret: str | None) -> None:
+    """Raise ``SyncRefused`` unless the body is the client's own, fresh, and signed with its secret."""
+    if not hmac.compare_digest(body.source.encode(), client.source.encode()):
+        raise SyncRefused("source does not match the API key")
+    if abs(now - body.timestamp) > TOKEN_WINDOW_SECONDS:
+        raise SyncRefused(f"timestamp is more than {TOKEN_WINDOW_SECONDS} seconds away from the server's clock")
+    secret = client.secret or default_secret
+    if secret is None:
+        raise SyncUnavailable("no secret for this client and CREDIT_SYNC_SECRET is not set")
+    if not token_matches(secret, body):
+        raise SyncRefused("Invalid token")

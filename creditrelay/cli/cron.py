@@ -1,0 +1,209 @@
+"""The cron side: ``poll``, ``reconcile``, ``cleanup``, and the credit API's ``client`` registry."""
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from creditrelay.cli.base import command, emit, integer, ledger, moment, now, number, transaction
+from creditrelay.schema.errors import DatabaseUnavailable, SettingsError, UpstreamError
+from creditrelay.schema.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from tqdm import tqdm
+
+    from creditrelay.billing.polling import PollConfig, Poller, PollReport
+    from creditrelay.billing.reconcile import ReconcileReport
+
+ATTEMPTS = 6  # creditrelay.billing.polling.PollConfig.attempts, checked equal by a test
+
+
+def poll_config(settings: Settings, attempts: int = ATTEMPTS) -> "PollConfig":
+    from creditrelay.billing.polling import PollConfig
+
+    return PollConfig(
+        quota_per_credit=settings.poll_quota_per_credit,
+        overlap_seconds=settings.poll_overlap_seconds,
+        lookback_hours=settings.poll_lookback_hours,
+        attempts=attempts,
+        match_seconds=settings.usage_match_seconds,
+    )
+
+
+def make_poller(
+    settings: Settings,
+    progress: "Callable[[int, int, PollReport], None] | None" = None,
+    attempts: int = ATTEMPTS,
+) -> "Poller":
+    from creditrelay.billing.gateways.newapi import NewApiClient
+    from creditrelay.billing.polling import Poller
+    from creditrelay.schema.database import make_engine
+
+    if not (settings.new_api_base_url and settings.new_api_admin_token and settings.new_api_user_id):
+        raise SettingsError("NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID are needed to poll new-api")
+    client = NewApiClient(settings.new_api_base_url, settings.new_api_admin_token, settings.new_api_user_id)
+    return Poller(make_engine(settings.database_url), client, poll_config(settings, attempts), progress=progress)
+
+
+def _bar(**options: Any) -> "tqdm[Any]":
+    """A progress bar on a terminal for long runs; silent when stderr is not a terminal (cron, pipes)."""
+    from tqdm import tqdm
+
+    return tqdm(disable=not sys.stderr.isatty(), **options)
+
+
+class _PollProgress:
+    def __init__(self) -> None:
+        self.bar: tqdm[Any] | None = None
+
+    def __call__(self, done: int, total: int, report: "PollReport") -> None:
+        if self.bar is None:
+            self.bar = _bar(total=total, unit="h", desc="polling new-api")
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(rows=report.rows, charged=report.charged)
+        if done == total:
+            self.bar.close()
+
+
+def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
+    import structlog
+
+    ledger(settings)
+    poller = make_poller(settings, _PollProgress(), args.attempts)
+    while True:
+        try:
+            print(json.dumps(poller.run_once(args.since).as_json()), flush=True)
+        except (UpstreamError, DatabaseUnavailable) as error:
+            if args.every is None:
+                print(
+                    f"creditrelay: poll stopped: {error} (what was committed stays; the next run resumes)",
+                    file=sys.stderr,
+                )
+                return 1
+            structlog.get_logger().error("poll_failed", error=str(error))
+        if args.every is None:
+            return 0
+        args.since = None
+        time.sleep(args.every)
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from creditrelay.billing.reconcile import Reconciler
+
+    started = time.time()
+    until = args.until if args.until is not None else int(started)
+    since = args.since if args.since is not None else until - 24 * 3600
+    poller = make_poller(settings) if settings.polling_enabled else None
+    bars: dict[str, tqdm[Any]] = {}
+
+    def progress(what: str, count: int) -> None:
+        if what not in bars:
+            bars[what] = _bar(unit=" rows", desc=f"fixing {what}")
+        bars[what].update(count)
+
+    reconciler = Reconciler(ledger(settings), poller, poll_config(settings), progress)
+    try:
+        report = reconciler.run(since, until, fix=args.fix, now=now())
+    except UpstreamError as error:
+        print(f"creditrelay: reconcile could not read new-api: {error}", file=sys.stderr)
+        return 2
+    for bar in bars.values():
+        bar.close()
+    print(json.dumps(report.as_json()) if args.json else render_table(report))
+    return 0 if report.ok else 1
+
+
+def render_table(report: "ReconcileReport") -> str:
+    """The report as an operator reads it in a terminal."""
+    from creditrelay.receiver.shapes import iso
+    from creditrelay.schema.database import utc
+
+    lines = [
+        f"reconcile {iso(utc(report.window_start))} .. {iso(utc(report.window_end))}"
+        f"  (upstream {'checked' if report.upstream_checked else 'not configured: ledger only'})",
+    ]
+    if report.tokens:
+        lines += ["", f"{'token':>10}  {'new-api rows':>12}  {'credits':>10}  {'charged rows':>12}  {'credits':>10}"]
+        for t in report.tokens:
+            upstream = f"{t.upstream_rows:>12}  {t.upstream_credits:>10}"
+            lines.append(f"{t.token:>10}  {upstream}  {t.local_rows:>12}  {t.local_credits:>10}")
+    for what, count in report.fixed.items():
+        lines.append(f"fixed: {count} {what}")
+    if report.findings:
+        lines += ["", f"{'kind':<26} {'subject':<40} {'user':<28} detail"]
+        for f in report.findings:
+            lines.append(f"{f.kind:<26} {f.subject:<40} {f.user or '-':<28} {f.detail}")
+    for kind, count in report.unlisted.items():
+        lines.append(f"{kind:<26} … and {count} more not listed one by one")
+    lines += ["", "OK: no discrepancies" if report.ok else f"{report.discrepancies} discrepancies"]
+    return "\n".join(lines)
+
+
+def _counting(bar: "tqdm[Any]") -> Callable[[int], None]:
+    def told(count: int) -> None:
+        bar.update(count)
+
+    return told
+
+
+def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    from creditrelay.billing.cleanup import delete_old_logs
+
+    cutoff = now() - timedelta(days=args.older_than_days)
+    with _bar(unit=" logs", desc="deleting old logs") as bar:
+        deleted = delete_old_logs(ledger(settings), cutoff, progress=_counting(bar))
+    return emit({"deleted": deleted, "olderThan": cutoff})
+
+
+def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
+    from creditrelay.receiver import clients
+
+    own_secret = not getattr(args, "default_secret", False)
+    if args.action in ("add", "rotate") and not own_secret and settings.credit_sync_secret is None:
+        raise SettingsError("CREDIT_SYNC_SECRET: --default-secret needs it set")
+    actions: dict[str, Callable[[Connection], Any]] = {
+        "add": lambda c: clients.add_client(c, args.source, now(), own_secret=own_secret),
+        "rotate": lambda c: clients.rotate_client(c, args.source, now(), own_secret=own_secret),
+        "revoke": lambda c: clients.revoke_client(c, args.source, now()),
+        "list": lambda c: {"clients": clients.list_clients(c)},
+    }
+    return transaction(settings, actions[args.action])
+
+
+def register(commands: Any) -> None:
+    poll = command(commands, "poll", cmd_poll, "bill new-api's consume log (one pass, or --every SECONDS)")
+    poll.add_argument("--since", type=moment, help="start of the first window (default: watermark - overlap)")
+    poll.add_argument("--every", type=number(1), metavar="SECONDS", help="keep polling at this interval")
+    poll.add_argument(
+        "--attempts", type=integer(1, 100), default=ATTEMPTS, help=f"tries per request to new-api (default: {ATTEMPTS})"
+    )
+
+    reconcile = command(commands, "reconcile", cmd_reconcile, "check the ledger and new-api agree")
+    reconcile.add_argument("--since", type=moment, help="window start (default: 24 h before --until)")
+    reconcile.add_argument("--until", type=moment, help="window end (default: now)")
+    reconcile.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    reconcile.add_argument("--fix", action="store_true", help="charge missing usage, re-run failed webhooks")
+
+    cleanup = command(commands, "cleanup", cmd_cleanup, "delete old processed and ignored webhook logs")
+    cleanup.add_argument(
+        "--older-than-days", type=number(0), default=7, metavar="DAYS", help="keep this many days (default: 7)"
+    )
+
+    client = command(commands, "client", cmd_client, "client projects of the credit API")
+    actions = client.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("add", "register a source: prints its API key and secret, once"),
+        ("rotate", "a new API key (and secret); the old one stops working"),
+    ):
+        sub = actions.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
+        sub.add_argument("source", metavar="SOURCE", help="the client project's name (letters, digits, _ . -)")
+        sub.add_argument(
+            "--default-secret", action="store_true", help="sign with CREDIT_SYNC_SECRET instead of an own secret"
+        )
+    revoke = actions.add_parser("revoke", help="the API key stops working", description="The API key stops working.")
+    revoke.add_argument("source", metavar="SOURCE", help="the client project's name")
+    actions.add_parser("list", help="every client, without keys or secrets", description="Every client.")
