@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -51,13 +50,29 @@ class SyncOutcome:
     balance: int | None = None
     change: int = 0
 
-    def data(self) -> dict[str, Any]:
-        return {
-            "telegram_id": self.telegram_id,
-            "balance": self.balance,
-            "change": self.change,
-            "duplicate": self.status is SyncStatus.DUPLICATE,
-        }
+    @property
+    def duplicate(self) -> bool:
+        return self.status is SyncStatus.DUPLICATE
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    telegram_id: int
+    credits: int
+    nickname: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One balance change as the credit API lists it (a usage's reason is its model)."""
+
+    id: int
+    change: int
+    reason: str | None
+    balance: int
+    source: str | None
+    type: str
+    created_at: datetime
 
 
 def _user_id(connection: Connection, telegram_id: int) -> int | None:
@@ -96,16 +111,16 @@ def apply_syncs(connection: Connection, bodies: Sequence[SyncBody], now: datetim
     return [apply_sync(connection, body, now) for body in bodies]
 
 
-def balance_of(connection: Connection, telegram_id: int) -> dict[str, Any] | None:
+def balance_of(connection: Connection, telegram_id: int) -> Balance | None:
     row = connection.execute(
         sa.select(users.c.balance, users.c.name).where(users.c.telegramId == telegram_id)
     ).one_or_none()
     if row is None:
         return None
-    return {"telegram_id": telegram_id, "credits": row.balance, "nickname": row.name}
+    return Balance(telegram_id, row.balance, row.name)
 
 
-def records_of(connection: Connection, telegram_id: int, limit: int) -> list[dict[str, Any]] | None:
+def records_of(connection: Connection, telegram_id: int, limit: int) -> list[Record] | None:
     """The user's balance changes, newest first (usage included: its reason is the model)."""
     user_id = _user_id(connection, telegram_id)
     if user_id is None:
@@ -116,15 +131,4 @@ def records_of(connection: Connection, telegram_id: int, limit: int) -> list[dic
         .order_by(credit_transactions.c.id.desc())
         .limit(min(max(limit, 1), MAX_RECORDS))
     )
-    return [
-        {
-            "id": row.id,
-            "change": row.amount,
-            "reason": row.reason,
-            "balance": row.balance,
-            "source": row.source,
-            "type": row.type,
-            "created_at": row.createdAt.isoformat() + "Z",
-        }
-        for row in rows
-    ]
+    return [Record(r.id, r.amount, r.reason, r.balance, r.source, r.type, r.createdAt) for r in rows]

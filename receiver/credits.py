@@ -26,6 +26,7 @@ from creditrelay.receiver.clients import Client, authenticate, verify_request
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.params import path_int, query_int
 from creditrelay.receiver.rate_limit import RateLimiter
+from creditrelay.receiver.shapes import snake, to_json
 from creditrelay.schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.money import MAX_BALANCE
@@ -86,7 +87,14 @@ def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
 
 def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
     status, message = _ANSWERS[outcome.status]
-    data = outcome.data() if outcome.status is not SyncStatus.UNKNOWN_USER else None
+    data = None
+    if outcome.status is not SyncStatus.UNKNOWN_USER:
+        data = {
+            "telegram_id": outcome.telegram_id,
+            "balance": outcome.balance,
+            "change": outcome.change,
+            "duplicate": outcome.duplicate,
+        }
     return status, {"success": status == 200, "message": message, "data": data}
 
 
@@ -170,7 +178,7 @@ async def balance(request: Request) -> Response:
     )
     if found is None:
         raise ApiError(404, "User not registered")
-    return JSONResponse({"success": True, "message": "", "data": found})
+    return JSONResponse({"success": True, "message": "", "data": to_json(found, snake)})
 
 
 async def records(request: Request) -> Response:
@@ -183,4 +191,6 @@ async def records(request: Request) -> Response:
     )
     if found is None:
         raise ApiError(404, "User not registered")
-    return JSONResponse({"success": True, "message": "", "data": {"telegram_id": telegram_id, "records": found}})
+    return JSONResponse(
+        {"success": True, "message": "", "data": {"telegram_id": telegram_id, "records": to_json(found, snake)}}
+    )

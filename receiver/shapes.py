@@ -3,7 +3,7 @@ snake_case fields); the API, the admin pages and the command line answer in the 
 times as ISO 8601 in UTC (``...Z``)."""
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -19,16 +19,21 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat() + "Z"
 
 
-def to_json(value: Any) -> Any:
-    """``value`` as JSON-ready data: dataclasses become objects with camelCase keys, recursively."""
+def snake(name: str) -> str:
+    return name
+
+
+def to_json(value: Any, key: Callable[[str], str] = camel) -> Any:
+    """``value`` as JSON-ready data: dataclasses become objects, their field names as ``key`` spells them
+    (camelCase; the credit API keeps its snake_case), recursively."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {camel(field.name): to_json(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        return {key(field.name): to_json(getattr(value, field.name), key) for field in dataclasses.fields(value)}
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, Mapping):
-        return {key: to_json(item) for key, item in value.items()}
+        return {name: to_json(item, key) for name, item in value.items()}
     if isinstance(value, list | tuple):
-        return [to_json(item) for item in value]
+        return [to_json(item, key) for item in value]
     return value
