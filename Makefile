@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SERVICES_ENV := $(VENV)/test-services.env
 
-.PHONY: install run test lint typecheck services pytest bench scale chaos clean
+.PHONY: install run test test-fast lint typecheck services pytest bench scale chaos clean
 
 NODE_EXAMPLES := tests/seed_examples/node_modules/.package-lock.json
 
@@ -41,6 +41,11 @@ pytest: install services
 	. $(abspath $(SERVICES_ENV)) && $(VENV)/bin/pytest -n 2 -q
 
 test: lint typecheck pytest
+
+# While developing: the SQLite half without the slow, browser and Node.js tests (no database server
+# needed); `make test` runs everything, and is what CI runs
+test-fast: install
+	CREDITRELAY_TEST_MYSQL_URL=skip $(VENV)/bin/pytest -n 2 -q -m "not slow and not browser and not node"
 
 # Throughput against the bare Starlette ceiling, SQLite and MySQL (prints figures; asserts no timing)
 bench: install

@@ -27,8 +27,8 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.benchkit import OPENING, make_database
-from tests.support.processes import free_port, kill_hard, start, stop, wait_healthy
-from tests.support.tcp_proxy import TcpProxy
+from scripts.processes import free_port, kill_hard, start, stop, wait_healthy
+from scripts.tcp_proxy import TcpProxy
 
 SECRET = "chaos-secret-chaos-secret-chaos-secret-0123"  # noqa: S105 - a throwaway secret for local servers
 

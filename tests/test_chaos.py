@@ -7,6 +7,8 @@ import pytest
 from scripts.chaos import run_chaos
 from tests.support.database import Database
 
+pytestmark = pytest.mark.slow  # processes killed or many commands run: make test runs it, make test-fast does not
+
 
 @pytest.mark.parametrize("database", ["mysql"], indirect=True)  # the chaos runs against MySQL
 def test_kills_and_a_database_cut_lose_nothing_and_charge_nothing_twice(database: Database, tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from tests.support.cli import ok, run
 from tests.support.database import Database
 from tests.support.signing import SECRET
 
+pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
+
 
 def test_account_commands_print_json(database: Database) -> None:
     """migrate, user create/show, key link and topup print one JSON object each."""

@@ -19,6 +19,8 @@ from tests.support.cli import ok, run
 from tests.support.database import Database
 from tests.support.signing import SECRET, encode, usage_event
 
+pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
+
 
 def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     found = [parser]

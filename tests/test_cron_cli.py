@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from scripts.processes import CREDITRELAY, free_port, start, stop, wait_healthy
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
-from tests.support.processes import CREDITRELAY, free_port, start, stop, wait_healthy
 from tests.support.receiver import add_user
 from tests.support.signing import SECRET
+
+pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
 
 
 @pytest.fixture

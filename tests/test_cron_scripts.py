@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

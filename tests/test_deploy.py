@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.database import Database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +57,7 @@ def test_units_and_timers_run_real_commands() -> None:
     assert "backup" in (ROOT / "scripts" / "cron" / "run-job.sh").read_text()
 
 
+@pytest.mark.slow
 def test_the_installed_package_is_one_namespace_and_runs_from_anywhere(tmp_path: Path) -> None:
     """A non-editable install (what the Dockerfile does) puts the project under ``creditrelay`` and seed
     001's ``credit_sync_client`` only — no top-level ``schema`` or ``sender`` to shadow another package —

@@ -36,3 +36,32 @@ def test_code_imports_the_project_only_through_the_creditrelay_namespace() -> No
     assert len(files) > 50
     offenders = [path.relative_to(ROOT).as_posix() for path in files if bare.search(path.read_text())]
     assert offenders == []
+
+
+def _imports_of(folder: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        if "seed_examples" in path.parts:
+            continue
+        names = set(re.findall(r"^\s*(?:from|import) (tests(?:\.\w+)*)", path.read_text(), re.MULTILINE))
+        found[path.relative_to(ROOT).as_posix()] = names
+    return found
+
+
+def test_scripts_never_import_the_tests() -> None:
+    """What a benchmark or the chaos run needs of the test helpers lives in scripts/ (tests may import it)."""
+    imports = _imports_of("scripts")
+    assert len(imports) > 5
+    assert {path: names for path, names in imports.items() if names} == {}
+
+
+def test_tests_share_helpers_only_through_tests_support() -> None:
+    """A test module imports helpers from tests/support/, never from another test module or a conftest."""
+    imports = _imports_of("tests")
+    assert any(names for names in imports.values())
+    wrong = {
+        path: sorted(name for name in names if not name.startswith("tests.support"))
+        for path, names in imports.items()
+        if any(not name.startswith("tests.support") for name in names)
+    }
+    assert wrong == {}

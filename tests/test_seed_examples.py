@@ -13,6 +13,8 @@ from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, r
 from tests.support.database import Database
 from tests.support.receiver import Receiver
 
+pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
+
 EXAMPLES = Path(__file__).with_name("seed_examples")
 
 
@@ -46,6 +48,7 @@ def test_seed_python_direct_http_example(receiver: Receiver, database: Database,
     assert balance(database) == 100
 
 
+@pytest.mark.node
 def test_seed_node_example(receiver: Receiver, database: Database, creds: Credentials) -> None:
     """The seed's Node.js (axios) example computes the same token and is credited."""
     env = environment(receiver, creds) | {"NODE_PATH": str(EXAMPLES / "node_modules")}

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.receiver.test_webhooks import assert_ledger_consistent
+from scripts.processes import CREDITRELAY
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
-from tests.support.processes import CREDITRELAY
+from tests.support.ledger import assert_ledger_consistent
 from tests.support.receiver import Receiver, add_user
 from tests.support.signing import SECRET, encode, seed_headers
 

@@ -5,8 +5,8 @@ from sqlalchemy import Connection
 
 from creditrelay.billing.accounts import AccountError, NewUser, ReferenceConflict, create_user, top_up
 from creditrelay.billing.ledger import CreditStatus, UnknownUser
-from tests.billing.conftest import NOW, in_transaction
 from tests.support.database import Database
+from tests.support.ledger import NOW, in_transaction
 
 
 def test_top_up_once_per_reference_and_refusals(database: Database) -> None:

@@ -12,8 +12,8 @@ from creditrelay.billing.deliveries import record_deliveries
 from creditrelay.schema.database import make_engine, run_transaction
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.wire import parse_event
-from tests.billing.conftest import in_transaction
 from tests.support.database import Database
+from tests.support.ledger import in_transaction
 from tests.support.receiver import add_user
 from tests.support.signing import encode, usage_event
 

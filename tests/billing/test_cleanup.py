@@ -6,8 +6,8 @@ from creditrelay.billing.cleanup import delete_old_logs
 from creditrelay.billing.deliveries import record_deliveries
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.wire import parse_event
-from tests.billing.conftest import NOW, in_transaction
 from tests.support.database import Database
+from tests.support.ledger import NOW, in_transaction
 from tests.support.receiver import add_user
 from tests.support.signing import encode, usage_event
 

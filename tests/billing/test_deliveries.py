@@ -9,10 +9,8 @@ from creditrelay.billing.accounts import link_key
 from creditrelay.billing.deliveries import DeliveryStatus, record_deliveries
 from creditrelay.schema import statements as statements_module
 from creditrelay.schema.wire import parse_event
-from tests.billing.conftest import NOW, concurrently, in_transaction
-from tests.billing.test_ledger import make_user
-from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
+from tests.support.ledger import NOW, assert_ledger_consistent, concurrently, in_transaction, make_user
 from tests.support.signing import encode, usage_event
 
 pytestmark = pytest.mark.usefixtures("insert_path")  # every test on both insert paths

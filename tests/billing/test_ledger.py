@@ -3,9 +3,7 @@
 from datetime import datetime
 
 import pytest
-from sqlalchemy import Connection
 
-from creditrelay.billing.accounts import NewUser, create_user, link_key
 from creditrelay.billing.ledger import (
     CreditChange,
     CreditStatus,
@@ -17,20 +15,10 @@ from creditrelay.billing.ledger import (
 )
 from creditrelay.billing.rows import Shortfall, insert_new, insert_new_ids
 from creditrelay.schema.tables import poll_state, webhook_logs
-from tests.billing.conftest import NOW, concurrently, in_transaction
-from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
+from tests.support.ledger import NOW, assert_ledger_consistent, concurrently, in_transaction, make_user
 
 pytestmark = pytest.mark.usefixtures("insert_path")  # every test on both insert paths
-
-
-def make_user(database: Database, email: str, credits: int, key: str) -> int:
-    def work(connection: Connection) -> int:
-        user = create_user(connection, NewUser(email, opening_credits=credits), NOW)
-        link_key(connection, key, user.id, NOW)
-        return user.id
-
-    return in_transaction(database, work)
 
 
 def usage(key: str, cost: int, remote_key: str = "k1") -> Usage:

@@ -15,10 +15,9 @@ from creditrelay.billing.matching import Arrival, OpenUsage, nearest_first
 from creditrelay.billing.polling import PollConfig, Poller
 from creditrelay.schema.database import utc
 from creditrelay.schema.wire import Event, parse_event
-from tests.billing.conftest import in_transaction
-from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.ledger import assert_ledger_consistent, in_transaction
 from tests.support.receiver import add_user
 from tests.support.signing import encode
 
@@ -171,7 +170,7 @@ def test_a_poll_racing_webhooks_charges_each_usage_once(setup: Setup) -> None:
     """A poll's transaction over 40 log rows and 8 batches of their webhooks, all started together: every
     usage charged once, whichever got the user's lock first."""
     from creditrelay.billing.polling import bill_logs
-    from tests.billing.conftest import concurrently
+    from tests.support.ledger import concurrently
 
     for i in range(40):
         setup.log(T - 400 + i * 5, 10 + i, prompt=i)

@@ -11,10 +11,9 @@ from creditrelay.billing.polling import PollConfig, Poller, read_watermark
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.wire import parse_event
-from tests.billing.conftest import NOW, in_transaction
-from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.ledger import NOW, assert_ledger_consistent, in_transaction
 from tests.support.receiver import add_user
 from tests.support.signing import encode, usage_event
 

@@ -15,9 +15,9 @@ from creditrelay.cli.cron import render_table
 from creditrelay.schema.database import utc
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.wire import parse_event
-from tests.billing.conftest import in_transaction
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.ledger import in_transaction
 from tests.support.receiver import add_user
 from tests.support.signing import encode, usage_event
 
@@ -151,6 +151,7 @@ def test_fix_works_through_a_backlog_in_chunks_with_progress(
     assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == 500 - 120
 
 
+@pytest.mark.slow
 def test_fix_works_through_a_backlog_past_sqlite_variable_limits(database: Database, api: FakeNewApi) -> None:
     """140,000 failed deliveries (one IN list of them went past SQLite's 250,000 variables once padded, and
     --fix stopped having fixed nothing): every one is re-run, and the report counts what is still failed."""

@@ -47,6 +47,7 @@ def _shot(page: Page, name: str) -> None:
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+@pytest.mark.browser
 def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: str, database: Database) -> None:
     """The operator's loop in headless Chromium, one screenshot per page in test-artifacts/admin/."""
     body = encode(usage_event("evt-lost", key="k-new", cost=25, timestamp=int(time.time())))

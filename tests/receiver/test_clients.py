@@ -16,9 +16,9 @@ from creditrelay.receiver.clients import (
 )
 from creditrelay.schema.credit_sync import parse_sync_body
 from creditrelay.schema.database import utc
-from tests.billing.conftest import in_transaction
 from tests.support.credits import Credentials, signed
 from tests.support.database import Database
+from tests.support.ledger import in_transaction
 
 DEFAULT_SECRET = "the-operators-default-credit-sync-secret"
 

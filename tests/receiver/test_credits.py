@@ -11,9 +11,9 @@ from sqlalchemy.exc import OperationalError
 
 from creditrelay.billing.credit_sync import SyncOutcome
 from creditrelay.schema.credit_sync import SyncBody
-from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, register_client, signed
 from tests.support.database import Database
+from tests.support.ledger import assert_ledger_consistent
 from tests.support.receiver import Receiver
 
 

@@ -8,10 +8,9 @@ from creditrelay.billing.accounts import top_up
 from creditrelay.billing.admin import replay
 from creditrelay.billing.deliveries import DeliveryStatus
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
-from tests.billing.conftest import NOW, in_transaction
-from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.credits import TELEGRAM_ID, add_telegram_user, register_client, signed
 from tests.support.database import Database
+from tests.support.ledger import NOW, assert_ledger_consistent, in_transaction
 from tests.support.receiver import OPENING, Receiver, add_user
 from tests.support.signing import encode, seed_headers, usage_event
 

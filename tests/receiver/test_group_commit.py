@@ -15,9 +15,8 @@ from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.wire import Event, parse_event
-from tests.billing.conftest import force_row_counts
-from tests.receiver.test_webhooks import assert_ledger_consistent
 from tests.support.database import Database
+from tests.support.ledger import assert_ledger_consistent, force_row_counts
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
 from tests.support.signing import encode, seed_headers, usage_event

@@ -34,6 +34,7 @@ def authorized(database: Database) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.mark.parametrize("database", ["sqlite", "mysql"], indirect=True)
+@pytest.mark.slow
 def test_no_operation_answers_500(authorized: tuple[str, dict[str, str]]) -> None:
     """Every operation of /openapi.json — admin and credit query and path parameters included, signed in —
     fed what schemathesis generates (past-BIGINT numbers, odd times, Unicode): a 2xx-4xx (or 503), never a
@@ -64,6 +65,7 @@ def test_no_operation_answers_500(authorized: tuple[str, dict[str, str]]) -> Non
         st.sampled_from(["²", "¹", "١٢", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+01:00", "1e9", " 1", "-0"]),
     ),
 )
+@pytest.mark.slow
 def test_admin_query_parameters_are_a_200_or_a_400_naming_them(
     authorized: tuple[str, dict[str, str]], name: str, value: str
 ) -> None:
@@ -86,6 +88,7 @@ def test_docs_render_offline(receiver: Receiver) -> None:
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+@pytest.mark.browser
 def test_docs_page_lists_the_operations_and_one_opens_in_a_browser(receiver: Receiver) -> None:
     """In Chromium, /docs renders the document (no "Unable to render this definition"): every path is
     listed, and an operation expands to show its parameters and answers."""

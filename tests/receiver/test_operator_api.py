@@ -4,12 +4,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from creditrelay.billing.polling import advance_watermark
 from creditrelay.schema.database import run_transaction, utc
+from scripts.processes import free_port, start, stop, wait_healthy
 from tests.support.database import Database
-from tests.support.processes import free_port, start, stop, wait_healthy
 from tests.support.receiver import Receiver, add_user
 from tests.support.signing import SECRET, encode, seed_headers, usage_event
 
@@ -81,6 +82,7 @@ def test_info_says_what_is_enabled(receiver: Receiver) -> None:
     assert data["enabled"] == {"polling": False, "creditApi": True, "admin": False, "rateLimit": None}
 
 
+@pytest.mark.slow
 def test_metrics_add_up_across_workers(database: Database, tmp_path: Path) -> None:
     """With --workers 2, whichever worker answers the scrape reports the events both workers charged."""
     add_user(database.engine)

@@ -17,8 +17,8 @@ from creditrelay.billing.deliveries import DeliveryOutcome
 from creditrelay.receiver.app import create_app
 from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.schema.wire import Event
+from scripts.processes import CREDITRELAY, free_port, stop
 from tests.support.database import Database
-from tests.support.processes import CREDITRELAY, free_port, stop
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
 from tests.support.signing import SECRET, encode, seed_headers, usage_event
@@ -79,6 +79,7 @@ def test_serve_with_a_closed_log_pipe_answers_every_request(database: Database, 
     assert database.scalar("SELECT balance FROM users") == OPENING - 15
 
 
+@pytest.mark.slow
 def test_serve_with_a_log_pipe_nobody_reads_keeps_answering(database: Database, tmp_path: Path) -> None:
     """`serve` whose stderr is a pipe that stopped being read (its buffer fills after a few hundred lines):
     requests are answered as usual — lines wait in a bounded queue, then are dropped — never blocked."""

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.support.database import Database
+from tests.support.ledger import assert_ledger_consistent
 from tests.support.receiver import OPENING, Receiver, add_user
 from tests.support.signing import OTHER_SECRET, encode, seed_headers, standard_headers, usage_event
 
@@ -25,22 +26,6 @@ def post(receiver: Receiver, body: bytes, headers: dict[str, str] | None = None)
 
 def balance(database: Database, user_id: int) -> int:
     return int(database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id))
-
-
-def assert_ledger_consistent(database: Database) -> None:
-    """Balances equal the sums of transactions and the newest balance; usage and usage txns are 1:1."""
-    mismatched = database.rows(
-        "SELECT u.id FROM users u WHERE u.balance <> (SELECT COALESCE(SUM(amount), 0)"
-        " FROM credit_transactions t WHERE t.userId = u.id)"
-        " OR u.balance <> COALESCE((SELECT t.balance FROM credit_transactions t WHERE t.userId = u.id"
-        " ORDER BY t.id DESC LIMIT 1), 0)"
-    )
-    assert mismatched == []
-    assert database.count("usage_records") == database.count("credit_transactions", "type = 'usage'")
-    orphans = database.count(
-        "usage_records r", "NOT EXISTS (SELECT 1 FROM credit_transactions t WHERE t.usageRecordId = r.id)"
-    )
-    assert orphans == 0
 
 
 def test_seed_example_is_charged_once_and_redelivery_is_a_duplicate(receiver: Receiver, database: Database) -> None:

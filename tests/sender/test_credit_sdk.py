@@ -3,9 +3,9 @@
 import pytest
 
 from creditrelay.sender.credit_sync_client import CreditSyncClient, CreditSyncError
+from scripts.processes import free_port
 from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, register_client
 from tests.support.database import Database
-from tests.support.processes import free_port
 from tests.support.receiver import Receiver
 
 

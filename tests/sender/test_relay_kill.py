@@ -5,13 +5,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from creditrelay.sender.events import usage_event
-from tests.receiver.test_webhooks import assert_ledger_consistent
+from scripts.processes import free_port, kill_hard, start, stop, wait_healthy
 from tests.support.database import Database
-from tests.support.processes import free_port, kill_hard, start, stop, wait_healthy
+from tests.support.ledger import assert_ledger_consistent
 from tests.support.receiver import OPENING, add_user
 from tests.support.signing import SECRET
+
+pytestmark = pytest.mark.slow  # processes killed or many commands run: make test runs it, make test-fast does not
 
 
 def post_events(relay: str, first: int, count: int) -> int:

@@ -4,12 +4,16 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from creditrelay.sender.events import encode_event, usage_event
+from scripts.processes import CREDITRELAY
 from tests.support.database import Database
-from tests.support.processes import CREDITRELAY
 from tests.support.receiver import Receiver
 from tests.support.scripted_receiver import scripted_receiver
 from tests.support.signing import SECRET
+
+pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
 
 
 def send(url: str, body: bytes) -> subprocess.CompletedProcess[bytes]:

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from scripts.processes import CREDITRELAY
 from tests.support.database import Database
-from tests.support.processes import CREDITRELAY
 
 
 def run(

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.tables import metadata
-from tests.support.tcp_proxy import TcpProxy
+from scripts.tcp_proxy import TcpProxy
 
 TABLES = tuple(t.name for t in reversed(metadata.sorted_tables))  # children before parents
 
