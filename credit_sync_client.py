@@ -1,9 +1,9 @@
-"""The credit API's Python SDK under the name seed 001's snippets import it by::
+"""The credit API's Python SDK under the name the credit API's integration snippets import it by::
 
     from credit_sync_client import CreditSyncClient
 
 It is ``creditrelay.sender.credit_sync_client``; this module only re-exports it, so that code written
-against the seed runs unchanged after ``pip install creditrelay``.
+against those snippets runs unchanged after ``pip install creditrelay``.
 """
 
 from creditrelay.sender.credit_sync_client import CreditSyncClient, CreditSyncError, SyncResult

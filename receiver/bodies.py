@@ -71,7 +71,7 @@ class BodyDeadline:
     """A request's body must arrive within ``seconds`` of the first read, or the request is answered 408.
 
     One sweep per second cancels the reads that ran out of time, so a request costs a dictionary entry, not
-    a timer of its own (a timer per request cost ~4 µs on the webhook route, a tenth of its time). Only a
+    a timer of its own (which would be a noticeable share of the webhook route's time). Only a
     task waiting in ``receive`` is ever cancelled, and its cancellation becomes the 408 right there; a read
     that starts after the deadline is refused without waiting. Reads of an application that has its whole
     body are never watched (a route listening for a disconnect while it streams is not a slow body).

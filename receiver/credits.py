@@ -1,4 +1,4 @@
-"""The credit API of CONTRACT §6 (seeds 000/001): parse, authenticate, hand to billing, render."""
+"""The credit API (docs/credit-api.md): parse, authenticate, hand to billing, render."""
 
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""The usage webhook endpoints of CONTRACT §3: parse, authenticate, hand to billing, render."""
+"""The usage webhook endpoints (docs/webhooks.md): parse, authenticate, hand to billing, render."""
 
 import json
 import time

@@ -1,4 +1,4 @@
-"""The credit API's wire format (seeds 000/001): the sync body, and the HMAC token that signs it.
+"""The credit API's wire format: the sync body, and the HMAC token that signs it.
 
 ``token`` = lowercase hex HMAC-SHA256(secret, ``f"{telegram_id}:{amount}:{source}:{timestamp}"``) with the
 secret's UTF-8 bytes as key; ``timestamp`` must be within ±300 s of the server's clock.

@@ -1,4 +1,4 @@
-"""Configuration from the environment (CONTRACT §2), read once at an entry point and passed down.
+"""Configuration from the environment (docs/configuration.md), read once at an entry point and passed down.
 
 A ``.env`` file in the working directory is read too; the real environment wins over it. A bad value is
 refused with a ``SettingsError`` that names the variable and never repeats a secret.

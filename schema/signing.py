@@ -1,4 +1,4 @@
-"""The two webhook signature schemes of CONTRACT §3, for signing and for verifying.
+"""The two webhook signature schemes (docs/webhooks.md), for signing and for verifying.
 
 - the seed's scheme: ``X-Webhook-Signature`` = lowercase hex HMAC-SHA256 of the raw body, keyed with the
   secret's UTF-8 bytes (what ``openssl dgst -sha256 -hmac "$SECRET"`` prints);

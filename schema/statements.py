@@ -163,8 +163,8 @@ def savepoint(connection: Connection, name: str) -> Iterator[Callable[[], None]]
     """A savepoint inside the current transaction; call the yielded function to roll back to it. An
     exception leaving the block rolls back to it too (then propagates).
 
-    Plain SQL on the driver's cursor: SQLAlchemy's ``begin_nested`` costs ~0.25 ms per pair here, more
-    than the statements it protects on the hot path.
+    Plain SQL on the driver's cursor rather than SQLAlchemy's ``begin_nested``, whose bookkeeping costs more
+    than the statements it protects on the hot path (docs/decisions).
     """
     _run(connection, f"SAVEPOINT {name}", ())
     rolled_back = False
@@ -264,7 +264,7 @@ def _insert_rows(
         # At most _SQLITE_ROWS rows per statement, a short chunk padded (``pad``) with copies of its last row
         # to a power of two: the copies meet that row's unique key and are skipped, and the statements come
         # in seven shapes per table, which the driver's statement cache keeps prepared (one shape per batch
-        # size missed it: ~3 µs per event went into compiling them again).
+        # size would miss it, and every batch would compile its statements again).
         for start in range(0, len(rows), _SQLITE_ROWS):
             chunk = rows[start : start + _SQLITE_ROWS]
             chunk = padded(chunk) if pad else chunk

@@ -1,4 +1,4 @@
-"""The tables of CONTRACT §4, with seed 004's SQL-visible camelCase names.
+"""The tables (docs/design.md), with the SQL-visible camelCase names of the billing schema they grew from.
 
 Attributes are snake_case in Python; the column names are the seed's, so its monitoring SQL runs
 unchanged. Credits are BIGINT. Times are naive UTC. Identifier columns compare byte-for-byte on MySQL

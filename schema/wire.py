@@ -1,4 +1,4 @@
-"""The usage event envelope of CONTRACT §3: parse raw bytes into a checked event, or say which field is wrong.
+"""The usage event envelope (docs/webhooks.md): parse raw bytes into a checked event, or say which field is wrong.
 
 Parsing is strict on purpose: the body must be UTF-8 JSON with no duplicate keys and no NaN/Infinity,
 integers are JSON integers (not ``15.0``, not ``"15"``, not ``true``) within BIGINT, and every failure
@@ -175,7 +175,7 @@ def canonical_hash(value: Any) -> str:
 
 
 def parse_event(body: bytes) -> Event:
-    """Parse and check one event body (CONTRACT §3)."""
+    """Parse and check one event body."""
     document = parse_json_object(body)
     is_usage = document.get("eventType") == USAGE_EVENT
     try:

@@ -1,5 +1,5 @@
-"""Python SDK of the credit API (seeds 000/001); seed 001's snippets work after changing the import to
-``from sender.credit_sync_client import CreditSyncClient``.
+"""Python SDK of the credit API (docs/credit-api.md), also installed as ``credit_sync_client``:
+``from credit_sync_client import CreditSyncClient``.
 
 Every request is signed afresh (token over ``telegram_id:amount:source:timestamp``). Only idempotent
 requests are retried on network errors — those with a reference, and reads — because only for them can

@@ -23,7 +23,7 @@ def usage_event(
     timestamp: int | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """A CONTRACT §3 usage event; keep the returned dict (and its ``eventId``) for every retry."""
+    """A usage event (docs/webhooks.md); keep the returned dict (and its ``eventId``) for every retry."""
     data: dict[str, Any] = {
         "remoteKeyId": remote_key_id,
         "model": model,

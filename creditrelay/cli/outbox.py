@@ -116,7 +116,10 @@ def register(commands: Any) -> None:
     relay.add_argument("--to", required=True, metavar="URL", help="the receiver's /api/webhooks/events")
     _outbox_option(relay)
     relay.add_argument(
-        "--retry-schedule", type=_schedule, metavar="S,S,…", help="seconds between attempts (default: 5 s to 24 h)"
+        "--retry-schedule",
+        type=_schedule,
+        metavar="S,S,…",
+        help="seconds before each retry (default: 5,300,1800,7200,18000,36000,36000, about 28 h in all)",
     )
     relay.add_argument(
         "--concurrency", type=integer(1, 1000), default=16, help="deliveries in flight at once (default: 16)"
