@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.support.processes import free_port
+from scripts.processes import free_port
+
+pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
