@@ -15,12 +15,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# seed 001's Node.js example runs in the tests; it needs axios (the only npm package used)
+# the credit API's Node.js client example runs in the tests; it needs axios (the only npm package used)
 $(NODE_EXAMPLES): tests/seed_examples/package-lock.json
 	npm ci --prefix tests/seed_examples --no-audit --no-fund --silent
 	touch $(NODE_EXAMPLES)
 
-run: install
+run: $(STAMP)
 	$(PY) scripts/dev_server.py
 
 lint: install

@@ -107,7 +107,8 @@ def _read(connection: Connection, event_ids: Sequence[str]) -> dict[str, tuple[s
 
 def _unknown_key(event: Event) -> DeliveryOutcome:
     assert event.usage is not None
-    error = f"unknown remoteKeyId {event.usage.remoteKeyId}: no api_keys row links it to a user"
+    key = event.usage.remoteKeyId
+    error = f"unknown remoteKeyId {key}: no user has this gateway key (creditrelay key link {key} --user …)"
     return DeliveryOutcome(event.event_id, DeliveryStatus.UNBILLABLE, error)
 
 

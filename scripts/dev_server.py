@@ -2,7 +2,7 @@
 
 With no WEBHOOK_SECRET (environment or .env) a development secret is generated once and kept in
 ``data/dev-webhook-secret``. A demo user (demo@example.com, 1000 credits) owns gateway key 1, so the
-printed curl example — seed 004's own payload — charges 15 credits, and a second run is a duplicate.
+printed curl example charges 15 credits, and a second run is a duplicate.
 """
 
 import argparse
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from creditrelay.billing.accounts import AccountError, NewUser, User, create_user, find_user, link_key
+from creditrelay.billing.accounts import AccountError, NewUser, User, create_user, find_user, link_key, list_keys
 from creditrelay.schema.database import make_engine, run_transaction, utc
 from creditrelay.schema.migrate import upgrade
 from creditrelay.schema.settings import load_settings
@@ -41,7 +41,8 @@ def ensure_demo_user(connection: Connection) -> User:
         user = find_user(connection, "demo@example.com")
     except AccountError:
         user = create_user(connection, NewUser("demo@example.com", "Demo", opening_credits=1000), now)
-    link_key(connection, "1", user.id, now)
+    if not list_keys(connection, remote_key_id="1"):  # a key 1 you linked to someone else stays theirs
+        link_key(connection, "1", user.id, now)
     return user
 
 

@@ -1,4 +1,4 @@
-"""The `creditrelay` console script, run as an operator runs it (CONTRACT §5)."""
+"""The `creditrelay` console script, run as an operator runs it."""
 
 import json
 from pathlib import Path

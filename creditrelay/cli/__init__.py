@@ -7,9 +7,10 @@ or an account command starts quickly. Account commands print one JSON object on 
 line on stderr (exit 2 for a mistake in the command line or the settings, 1 for what cannot be done).
 """
 
-import os
 import sys
 from collections.abc import Sequence
+
+from sqlalchemy.exc import OperationalError
 
 from creditrelay import __version__
 from creditrelay.cli import accounts, cron, outbox, server
@@ -36,14 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from creditrelay.receiver.logs import configure_logging
         from creditrelay.schema.settings import load_settings
 
-        configure_logging(os.environ.get("LOG_LEVEL", "info"))  # JSON lines on stderr; stdout is the answer
         settings = load_settings()
+        configure_logging(settings.log_level)  # JSON lines on stderr; stdout is the answer
         handler: Handler = args.handler
         return handler(args, settings)
     except SettingsError as error:
         return fail(str(error), 2)
     except DatabaseUnavailable as error:
         return fail(f"database unavailable: {error}")
+    except OperationalError as error:  # the database does not answer (down, wrong host or credentials)
+        return fail(f"database unavailable: {str(error.orig).splitlines()[0][:300]}")
     except CreditRelayError as error:
         return fail(str(error))
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""The credit API (CONTRACT §6) over HTTP against the real server, on SQLite and MySQL."""
+"""The credit API over HTTP against the real server, on SQLite and MySQL."""
 
 import asyncio
 import time

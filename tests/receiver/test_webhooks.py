@@ -1,4 +1,4 @@
-"""The usage webhook of CONTRACT §3 against a real server, on SQLite and MySQL."""
+"""The usage webhook against a real server, on SQLite and MySQL."""
 
 import asyncio
 import json
@@ -251,7 +251,7 @@ def test_bad_input_is_refused_and_changes_nothing(
     status: int,
     message: str,
 ) -> None:
-    """Every bad input of CONTRACT §3 gets its status and a message naming the problem; nothing is written."""
+    """Every bad input gets its status and a message naming the problem; nothing is written."""
     before = database.snapshot()
     reply = post(receiver, body, headers)
     assert reply.status_code == status
