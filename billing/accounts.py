@@ -9,6 +9,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from creditrelay.billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
+from creditrelay.billing.rows import lock_balances
+from creditrelay.billing.watch import SUSPEND, queue_intents, requeue, watch_of
 from creditrelay.schema.database import upsert
 from creditrelay.schema.errors import Conflict, InvalidInput
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
@@ -81,7 +83,11 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> User:
     if new.opening_credits:
         change = CreditChange(user_id, new.opening_credits, f"opening:{user_id}", "opening", reason="opening balance")
         apply_credit(connection, change, now)
-    return find_user(connection, str(user_id))
+    user = find_user(connection, str(user_id))
+    watch = watch_of(connection)
+    if watch is not None and watch.enforce and watch.suspended(user.balance):
+        queue_intents(connection, [user_id], SUSPEND, now)  # starts suspended: its keys are disabled when linked
+    return user
 
 
 def find_user(connection: Connection, email_or_id: str) -> User:
@@ -124,8 +130,23 @@ def link_key(connection: Connection, remote_key_id: str, user_id: int, now: date
     key = _remote_key(remote_key_id)
     row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
     connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], ["userId", "updatedAt"]))
+    watch = watch_of(connection)
+    if watch is not None and watch.enforce:
+        balance = lock_balances(connection, [user_id]).get(user_id)
+        if balance is not None and watch.suspended(balance):
+            queue_intents(connection, [user_id], SUSPEND, now)  # the new key too is disabled
     [link] = list_keys(connection, remote_key_id=key)
     return link
+
+
+def set_gateway_user(connection: Connection, user_id: int, gateway_user_id: int, now: datetime) -> None:
+    """The user's id at the gateway, as the operator says (what GATEWAY_ENFORCEMENT=users disables); the
+    user's current state is pushed to it."""
+    if not 0 < gateway_user_id <= BIGINT_MAX:
+        raise AccountError(f"a gateway user id is a positive integer up to {BIGINT_MAX}")
+    lock_balances(connection, [user_id])
+    connection.execute(users.update().where(users.c.id == user_id).values(gatewayUserId=gateway_user_id))
+    requeue(connection, user_id, now)
 
 
 def unlink_key(connection: Connection, remote_key_id: str) -> KeyLink:

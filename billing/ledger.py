@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from creditrelay.billing import matching
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, lock_users, set_balances
+from creditrelay.billing.watch import crossed
 from creditrelay.schema.errors import NotFound
 from creditrelay.schema.money import MAX_BALANCE, in_range
 from creditrelay.schema.statements import execute_many, insert_all, savepoint
@@ -206,6 +207,8 @@ def apply_usage(
         connection.execute(usage_records.delete().where(usage_records.c.usageKey.in_(refused)))
     execute_many(connection, "usage_transactions", lambda _: credit_transactions.insert(), transactions)
     set_balances(connection, changed, now)
+    if changed:
+        crossed(connection, {u: locked[u][0] for u in changed}, changed, now)
     if opened or settled.pairings:
         _open(connection, opened, record_ids, settled.pairings)
     return outcomes
@@ -285,6 +288,8 @@ def apply_credit(connection: Connection, change: CreditChange, now: datetime) ->
             rollback()
             return CreditOutcome(CreditStatus.OUT_OF_RANGE, balance, 0)
     set_balances(connection, {change.user_id: new_balance}, now)
+    if change.type != "opening":  # a new user's first balance crosses nothing (create_user says where it starts)
+        crossed(connection, {change.user_id: balance}, {change.user_id: new_balance}, now)
     transaction_id = connection.execute(
         sa.select(credit_transactions.c.id).where(credit_transactions.c.reference == change.reference)
     ).scalar_one()

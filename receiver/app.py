@@ -1,7 +1,7 @@
 """The Starlette application: routes, state, error rendering."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import openapi_ui_bundles
 from sqlalchemy import Engine
@@ -12,9 +12,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from creditrelay.billing.polling import Poller
-from creditrelay.receiver import admin_api, credits, openapi, operator_api
+from creditrelay.receiver import admin_api, allowance, credits, openapi, operator_api
 from creditrelay.receiver.admin_pages import admin_pages
-from creditrelay.receiver.background import polling_lifespan
+from creditrelay.receiver.background import Worker, background_lifespan, polling
 from creditrelay.receiver.bodies import BodyDeadline
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS
 from creditrelay.receiver.ingest import Ingestor
@@ -66,9 +66,10 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     poller: Poller | None = None,
+    workers: Sequence[Worker] = (),
 ) -> Starlette:
     """The receiver for ``settings``, on ``engine`` (already migrated); with ``poller`` and ``POLL_INTERVAL``
-    it also polls new-api in the background."""
+    it also polls new-api in the background, and runs ``workers`` beside (see ``background``)."""
     admin_service = admin_api.AdminService(engine, settings.admin_token, clock, settings.usage_match_seconds)
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
@@ -78,6 +79,7 @@ def create_app(
         Route("/api/credits/balance/{telegram_id}", credits.balance, methods=["GET"]),
         Route("/api/credits/records/{telegram_id}", credits.records, methods=["GET"]),
         Route("/api/info", operator_api.info, methods=["GET"]),
+        Route("/api/gateway/allowance/{remote_key_id:path}", allowance.allowance, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
         Mount("/admin", app=admin_pages(admin_service)),
@@ -91,9 +93,10 @@ def create_app(
         Route("/api/admin/stats", admin_api.stats, methods=["GET"]),
         Route("/metrics", operator_api.metrics, methods=["GET"]),
     ]
-    lifespan = None
+    background = list(workers)
     if poller is not None and settings.poll_interval:
-        lifespan = polling_lifespan(poller, settings.poll_interval)
+        background.append(polling(poller, settings.poll_interval))
+    lifespan = background_lifespan(background) if background else None
     app = ReceiverApp(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.body_deadline = BodyDeadline(settings.body_timeout)
     app.state.webhooks = WebhookService(
@@ -104,12 +107,15 @@ def create_app(
         clock=clock,
     )
     app.state.admin = admin_service
+    app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance)
     app.state.operator = operator_api.OperatorService(
         database=engine.dialect.name,
         polling=settings.polling_enabled,
         admin=settings.admin_token is not None,
         rate_limit=settings.credit_rate_limit,
         ledger=ledger_registry(engine, clock),
+        enforcement=settings.gateway_enforcement,
+        alerts=settings.alert_webhook_url is not None,
     )
     limiter = RateLimiter(settings.credit_rate_limit) if settings.credit_rate_limit else None
     app.state.credits = credits.CreditService(engine, settings.credit_sync_secret, clock, limiter)

@@ -17,8 +17,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from creditrelay.billing import enforcement
 from creditrelay.schema.database import READ_ONLY
-from creditrelay.schema.tables import poll_state, reconcile_runs
+from creditrelay.schema.tables import outbox_events, poll_state, reconcile_runs
 
 EVENTS = Counter("creditrelay_webhook_events", "Webhook deliveries by outcome", ["outcome"])
 REQUEST_SECONDS = Histogram(
@@ -40,6 +41,9 @@ WRITER_FAILURES = Counter(
 WRITER_RESTARTS = Counter("creditrelay_writer_restarts", "Group-commit writers found stopped and started again")
 LOG_LINES_DROPPED = Counter("creditrelay_log_lines_dropped", "Log lines that could not be rendered or written")
 POLL_PASSES = Counter("creditrelay_poll_passes", "Background polling passes by outcome", ["outcome"])
+GATEWAY_CALLS = Counter(
+    "creditrelay_gateway_calls", "Calls to the gateway to suspend or resume, by outcome", ["outcome"]
+)
 
 
 class LedgerCollector(Collector):
@@ -58,8 +62,28 @@ class LedgerCollector(Collector):
                     .order_by(reconcile_runs.c.id.desc())
                     .limit(1)
                 ).one_or_none()
+                access = enforcement.counts(connection)
+                alerts = connection.execute(
+                    sa.select(outbox_events.c.status, sa.func.count()).group_by(outbox_events.c.status)
+                ).all()
         except SQLAlchemyError:
             return
+        for name, text, value in (
+            ("creditrelay_users_suspended", "Users whose latest word to the gateway is a suspension", "suspended"),
+            (
+                "creditrelay_gateway_intents_pending",
+                "Suspensions and resumptions the gateway has not confirmed",
+                "pending",
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], float(access[value]))
+            yield gauge
+        by_status = GaugeMetricFamily("creditrelay_alerts", "Alerts in the outbox by state", labels=["status"])
+        found_alerts: dict[str, int] = {str(status): int(count) for status, count in alerts}
+        for status in ("pending", "delivered", "dead"):
+            by_status.add_metric([status], float(found_alerts.get(status, 0)))
+        yield by_status
         if watermark is not None:
             lag = GaugeMetricFamily("creditrelay_poll_lag_seconds", "Seconds since the last billed upstream log")
             lag.add_metric([], max(0.0, self.clock() - float(watermark)))

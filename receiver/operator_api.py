@@ -18,6 +18,8 @@ class OperatorService:
     admin: bool
     rate_limit: int | None
     ledger: CollectorRegistry
+    enforcement: str = "off"
+    alerts: bool = False
 
 
 def _service(request: Request) -> OperatorService:
@@ -27,7 +29,14 @@ def _service(request: Request) -> OperatorService:
 
 async def info(request: Request) -> Response:
     service = _service(request)
-    enabled = {"polling": service.polling, "creditApi": True, "admin": service.admin, "rateLimit": service.rate_limit}
+    enabled = {
+        "polling": service.polling,
+        "creditApi": True,
+        "admin": service.admin,
+        "rateLimit": service.rate_limit,
+        "enforcement": service.enforcement,
+        "alerts": service.alerts,
+    }
     body = {"name": "creditrelay", "version": version("creditrelay"), "database": service.database, "enabled": enabled}
     return JSONResponse({"success": True, "message": "", "data": body})
 

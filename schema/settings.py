@@ -14,9 +14,11 @@ from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
 from creditrelay.schema.errors import SettingsError as SettingsError  # raised here, defined with the others
+from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
+ENFORCEMENT_MODES = ("off", "tokens", "users")
 DEV_SECRET_FILE = Path("data/dev-webhook-secret")  # written by `make run` (scripts/dev_server.py)
 DEFAULT_BODY_LIMIT = 64 * 1024
 
@@ -38,6 +40,13 @@ class Settings:
     poll_overlap_seconds: int = 300
     poll_lookback_hours: int = 24
     credit_rate_limit: int | None = None  # requests per minute per credit-API client, per process
+    gateway_enforcement: str = "off"  # off | tokens | users: what is disabled at the gateway while suspended
+    suspend_at_balance: int = 0  # a user is suspended while their balance is at or below this
+    low_balance_at: int | None = None  # balance.low alert when a balance first drops below this
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: WebhookSecret | None = None  # whsec_…: signs the alerts (Standard Webhooks)
+    gateway_token: str | None = None  # bearer token of GET /api/gateway/allowance/{remoteKeyId}
+    log_level: str = "info"
 
     @property
     def polling_enabled(self) -> bool:
@@ -104,6 +113,28 @@ def load_settings(
     if any(polling.values()) and not all(polling.values()):
         missing = ", ".join(name for name, value in polling.items() if not value)
         raise SettingsError(f"{missing}: polling needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID")
+    enforcement = config("GATEWAY_ENFORCEMENT", default="off").strip().lower() or "off"
+    if enforcement not in ENFORCEMENT_MODES:
+        raise SettingsError(f"GATEWAY_ENFORCEMENT must be one of {', '.join(ENFORCEMENT_MODES)}")
+    if enforcement != "off" and not all(polling.values()):
+        raise SettingsError(
+            f"GATEWAY_ENFORCEMENT={enforcement} needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID"
+        )
+    alert_url, alert_secret = _optional(config, "ALERT_WEBHOOK_URL"), _optional(config, "ALERT_WEBHOOK_SECRET")
+    if alert_url is not None and not alert_url.startswith(("http://", "https://")):
+        raise SettingsError("ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+    if (alert_url is None) != (alert_secret is None):
+        raise SettingsError("ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET go together")
+    if alert_secret is not None and not alert_secret.startswith("whsec_"):
+        raise SettingsError("ALERT_WEBHOOK_SECRET must be a Standard Webhooks secret (whsec_…)")
+    try:
+        alert_key = WebhookSecret.parse(alert_secret) if alert_secret is not None else None
+    except SecretError as error:
+        raise SettingsError(f"ALERT_WEBHOOK_SECRET: {error}") from None
+    gateway_token = _optional(config, "GATEWAY_TOKEN")
+    if gateway_token is not None and len(gateway_token) < 32:
+        raise SettingsError("GATEWAY_TOKEN must be at least 32 characters")
+    low = _optional(config, "LOW_BALANCE_AT")
     return Settings(
         database_url=database_url,
         webhook_secrets=secrets,
@@ -119,4 +150,18 @@ def load_settings(
         credit_rate_limit=int(_number(config, "CREDIT_RATE_LIMIT", "0", minimum=0)) or None,
         body_timeout=_number(config, "BODY_READ_TIMEOUT", "10", minimum=0.1, integer=False),
         usage_match_seconds=_number(config, "USAGE_MATCH_SECONDS", "10", minimum=0, integer=False),
+        gateway_enforcement=enforcement,
+        suspend_at_balance=_balance(config, "SUSPEND_AT_BALANCE", "0"),
+        low_balance_at=None if low is None else _balance(config, "LOW_BALANCE_AT", low),
+        alert_webhook_url=alert_url,
+        alert_webhook_secret=alert_key,
+        gateway_token=gateway_token,
+        log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",
     )
+
+
+def _balance(config: Config, name: str, default: str) -> int:
+    value = int(_number(config, name, default, minimum=-MAX_BALANCE))
+    if value > MAX_BALANCE:
+        raise SettingsError(f"{name} must be at most {MAX_BALANCE}")
+    return value

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp, register_exact_collation
+from creditrelay.schema.outbox import outbox_tables
 
 metadata = SQLModel.metadata
 register_exact_collation(metadata)
@@ -47,6 +48,9 @@ class User(SQLModel, table=True):
     # usages charged from the gateway's log still waiting for their webhook (billing.matching): while there
     # are none, a webhook without a request id has nothing to look for
     open_poll_usages: int = column("openPollUsages", default=0, sa_type=sa.BigInteger)
+    # the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users: set by the operator, or learned
+    # from what the gateway sends while unset
+    gateway_user_id: int | None = column("gatewayUserId", default=None, sa_type=sa.BigInteger)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 
@@ -242,6 +246,49 @@ class AdminSession(SQLModel, table=True):
     ended_at: datetime | None = column("endedAt", default=None, sa_type=Timestamp)
 
 
+class GatewayState(SQLModel, table=True):
+    """What the gateway should do with a user's access (``billing.enforcement``): the latest intent,
+    ``desired`` (suspend or resume) at ``version``, written in the transaction whose balance change crossed
+    the line; ``applied`` is the version the gateway last confirmed. Work exists while ``version >
+    applied``; an enforcer claims it with a lease (``leaseOwner``, ``leaseUntil``)."""
+
+    __tablename__ = "gateway_states"
+    __table_args__ = (sa.Index(None, "nextAttemptAt"), MYSQL_TABLE_OPTIONS)
+
+    user_id: int = Field(
+        primary_key=True,
+        foreign_key="users.id",
+        sa_type=Id,
+        sa_column_kwargs={"name": "userId", "autoincrement": False},
+    )
+    desired: str = Field(max_length=16)
+    version: int = Field(sa_type=sa.BigInteger)
+    applied: int = Field(default=0, sa_type=sa.BigInteger)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = column("nextAttemptAt", sa_type=Timestamp)
+    lease_owner: str | None = column("leaseOwner", default=None, max_length=64)
+    lease_until: datetime | None = column("leaseUntil", default=None, sa_type=Timestamp)
+    last_error: str | None = column("lastError", default=None, max_length=255)
+    updated_at: datetime = column("updatedAt", sa_type=Timestamp)
+
+
+class GatewayCall(SQLModel, table=True):
+    """Every call made to the gateway to suspend or resume a user, with its answer."""
+
+    __tablename__ = "gateway_calls"
+    __table_args__ = (sa.Index(None, "userId", "id"), MYSQL_TABLE_OPTIONS)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    user_id: int = column("userId", sa_type=Id)
+    target: str = Field(max_length=64)  # "token 17" or "user 42"
+    action: str = Field(max_length=16)  # suspend | resume
+    ok: bool
+    status_code: int | None = column("statusCode", default=None)
+    answer: str = Field(max_length=255)
+    at: datetime = Field(sa_type=Timestamp)
+
+
+outbox_events, outbox_attempts = outbox_tables(metadata)  # what billing sends (alerts), delivered by the relay
 users = metadata.tables["users"]
 api_keys = metadata.tables["api_keys"]
 usage_records = metadata.tables["usage_records"]
@@ -250,3 +297,5 @@ webhook_logs = metadata.tables["webhook_logs"]
 api_clients = metadata.tables["api_clients"]
 admin_sessions = metadata.tables["admin_sessions"]
 usage_matches = metadata.tables["usage_matches"]
+gateway_states = metadata.tables["gateway_states"]
+gateway_calls = metadata.tables["gateway_calls"]

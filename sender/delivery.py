@@ -16,10 +16,10 @@ from enum import StrEnum
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
+from creditrelay.schema.outbox import SNIPPET_LENGTH as SNIPPET_LENGTH
 from creditrelay.schema.signing import WebhookSecret, signature_headers
 
 USER_AGENT = "creditrelay-sender/0.1"
-SNIPPET_LENGTH = 200
 
 
 class Verdict(StrEnum):

@@ -16,9 +16,6 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from creditrelay.schema.database import (
-    MYSQL_TABLE_OPTIONS,
-    Id,
-    LongText,
     Timestamp,
     convert_to_exact_collation,
     insert_ignoring_duplicates,
@@ -26,43 +23,18 @@ from creditrelay.schema.database import (
     register_exact_collation,
     utc,
 )
+from creditrelay.schema.outbox import DEAD as DEAD
+from creditrelay.schema.outbox import DELIVERED as DELIVERED
+from creditrelay.schema.outbox import EVENT_ID_MAX, outbox_tables
+from creditrelay.schema.outbox import PENDING as PENDING
 from creditrelay.schema.statements import execute_many
-from creditrelay.sender.delivery import SNIPPET_LENGTH, Attempt
+from creditrelay.sender.delivery import Attempt
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"
-EVENT_ID_MAX = 64
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
 metadata = sa.MetaData()
 register_exact_collation(metadata, required=False)  # an outbox still opens on MySQL 5.7 (ids minted unique)
-outbox_events = sa.Table(
-    "outbox_events",
-    metadata,
-    sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("eventId", sa.String(EVENT_ID_MAX), nullable=False, unique=True),
-    sa.Column("body", LongText, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("nextAttemptAt", Timestamp, nullable=False),
-    sa.Column("claimedUntil", Timestamp, nullable=True),
-    sa.Column("lastError", sa.String(SNIPPET_LENGTH + 50), nullable=True),
-    sa.Column("createdAt", Timestamp, nullable=False),
-    sa.Column("deliveredAt", Timestamp, nullable=True),
-    sa.Index("ix_outbox_events_due", "status", "nextAttemptAt"),
-    **MYSQL_TABLE_OPTIONS,
-)
-outbox_attempts = sa.Table(
-    "outbox_attempts",
-    metadata,
-    sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("eventId", sa.String(64), nullable=False, index=True),
-    sa.Column("attemptedAt", Timestamp, nullable=False),
-    sa.Column("verdict", sa.String(16), nullable=False),
-    sa.Column("statusCode", sa.Integer, nullable=True),
-    sa.Column("latencyMs", sa.Integer, nullable=False),
-    sa.Column("snippet", sa.String(SNIPPET_LENGTH * 4), nullable=False),
-    **MYSQL_TABLE_OPTIONS,
-)
+outbox_events, outbox_attempts = outbox_tables(metadata)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ class RelayConfig:
     lease: float = 120.0
     retry_after_max: float = 3600.0
     clock: Callable[[], float] = field(default=time.time)
+    # One relay per outbox frees, at start, the claims its killed predecessor left; relays sharing an
+    # outbox (one per serve instance) must not, and wait for those claims' leases to run out instead.
+    shared: bool = False
 
 
 def settle(event: OutboxEvent, attempt: Attempt, config: RelayConfig) -> Settlement:
@@ -100,7 +103,7 @@ class OutboxRelay:
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             while not stop.is_set():
                 try:
-                    if not resumed:
+                    if not resumed and not self.config.shared:
                         released = await asyncio.to_thread(self.outbox.release_claims)
                         resumed = True
                         if released:

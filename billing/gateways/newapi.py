@@ -1,8 +1,11 @@
-"""The upstream: new-api's admin log API, read-only, as its source defines it.
+"""The upstream: new-api's admin API, as its source defines it.
 
-``GET /api/log/?type=2&p=…&page_size=…&start_timestamp=…&end_timestamp=…`` with ``Authorization`` and
-``New-Api-User``; rows newest first (``id`` descending), ``p`` 1-based, ``page_size`` capped at 100,
-both timestamps inclusive. A refusal may come back as HTTP 200 with ``"success": false``.
+The consume log: ``GET /api/log/?type=2&p=…&page_size=…&start_timestamp=…&end_timestamp=…`` with
+``Authorization`` and ``New-Api-User``; rows newest first (``id`` descending), ``p`` 1-based,
+``page_size`` capped at 100, both timestamps inclusive. Access: ``PUT /api/token/?status_only=1``
+``{"id", "status": 1 | 2}`` for the admin account's own tokens, ``POST /api/user/manage`` ``{"id",
+"action": "enable" | "disable"}`` for users. Any call may be refused as HTTP 200 with ``"success": false``:
+every method raises ``UpstreamError`` for a refusal, an HTTP error or no answer.
 """
 
 import json
@@ -134,8 +137,11 @@ class NewApiClient:
         self.http.close()
 
     def _get(self, path: str, params: dict[str, int] | None = None) -> Any:
+        return self._call("GET", path, params=params)
+
+    def _call(self, method: str, path: str, **options: Any) -> Any:
         try:
-            response = self.http.get(path, params=params)
+            response = self.http.request(method, path, **options)
         except httpx.TransportError as error:
             raise UpstreamError(f"new-api unreachable: {type(error).__name__}") from None
         if response.status_code != 200:
@@ -162,3 +168,25 @@ class NewApiClient:
         if not isinstance(data, dict) or "quota_per_unit" not in data:
             raise UpstreamError("status without data.quota_per_unit")
         return int(data["quota_per_unit"])
+
+    def set_token_status(self, token_id: int, enabled: bool) -> None:
+        """Enable or disable one of the admin account's own tokens (only the status changes)."""
+        self._call(
+            "PUT", "/api/token/", params={"status_only": 1}, json={"id": token_id, "status": 1 if enabled else 2}
+        )
+
+    def set_user_enabled(self, user_id: int, enabled: bool) -> None:
+        """Enable or disable a new-api user (admin role): a disabled user's every key answers 403."""
+        self._call("POST", "/api/user/manage", json={"id": user_id, "action": "enable" if enabled else "disable"})
+
+    def token_enabled(self, token_id: int) -> bool:
+        data = self._call("GET", f"/api/token/{token_id}")
+        if not isinstance(data, dict) or not isinstance(data.get("status"), int):
+            raise UpstreamError("token without data.status")
+        return bool(data["status"] == 1)
+
+    def user_enabled(self, user_id: int) -> bool:
+        data = self._call("GET", f"/api/user/{user_id}")
+        if not isinstance(data, dict) or not isinstance(data.get("status"), int):
+            raise UpstreamError("user without data.status")
+        return bool(data["status"] == 1)

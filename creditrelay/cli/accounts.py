@@ -37,9 +37,15 @@ def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_key_link(args: argparse.Namespace, settings: Settings) -> int:
-    from creditrelay.billing.accounts import find_user, link_key
+    from creditrelay.billing.accounts import find_user, link_key, set_gateway_user
 
-    return transaction(settings, lambda c: link_key(c, args.remote_key_id, find_user(c, args.user).id, now()))
+    def work(connection: "Connection") -> Any:
+        user = find_user(connection, args.user)
+        if args.gateway_user is not None:
+            set_gateway_user(connection, user.id, args.gateway_user, now())
+        return link_key(connection, args.remote_key_id, user.id, now())
+
+    return transaction(settings, work)
 
 
 def cmd_key_unlink(args: argparse.Namespace, settings: Settings) -> int:
@@ -119,6 +125,12 @@ def register(commands: Any) -> None:
     link = command(key, "link", cmd_key_link, "the gateway key bills that user (moved if linked to another)")
     link.add_argument("remote_key_id", type=remote_key, metavar="REMOTE_KEY_ID", help="the gateway's key (token) id")
     link.add_argument("--user", required=True, metavar=USER, help="the user it bills")
+    link.add_argument(
+        "--gateway-user",
+        type=integer(1, MAX_ID),
+        metavar="ID",
+        help="the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users; wins over a learned one",
+    )
     unlink = command(key, "unlink", cmd_key_unlink, "the gateway key bills nobody (its usages fail until linked)")
     unlink.add_argument("remote_key_id", type=remote_key, metavar="REMOTE_KEY_ID", help="the gateway's key id")
     keys = command(key, "list", cmd_key_list, "linked gateway keys")

@@ -55,14 +55,14 @@ def ledger(settings: Settings) -> "Engine":
     error naming a table, or a new empty SQLite file made in whatever directory the command ran in)."""
     import sqlalchemy as sa
 
-    from creditrelay.schema.database import make_engine
+    from creditrelay.billing.watch import open_ledger
 
     url = settings.database_url
     hint = f"run `creditrelay migrate` first (DATABASE_URL={url.render_as_string(hide_password=True)})"
     file = url.database if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") else None
     if file is not None and not Path(file).exists():
         raise CommandError(f"no database at {file} (relative to {Path.cwd()}): {hint}")
-    engine = make_engine(url)
+    engine = open_ledger(settings)
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT version_num FROM alembic_version")).all()

@@ -13,9 +13,11 @@ from creditrelay.schema.errors import DatabaseUnavailable, SettingsError, Upstre
 from creditrelay.schema.settings import Settings
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from sqlalchemy import Connection, Engine
     from tqdm import tqdm
 
+    from creditrelay.billing.enforcement import Enforcer
+    from creditrelay.billing.gateways.newapi import NewApiClient
     from creditrelay.billing.polling import PollConfig, Poller, PollReport
     from creditrelay.billing.reconcile import ReconcileReport
 
@@ -34,19 +36,41 @@ def poll_config(settings: Settings, attempts: int = ATTEMPTS) -> "PollConfig":
     )
 
 
+def new_api(settings: Settings, purpose: str = "poll new-api") -> "NewApiClient":
+    from creditrelay.billing.gateways.newapi import NewApiClient
+
+    if not (settings.new_api_base_url and settings.new_api_admin_token and settings.new_api_user_id):
+        raise SettingsError(f"NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID are needed to {purpose}")
+    return NewApiClient(settings.new_api_base_url, settings.new_api_admin_token, settings.new_api_user_id)
+
+
 def make_poller(
     settings: Settings,
     progress: "Callable[[int, int, PollReport], None] | None" = None,
     attempts: int = ATTEMPTS,
 ) -> "Poller":
-    from creditrelay.billing.gateways.newapi import NewApiClient
     from creditrelay.billing.polling import Poller
-    from creditrelay.schema.database import make_engine
+    from creditrelay.billing.watch import open_ledger
 
-    if not (settings.new_api_base_url and settings.new_api_admin_token and settings.new_api_user_id):
-        raise SettingsError("NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID are needed to poll new-api")
-    client = NewApiClient(settings.new_api_base_url, settings.new_api_admin_token, settings.new_api_user_id)
-    return Poller(make_engine(settings.database_url), client, poll_config(settings, attempts), progress=progress)
+    client = new_api(settings)
+    return Poller(open_ledger(settings), client, poll_config(settings, attempts), progress=progress)
+
+
+def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
+    from creditrelay.billing.enforcement import EnforceConfig, Enforcer
+
+    if settings.gateway_enforcement == "off":
+        raise SettingsError("GATEWAY_ENFORCEMENT is off: set it to tokens or users to enforce")
+    client = new_api(settings, f"enforce (GATEWAY_ENFORCEMENT={settings.gateway_enforcement})")
+    admin = settings.new_api_user_id
+    config = EnforceConfig(settings.gateway_enforcement, int(admin) if admin and admin.isdigit() else None)
+    return Enforcer(engine, client, config)
+
+
+def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
+    report = make_enforcer(settings, ledger(settings)).run_once()
+    print(json.dumps(report.as_json()))
+    return 0 if not report.failed else 1
 
 
 def _bar(**options: Any) -> "tqdm[Any]":
@@ -187,6 +211,8 @@ def register(commands: Any) -> None:
     reconcile.add_argument("--until", type=moment, help="window end (default: now)")
     reconcile.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     reconcile.add_argument("--fix", action="store_true", help="charge missing usage, re-run failed webhooks")
+
+    command(commands, "enforce", cmd_enforce, "push pending suspensions and resumptions to the gateway (one pass)")
 
     cleanup = command(commands, "cleanup", cmd_cleanup, "delete old processed and ignored webhook logs")
     cleanup.add_argument(

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from starlette.applications import Starlette
 
+    from creditrelay.receiver.background import Worker
+
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.schema.database import make_engine
@@ -25,21 +27,52 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 def asgi_app() -> "Starlette":
     """The app each uvicorn worker builds from the environment (``serve`` checked it first)."""
+    from creditrelay.billing.watch import open_ledger
     from creditrelay.cli.cron import make_poller
     from creditrelay.receiver.app import create_app
     from creditrelay.receiver.logs import configure_logging
-    from creditrelay.schema.database import make_engine
     from creditrelay.schema.settings import load_settings
 
     settings = load_settings()
-    configure_logging(os.environ.get("LOG_LEVEL", "info"))
+    configure_logging(settings.log_level)
     poller = make_poller(settings) if settings.polling_enabled and settings.poll_interval else None
-    app = create_app(settings, make_engine(settings.database_url), poller=poller)
+    engine = open_ledger(settings)
+    app = create_app(settings, engine, poller=poller, workers=workers(settings, engine))
     # What is loaded by now (modules, tables, compiled schemas) lives as long as the process: frozen out
     # of the collector's reach, a full collection no longer walks it and stalls requests.
     gc.collect()
     gc.freeze()
     return app
+
+
+def workers(settings: Settings, engine: "Engine") -> "list[Worker]":
+    """What ``serve`` runs beside the requests: the gateway enforcer, about once a second, and the relay
+    that delivers the alerts billing writes into the ledger's outbox. Every instance runs both: claims
+    with leases keep them from doing the same work twice."""
+    from creditrelay.receiver.background import every
+    from creditrelay.receiver.metrics import GATEWAY_CALLS
+
+    found: list[Worker] = []
+    if settings.gateway_enforcement != "off":
+        from creditrelay.cli.cron import make_enforcer
+
+        enforcer = make_enforcer(settings, engine)
+
+        def enforce() -> None:
+            report = enforcer.run_once()
+            GATEWAY_CALLS.labels("ok").inc(report.calls - report.failed_calls)
+            GATEWAY_CALLS.labels("failed").inc(report.failed_calls)
+
+        found.append(every(1.0, enforce, "enforce"))
+    if settings.alert_webhook_url is not None and settings.alert_webhook_secret is not None:
+        from creditrelay.sender.delivery import Signer
+        from creditrelay.sender.outbox import Outbox
+        from creditrelay.sender.relay import OutboxRelay, RelayConfig
+
+        signer = Signer(settings.alert_webhook_secret, seed=False, standard=True)
+        relay = OutboxRelay(Outbox(engine), signer, RelayConfig(url=settings.alert_webhook_url, shared=True))
+        found.append(relay.run)
+    return found
 
 
 def schema_is_current(engine: "Engine", check: Callable[["Engine"], bool], wait: float = 30.0) -> bool | None:

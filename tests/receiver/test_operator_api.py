@@ -79,7 +79,9 @@ def test_info_says_what_is_enabled(receiver: Receiver) -> None:
     assert data["name"] == "creditrelay"
     assert data["version"]
     assert data["database"] in ("sqlite", "mysql")
-    assert data["enabled"] == {"polling": False, "creditApi": True, "admin": False, "rateLimit": None}
+    assert data["enabled"] == {
+        "polling": False, "creditApi": True, "admin": False, "rateLimit": None, "enforcement": "off", "alerts": False,
+    }  # fmt: skip
 
 
 @pytest.mark.slow

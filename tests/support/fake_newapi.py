@@ -5,6 +5,12 @@ DESC``, ``p`` 1-based, ``page_size`` capped at 100 (``common.GetPageQuery``); an
 ``{"success", "message", "data": {"page", "page_size", "total", "items"}}``. Wrong credentials are refused
 like new-api's auth middleware (401 with ``success: false``); ``refuse_with_200`` answers HTTP 200 with
 ``success: false``; ``down`` answers 502. Rows can be hidden, to be made visible later out of id order.
+
+Access, as controller/token.go and controller/user.go answer it: ``PUT /api/token/?status_only=1``
+changes only the status of one of the caller's *own* tokens (another account's token is refused with
+HTTP 200 and ``success: false``); ``POST /api/user/manage`` enables or disables a user; ``GET
+/api/token/:id`` and ``GET /api/user/:id`` read them back. ``access_502`` makes the next that many access
+calls answer 502.
 """
 
 import itertools
@@ -34,6 +40,10 @@ class FakeNewApi:
     fail_after: int | None = None  # answer this many log requests, then behave as down
     requests: int = 0
     url: str = ""
+    tokens: dict[int, dict[str, int]] = field(default_factory=dict)  # id -> {"user_id", "status"}
+    users: dict[int, int] = field(default_factory=dict)  # id -> status (1 enabled, 2 disabled)
+    access_502: int = 0
+    access_calls: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, id, status) as applied
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def add(
@@ -105,6 +115,58 @@ class FakeNewApi:
         body = json.dumps({"success": True, "message": "", "data": data})  # non-ASCII escaped: any text survives
         return Response(body, media_type="application/json")
 
+    def token(self, token_id: int, owner: int = int(ADMIN_USER), status: int = 1) -> None:
+        self.tokens[token_id] = {"user_id": owner, "status": status}
+
+    def _refusal(self, request: Request) -> Response | None:
+        if request.headers.get("authorization") != ADMIN_TOKEN or request.headers.get("new-api-user") != ADMIN_USER:
+            return JSONResponse({"success": False, "message": "无权进行此操作，未登录且未提供 access token"}, 401)
+        if self.access_502 > 0:
+            self.access_502 -= 1
+            return JSONResponse({"success": False, "message": "bad gateway"}, 502)
+        return None
+
+    async def update_token(self, request: Request) -> Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        body = await request.json()
+        token = self.tokens.get(int(body.get("id", 0)))
+        if token is None or token["user_id"] != int(ADMIN_USER):  # model.GetTokenByIds(id, userId)
+            return JSONResponse({"success": False, "message": "record not found"})
+        if request.query_params.get("status_only") and body.get("status") in (1, 2):
+            token["status"] = int(body["status"])
+            self.access_calls.append(("token", int(body["id"]), token["status"]))
+        return JSONResponse({"success": True, "message": "", "data": {"id": body["id"], "status": token["status"]}})
+
+    async def get_token(self, request: Request) -> Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        token = self.tokens.get(int(request.path_params["token_id"]))
+        if token is None or token["user_id"] != int(ADMIN_USER):
+            return JSONResponse({"success": False, "message": "record not found"})
+        return JSONResponse({"success": True, "message": "", "data": {"id": request.path_params["token_id"], **token}})
+
+    async def manage_user(self, request: Request) -> Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        body = await request.json()
+        user_id, action = int(body.get("id", 0)), body.get("action")
+        if user_id not in self.users:
+            return JSONResponse({"success": False, "message": "用户不存在"})
+        if action not in ("enable", "disable"):
+            return JSONResponse({"success": False, "message": "无效的参数"})
+        self.users[user_id] = 1 if action == "enable" else 2
+        self.access_calls.append(("user", user_id, self.users[user_id]))
+        return JSONResponse({"success": True, "message": "", "data": {"role": 1, "status": self.users[user_id]}})
+
+    async def get_user(self, request: Request) -> Response:
+        if (refused := self._refusal(request)) is not None:
+            return refused
+        user_id = int(request.path_params["user_id"])
+        if user_id not in self.users:
+            return JSONResponse({"success": False, "message": "用户不存在"})
+        return JSONResponse({"success": True, "message": "", "data": {"id": user_id, "status": self.users[user_id]}})
+
     async def status(self, _request: Request) -> Response:
         return JSONResponse({"success": True, "message": "", "data": {"quota_per_unit": 500000, "version": "v0.9"}})
 
@@ -113,7 +175,14 @@ class FakeNewApi:
 def fake_newapi() -> Iterator[FakeNewApi]:
     api = FakeNewApi()
     app = Starlette(
-        routes=[Route("/api/log/", api.logs, methods=["GET"]), Route("/api/status", api.status, methods=["GET"])]
+        routes=[
+            Route("/api/log/", api.logs, methods=["GET"]),
+            Route("/api/status", api.status, methods=["GET"]),
+            Route("/api/token/", api.update_token, methods=["PUT"]),
+            Route("/api/token/{token_id:int}", api.get_token, methods=["GET"]),
+            Route("/api/user/manage", api.manage_user, methods=["POST"]),
+            Route("/api/user/{user_id:int}", api.get_user, methods=["GET"]),
+        ]
     )
     with serving(app) as url:
         api.url = url

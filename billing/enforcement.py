@@ -1,0 +1,245 @@
+"""Telling the gateway to stop (or resume) serving a user: each user's latest intent in
+``gateway_states`` (``billing.watch`` writes it with the balance change that crossed the line) is pushed
+by an enforcer — one pass of ``creditrelay enforce``, or a loop inside every ``serve``.
+
+Several enforcers share the work safely: a user's intent is claimed with a lease (one ``UPDATE`` that
+only one of them can win), pushed, and settled only by the enforcer holding the lease. A newer intent
+written meanwhile has a newer version, so it is pushed next, and the last intent wins. A failed push is
+retried with backoff (``tenacity``, a few times within the pass; then later passes, further apart);
+every call and its answer is recorded in ``gateway_calls``.
+"""
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import Connection, Engine
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from creditrelay.billing.watch import SUSPEND
+from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, users
+from creditrelay.schema.wire import plain_int
+
+log = structlog.get_logger()
+TOKENS, USERS = "tokens", "users"
+MAX_BACKOFF = 3600.0
+
+
+class GatewayAccess(Protocol):
+    def set_token_status(self, token_id: int, enabled: bool) -> None: ...
+
+    def set_user_enabled(self, user_id: int, enabled: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class EnforceConfig:
+    mode: str  # tokens | users
+    admin_user_id: int | None = None  # the gateway account creditrelay calls as: never disabled
+    lease: float = 30.0  # seconds a claimed intent is this enforcer's
+    batch: int = 50
+    attempts: int = 3  # tries per call within a pass
+    wait: float = 0.2  # first wait between those tries (doubling)
+
+
+@dataclass
+class EnforceReport:
+    applied: int = 0
+    failed: int = 0
+    calls: int = 0
+    failed_calls: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "applied": self.applied,
+            "failed": self.failed,
+            "calls": self.calls,
+            "failedCalls": self.failed_calls,
+            "errors": self.errors[:20],
+        }
+
+
+@dataclass(frozen=True)
+class _Call:
+    target: str
+    ok: bool
+    answer: str
+
+
+class Enforcer:
+    def __init__(
+        self,
+        engine: Engine,
+        gateway: GatewayAccess,
+        config: EnforceConfig,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.gateway = gateway
+        self.config = config
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
+        self.clock = clock
+
+    def run_once(self) -> EnforceReport:
+        """Push every intent due now that no other enforcer holds."""
+        report = EnforceReport()
+        for user_id in run_transaction(self.engine, self._due, read_only=True):
+            claimed = run_transaction(self.engine, partial(self._claim, user_id=user_id))
+            if claimed is not None:
+                self._push(user_id, *claimed, report)
+        return report
+
+    def _now(self) -> datetime:
+        return utc(self.clock())
+
+    def _due(self, connection: Connection) -> list[int]:
+        now = self._now()
+        states = gateway_states.c
+        query = (
+            sa.select(states.userId)
+            .where(states.version > states.applied, states.nextAttemptAt <= now)
+            .where(sa.or_(states.leaseUntil.is_(None), states.leaseUntil <= now))
+            .order_by(states.nextAttemptAt)
+            .limit(self.config.batch)
+        )
+        return list(connection.scalars(query))
+
+    def _claim(self, connection: Connection, user_id: int) -> tuple[str, int, list[str]] | None:
+        """The user's intent, version and targets, if this enforcer won the lease on them."""
+        now = self._now()
+        states = gateway_states.c
+        won = connection.execute(
+            gateway_states.update()
+            .where(states.userId == user_id, states.version > states.applied, states.nextAttemptAt <= now)
+            .where(sa.or_(states.leaseUntil.is_(None), states.leaseUntil <= now))
+            .values(leaseOwner=self.owner, leaseUntil=now + timedelta(seconds=self.config.lease))
+        ).rowcount
+        if won != 1:
+            return None
+        desired, version = connection.execute(
+            sa.select(states.desired, states.version).where(states.userId == user_id)
+        ).one()
+        return desired, version, self._targets(connection, user_id)
+
+    def _targets(self, connection: Connection, user_id: int) -> list[str]:
+        if self.config.mode == TOKENS:
+            keys = connection.scalars(sa.select(api_keys.c.remoteKeyId).where(api_keys.c.userId == user_id))
+            return [f"token {key}" for key in sorted(keys)]
+        gateway_user = connection.execute(sa.select(users.c.gatewayUserId).where(users.c.id == user_id)).scalar()
+        return [] if gateway_user is None else [f"user {gateway_user}"]
+
+    def _push(self, user_id: int, desired: str, version: int, targets: Sequence[str], report: EnforceReport) -> None:
+        enabled = desired != SUSPEND
+        if self.config.mode == USERS and not targets:
+            calls = [_Call("user ?", False, "no gateway user id known: key link … --gateway-user ID")]
+        else:
+            calls = [self._call(target, enabled) for target in targets]
+        failed = [c for c in calls if not c.ok]
+        report.calls += len(calls)
+        report.failed_calls += len(failed)
+        run_transaction(self.engine, lambda c: self._settle(c, user_id, desired, version, calls, failed))
+        if failed:
+            report.failed += 1
+            report.errors.append(f"user {user_id}: {failed[0].target}: {failed[0].answer}")
+            log.warning("gateway_push_failed", user_id=user_id, desired=desired, error=failed[0].answer)
+        else:
+            report.applied += 1
+            log.info("gateway_pushed", user_id=user_id, desired=desired, targets=len(calls))
+
+    def _call(self, target: str, enabled: bool) -> _Call:
+        kind, _, ident = target.partition(" ")
+        number = plain_int(ident)
+        if number is None or number <= 0:
+            return _Call(target, False, f"not a gateway {kind} id: {ident[:40]!r}")
+        if kind == "user" and number == self.config.admin_user_id and not enabled:
+            return _Call(target, False, "refused: that is the account creditrelay calls the gateway as")
+        retrying = Retrying(
+            retry=retry_if_exception_type(UpstreamError),
+            stop=stop_after_attempt(self.config.attempts),
+            wait=wait_exponential(multiplier=self.config.wait, max=5),
+            reraise=True,
+        )
+        change = self.gateway.set_token_status if kind == "token" else self.gateway.set_user_enabled
+        try:
+            retrying(change, number, enabled)
+        except UpstreamError as error:
+            return _Call(target, False, str(error)[:255])
+        return _Call(target, True, "ok")
+
+    def _settle(
+        self, connection: Connection, user_id: int, desired: str, version: int, calls: list[_Call], failed: list[_Call]
+    ) -> None:
+        now = self._now()
+        if calls:
+            rows = [
+                {"userId": user_id, "target": c.target, "action": desired, "ok": c.ok, "answer": c.answer, "at": now}
+                for c in calls
+            ]
+            connection.execute(gateway_calls.insert(), rows)
+        states = gateway_states.c
+        mine = gateway_states.update().where(states.userId == user_id, states.leaseOwner == self.owner)
+        if not failed:
+            connection.execute(
+                mine.values(applied=version, attempts=0, leaseOwner=None, leaseUntil=None, lastError=None)
+            )
+            return
+        attempts = connection.execute(sa.select(states.attempts).where(states.userId == user_id)).scalar_one()
+        wait = min(MAX_BACKOFF, 5.0 * 2 ** min(attempts, 20))
+        connection.execute(
+            mine.values(
+                attempts=states.attempts + 1,
+                nextAttemptAt=now + timedelta(seconds=wait),
+                leaseOwner=None,
+                leaseUntil=None,
+                lastError=f"{failed[0].target}: {failed[0].answer}"[:255],
+            )
+        )
+
+
+@dataclass(frozen=True)
+class UserAccess:
+    """What the admin pages show of a user's enforcement."""
+
+    suspended: bool
+    pending: bool
+    last_error: str | None
+    calls: list[dict[str, Any]]
+
+
+def access_of(connection: Connection, user_id: int, limit: int = 20) -> UserAccess:
+    state = connection.execute(sa.select(gateway_states).where(gateway_states.c.userId == user_id)).one_or_none()
+    calls = connection.execute(
+        sa.select(gateway_calls)
+        .where(gateway_calls.c.userId == user_id)
+        .order_by(gateway_calls.c.id.desc())
+        .limit(limit)
+    )
+    return UserAccess(
+        suspended=state is not None and state.desired == SUSPEND,
+        pending=state is not None and state.version > state.applied,
+        last_error=None if state is None else state.lastError,
+        calls=[{"target": c.target, "action": c.action, "ok": c.ok, "answer": c.answer, "at": c.at} for c in calls],
+    )
+
+
+def counts(connection: Connection) -> dict[str, int]:
+    """Users whose latest intent is a suspension, and intents not yet confirmed by the gateway."""
+    states = gateway_states.c
+    suspended, pending = connection.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(sa.case((states.desired == SUSPEND, 1), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((states.version > states.applied, 1), else_=0)), 0),
+        )
+    ).one()
+    return {"suspended": int(suspended or 0), "pending": int(pending or 0)}

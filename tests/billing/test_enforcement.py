@@ -1,0 +1,183 @@
+"""Prepaid means prepaid: a balance crossing the line writes the gateway intent in its own transaction,
+and the enforcer pushes the latest intent to a fake new-api that answers as new-api does."""
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Connection
+
+from creditrelay.billing.accounts import NewUser, create_user, link_key, set_gateway_user, top_up
+from creditrelay.billing.deliveries import deliver
+from creditrelay.billing.enforcement import EnforceConfig, Enforcer
+from creditrelay.billing.gateways.newapi import NewApiClient
+from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.schema.wire import parse_event
+from tests.support.database import Database
+from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.ledger import NOW, assert_ledger_consistent, in_transaction
+from tests.support.signing import encode, usage_event
+
+
+@pytest.fixture
+def newapi() -> Iterator[FakeNewApi]:
+    with fake_newapi() as api:
+        yield api
+
+
+def enforcer(database: Database, api: FakeNewApi, mode: str = "tokens", **options: float) -> Enforcer:
+    client = NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER)
+    return Enforcer(database.engine, client, EnforceConfig(mode, int(ADMIN_USER), wait=0.01, **options))  # type: ignore[arg-type]
+
+
+def user(database: Database, email: str, credits: int, *keys: str) -> int:
+    def work(connection: Connection) -> int:
+        created = create_user(connection, NewUser(email, opening_credits=credits), NOW)
+        for key in keys:
+            link_key(connection, key, created.id, NOW)
+        return created.id
+
+    return in_transaction(database, work)
+
+
+def spend(database: Database, event_id: str, cost: int, key: int) -> None:
+    deliver(database.engine, [parse_event(encode(usage_event(event_id, cost=cost, key=key)))], NOW)
+
+
+def statuses(api: FakeNewApi) -> dict[int, int]:
+    return {token_id: token["status"] for token_id, token in api.tokens.items()}
+
+
+@pytest.fixture
+def watched(database: Database) -> Database:
+    watch_balances(database.engine, BalanceWatch(enforce=True))
+    return database
+
+
+def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_them(
+    watched: Database, newapi: FakeNewApi
+) -> None:
+    for token_id in (17, 18, 19):
+        newapi.token(token_id)
+    alice = user(watched, "alice@example.com", 20, "17", "18")
+    user(watched, "bob@example.com", 100, "19")
+    spend(watched, "evt-1", 15, 17)
+    assert enforcer(watched, newapi).run_once().calls == 0  # still above zero: nothing to say
+    spend(watched, "evt-2", 5, 18)  # exactly zero: suspended
+    report = enforcer(watched, newapi).run_once()
+    assert (report.applied, report.calls) == (1, 2)
+    assert statuses(newapi) == {17: 2, 18: 2, 19: 1}
+
+    spend(watched, "evt-2", 5, 18)  # a redelivery changes nothing
+    assert enforcer(watched, newapi).run_once().calls == 0
+    in_transaction(watched, lambda c: top_up(c, alice, 50, "order-1", NOW))
+    in_transaction(watched, lambda c: top_up(c, alice, 50, "order-1", NOW))  # a duplicate top-up: nothing more
+    assert enforcer(watched, newapi).run_once().calls == 2
+    assert statuses(newapi) == {17: 1, 18: 1, 19: 1}
+    recorded = watched.rows("SELECT target, action, ok FROM gateway_calls ORDER BY id")
+    assert [tuple(r) for r in recorded] == [
+        ("token 17", "suspend", 1), ("token 18", "suspend", 1), ("token 17", "resume", 1), ("token 18", "resume", 1),
+    ]  # fmt: skip
+    assert_ledger_consistent(watched)
+
+
+def test_nothing_is_written_without_a_watch(database: Database, newapi: FakeNewApi) -> None:
+    newapi.token(17)
+    user(database, "alice@example.com", 5, "17")
+    spend(database, "evt-1", 10, 17)
+    assert database.count("gateway_states") == 0
+    assert database.count("outbox_events") == 0
+
+
+def test_a_gateway_answering_502_three_times_still_converges(watched: Database, newapi: FakeNewApi) -> None:
+    newapi.token(17)
+    user(watched, "alice@example.com", 5, "17")
+    spend(watched, "evt-1", 10, 17)
+    newapi.access_502 = 3
+    clock = [NOW.timestamp()]
+    first = Enforcer(
+        watched.engine,
+        NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER),
+        EnforceConfig("tokens", attempts=2, wait=0.01),
+        clock=lambda: clock[0],
+    )
+    assert first.run_once().failed == 1  # two 502s: tried again later, not now
+    assert first.run_once().calls == 0
+    assert "502" in str(watched.scalar("SELECT lastError FROM gateway_states"))
+    clock[0] += 10
+    assert first.run_once().applied == 1  # one more 502, then done
+    assert statuses(newapi) == {17: 2}
+    assert watched.scalar("SELECT COUNT(*) FROM gateway_calls WHERE ok = 0") == 1
+
+
+def test_the_last_intent_wins_when_the_gateway_comes_back(watched: Database, newapi: FakeNewApi) -> None:
+    newapi.token(17)
+    alice = user(watched, "alice@example.com", 5, "17")
+    spend(watched, "evt-1", 10, 17)  # suspend
+    in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))  # resume, before any push
+    assert enforcer(watched, newapi).run_once().applied == 1
+    assert newapi.access_calls == [("token", 17, 1)]  # enabled, never disabled
+    assert watched.scalar("SELECT version - applied FROM gateway_states") == 0
+
+
+def test_a_user_created_without_credits_starts_suspended_and_a_linked_key_is_disabled(
+    watched: Database, newapi: FakeNewApi
+) -> None:
+    newapi.token(21)
+    bare = user(watched, "new@example.com", 0)
+    assert enforcer(watched, newapi).run_once().calls == 0  # suspended, with no key to disable yet
+    in_transaction(watched, lambda c: link_key(c, "21", bare, NOW))
+    enforcer(watched, newapi).run_once()
+    assert statuses(newapi) == {21: 2}
+    funded = user(watched, "funded@example.com", 10)
+    newapi.token(22)
+    in_transaction(watched, lambda c: link_key(c, "22", funded, NOW))
+    assert enforcer(watched, newapi).run_once().calls == 0  # an active user's new key is left as it is
+
+
+def test_two_enforcers_push_each_intent_once(watched: Database, newapi: FakeNewApi) -> None:
+    keys = [str(k) for k in range(30, 40)]
+    for key in keys:
+        newapi.token(int(key))
+    for index, key in enumerate(keys):
+        user(watched, f"u{index}@example.com", 1, key)
+        spend(watched, f"evt-{key}", 1, int(key))
+    pair = [enforcer(watched, newapi), enforcer(watched, newapi)]
+    start = threading.Barrier(2)
+
+    def run(one: Enforcer) -> None:
+        start.wait()
+        one.run_once()
+
+    threads = [threading.Thread(target=run, args=(one,)) for one in pair]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(call[1] for call in newapi.access_calls) == [int(k) for k in keys]
+    assert watched.count("gateway_calls") == len(keys)
+
+
+def test_a_token_of_another_account_is_refused_and_recorded(watched: Database, newapi: FakeNewApi) -> None:
+    newapi.token(40, owner=5)
+    user(watched, "alice@example.com", 1, "40")
+    spend(watched, "evt-1", 1, 40)
+    report = enforcer(watched, newapi, attempts=1).run_once()
+    assert report.failed == 1
+    assert "record not found" in str(watched.scalar("SELECT lastError FROM gateway_states"))
+    assert statuses(newapi) == {40: 1}
+
+
+def test_users_mode_disables_the_gateway_user_and_never_its_own_account(watched: Database, newapi: FakeNewApi) -> None:
+    newapi.users.update({7: 1, int(ADMIN_USER): 1})
+    alice = user(watched, "alice@example.com", 5, "17")
+    in_transaction(watched, lambda c: set_gateway_user(c, alice, 7, NOW))
+    spend(watched, "evt-1", 10, 17)
+    assert enforcer(watched, newapi, "users").run_once().applied == 1
+    assert newapi.users[7] == 2
+    mallory = user(watched, "mallory@example.com", 5, "18")
+    in_transaction(watched, lambda c: set_gateway_user(c, mallory, int(ADMIN_USER), NOW))
+    spend(watched, "evt-2", 10, 18)
+    report = enforcer(watched, newapi, "users", attempts=1).run_once()
+    assert report.failed == 1
+    assert newapi.users[int(ADMIN_USER)] == 1
