@@ -101,6 +101,14 @@ def search_users(connection: Connection, query: str, limit: int = 20) -> list[Us
     return [User.of(row) for row in rows]
 
 
+def by_balance(connection: Connection, limit: int = 200, below: int | None = None) -> list[User]:
+    """Users lowest balance first (who needs a look), only those under ``below`` if given."""
+    query = sa.select(users).order_by(users.c.balance, users.c.id).limit(limit)
+    if below is not None:
+        query = query.where(users.c.balance < below)
+    return [User.of(row) for row in connection.execute(query)]
+
+
 def user_detail(connection: Connection, user_id: int, limit: int = 50, before: int | None = None) -> UserDetail | None:
     """A user, their gateway keys, and their transactions newest first with the usage behind each."""
     row = connection.execute(sa.select(users).where(users.c.id == user_id)).one_or_none()

@@ -23,7 +23,9 @@ import structlog
 from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from creditrelay.billing.watch import SUSPEND
+from creditrelay.billing.ledger import UnknownUser
+from creditrelay.billing.rows import lock_balances
+from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, users
@@ -231,6 +233,18 @@ def access_of(connection: Connection, user_id: int, limit: int = 20) -> UserAcce
         last_error=None if state is None else state.lastError,
         calls=[{"target": c.target, "action": c.action, "ok": c.ok, "answer": c.answer, "at": c.at} for c in calls],
     )
+
+
+def operator_access(connection: Connection, user_id: int, desired: str, now: datetime, who: str = "admin") -> None:
+    """An operator's "suspend now" or "resume now": the user's latest intent, whatever the balance says
+    (the next change that crosses the line decides again), recorded beside the gateway's calls."""
+    if desired not in (SUSPEND, RESUME):
+        raise ValueError(desired)
+    if lock_balances(connection, [user_id]).get(user_id) is None:
+        raise UnknownUser(user_id)
+    queue_intents(connection, [user_id], desired, now)
+    row = {"userId": user_id, "target": "operator", "action": desired, "ok": True, "answer": f"{desired} now by {who}"}
+    connection.execute(gateway_calls.insert().values(**row, at=now))
 
 
 def counts(connection: Connection) -> dict[str, int]:

@@ -29,6 +29,9 @@ class AdminService:
     token: str | None
     clock: Callable[[], float]
     tolerance: float = DEFAULT_TOLERANCE  # seconds a usage's webhook and log row may be apart
+    suspend_at: int = 0  # balances at or below are suspended (flagged on the pages)
+    low_at: int | None = None  # balances below are low (flagged)
+    enforcement: str = "off"
 
     def authorize(self, request: Request) -> None:
         if self.token is None:

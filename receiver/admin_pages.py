@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from creditrelay.billing import admin
+from creditrelay.billing import admin, enforcement
 from creditrelay.billing.accounts import AccountError, link_key, top_up
 from creditrelay.billing.ledger import CreditStatus, UnknownUser
 from creditrelay.billing.sessions import LIFETIME, Session, end_session, find_session, open_session
@@ -139,11 +139,28 @@ async def overview(request: Request) -> Response:
     return _render(request, "overview.html", stats=to_json(stats), chart=chart, rates=rates)
 
 
+SHOWS = ("all", "suspended", "low")
+
+
+def _flags(service: AdminService, balance: int) -> list[str]:
+    low = service.low_at is not None and balance < service.low_at
+    return ["suspended"] * (balance <= service.suspend_at) + ["low"] * low
+
+
 async def users(request: Request) -> Response:
+    """A search, or every user lowest balance first, flagged suspended or low, filtered by ``show``."""
     service = _service(request)
     query = request.query_params.get("q", "").strip()
-    found = await service.read(lambda c: admin.search_users(c, query, 50)) if query else []
-    return _render(request, "users.html", query=query, users=to_json(found))
+    show = request.query_params.get("show") or "all"
+    if show not in SHOWS:
+        raise ApiError(400, f"show: one of {', '.join(SHOWS)}")
+    if query:
+        found = await service.read(lambda c: admin.search_users(c, query, 50))
+    else:
+        below = {"all": None, "suspended": service.suspend_at + 1, "low": service.low_at}[show]
+        found = [] if show == "low" and below is None else await service.read(lambda c: admin.by_balance(c, 200, below))
+    rows = [to_json(u) | {"flags": _flags(service, u.balance)} for u in found]
+    return _render(request, "users.html", query=query, users=rows, show=show, shows=SHOWS, low_at=service.low_at)
 
 
 async def user(request: Request) -> Response:
@@ -152,7 +169,31 @@ async def user(request: Request) -> Response:
     detail = await service.read(lambda c: admin.user_detail(c, user_id, 100))
     if detail is None:
         return Response("No such user", status_code=404)
-    return _render(request, "user.html", user=to_json(detail))
+    access = await service.read(lambda c: enforcement.access_of(c, user_id))
+    return _render(
+        request,
+        "user.html",
+        user=to_json(detail),
+        flags=_flags(service, detail.balance),
+        access=to_json(access),
+        enforcement=service.enforcement,
+    )
+
+
+async def access(request: Request) -> Response:
+    """Suspend now or resume now: the operator's word, pushed like a crossing's and recorded."""
+    service = _service(request)
+    user_id = path_int(request, "user_id")
+    action = str((await request.form()).get("action", ""))
+    if service.enforcement == "off":
+        return _back(f"/admin/users/{user_id}", "Gateway enforcement is off (GATEWAY_ENFORCEMENT)")
+    if action not in ("suspend", "resume"):
+        raise ApiError(400, "action: suspend or resume")
+    try:
+        await service.run(lambda c: enforcement.operator_access(c, user_id, action, utc(service.clock())))
+    except UnknownUser:
+        return Response("No such user", status_code=404)
+    return _back(f"/admin/users/{user_id}", f"{action.capitalize()} sent to the gateway's queue")
 
 
 def _back(path: str, notice: str) -> Response:
@@ -244,6 +285,7 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/users/{user_id}", _page(user)),
         Route("/users/{user_id:int}/topup", _page(topup), methods=["POST"]),
         Route("/users/{user_id:int}/keys", _page(add_key), methods=["POST"]),
+        Route("/users/{user_id:int}/access", _page(access), methods=["POST"]),
         Route("/logs", _page(logs)),
         Route("/logs/replay", _page(replay), methods=["POST"]),
         Route("/usage", _page(usage)),

@@ -70,7 +70,15 @@ def create_app(
 ) -> Starlette:
     """The receiver for ``settings``, on ``engine`` (already migrated); with ``poller`` and ``POLL_INTERVAL``
     it also polls new-api in the background, and runs ``workers`` beside (see ``background``)."""
-    admin_service = admin_api.AdminService(engine, settings.admin_token, clock, settings.usage_match_seconds)
+    admin_service = admin_api.AdminService(
+        engine,
+        settings.admin_token,
+        clock,
+        settings.usage_match_seconds,
+        suspend_at=settings.suspend_at_balance,
+        low_at=settings.low_balance_at,
+        enforcement=settings.gateway_enforcement,
+    )
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
         Route("/api/webhooks/health", health, methods=["GET"]),
