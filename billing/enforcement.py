@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from creditrelay.billing.comparison import Finding
 from creditrelay.billing.ledger import UnknownUser
 from creditrelay.billing.rows import lock_balances
 from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
@@ -245,6 +246,69 @@ def operator_access(connection: Connection, user_id: int, desired: str, now: dat
     queue_intents(connection, [user_id], desired, now)
     row = {"userId": user_id, "target": "operator", "action": desired, "ok": True, "answer": f"{desired} now by {who}"}
     connection.execute(gateway_calls.insert().values(**row, at=now))
+
+
+class GatewayReader(Protocol):
+    def token_enabled(self, token_id: int) -> bool: ...
+
+    def user_enabled(self, user_id: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Drift:
+    """What the gateway says of a user's key (or gateway user) against what the balance says."""
+
+    user_id: int
+    desired: str  # what the balance says: suspend or resume
+    finding: Finding
+
+
+def gateway_drift(engine: Engine, reader: GatewayReader, mode: str, suspend_at: int) -> list[Drift]:
+    """Read back every linked token (``tokens``) or gateway user (``users``) and compare it with what each
+    user's balance says; a target the gateway will not describe is a finding too."""
+    if mode == TOKENS:
+        query = sa.select(users.c.id, users.c.email, users.c.balance, api_keys.c.remoteKeyId.label("target")).join(
+            api_keys, api_keys.c.userId == users.c.id
+        )
+    else:
+        query = sa.select(users.c.id, users.c.email, users.c.balance, users.c.gatewayUserId.label("target")).where(
+            users.c.gatewayUserId.is_not(None)
+        )
+    rows = run_transaction(engine, lambda c: list(c.execute(query.order_by(users.c.id))), read_only=True)
+    found = []
+    kind = "token" if mode == TOKENS else "user"
+    read = reader.token_enabled if mode == TOKENS else reader.user_enabled
+    for row in rows:
+        serve = row.balance > suspend_at
+        desired = RESUME if serve else SUSPEND
+        subject = f"{kind} {row.target}"
+        number = plain_int(str(row.target))
+        try:
+            if number is None or number <= 0:
+                raise UpstreamError(f"not a gateway {kind} id")
+            enabled = read(number)
+        except UpstreamError as error:
+            found.append(Drift(row.id, desired, Finding("gateway_unreadable", subject, row.email, str(error))))
+            continue
+        if enabled != serve:
+            state = "enabled" if enabled else "disabled"
+            detail = f"{state} at the gateway; balance {row.balance} says {'serve' if serve else 'suspend'}"
+            found.append(Drift(row.id, desired, Finding("gateway_drift", subject, row.email, detail)))
+    return found
+
+
+def requeue_drift(engine: Engine, drift: Sequence[Drift], now: datetime) -> int:
+    """Queue the intent each drifted user's balance says (``reconcile --fix``); how many users."""
+    wanted = {d.user_id: d.desired for d in drift if d.finding.kind == "gateway_drift"}
+
+    def work(connection: Connection) -> None:
+        lock_balances(connection, wanted)
+        for desired in (SUSPEND, RESUME):
+            queue_intents(connection, [u for u, d in wanted.items() if d == desired], desired, now)
+
+    if wanted:
+        run_transaction(engine, work)
+    return len(wanted)
 
 
 def counts(connection: Connection) -> dict[str, int]:

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.comparison import Finding, TokenSummary, compare_upstream
 from creditrelay.billing.deliveries import record_deliveries
+from creditrelay.billing.enforcement import Drift, requeue_drift
 from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.polling import PollConfig, Poller, bill_logs
 from creditrelay.schema.database import run_transaction, utc
@@ -177,11 +178,13 @@ class Reconciler:
         poller: Poller | None,
         config: PollConfig,
         progress: Callable[[str, int], None] | None = None,
+        access: "Callable[[], list[Drift]] | None" = None,
     ) -> None:
         self.engine = engine
         self.poller = poller
         self.config = config
         self.progress = progress  # told (what, how many) after each chunk --fix commits
+        self.access = access  # reads the gateway's access back (GATEWAY_ENFORCEMENT on): its drift
 
     def run(self, since: int, until: int, *, fix: bool, now: datetime) -> ReconcileReport:
         logs = self.poller.fetch(since, until) if self.poller is not None else []
@@ -189,10 +192,15 @@ class Reconciler:
         report = ReconcileReport(since, until, upstream_checked=self.poller is not None)
         if fix:
             report.fixed = self._repair(logs, window, now)
+        drift = self.access() if self.access is not None else []
+        if fix and (requeued := requeue_drift(self.engine, drift, now)):
+            report.fixed["users whose gateway access was queued again"] = requeued
+            drift = [d for d in drift if d.finding.kind != "gateway_drift"]  # the enforcer's to push now
 
         def check(connection: Connection) -> None:
             report.findings, report.unlisted = [], {}
             report.add(ledger_findings(connection))
+            report.add(d.finding for d in drift)
             if self.poller is not None:
                 upstream, report.tokens, _ = compare_upstream(connection, logs, window, self.config)
                 report.add(upstream)

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from creditrelay.cli.base import command, emit, integer, ledger, moment, now, number, transaction
@@ -129,7 +130,15 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             bars[what] = _bar(unit=" rows", desc=f"fixing {what}")
         bars[what].update(count)
 
-    reconciler = Reconciler(ledger(settings), poller, poll_config(settings), progress)
+    engine = ledger(settings)
+    access = None
+    if settings.gateway_enforcement != "off":
+        from creditrelay.billing.enforcement import gateway_drift
+
+        client = new_api(settings, "read the gateway's access back")
+        mode, line = settings.gateway_enforcement, settings.suspend_at_balance
+        access = partial(gateway_drift, engine, client, mode, line)
+    reconciler = Reconciler(engine, poller, poll_config(settings), progress, access)
     try:
         report = reconciler.run(since, until, fix=args.fix, now=now())
     except UpstreamError as error:

@@ -3,14 +3,17 @@ and the enforcer pushes the latest intent to a fake new-api that answers as new-
 
 import threading
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from sqlalchemy import Connection
 
 from creditrelay.billing.accounts import NewUser, create_user, link_key, set_gateway_user, top_up
 from creditrelay.billing.deliveries import deliver
-from creditrelay.billing.enforcement import EnforceConfig, Enforcer
+from creditrelay.billing.enforcement import EnforceConfig, Enforcer, gateway_drift
 from creditrelay.billing.gateways.newapi import NewApiClient
+from creditrelay.billing.polling import PollConfig
+from creditrelay.billing.reconcile import Reconciler
 from creditrelay.billing.watch import BalanceWatch, watch_balances
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
@@ -181,3 +184,27 @@ def test_users_mode_disables_the_gateway_user_and_never_its_own_account(watched:
     report = enforcer(watched, newapi, "users", attempts=1).run_once()
     assert report.failed == 1
     assert newapi.users[int(ADMIN_USER)] == 1
+
+
+def test_reconcile_reads_access_back_reports_drift_and_fix_queues_it_again(
+    watched: Database, newapi: FakeNewApi
+) -> None:
+    newapi.token(17, status=2)  # someone disabled it by hand, though alice has credits
+    newapi.token(18)
+    newapi.token(19, owner=5)  # not ours to read
+    user(watched, "alice@example.com", 50, "17")
+    user(watched, "bob@example.com", 50, "18", "19")
+    client = NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER)
+    access = partial(gateway_drift, watched.engine, client, "tokens", 0)
+    reconciler = Reconciler(watched.engine, None, PollConfig(), access=access)
+    found = reconciler.run(0, 1, fix=False, now=NOW)
+    assert sorted((f.kind, f.subject) for f in found.findings) == [
+        ("gateway_drift", "token 17"), ("gateway_unreadable", "token 19"),
+    ]  # fmt: skip
+    fixed = reconciler.run(0, 1, fix=True, now=NOW)
+    assert fixed.fixed == {"users whose gateway access was queued again": 1}
+    enforcer(watched, newapi).run_once()
+    assert newapi.tokens[17]["status"] == 1
+    assert [(f.kind, f.subject) for f in reconciler.run(0, 1, fix=False, now=NOW).findings] == [
+        ("gateway_unreadable", "token 19")
+    ]
