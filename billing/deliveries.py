@@ -76,6 +76,7 @@ def usage_of(event: Event) -> Usage:
         prompt_tokens=data.promptTokens,
         completion_tokens=data.completionTokens,
         total_tokens=data.totalTokens,
+        gateway_user_id=data.userId if isinstance(data.userId, int) and data.userId > 0 else None,
     )
 
 

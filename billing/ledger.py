@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from creditrelay.billing import matching
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.billing.rows import insert_new, insert_new_ids, key_owners, lock_balances, lock_users, set_balances
-from creditrelay.billing.watch import crossed
+from creditrelay.billing.watch import crossed, learn_gateway_users
 from creditrelay.schema.errors import NotFound
 from creditrelay.schema.money import MAX_BALANCE, in_range
 from creditrelay.schema.statements import execute_many, insert_all, savepoint
@@ -68,6 +68,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    gateway_user_id: int | None = None  # the user's id at the gateway, when the gateway says it
 
 
 @dataclass(slots=True)
@@ -209,6 +210,7 @@ def apply_usage(
     set_balances(connection, changed, now)
     if changed:
         crossed(connection, {u: locked[u][0] for u in changed}, changed, now)
+        learn_gateway_users(connection, usages, owners)
     if opened or settled.pairings:
         _open(connection, opened, record_ids, settled.pairings)
     return outcomes

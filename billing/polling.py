@@ -91,6 +91,7 @@ def usage_from_log(row: ConsumeLog, config: PollConfig) -> Usage:
         prompt_tokens=max(row.prompt_tokens, 0),
         completion_tokens=max(row.completion_tokens, 0),
         total_tokens=max(row.prompt_tokens, 0) + max(row.completion_tokens, 0),
+        gateway_user_id=row.user_id if row.user_id > 0 else None,
     )
 
 

@@ -14,10 +14,10 @@ it to the engine (every entry point opens the ledger with ``open_ledger``); an e
 
 import json
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
@@ -27,6 +27,9 @@ from creditrelay.schema.database import make_engine
 from creditrelay.schema.outbox import PENDING
 from creditrelay.schema.settings import Settings
 from creditrelay.schema.tables import gateway_states, outbox_events, users
+
+if TYPE_CHECKING:
+    from creditrelay.billing.ledger import Usage
 
 SUSPEND, RESUME = "suspend", "resume"
 ALERT_LOW, ALERT_DEPLETED, ALERT_RESTORED = "balance.low", "balance.depleted", "balance.restored"
@@ -38,6 +41,7 @@ class BalanceWatch:
     alerts: bool = False  # write alerts (ALERT_WEBHOOK_URL is set)
     suspend_at: int = 0
     low_at: int | None = None
+    learn_users: bool = False  # keep the gateway's user ids it reports (GATEWAY_ENFORCEMENT=users)
 
     @classmethod
     def of(cls, settings: Settings) -> "BalanceWatch":
@@ -46,6 +50,7 @@ class BalanceWatch:
             alerts=settings.alert_webhook_url is not None,
             suspend_at=settings.suspend_at_balance,
             low_at=settings.low_balance_at,
+            learn_users=settings.gateway_enforcement == "users",
         )
 
     def suspended(self, balance: int) -> bool:
@@ -87,6 +92,23 @@ def crossed(connection: Connection, before: Mapping[int, int], after: Mapping[in
         alerts += [(u, ALERT_DEPLETED, watch.suspend_at) for u in suspends]
         alerts += [(u, ALERT_RESTORED, watch.suspend_at) for u in resumes]
         write_alerts(connection, alerts, after, now)
+
+
+def learn_gateway_users(connection: Connection, usages: "Sequence[Usage]", owners: Mapping[str, int]) -> None:
+    """Keep the gateway's user id of each user that has none yet (an operator's, set with ``key link
+    --gateway-user``, is never replaced), as the usages report it; only where the watch asks for it."""
+    watch = watch_of(connection)
+    if watch is None or not watch.learn_users:
+        return
+    learned = {
+        owners[u.remote_key_id]: u.gateway_user_id for u in usages if u.gateway_user_id and u.remote_key_id in owners
+    }
+    for user_id, gateway_user_id in sorted(learned.items()):
+        connection.execute(
+            users.update()
+            .where(users.c.id == user_id, users.c.gatewayUserId.is_(None))
+            .values(gatewayUserId=gateway_user_id)
+        )
 
 
 def queue_intents(connection: Connection, user_ids: Collection[int], desired: str, now: datetime) -> None:

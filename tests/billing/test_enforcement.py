@@ -208,3 +208,25 @@ def test_reconcile_reads_access_back_reports_drift_and_fix_queues_it_again(
     assert [(f.kind, f.subject) for f in reconciler.run(0, 1, fix=False, now=NOW).findings] == [
         ("gateway_unreadable", "token 19")
     ]
+
+
+def test_users_mode_learns_the_gateway_user_from_what_the_gateway_says_but_the_operator_wins(
+    database: Database, newapi: FakeNewApi
+) -> None:
+    watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
+    newapi.users.update({7: 1, 8: 1, 9: 1})
+    alice = user(database, "alice@example.com", 5, "17")
+    bob = user(database, "bob@example.com", 5, "18")
+    told = usage_event("evt-1", cost=1, key=17)
+    told["data"]["userId"] = 7
+    deliver(database.engine, [parse_event(encode(told))], NOW)
+    in_transaction(database, lambda c: set_gateway_user(c, bob, 9, NOW))
+    other = usage_event("evt-2", cost=1, key=18)
+    other["data"]["userId"] = 8  # the gateway says 8; the operator said 9
+    deliver(database.engine, [parse_event(encode(other))], NOW)
+    learned = dict(database.rows("SELECT id, gatewayUserId FROM users ORDER BY id"))
+    assert learned == {alice: 7, bob: 9}
+    spend(database, "evt-3", 10, 17)
+    spend(database, "evt-4", 10, 18)
+    enforcer(database, newapi, "users").run_once()
+    assert newapi.users == {7: 2, 8: 1, 9: 2}
