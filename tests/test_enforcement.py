@@ -119,5 +119,9 @@ def test_the_allowance_says_whether_a_key_may_be_served(database: Database) -> N
         assert bob == {"allowed": False, "balance": 0, "suspended": False}  # enforcement off: nothing suspended
         unknown = client.get("/api/gateway/allowance/99", headers=bearer)
         assert (unknown.status_code, unknown.json()["success"]) == (404, False)
+        metrics = client.get("/metrics").text
+        assert "creditrelay_users_suspended 0.0" in metrics
+        assert "creditrelay_gateway_intents_pending 0.0" in metrics
+        assert 'creditrelay_alerts{status="dead"} 0.0' in metrics
     with serving(create_app(settings_for(database), database.engine)) as url:
         assert httpx.get(f"{url}/api/gateway/allowance/17").status_code == 403  # no GATEWAY_TOKEN: off
