@@ -8,13 +8,15 @@ from functools import partial
 import pytest
 from sqlalchemy import Connection
 
-from creditrelay.billing.accounts import NewUser, create_user, link_key, set_gateway_user, top_up
+from creditrelay.billing.accounts import NewUser, adjust, create_user, link_key, set_gateway_user, top_up
+from creditrelay.billing.credit_sync import apply_sync
 from creditrelay.billing.deliveries import deliver
 from creditrelay.billing.enforcement import EnforceConfig, Enforcer, gateway_drift
 from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig
 from creditrelay.billing.reconcile import Reconciler
 from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.schema.credit_sync import SyncBody
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
@@ -230,3 +232,37 @@ def test_users_mode_learns_the_gateway_user_from_what_the_gateway_says_but_the_o
     spend(database, "evt-4", 10, 18)
     enforcer(database, newapi, "users").run_once()
     assert newapi.users == {7: 2, 8: 1, 9: 2}
+
+
+def test_credit_api_and_adjust_cross_the_line_too(watched: Database, newapi: FakeNewApi) -> None:
+    """A credit API deduction that empties a balance suspends, its top-up resumes; an adjust suspends."""
+    newapi.token(17)
+    newapi.token(18)
+
+    def telegram_user(connection: Connection) -> int:
+        created = create_user(connection, NewUser("tg@example.com", telegram_id=555, opening_credits=30), NOW)
+        link_key(connection, "17", created.id, NOW)
+        return created.id
+
+    tg = in_transaction(watched, telegram_user)
+
+    def body(amount: int, reference: str) -> SyncBody:
+        return SyncBody(
+            telegram_id=555, amount=amount, source="bot", reason="vip", timestamp=1, token="0" * 64,
+            external_reference=reference,
+        )  # fmt: skip
+
+    spent = body(-30, "order-1")
+    in_transaction(watched, lambda c: apply_sync(c, spent, NOW))
+    enforcer(watched, newapi).run_once()
+    assert statuses(newapi)[17] == 2
+    paid = body(10, "order-2")
+    in_transaction(watched, lambda c: apply_sync(c, paid, NOW))
+    enforcer(watched, newapi).run_once()
+    assert statuses(newapi)[17] == 1
+
+    bob = user(watched, "bob@example.com", 20, "18")
+    in_transaction(watched, lambda c: adjust(c, bob, -25, "ticket-1", "charged back", NOW))
+    enforcer(watched, newapi).run_once()
+    assert statuses(newapi) == {17: 1, 18: 2}
+    assert tg != bob
