@@ -150,11 +150,8 @@ def write_alerts(
     """One outbox event per alert; its event id is the ``webhook-id`` the receiver sees on every retry."""
     if not alerts:
         return
-    emails = dict(
-        connection.execute(sa.select(users.c.id, users.c.email).where(users.c.id.in_({u for u, _, _ in alerts})))
-        .tuples()
-        .all()
-    )
+    query = sa.select(users.c.id, users.c.email).where(users.c.id.in_({u for u, _, _ in alerts}))
+    emails = {int(user_id): str(email) for user_id, email in connection.execute(query)}
     rows: list[dict[str, Any]] = []
     for user_id, kind, threshold in alerts:
         body = {
