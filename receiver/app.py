@@ -12,7 +12,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from creditrelay.billing.polling import Poller
-from creditrelay.receiver import admin_api, allowance, credits, openapi, operator_api
+from creditrelay.receiver import admin_api, allowance, batches, credits, openapi, operator_api
 from creditrelay.receiver.admin_pages import admin_pages
 from creditrelay.receiver.background import Worker, background_lifespan, polling
 from creditrelay.receiver.bodies import BodyDeadline
@@ -81,6 +81,7 @@ def create_app(
     )
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
+        Route("/api/webhooks/batch", batches.receive_batch, methods=["POST"]),
         Route("/api/webhooks/health", health, methods=["GET"]),
         Route("/api/credits/sync", credits.sync, methods=["POST"]),
         Route("/api/credits/batch", credits.batch, methods=["POST"]),

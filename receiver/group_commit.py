@@ -66,6 +66,18 @@ class GroupCommitter:
             self._arrival.set_result(None)
         return await future
 
+    async def submit_many(self, events: Sequence[Event]) -> list[DeliveryOutcome | BaseException]:
+        """Each event's outcome (or what failed it), in order, once the transactions holding them have
+        committed; the events join the queue together, so they tend to share a writer's batch."""
+        self.ensure_writers()
+        loop = asyncio.get_running_loop()
+        now = self.clock()
+        futures: list[asyncio.Future[DeliveryOutcome]] = [loop.create_future() for _ in events]
+        self._waiting.extend((event, future, now) for event, future in zip(events, futures, strict=True))
+        if self._arrival is not None and not self._arrival.done():
+            self._arrival.set_result(None)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
     def ensure_writers(self) -> None:
         """Start the writers, and start again any that stopped (on the running event loop)."""
         if self._closed:

@@ -52,3 +52,6 @@ class Ingestor:
 
     async def ingest(self, event: Event) -> DeliveryOutcome:
         return await self.committer.submit(event)
+
+    async def ingest_many(self, events: Sequence[Event]) -> list[DeliveryOutcome | BaseException]:
+        return await self.committer.submit_many(events)

@@ -41,6 +41,9 @@ WRITER_FAILURES = Counter(
 WRITER_RESTARTS = Counter("creditrelay_writer_restarts", "Group-commit writers found stopped and started again")
 LOG_LINES_DROPPED = Counter("creditrelay_log_lines_dropped", "Log lines that could not be rendered or written")
 POLL_PASSES = Counter("creditrelay_poll_passes", "Background polling passes by outcome", ["outcome"])
+BATCH_EVENTS = Histogram(
+    "creditrelay_webhook_batch_events", "Events per POST /api/webhooks/batch", buckets=(1, 10, 50, 100, 250, 500)
+)
 GATEWAY_CALLS = Counter(
     "creditrelay_gateway_calls", "Calls to the gateway to suspend or resume, by outcome", ["outcome"]
 )

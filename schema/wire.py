@@ -168,6 +168,50 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+_SPACE = " \t\n\r"
+
+
+def split_array(body: bytes, max_items: int) -> list[bytes]:
+    """The items of a JSON array body, each exactly as sent (so an event in a batch is byte for byte the
+    event a single delivery would carry). Only the array's shape is checked here; each item is parsed on
+    its own, and one bad item does not spoil the others."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvelopeError("body: not UTF-8") from None
+    size = len(text)
+
+    def skip(index: int) -> int:
+        while index < size and text[index] in _SPACE:
+            index += 1
+        return index
+
+    index = skip(0)
+    if index >= size or text[index] != "[":
+        raise EnvelopeError("body: must be a JSON array of events")
+    index = skip(index + 1)
+    items: list[bytes] = []
+    if index < size and text[index] == "]":
+        raise EnvelopeError("body: an empty batch")
+    while True:
+        if len(items) == max_items:
+            raise EnvelopeError(f"body: at most {max_items} events in a batch")
+        try:
+            _, end = _DECODER.raw_decode(text, index)
+        except json.JSONDecodeError as error:
+            raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
+        except RecursionError:
+            raise EnvelopeError("body: JSON nested too deeply") from None
+        items.append(text[index:end].encode("utf-8"))
+        index = skip(end)
+        if index < size and text[index] == ",":
+            index = skip(index + 1)
+            continue
+        if index < size and text[index] == "]" and skip(index + 1) == size:
+            return items
+        raise EnvelopeError(f"body: not valid JSON (expected ',' or ']' at position {index})")
+
+
 def canonical_hash(value: Any) -> str:
     """SHA-256 of the value's canonical JSON: key order and white space do not change it."""
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
