@@ -172,6 +172,16 @@ class Outbox:
             connection.execute(outbox_attempts.insert(), attempts)
             connection.execute(update, changes)
 
+    def release(self, event_ids: Sequence[str]) -> None:
+        """Give claimed events back untried (no attempt counted): due again at once."""
+        with self.engine.begin() as connection:
+            for start in range(0, len(event_ids), 500):
+                connection.execute(
+                    outbox_events.update()
+                    .where(outbox_events.c.eventId.in_(event_ids[start : start + 500]))
+                    .values(claimedUntil=None)
+                )
+
     def release_claims(self) -> int:
         """Make events a killed relay had in flight due again (they may reach the receiver twice)."""
         with self.engine.begin() as connection:

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 
 from creditrelay.schema.database import utc
+from creditrelay.sender.batching import MAX_EVENTS, batch_url, chunks, deliver_batch, receiver_down
 from creditrelay.sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
 from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Settlement
 
@@ -40,6 +41,10 @@ class RelayConfig:
     # One relay per outbox frees, at start, the claims its killed predecessor left; relays sharing an
     # outbox (one per serve instance) must not, and wait for those claims' leases to run out instead.
     shared: bool = False
+    batch: bool = True  # many events per request where the receiver has a batch endpoint
+    batch_size: int = MAX_EVENTS
+    breaker_max: float = 60.0  # the longest wait while the receiver is down
+    rediscover: float = 600.0  # seconds before asking a receiver without a batch endpoint again
 
 
 def settle(event: OutboxEvent, attempt: Attempt, config: RelayConfig) -> Settlement:
@@ -59,38 +64,87 @@ def settle(event: OutboxEvent, attempt: Attempt, config: RelayConfig) -> Settlem
 
 
 class OutboxRelay:
+    """Drains the outbox. A pass claims what is due, sends the first request alone and, when the receiver
+    answered it, the rest concurrently (batches where the receiver takes them). When the first request
+    says the receiver is down, the rest go back untried and the relay waits as one — 1 s, 2 s, … up to
+    ``breaker_max`` — instead of spending every event's attempts on a receiver that is not there."""
+
     def __init__(self, outbox: Outbox, signer: Signer, config: RelayConfig) -> None:
         self.outbox = outbox
         self.signer = signer
         self.config = config
         self._wakeup: asyncio.Event | None = None
         self.failed_passes = 0
+        self.batch_url = batch_url(config.url) if config.batch else None
+        self._singles_until = 0.0  # the receiver had no batch endpoint: one event per request until then
+        self.breaker_delay = 0.0  # > 0 while the receiver is down
+        self._breaker_until = 0.0
 
     def notify(self) -> None:
         """New events were enqueued: look now rather than at the next poll (call on the relay's loop)."""
         if self._wakeup is not None:
             self._wakeup.set()
 
+    def _batching(self) -> bool:
+        return self.batch_url is not None and self.config.clock() >= self._singles_until
+
     async def drain_once(self, client: httpx.AsyncClient) -> int:
-        """Try every event due now (up to a batch); how many were tried."""
-        now = utc(self.config.clock())
+        """Try every event due now (up to a pass's worth); how many were tried (0 while the breaker is open)."""
+        clock = self.config.clock()
+        if clock < self._breaker_until:
+            return 0
+        batching = self._batching()
+        size = self.config.batch_size if batching else 4
         lease = timedelta(seconds=self.config.lease)
-        due = await asyncio.to_thread(self.outbox.claim_due, now, self.config.concurrency * 4, lease)
+        due = await asyncio.to_thread(self.outbox.claim_due, utc(clock), self.config.concurrency * size, lease)
         if not due:
             return 0
-        limit = asyncio.Semaphore(self.config.concurrency)
+        probe = due[:1] if self.breaker_delay else []  # the receiver was down: one event asks first
+        rest = due[len(probe) :]
+        groups = ([probe] if probe else []) + (
+            chunks(rest, self.config.batch_size) if batching else [[e] for e in rest]
+        )
+        first = await self._send(client, groups[0])
+        tried = list(zip(groups[0], first, strict=True))
+        untried: list[OutboxEvent] = []
+        if receiver_down(first):
+            untried = [event for group in groups[1:] for event in group]
+            self._open_breaker(first[0])
+        else:
+            self.breaker_delay = 0.0
+            limit = asyncio.Semaphore(self.config.concurrency)
 
-        async def one(event: OutboxEvent) -> Settlement:
-            async with limit:
-                attempt = await attempt_delivery_async(client, self.config.url, event.event_id, event.body, self.signer)
-            return settle(event, attempt, self.config)
+            async def send(group: list[OutboxEvent]) -> list[tuple[OutboxEvent, Attempt]]:
+                async with limit:
+                    return list(zip(group, await self._send(client, group), strict=True))
 
-        settlements = await asyncio.gather(*(one(e) for e in due))
+            for pairs in await asyncio.gather(*(send(group) for group in groups[1:])):
+                tried += pairs
+        settlements = [settle(event, attempt, self.config) for event, attempt in tried]
         await asyncio.to_thread(self.outbox.settle, settlements)
+        if untried:
+            await asyncio.to_thread(self.outbox.release, [event.event_id for event in untried])
         for s in settlements:
             if s.status != DELIVERED:
                 log.warning("relay_attempt_failed", event_id=s.attempt.event_id, status=s.status, error=s.error)
-        return len(due)
+        return 0 if self.breaker_delay else len(tried)
+
+    async def _send(self, client: httpx.AsyncClient, group: list[OutboxEvent]) -> list[Attempt]:
+        if self.batch_url is not None and self._batching() and len(group) > 1:
+            attempts = await deliver_batch(client, self.batch_url, group, self.signer)
+            if attempts is not None:
+                return attempts
+            log.info("relay_batches_unsupported", url=self.batch_url, retry_in=self.config.rediscover)
+            self._singles_until = self.config.clock() + self.config.rediscover
+        url, signer = self.config.url, self.signer
+        return list(
+            await asyncio.gather(*(attempt_delivery_async(client, url, e.event_id, e.body, signer) for e in group))
+        )
+
+    def _open_breaker(self, attempt: Attempt) -> None:
+        self.breaker_delay = min(self.config.breaker_max, max(1.0, self.breaker_delay * 2))
+        self._breaker_until = self.config.clock() + self.breaker_delay
+        log.warning("relay_receiver_down", wait=self.breaker_delay, status=attempt.status_code, error=attempt.snippet)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set. A failed pass (the outbox's database away, a bug, an answer that
@@ -118,6 +172,7 @@ class OutboxRelay:
                     log.error("relay_pass_failed", exc_info=True)
                 self._wakeup.clear()
                 waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
-                await asyncio.wait(waits, timeout=self.config.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                wait = max(self.config.poll_interval, self._breaker_until - self.config.clock())
+                await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 for waiting in waits:
                     waiting.cancel()

@@ -91,25 +91,31 @@ def test_dead_events_can_be_requeued_and_old_delivered_ones_purged(outbox: Outbo
 
 
 def test_outbox_drains_once_the_receiver_comes_back(outbox: Outbox) -> None:
-    """Receiver down: every attempt is recorded and the events wait; receiver up: the outbox empties."""
+    """Receiver down: the first pass tries every event once, then the relay backs off as one — a single
+    event asks each time, the others keep their attempts; receiver up: the outbox empties."""
     with scripted_receiver() as probe:
         url = probe.url
     port = int(url.split(":")[2].split("/")[0])
     outbox.enqueue(events(20), T0)
-    config = RelayConfig(url=url, schedule=(0,) * 10, clock=lambda: T0.timestamp() + 1)
+    now = [T0.timestamp() + 1]
+    config = RelayConfig(url=url, schedule=(0,) * 10, clock=lambda: now[0])
     relay = OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), config)
 
     async def drain(passes: int) -> None:
         async with httpx.AsyncClient(timeout=5) as client:
             for _ in range(passes):
                 await relay.drain_once(client)
+                now[0] += 120  # past the breaker's wait
 
     asyncio.run(drain(3))
     assert outbox.counts()[PENDING] == 20
-    assert [a["statusCode"] for a in outbox.attempts_of("e007")] == [None, None, None]
-    with scripted_receiver(Reply(503), port=port) as receiver:
-        asyncio.run(drain(3))
+    tries = [len(outbox.attempts_of(f"e{i:03}")) for i in range(20)]
+    assert sum(tries) == 20 + 1 + 1  # not 60: no attempt storm while the receiver is away
+    assert relay.breaker_delay == 4.0
+    with scripted_receiver(Reply(503), port=port) as receiver:  # back, though its first answer is a 503
+        asyncio.run(drain(4))
     assert outbox.counts() == {PENDING: 0, DELIVERED: 20, DEAD: 0}
+    assert relay.breaker_delay == 0
     assert len({s.headers["webhook-id"] for s in receiver.seen}) == 20
     attempts = outbox.attempts_of(receiver.seen[0].headers["webhook-id"])
     assert [a["verdict"] for a in attempts][-1] == "delivered"
@@ -124,7 +130,7 @@ def test_the_relay_outlives_an_unreadable_answer_and_a_failing_pass(
     outbox.enqueue(events(2), T0)
     garbled = Reply(200, headers={"Content-Encoding": "gzip"})  # a JSON body that says it is gzip
     with scripted_receiver(garbled, garbled) as receiver:
-        config = RelayConfig(url=receiver.url, schedule=(0,) * 5, poll_interval=0.01, clock=lambda: T0.timestamp() + 1)
+        config = RelayConfig(url=receiver.url, schedule=(0,) * 5, poll_interval=0.01, breaker_max=0.05)
         relay = OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), config)
         real_claim = outbox.claim_due
         failures = [RuntimeError("a bug in one pass")]
