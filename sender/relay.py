@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from creditrelay.schema.database import utc
 from creditrelay.sender.batching import MAX_EVENTS, batch_url, chunks, deliver_batch, receiver_down
 from creditrelay.sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
+from creditrelay.sender.metrics import ATTEMPTS, BATCH, IN_FLIGHT, LATENCY
 from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Settlement
 
 log = structlog.get_logger()
@@ -121,6 +122,8 @@ class OutboxRelay:
             for pairs in await asyncio.gather(*(send(group) for group in groups[1:])):
                 tried += pairs
         settlements = [settle(event, attempt, self.config) for event, attempt in tried]
+        for s in settlements:
+            ATTEMPTS.labels(s.attempt.verdict.value).inc()
         await asyncio.to_thread(self.outbox.settle, settlements)
         if untried:
             await asyncio.to_thread(self.outbox.release, [event.event_id for event in untried])
@@ -130,13 +133,25 @@ class OutboxRelay:
         return 0 if self.breaker_delay else len(tried)
 
     async def _send(self, client: httpx.AsyncClient, group: list[OutboxEvent]) -> list[Attempt]:
+        IN_FLIGHT.inc(len(group))
+        started = time.perf_counter()
+        try:
+            return await self._deliver(client, group)
+        finally:
+            IN_FLIGHT.dec(len(group))
+            LATENCY.observe(time.perf_counter() - started)
+
+    async def _deliver(self, client: httpx.AsyncClient, group: list[OutboxEvent]) -> list[Attempt]:
         if self.batch_url is not None and self._batching() and len(group) > 1:
             attempts = await deliver_batch(client, self.batch_url, group, self.signer)
             if attempts is not None:
+                BATCH.observe(len(group))
                 return attempts
             log.info("relay_batches_unsupported", url=self.batch_url, retry_in=self.config.rediscover)
             self._singles_until = self.config.clock() + self.config.rediscover
         url, signer = self.config.url, self.signer
+        for _ in group:
+            BATCH.observe(1)
         return list(
             await asyncio.gather(*(attempt_delivery_async(client, url, e.event_id, e.body, signer) for e in group))
         )

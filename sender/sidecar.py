@@ -2,9 +2,10 @@
 
 ``POST /events`` takes one unsigned event or a JSON array of them, checks each against the envelope,
 commits them all to the outbox and only then answers 202 with their event ids; the relay in the same
-process signs and delivers them. An event without ``eventId`` gets one minted here, once, at accept time —
-but a gateway that may retry its own POST should mint ids itself (or send ``requestId``), or a retried
-POST becomes a second event. ``GET /health`` reports the outbox.
+process signs and delivers them. An event without ``eventId`` gets one minted here, once, at accept
+time — but a gateway that may retry its own POST should mint ids itself (or send ``requestId``), or a
+retried POST becomes a second event. ``GET /health`` reports the outbox; ``GET /metrics`` is the relay's
+Prometheus metrics.
 """
 
 import asyncio
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +24,7 @@ from starlette.routing import Route
 from creditrelay.schema.database import utc
 from creditrelay.schema.wire import EnvelopeError, parse_event, parse_json
 from creditrelay.sender.events import encode_event, mint_event_id
+from creditrelay.sender.metrics import exposition
 from creditrelay.sender.outbox import Outbox
 from creditrelay.sender.relay import OutboxRelay
 
@@ -89,5 +92,12 @@ def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float
             stop.set()
             await running.pop()
 
-    routes = [Route("/events", post_events, methods=["POST"]), Route("/health", health, methods=["GET"])]
+    async def metrics(_request: Request) -> Response:
+        return Response(await asyncio.to_thread(exposition, outbox), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/events", post_events, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)
