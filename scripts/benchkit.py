@@ -136,10 +136,10 @@ def _pinned(command: list[str], cpu: str | None) -> list[str]:
 
 @contextmanager
 def serve(
-    command: list[str] | None, env: dict[str, str], *, cpu: str | None, ceiling: bool = False
+    command: list[str] | None, env: dict[str, str], *, cpu: str | None, ceiling: bool = False, port: int = 0
 ) -> Iterator[Server]:
-    """creditrelay serve (or the bare ceiling app) on a free port, with the same uvicorn settings."""
-    port = _free_port()
+    """creditrelay serve (or the bare ceiling app) on ``port`` (or a free one), with the same uvicorn settings."""
+    port = port or _free_port()
     if ceiling:
         argv = [sys.executable, "-m", "uvicorn", "--app-dir", "scripts/bench", "ceiling:app", "--port", str(port),
                 "--workers", "1", "--no-access-log", "--log-level", "warning", "--no-server-header"]  # fmt: skip
