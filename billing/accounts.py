@@ -128,13 +128,14 @@ def _remote_key(remote_key_id: str) -> str:
 def link_key(connection: Connection, remote_key_id: str, user_id: int, now: datetime) -> KeyLink:
     """Make the gateway key bill ``user_id``; an existing link is moved to that user."""
     key = _remote_key(remote_key_id)
+    watch = watch_of(connection)
+    enforced = watch is not None and watch.enforce
+    if enforced:  # the user's row first, as every transaction takes it (the upsert's key check reads it)
+        lock_balances(connection, [user_id])
     row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
     connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], ["userId", "updatedAt"]))
-    watch = watch_of(connection)
-    if watch is not None and watch.enforce:
-        balance = lock_balances(connection, [user_id]).get(user_id)
-        if balance is not None and watch.suspended(balance):
-            queue_intents(connection, [user_id], SUSPEND, now)  # the new key too is disabled
+    if enforced:  # the key takes its new user's state: disabled if suspended, enabled (a moved key) if not
+        requeue(connection, user_id, now)
     [link] = list_keys(connection, remote_key_id=key)
     return link
 

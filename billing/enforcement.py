@@ -91,7 +91,7 @@ class Enforcer:
         self.engine = engine
         self.gateway = gateway
         self.config = config
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
+        self.owner = owner or f"{os.getpid()}:{id(self):x}:{socket.gethostname()}"[:64]  # unique part first
         self.clock = clock
 
     def run_once(self) -> EnforceReport:
@@ -143,11 +143,20 @@ class Enforcer:
         return [] if gateway_user is None else [f"user {gateway_user}"]
 
     def _push(self, user_id: int, desired: str, version: int, targets: Sequence[str], report: EnforceReport) -> None:
+        """Call the gateway for each target, within half the lease (each call is bounded by the client's
+        timeout and ``attempts``): targets left when the time is up fail this pass, and are tried again."""
         enabled = desired != SUSPEND
-        if self.config.mode == USERS and not targets:
-            calls = [_Call("user ?", False, "no gateway user id known: key link … --gateway-user ID")]
-        else:
-            calls = [self._call(target, enabled) for target in targets]
+        if self.config.mode == USERS and not targets:  # parked: pushed once the id is known (watch.learn…)
+            run_transaction(self.engine, lambda c: self._settle(c, user_id, desired, version, [], []))
+            report.applied += 1
+            return
+        deadline = time.monotonic() + self.config.lease / 2
+        calls: list[_Call] = []
+        for target in targets:
+            if time.monotonic() > deadline:
+                calls.append(_Call(target, False, "not called: this push ran out of its lease's time"))
+            else:
+                calls.append(self._call(target, enabled))
         failed = [c for c in calls if not c.ok]
         report.calls += len(calls)
         report.failed_calls += len(failed)
@@ -193,21 +202,35 @@ class Enforcer:
         states = gateway_states.c
         mine = gateway_states.update().where(states.userId == user_id, states.leaseOwner == self.owner)
         if not failed:
-            connection.execute(
-                mine.values(applied=version, attempts=0, leaseOwner=None, leaseUntil=None, lastError=None)
+            # done: applied, and out of the due index unless a newer intent came meanwhile
+            settled = mine.values(
+                applied=version,
+                attempts=0,
+                leaseOwner=None,
+                leaseUntil=None,
+                lastError=None,
+                nextAttemptAt=sa.case((states.version > version, states.nextAttemptAt), else_=None),
             )
-            return
-        attempts = connection.execute(sa.select(states.attempts).where(states.userId == user_id)).scalar_one()
-        wait = min(MAX_BACKOFF, 5.0 * 2 ** min(attempts, 20))
-        connection.execute(
-            mine.values(
-                attempts=states.attempts + 1,
+        else:
+            attempts, current = connection.execute(
+                sa.select(states.attempts, states.version).where(states.userId == user_id)
+            ).one()
+            wait = min(MAX_BACKOFF, 5.0 * 2 ** min(attempts, 20)) if current == version else 0.0
+            settled = mine.values(
+                attempts=states.attempts + 1 if current == version else 0,
                 nextAttemptAt=now + timedelta(seconds=wait),
                 leaseOwner=None,
                 leaseUntil=None,
                 lastError=f"{failed[0].target}: {failed[0].answer}"[:255],
             )
-        )
+        if connection.execute(settled).rowcount != 1 and calls:
+            # the lease ran out while calling: another enforcer may have pushed a newer intent that these
+            # late calls just undid, so the current intent is pushed again
+            connection.execute(
+                gateway_states.update()
+                .where(states.userId == user_id)
+                .values(version=states.version + 1, nextAttemptAt=now, attempts=0, updatedAt=now)
+            )
 
 
 @dataclass(frozen=True)
@@ -297,27 +320,29 @@ def gateway_drift(engine: Engine, reader: GatewayReader, mode: str, suspend_at: 
     return found
 
 
-def requeue_drift(engine: Engine, drift: Sequence[Drift], now: datetime) -> int:
-    """Queue the intent each drifted user's balance says (``reconcile --fix``); how many users."""
-    wanted = {d.user_id: d.desired for d in drift if d.finding.kind == "gateway_drift"}
+def requeue_drift(engine: Engine, drift: Sequence[Drift], suspend_at: int, now: datetime) -> int:
+    """Queue, for each drifted user, the intent their balance says now — read under the row lock, not the
+    balance the drift was found with (``reconcile --fix``); how many users."""
+    drifted = sorted({d.user_id for d in drift if d.finding.kind == "gateway_drift"})
 
     def work(connection: Connection) -> None:
-        lock_balances(connection, wanted)
+        balances = lock_balances(connection, drifted)
         for desired in (SUSPEND, RESUME):
-            queue_intents(connection, [u for u, d in wanted.items() if d == desired], desired, now)
+            chosen = [u for u, b in balances.items() if (b <= suspend_at) == (desired == SUSPEND)]
+            queue_intents(connection, chosen, desired, now)
 
-    if wanted:
+    if drifted:
         run_transaction(engine, work)
-    return len(wanted)
+    return len(drifted)
 
 
 def counts(connection: Connection) -> dict[str, int]:
     """Users whose latest intent is a suspension, and intents not yet confirmed by the gateway."""
     states = gateway_states.c
     suspended, pending = connection.execute(
-        sa.select(
-            sa.func.coalesce(sa.func.sum(sa.case((states.desired == SUSPEND, 1), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((states.version > states.applied, 1), else_=0)), 0),
+        sa.select(  # each a range of an index: desired, and nextAttemptAt (set only while pending)
+            sa.select(sa.func.count()).where(states.desired == SUSPEND).scalar_subquery(),
+            sa.select(sa.func.count()).where(states.nextAttemptAt.is_not(None)).scalar_subquery(),
         )
     ).one()
     return {"suspended": int(suspended or 0), "pending": int(pending or 0)}

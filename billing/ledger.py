@@ -210,7 +210,7 @@ def apply_usage(
     set_balances(connection, changed, now)
     if changed:
         crossed(connection, {u: locked[u][0] for u in changed}, changed, now)
-        learn_gateway_users(connection, usages, owners)
+        learn_gateway_users(connection, usages, owners, now)
     if opened or settled.pairings:
         _open(connection, opened, record_ids, settled.pairings)
     return outcomes

@@ -179,12 +179,14 @@ class Reconciler:
         config: PollConfig,
         progress: Callable[[str, int], None] | None = None,
         access: "Callable[[], list[Drift]] | None" = None,
+        suspend_at: int = 0,
     ) -> None:
         self.engine = engine
         self.poller = poller
         self.config = config
         self.progress = progress  # told (what, how many) after each chunk --fix commits
         self.access = access  # reads the gateway's access back (GATEWAY_ENFORCEMENT on): its drift
+        self.suspend_at = suspend_at
 
     def run(self, since: int, until: int, *, fix: bool, now: datetime) -> ReconcileReport:
         logs = self.poller.fetch(since, until) if self.poller is not None else []
@@ -193,7 +195,7 @@ class Reconciler:
         if fix:
             report.fixed = self._repair(logs, window, now)
         drift = self.access() if self.access is not None else []
-        if fix and (requeued := requeue_drift(self.engine, drift, now)):
+        if fix and (requeued := requeue_drift(self.engine, drift, self.suspend_at, now)):
             report.fixed["users whose gateway access was queued again"] = requeued
             drift = [d for d in drift if d.finding.kind != "gateway_drift"]  # the enforcer's to push now
 

@@ -94,7 +94,9 @@ def crossed(connection: Connection, before: Mapping[int, int], after: Mapping[in
         write_alerts(connection, alerts, after, now)
 
 
-def learn_gateway_users(connection: Connection, usages: "Sequence[Usage]", owners: Mapping[str, int]) -> None:
+def learn_gateway_users(
+    connection: Connection, usages: "Sequence[Usage]", owners: Mapping[str, int], now: datetime
+) -> None:
     """Keep the gateway's user id of each user that has none yet (an operator's, set with ``key link
     --gateway-user``, is never replaced), as the usages report it; only where the watch asks for it."""
     watch = watch_of(connection)
@@ -104,11 +106,13 @@ def learn_gateway_users(connection: Connection, usages: "Sequence[Usage]", owner
         owners[u.remote_key_id]: u.gateway_user_id for u in usages if u.gateway_user_id and u.remote_key_id in owners
     }
     for user_id, gateway_user_id in sorted(learned.items()):
-        connection.execute(
+        found = connection.execute(
             users.update()
             .where(users.c.id == user_id, users.c.gatewayUserId.is_(None))
             .values(gatewayUserId=gateway_user_id)
-        )
+        ).rowcount
+        if found:  # an intent parked for want of the id goes out now
+            requeue(connection, user_id, now)
 
 
 def queue_intents(connection: Connection, user_ids: Collection[int], desired: str, now: datetime) -> None:

@@ -66,8 +66,10 @@ class LedgerCollector(Collector):
                     .limit(1)
                 ).one_or_none()
                 access = enforcement.counts(connection)
-                alerts = connection.execute(
-                    sa.select(outbox_events.c.status, sa.func.count()).group_by(outbox_events.c.status)
+                alerts = connection.execute(  # a range of the (status, nextAttemptAt) index: delivered ones not read
+                    sa.select(outbox_events.c.status, sa.func.count())
+                    .where(outbox_events.c.status.in_(("pending", "dead")))
+                    .group_by(outbox_events.c.status)
                 ).all()
         except SQLAlchemyError:
             return
@@ -82,9 +84,9 @@ class LedgerCollector(Collector):
             gauge = GaugeMetricFamily(name, text)
             gauge.add_metric([], float(access[value]))
             yield gauge
-        by_status = GaugeMetricFamily("creditrelay_alerts", "Alerts in the outbox by state", labels=["status"])
+        by_status = GaugeMetricFamily("creditrelay_alerts", "Alerts waiting or given up on", labels=["status"])
         found_alerts: dict[str, int] = {str(status): int(count) for status, count in alerts}
-        for status in ("pending", "delivered", "dead"):
+        for status in ("pending", "dead"):
             by_status.add_metric([status], float(found_alerts.get(status, 0)))
         yield by_status
         if watermark is not None:

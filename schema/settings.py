@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -110,6 +111,9 @@ def load_settings(
     if admin_token is not None and len(admin_token) < 32:
         raise SettingsError("ADMIN_TOKEN must be at least 32 characters")
     polling = {name: _optional(config, name) for name in ("NEW_API_BASE_URL", "NEW_API_ADMIN_TOKEN", "NEW_API_USER_ID")}
+    admin_user = polling["NEW_API_USER_ID"]
+    if admin_user is not None and not (admin_user.isascii() and admin_user.isdigit() and int(admin_user) > 0):
+        raise SettingsError("NEW_API_USER_ID must be the numeric id of the new-api account (a positive integer)")
     if any(polling.values()) and not all(polling.values()):
         missing = ", ".join(name for name, value in polling.items() if not value)
         raise SettingsError(f"{missing}: polling needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID")
@@ -121,8 +125,8 @@ def load_settings(
             f"GATEWAY_ENFORCEMENT={enforcement} needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID"
         )
     alert_url, alert_secret = _optional(config, "ALERT_WEBHOOK_URL"), _optional(config, "ALERT_WEBHOOK_SECRET")
-    if alert_url is not None and not alert_url.startswith(("http://", "https://")):
-        raise SettingsError("ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+    if alert_url is not None and not _web_url(alert_url):
+        raise SettingsError("ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host")
     if (alert_url is None) != (alert_secret is None):
         raise SettingsError("ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET go together")
     if alert_secret is not None and not alert_secret.startswith("whsec_"):
@@ -158,6 +162,15 @@ def load_settings(
         gateway_token=gateway_token,
         log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",
     )
+
+
+def _web_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # a port out of range raises too
+    except ValueError:  # a malformed host or port
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _balance(config: Config, name: str, default: str) -> int:

@@ -253,7 +253,9 @@ class GatewayState(SQLModel, table=True):
     applied``; an enforcer claims it with a lease (``leaseOwner``, ``leaseUntil``)."""
 
     __tablename__ = "gateway_states"
-    __table_args__ = (sa.Index(None, "nextAttemptAt"), MYSQL_TABLE_OPTIONS)
+    # nextAttemptAt is set only while an intent waits: the enforcer's and the metrics' reads are ranges of
+    # its index, however many users were ever suspended
+    __table_args__ = (sa.Index(None, "nextAttemptAt"), sa.Index(None, "desired"), MYSQL_TABLE_OPTIONS)
 
     user_id: int = Field(
         primary_key=True,
@@ -265,7 +267,7 @@ class GatewayState(SQLModel, table=True):
     version: int = Field(sa_type=sa.BigInteger)
     applied: int = Field(default=0, sa_type=sa.BigInteger)
     attempts: int = Field(default=0)
-    next_attempt_at: datetime = column("nextAttemptAt", sa_type=Timestamp)
+    next_attempt_at: datetime | None = column("nextAttemptAt", default=None, sa_type=Timestamp)
     lease_owner: str | None = column("leaseOwner", default=None, max_length=64)
     lease_until: datetime | None = column("leaseUntil", default=None, sa_type=Timestamp)
     last_error: str | None = column("lastError", default=None, max_length=255)

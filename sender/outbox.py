@@ -70,11 +70,14 @@ def _event_json(row: Any) -> dict[str, Any]:
 
 
 class Outbox:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, create: bool = True) -> None:
+        """The outbox in ``engine``'s database, its tables made there if missing (``create``); a database
+        whose migrations made them (the ledger's) is opened without touching its schema."""
         self.engine = engine
-        metadata.create_all(engine)
-        with engine.begin() as connection:  # outboxes made before event ids compared byte for byte on MySQL
-            convert_to_exact_collation(connection, list(metadata.tables), required=False)
+        if create:
+            metadata.create_all(engine)
+            with engine.begin() as connection:  # outboxes made before event ids compared byte for byte on MySQL
+                convert_to_exact_collation(connection, list(metadata.tables), required=False)
 
     @classmethod
     def open(cls, url: str = DEFAULT_OUTBOX_URL) -> "Outbox":

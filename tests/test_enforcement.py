@@ -84,8 +84,9 @@ def test_serve_instances_push_each_intent_once_and_a_change_made_while_down_at_s
         eventually(lambda: api.tokens[17]["status"] == 1)
     finally:
         stop(server)
-    assert api.access_calls == [("token", 17, 2), ("token", 17, 1)]  # each intent once, by one instance
-    assert database.count("gateway_calls") == 2
+    # each intent once, by one instance: enabled when linked (before serve ran), disabled, enabled
+    assert api.access_calls == [("token", 17, 1), ("token", 17, 2), ("token", 17, 1)]
+    assert database.count("gateway_calls") == 3
 
 
 def test_enforce_runs_one_pass_and_says_what_it_did(database: Database, api: FakeNewApi) -> None:

@@ -148,7 +148,7 @@ class NewApiClient:
             raise UpstreamError(f"new-api answered HTTP {response.status_code}")
         try:
             answer = response.json()
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, a number too long
             raise UpstreamError("new-api answered something that is not JSON") from None
         if not isinstance(answer, dict) or answer.get("success") is not True:
             message = answer.get("message") if isinstance(answer, dict) else None

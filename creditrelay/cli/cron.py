@@ -37,12 +37,14 @@ def poll_config(settings: Settings, attempts: int = ATTEMPTS) -> "PollConfig":
     )
 
 
-def new_api(settings: Settings, purpose: str = "poll new-api") -> "NewApiClient":
+def new_api(settings: Settings, purpose: str = "poll new-api", timeout: float = 15.0) -> "NewApiClient":
     from creditrelay.billing.gateways.newapi import NewApiClient
 
     if not (settings.new_api_base_url and settings.new_api_admin_token and settings.new_api_user_id):
         raise SettingsError(f"NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID are needed to {purpose}")
-    return NewApiClient(settings.new_api_base_url, settings.new_api_admin_token, settings.new_api_user_id)
+    return NewApiClient(
+        settings.new_api_base_url, settings.new_api_admin_token, settings.new_api_user_id, timeout=timeout
+    )
 
 
 def make_poller(
@@ -62,7 +64,8 @@ def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
 
     if settings.gateway_enforcement == "off":
         raise SettingsError("GATEWAY_ENFORCEMENT is off: set it to tokens or users to enforce")
-    client = new_api(settings, f"enforce (GATEWAY_ENFORCEMENT={settings.gateway_enforcement})")
+    # 5 s a call: a push stays well inside its lease (billing.enforcement)
+    client = new_api(settings, f"enforce (GATEWAY_ENFORCEMENT={settings.gateway_enforcement})", timeout=5.0)
     admin = settings.new_api_user_id
     config = EnforceConfig(settings.gateway_enforcement, int(admin) if admin and admin.isdigit() else None)
     return Enforcer(engine, client, config)
@@ -138,7 +141,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         client = new_api(settings, "read the gateway's access back")
         mode, line = settings.gateway_enforcement, settings.suspend_at_balance
         access = partial(gateway_drift, engine, client, mode, line)
-    reconciler = Reconciler(engine, poller, poll_config(settings), progress, access)
+    reconciler = Reconciler(engine, poller, poll_config(settings), progress, access, settings.suspend_at_balance)
     try:
         report = reconciler.run(since, until, fix=args.fix, now=now())
     except UpstreamError as error:

@@ -70,7 +70,9 @@ def workers(settings: Settings, engine: "Engine") -> "list[Worker]":
         from creditrelay.sender.relay import OutboxRelay, RelayConfig
 
         signer = Signer(settings.alert_webhook_secret, seed=False, standard=True)
-        relay = OutboxRelay(Outbox(engine), signer, RelayConfig(url=settings.alert_webhook_url, shared=True))
+        relay = OutboxRelay(
+            Outbox(engine, create=False), signer, RelayConfig(url=settings.alert_webhook_url, shared=True)
+        )
         found.append(relay.run)
     return found
 

@@ -7,20 +7,25 @@ from functools import partial
 
 import pytest
 from sqlalchemy import Connection
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from creditrelay.billing.accounts import NewUser, adjust, create_user, link_key, set_gateway_user, top_up
 from creditrelay.billing.credit_sync import apply_sync
 from creditrelay.billing.deliveries import deliver
-from creditrelay.billing.enforcement import EnforceConfig, Enforcer, gateway_drift
+from creditrelay.billing.enforcement import EnforceConfig, Enforcer, EnforceReport, gateway_drift, requeue_drift
 from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig
 from creditrelay.billing.reconcile import Reconciler
 from creditrelay.billing.watch import BalanceWatch, watch_balances
 from creditrelay.schema.credit_sync import SyncBody
+from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
 from tests.support.ledger import NOW, assert_ledger_consistent, in_transaction
+from tests.support.server import serving
 from tests.support.signing import encode, usage_event
 
 
@@ -66,6 +71,7 @@ def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_the
         newapi.token(token_id)
     alice = user(watched, "alice@example.com", 20, "17", "18")
     user(watched, "bob@example.com", 100, "19")
+    assert enforcer(watched, newapi).run_once().calls == 3  # a linked key takes its user's state: enabled
     spend(watched, "evt-1", 15, 17)
     assert enforcer(watched, newapi).run_once().calls == 0  # still above zero: nothing to say
     spend(watched, "evt-2", 5, 18)  # exactly zero: suspended
@@ -79,7 +85,7 @@ def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_the
     in_transaction(watched, lambda c: top_up(c, alice, 50, "order-1", NOW))  # a duplicate top-up: nothing more
     assert enforcer(watched, newapi).run_once().calls == 2
     assert statuses(newapi) == {17: 1, 18: 1, 19: 1}
-    recorded = watched.rows("SELECT target, action, ok FROM gateway_calls ORDER BY id")
+    recorded = watched.rows("SELECT target, action, ok FROM gateway_calls WHERE id > 3 ORDER BY id")
     assert [tuple(r) for r in recorded] == [
         ("token 17", "suspend", 1), ("token 18", "suspend", 1), ("token 17", "resume", 1), ("token 18", "resume", 1),
     ]  # fmt: skip
@@ -129,15 +135,20 @@ def test_a_user_created_without_credits_starts_suspended_and_a_linked_key_is_dis
     watched: Database, newapi: FakeNewApi
 ) -> None:
     newapi.token(21)
+    newapi.token(22, status=2)
     bare = user(watched, "new@example.com", 0)
     assert enforcer(watched, newapi).run_once().calls == 0  # suspended, with no key to disable yet
     in_transaction(watched, lambda c: link_key(c, "21", bare, NOW))
     enforcer(watched, newapi).run_once()
-    assert statuses(newapi) == {21: 2}
+    assert statuses(newapi) == {21: 2, 22: 2}  # 22: disabled by hand before, nobody's yet
     funded = user(watched, "funded@example.com", 10)
-    newapi.token(22)
-    in_transaction(watched, lambda c: link_key(c, "22", funded, NOW))
-    assert enforcer(watched, newapi).run_once().calls == 0  # an active user's new key is left as it is
+    assert enforcer(watched, newapi).run_once().calls == 0
+    in_transaction(watched, lambda c: link_key(c, "22", funded, NOW))  # a key moved from broke@ to a payer
+    enforcer(watched, newapi).run_once()
+    assert statuses(newapi) == {21: 2, 22: 1}
+    in_transaction(watched, lambda c: link_key(c, "21", funded, NOW))
+    enforcer(watched, newapi).run_once()
+    assert statuses(newapi) == {21: 1, 22: 1}  # enabled again with its new, paying user
 
 
 def test_two_enforcers_push_each_intent_once(watched: Database, newapi: FakeNewApi) -> None:
@@ -266,3 +277,68 @@ def test_credit_api_and_adjust_cross_the_line_too(watched: Database, newapi: Fak
     enforcer(watched, newapi).run_once()
     assert statuses(newapi) == {17: 1, 18: 2}
     assert tg != bob
+
+
+def test_a_push_that_outlived_its_lease_cannot_leave_the_newer_intent_undone(
+    watched: Database, newapi: FakeNewApi
+) -> None:
+    """A claims the suspension and hangs; a top-up queues a resume; B pushes it after A's lease ran out;
+    A's late call disables the key again — so A's settle, finding its lease gone, queues the current
+    intent once more, and the next pass enables the key."""
+    newapi.token(17)
+    alice = user(watched, "alice@example.com", 5, "17")
+    enforcer(watched, newapi).run_once()
+    spend(watched, "evt-1", 10, 17)
+    clock = [NOW.timestamp()]
+    client = NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER)
+    slow = Enforcer(watched.engine, client, EnforceConfig("tokens"), owner="a", clock=lambda: clock[0])
+    fast = Enforcer(watched.engine, client, EnforceConfig("tokens"), owner="b", clock=lambda: clock[0])
+    claimed = in_transaction(watched, partial(slow._claim, user_id=alice))
+    assert claimed is not None
+    assert claimed[0] == "suspend"
+    in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))
+    clock[0] += 60  # A's lease is over
+    assert fast.run_once().applied == 1  # the resume
+    assert statuses(newapi) == {17: 1}
+    slow._push(alice, *claimed, EnforceReport())  # A's call lands late
+    assert statuses(newapi) == {17: 2}
+    assert fast.run_once().applied == 1
+    assert statuses(newapi) == {17: 1}
+
+
+def test_reconcile_fix_queues_what_the_balance_says_when_it_fixes_not_when_it_looked(
+    watched: Database, newapi: FakeNewApi
+) -> None:
+    newapi.token(17)
+    alice = user(watched, "alice@example.com", 5, "17")
+    enforcer(watched, newapi).run_once()
+    spend(watched, "evt-1", 10, 17)  # -5: suspend queued, not pushed: the key is still enabled
+    drift = gateway_drift(watched.engine, NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER), "tokens", 0)
+    assert [d.desired for d in drift] == ["suspend"]
+    in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))  # 95 before --fix acts
+    assert requeue_drift(watched.engine, drift, 0, NOW) == 1
+    assert watched.scalar("SELECT desired FROM gateway_states") == "resume"
+
+
+def test_users_mode_parks_an_intent_until_the_gateway_user_is_known(database: Database, newapi: FakeNewApi) -> None:
+    watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
+    newapi.users[7] = 1
+    alice = user(database, "alice@example.com", 5, "17")
+    spend(database, "evt-1", 10, 17)
+    parked = enforcer(database, newapi, "users").run_once()
+    assert (parked.applied, parked.calls, parked.failed) == (1, 0, 0)  # nothing to call, nothing failed
+    told = usage_event("evt-2", cost=1, key=17)
+    told["data"]["userId"] = 7
+    deliver(database.engine, [parse_event(encode(told))], NOW)  # the gateway says who alice is
+    assert enforcer(database, newapi, "users").run_once().calls == 1
+    assert newapi.users[7] == 2
+    assert database.scalar("SELECT gatewayUserId FROM users WHERE id = :u", u=alice) == 7
+
+
+def test_an_answer_that_is_not_json_is_an_upstream_error() -> None:
+    async def garbage(_request: object) -> Response:
+        return Response(b'{"success": true, "message": "\\xff\\xfe', media_type="application/json")
+
+    app = Starlette(routes=[Route("/api/token/", garbage, methods=["PUT"])])
+    with serving(app) as url, pytest.raises(UpstreamError, match="not JSON"):
+        NewApiClient(url, ADMIN_TOKEN, ADMIN_USER).set_token_status(1, False)

@@ -41,7 +41,7 @@ def upgrade() -> None:
         sa.Column("version", sa.BigInteger(), nullable=False),
         sa.Column("applied", sa.BigInteger(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("nextAttemptAt", Timestamp, nullable=False),
+        sa.Column("nextAttemptAt", Timestamp, nullable=True),
         sa.Column("leaseOwner", sa.String(length=64), nullable=True),
         sa.Column("leaseUntil", Timestamp, nullable=True),
         sa.Column("lastError", sa.String(length=255), nullable=True),
@@ -51,6 +51,7 @@ def upgrade() -> None:
         **options,
     )
     op.create_index(op.f("ix_gateway_states_nextAttemptAt"), "gateway_states", ["nextAttemptAt"], unique=False)
+    op.create_index(op.f("ix_gateway_states_desired"), "gateway_states", ["desired"], unique=False)
     op.create_table(
         "gateway_calls",
         sa.Column("id", Id, nullable=False),
@@ -104,6 +105,7 @@ def downgrade() -> None:
     op.drop_table("outbox_events")
     op.drop_index(op.f("ix_gateway_calls_userId_id"), table_name="gateway_calls")
     op.drop_table("gateway_calls")
+    op.drop_index(op.f("ix_gateway_states_desired"), table_name="gateway_states")
     op.drop_index(op.f("ix_gateway_states_nextAttemptAt"), table_name="gateway_states")
     op.drop_table("gateway_states")
     with op.batch_alter_table("users") as batch:
