@@ -47,10 +47,12 @@ test: lint typecheck pytest
 test-fast: install
 	CREDITRELAY_TEST_MYSQL_URL=skip $(VENV)/bin/pytest -n 2 -q -m "not slow and not browser and not node"
 
-# Throughput against the bare Starlette ceiling, SQLite and MySQL (prints figures; asserts no timing)
+# Throughput against the bare Starlette ceiling, SQLite and MySQL, then the sender's path through the relay
+# beside the receiver's single-event rate (prints figures; asserts no timing)
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) scripts/relay_bench.py $(RELAY_BENCH_ARGS)
 
 # The operator's reads (admin stats) and the log cleanup at a million rows, SQLite and MySQL (prints figures)
 scale: install
