@@ -22,13 +22,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from creditrelay.schema.database import utc
-from creditrelay.schema.wire import EnvelopeError, parse_event, parse_json
+from creditrelay.schema.wire import EnvelopeError, parse_event, parse_json, split_array
 from creditrelay.sender.events import encode_event, mint_event_id
 from creditrelay.sender.metrics import exposition
 from creditrelay.sender.outbox import Outbox
 from creditrelay.sender.relay import OutboxRelay
 
 BODY_LIMIT = 4 * 1024 * 1024
+MAX_EVENTS = 10_000  # per POST
 
 
 def _refuse(status_code: int, message: str) -> JSONResponse:
@@ -36,25 +37,37 @@ def _refuse(status_code: int, message: str) -> JSONResponse:
 
 
 def accept_events(body: bytes) -> list[tuple[str, bytes]]:
-    """Check a POSTed body and turn it into (event id, exact bytes to send) pairs; raise EnvelopeError."""
-    document = parse_json(body)
-    items: list[Any] = document if isinstance(document, list) else [document]
-    if not items:
-        raise EnvelopeError("body: no events")
+    """Check a POSTed body and turn it into (event id, exact bytes to send) pairs; raise EnvelopeError.
+
+    An array's events are kept byte for byte as posted (each parsed once, to check it); only an event
+    without ``eventId`` is encoded anew, with the id minted for it."""
+    is_array = body.lstrip(b" \t\r\n")[:1] == b"["
+    items = split_array(body, MAX_EVENTS) if is_array else [body]
     accepted = []
     for index, item in enumerate(items):
-        where = f"events[{index}]" if isinstance(document, list) else "event"
-        if not isinstance(item, dict):
-            raise EnvelopeError(f"{where}: must be a JSON object")
-        if "eventId" not in item:
-            item = {"eventId": mint_event_id(), **item}
-        encoded = encode_event(item)
+        where = f"events[{index}]" if is_array else "event"
         try:
-            event = parse_event(encoded)
+            event = parse_event(item)
         except EnvelopeError as error:
-            raise EnvelopeError(f"{where}.{error}") from None
-        accepted.append((event.event_id, encoded))
+            document = _object_without_id(item)
+            if document is None:
+                raise EnvelopeError(f"{where}.{error}") from None
+            item = encode_event({"eventId": mint_event_id(), **document})
+            try:
+                event = parse_event(item)
+            except EnvelopeError as again:
+                raise EnvelopeError(f"{where}.{again}") from None
+        accepted.append((event.event_id, item))
     return accepted
+
+
+def _object_without_id(item: bytes) -> dict[str, Any] | None:
+    """The event as an object when it is one that only lacks its ``eventId`` (to be minted), else None."""
+    try:
+        document = parse_json(item)
+    except EnvelopeError:
+        return None
+    return document if isinstance(document, dict) and "eventId" not in document else None
 
 
 def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float] = time.time) -> Starlette:
