@@ -82,7 +82,30 @@ def document() -> dict[str, Any]:
                 "responses": _answers(200, 400, 401, 409, 413, 422, 503, ok="Charged, duplicate, or ignored"),
             }
         },
+        "/api/webhooks/batch": {
+            "post": {
+                "summary": "Up to 500 signed usage events in one request, each answered as /events would alone",
+                "security": webhook,
+                "requestBody": _body({"type": "array", "minItems": 1, "maxItems": 500, "items": _event_schema()}),
+                "responses": _answers(200, 400, 401, 413, 503, ok="One result per event, in order"),
+            }
+        },
         "/api/webhooks/health": {"get": {"summary": "Whether the database answers", "responses": _answers(200, 503)}},
+        "/api/gateway/allowance/{remoteKeyId}": {
+            "get": {
+                "summary": "May the gateway serve this key now (allowed, balance, suspended)",
+                "security": [{"gatewayToken": []}],
+                "parameters": [
+                    {
+                        "name": "remoteKeyId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "maxLength": 64},
+                    }
+                ],
+                "responses": _answers(200, 400, 401, 403, 404, 503),
+            }
+        },
         "/api/credits/sync": {
             "post": {
                 "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference",
@@ -213,6 +236,7 @@ def document() -> dict[str, Any]:
                 "standardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
                 "adminToken": {"type": "http", "scheme": "bearer"},
+                "gatewayToken": {"type": "http", "scheme": "bearer"},
             }
         },
     }
