@@ -22,7 +22,7 @@ from creditrelay.receiver.metrics import BATCH_EVENTS, EVENTS, REQUEST_SECONDS
 from creditrelay.receiver.webhooks import WebhookService, render_outcome
 from creditrelay.schema.database import DatabaseUnavailable
 from creditrelay.schema.signing import verify_signature
-from creditrelay.schema.wire import EnvelopeError, Event, parse_event, split_array
+from creditrelay.schema.wire import EnvelopeError, Event, event_from_item, split_array
 
 log = structlog.get_logger()
 MAX_EVENTS = 500
@@ -63,12 +63,12 @@ async def receive_batch(request: Request) -> Response:
         answers: list[bytes | None] = [None] * len(items)
         events: list[Event] = []
         places: list[int] = []
-        for index, item in enumerate(items):
+        for index, (item, value) in enumerate(items):
             if len(item) > service.body_limit:
                 answers[index] = _refusal(413, f"Event larger than {service.body_limit} bytes")
                 continue
             try:
-                events.append(parse_event(item))
+                events.append(event_from_item(item, value))
                 places.append(index)
             except EnvelopeError as error:
                 EVENTS.labels("invalid").inc()

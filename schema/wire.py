@@ -139,6 +139,14 @@ def describe(error: ValidationError, prefix: str = "") -> str:
     return f"{where}: {' or '.join(dict.fromkeys(messages))}"
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no lone surrogates (text a database cannot
     store)."""
@@ -152,11 +160,8 @@ def parse_json(body: bytes) -> Any:
         raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
     except RecursionError:
         raise EnvelopeError("body: JSON nested too deeply") from None
-    if "\\ud" in text or "\\uD" in text:  # an escaped surrogate: fine as half of a pair, not alone
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text") from None
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):  # fine as half of a pair, not alone
+        raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
     return value
 
 
@@ -171,10 +176,11 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 _SPACE = " \t\n\r"
 
 
-def split_array(body: bytes, max_items: int) -> list[bytes]:
+def split_array(body: bytes, max_items: int) -> list[tuple[bytes, Any]]:
     """The items of a JSON array body, each exactly as sent (so an event in a batch is byte for byte the
-    event a single delivery would carry). Only the array's shape is checked here; each item is parsed on
-    its own, and one bad item does not spoil the others."""
+    event a single delivery would carry) with its parsed value, read as strictly as ``parse_json`` reads a
+    body. The array's shape is checked here; what each item is, by its reader: one bad event does not
+    spoil the others."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -190,19 +196,19 @@ def split_array(body: bytes, max_items: int) -> list[bytes]:
     if index >= size or text[index] != "[":
         raise EnvelopeError("body: must be a JSON array of events")
     index = skip(index + 1)
-    items: list[bytes] = []
+    items: list[tuple[bytes, Any]] = []
     if index < size and text[index] == "]":
         raise EnvelopeError("body: an empty batch")
     while True:
         if len(items) == max_items:
             raise EnvelopeError(f"body: at most {max_items} events in a batch")
         try:
-            _, end = _DECODER.raw_decode(text, index)
+            value, end = _DECODER.raw_decode(text, index)
         except json.JSONDecodeError as error:
             raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
         except RecursionError:
             raise EnvelopeError("body: JSON nested too deeply") from None
-        items.append(text[index:end].encode("utf-8"))
+        items.append((text[index:end].encode("utf-8"), value))
         index = skip(end)
         if index < size and text[index] == ",":
             index = skip(index + 1)
@@ -220,7 +226,21 @@ def canonical_hash(value: Any) -> str:
 
 def parse_event(body: bytes) -> Event:
     """Parse and check one event body."""
-    document = parse_json_object(body)
+    return event_of(parse_json_object(body), body)
+
+
+def event_from_item(item: bytes, value: Any) -> Event:
+    """``parse_event`` for an item ``split_array`` has parsed already: the same checks, the same messages,
+    without reading the JSON twice."""
+    if (b"\\ud" in item or b"\\uD" in item) and _has_lone_surrogate(value):
+        raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
+    if not isinstance(value, dict):
+        raise EnvelopeError("body: must be a JSON object")
+    return event_of(value, item)
+
+
+def event_of(document: dict[str, Any], body: bytes) -> Event:
+    """Check an event already parsed from ``body`` (strict JSON, as ``parse_json`` reads it)."""
     is_usage = document.get("eventType") == USAGE_EVENT
     try:
         envelope = (_UsageEnvelope if is_usage else _Envelope).model_validate(document)

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import OperationalError
@@ -22,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from creditrelay.schema.database import utc
-from creditrelay.schema.wire import EnvelopeError, parse_event, parse_json, split_array
+from creditrelay.schema.wire import EnvelopeError, event_from_item, parse_event, parse_json, split_array
 from creditrelay.sender.events import encode_event, mint_event_id
 from creditrelay.sender.metrics import exposition
 from creditrelay.sender.outbox import Outbox
@@ -42,32 +41,20 @@ def accept_events(body: bytes) -> list[tuple[str, bytes]]:
     An array's events are kept byte for byte as posted (each parsed once, to check it); only an event
     without ``eventId`` is encoded anew, with the id minted for it."""
     is_array = body.lstrip(b" \t\r\n")[:1] == b"["
-    items = split_array(body, MAX_EVENTS) if is_array else [body]
+    items = split_array(body, MAX_EVENTS) if is_array else [(body, parse_json(body))]
     accepted = []
-    for index, item in enumerate(items):
+    for index, (item, value) in enumerate(items):
         where = f"events[{index}]" if is_array else "event"
         try:
-            event = parse_event(item)
-        except EnvelopeError as error:
-            document = _object_without_id(item)
-            if document is None:
-                raise EnvelopeError(f"{where}.{error}") from None
-            item = encode_event({"eventId": mint_event_id(), **document})
-            try:
+            if isinstance(value, dict) and "eventId" not in value:
+                item = encode_event({"eventId": mint_event_id(), **value})
                 event = parse_event(item)
-            except EnvelopeError as again:
-                raise EnvelopeError(f"{where}.{again}") from None
+            else:
+                event = event_from_item(item, value)
+        except EnvelopeError as error:
+            raise EnvelopeError(f"{where}.{error}") from None
         accepted.append((event.event_id, item))
     return accepted
-
-
-def _object_without_id(item: bytes) -> dict[str, Any] | None:
-    """The event as an object when it is one that only lacks its ``eventId`` (to be minted), else None."""
-    try:
-        document = parse_json(item)
-    except EnvelopeError:
-        return None
-    return document if isinstance(document, dict) and "eventId" not in document else None
 
 
 def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float] = time.time) -> Starlette:
