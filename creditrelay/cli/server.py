@@ -70,9 +70,9 @@ def workers(settings: Settings, engine: "Engine") -> "list[Worker]":
         from creditrelay.sender.relay import OutboxRelay, RelayConfig
 
         signer = Signer(settings.alert_webhook_secret, seed=False, standard=True)
-        relay = OutboxRelay(
-            Outbox(engine, create=False), signer, RelayConfig(url=settings.alert_webhook_url, shared=True)
-        )
+        # the operator's own endpoint: one alert per request, never a creditrelay batch
+        config = RelayConfig(url=settings.alert_webhook_url, shared=True, batch=False)
+        relay = OutboxRelay(Outbox(engine, create=False), signer, config)
         found.append(relay.run)
     return found
 
