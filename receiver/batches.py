@@ -3,8 +3,9 @@
 body; each event is answered, in order, exactly as ``POST /api/webhooks/events`` would have answered it
 alone — its HTTP status beside the same JSON — and one event's refusal never fails the others.
 
-Refused whole: a bad signature (401), a body that is not a JSON array or holds more than ``MAX_EVENTS``
-events (400), a body over ``MAX_BYTES`` (413), the database unavailable (503: nothing was committed).
+Refused whole: a bad signature (401), a body that is not JSON text or not an array or holds more than
+``MAX_EVENTS`` events (400), a body over ``MAX_BYTES`` (413), the database unavailable (503: some events
+may have committed before it went; a sender sends them all again and those are duplicates).
 """
 
 import json
@@ -38,6 +39,7 @@ def _answer(outcome: DeliveryOutcome | BaseException) -> bytes:
         except ApiError as error:
             return _refusal(error.status_code, error.message, **error.extra)
     if isinstance(outcome, DatabaseUnavailable):
+        EVENTS.labels("unavailable").inc()
         raise outcome
     log.error("batch_event_failed", error=repr(outcome))
     return _refusal(500, "Internal error")
@@ -59,6 +61,7 @@ async def receive_batch(request: Request) -> Response:
         try:
             items = split_array(body, MAX_EVENTS)
         except EnvelopeError as error:
+            EVENTS.labels("invalid").inc()
             raise ApiError(400, str(error)) from None
         answers: list[bytes | None] = [None] * len(items)
         events: list[Event] = []

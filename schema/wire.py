@@ -120,6 +120,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+# Finds where an item of a batch ends, whatever the strict rules think of it (its own answer says that)
+_BOUNDS = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str)
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """An item of a batch that is well-formed JSON text but not what a body may be: why, as
+    ``parse_json`` would have said it of the item alone."""
+
+    message: str
 
 
 def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -160,6 +170,10 @@ def parse_json(body: bytes) -> Any:
         raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
     except RecursionError:
         raise EnvelopeError("body: JSON nested too deeply") from None
+    except EnvelopeError:  # the strict rules' own words (a repeated key, NaN)
+        raise
+    except ValueError:  # an integer past Python's digit limit
+        raise EnvelopeError("body: a number with too many digits") from None
     if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):  # fine as half of a pair, not alone
         raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
     return value
@@ -202,12 +216,11 @@ def split_array(body: bytes, max_items: int) -> list[tuple[bytes, Any]]:
     while True:
         if len(items) == max_items:
             raise EnvelopeError(f"body: at most {max_items} events in a batch")
+        value: Any
         try:
             value, end = _DECODER.raw_decode(text, index)
-        except json.JSONDecodeError as error:
-            raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
-        except RecursionError:
-            raise EnvelopeError("body: JSON nested too deeply") from None
+        except (EnvelopeError, ValueError, RecursionError) as error:  # strict rules: this item's own answer
+            value, end = _item_error(error), _item_end(text, index)
         items.append((text[index:end].encode("utf-8"), value))
         index = skip(end)
         if index < size and text[index] == ",":
@@ -216,6 +229,26 @@ def split_array(body: bytes, max_items: int) -> list[tuple[bytes, Any]]:
         if index < size and text[index] == "]" and skip(index + 1) == size:
             return items
         raise EnvelopeError(f"body: not valid JSON (expected ',' or ']' at position {index})")
+
+
+def _item_error(error: Exception) -> BadItem:
+    if isinstance(error, EnvelopeError):
+        return BadItem(str(error))
+    if isinstance(error, RecursionError):
+        return BadItem("body: JSON nested too deeply")
+    if isinstance(error, json.JSONDecodeError):
+        return BadItem(f"body: not valid JSON ({error.msg})")
+    return BadItem("body: a number with too many digits")
+
+
+def _item_end(text: str, index: int) -> int:
+    """Where the item at ``index`` ends; the whole batch is refused when it is not JSON text at all."""
+    try:
+        return int(_BOUNDS.raw_decode(text, index)[1])
+    except json.JSONDecodeError as error:
+        raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
+    except RecursionError:
+        raise EnvelopeError("body: JSON nested too deeply") from None
 
 
 def canonical_hash(value: Any) -> str:
@@ -229,11 +262,18 @@ def parse_event(body: bytes) -> Event:
     return event_of(parse_json_object(body), body)
 
 
+def check_item(item: bytes, value: Any) -> None:
+    """Raise what ``parse_json`` would have raised of ``item`` alone, for an item ``split_array`` read."""
+    if isinstance(value, BadItem):
+        raise EnvelopeError(value.message)
+    if (b"\\ud" in item or b"\\uD" in item) and _has_lone_surrogate(value):
+        raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
+
+
 def event_from_item(item: bytes, value: Any) -> Event:
     """``parse_event`` for an item ``split_array`` has parsed already: the same checks, the same messages,
     without reading the JSON twice."""
-    if (b"\\ud" in item or b"\\uD" in item) and _has_lone_surrogate(value):
-        raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
+    check_item(item, value)
     if not isinstance(value, dict):
         raise EnvelopeError("body: must be a JSON object")
     return event_of(value, item)

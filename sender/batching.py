@@ -5,7 +5,8 @@ only ``POST …/events``) answers 404 or 405: the relay then sends one event per
 
 An event's own answer settles it exactly as a single delivery's would (a final 4xx makes that event
 dead, not its batch-mates); an answer for the whole request (no answer, a 5xx, a 429) applies to every
-event in it.
+event in it; any other answer for the whole request sends its events again one per request, each to get
+an answer of its own.
 """
 
 import json
@@ -22,7 +23,8 @@ from creditrelay.sender.outbox import OutboxEvent
 EVENTS_PATH = "/api/webhooks/events"
 BATCH_PATH = "/api/webhooks/batch"
 MAX_EVENTS = 100  # per request: the receiver takes up to 500
-MAX_BYTES = 2 * 1024 * 1024  # per request: the receiver takes up to 4 MiB
+MAX_BYTES = 900 * 1024  # per request: the receiver takes 4 MiB, the shipped nginx site 1 MiB
+UNSUPPORTED, SINGLY = "unsupported", "singly"  # no batch endpoint there; this answer is not one per event
 
 
 def batch_url(events_url: str) -> str | None:
@@ -48,8 +50,12 @@ def chunks(
 
 async def deliver_batch(
     client: httpx.AsyncClient, url: str, events: Sequence[OutboxEvent], signer: Signer
-) -> list[Attempt] | None:
-    """One try for every event of ``events`` in one request; None when the receiver has no batch endpoint."""
+) -> list[Attempt] | str:
+    """One try for every event of ``events`` in one request: each event's attempt when the receiver
+    answered for each (or for the whole request, when it is down: no answer, 5xx, 408, 429);
+    ``UNSUPPORTED`` when it has no batch endpoint (404, 405); ``SINGLY`` for any other answer (a 3xx, a
+    2xx other than 200, a 4xx for the whole request, results that are not one per event): those events
+    are then sent one per request, so that each gets an answer of its own."""
     body = b"[" + b",".join(e.body for e in events) + b"]"
     started = time.time()
     try:
@@ -57,26 +63,26 @@ async def deliver_batch(
     except httpx.HTTPError as error:
         return [attempt_from_error(e.event_id, started, error, time.time()) for e in events]
     if response.status_code in (404, 405):
-        return None
+        return UNSUPPORTED
     finished = time.time()
-    if response.status_code != 200:
+    if response.status_code >= 500 or response.status_code in (408, 429):
         return [attempt_from_response(e.event_id, started, response, finished) for e in events]
+    if response.status_code != 200:
+        return SINGLY
     try:
         results = response.json()["results"]
         if not isinstance(results, list) or len(results) != len(events):
-            raise ValueError("one result per event")
+            return SINGLY
         return [_attempt(e.event_id, started, finished, result) for e, result in zip(events, results, strict=True)]
     except (ValueError, KeyError, TypeError):
-        message = f"batch answer without one result per event: {response.text[:SNIPPET_LENGTH]}"
-        return [
-            Attempt(e.event_id, started, Verdict.RETRY, 200, int((finished - started) * 1000), message) for e in events
-        ]
+        return SINGLY
 
 
 def _attempt(event_id: str, started: float, finished: float, result: object) -> Attempt:
-    if not isinstance(result, dict) or not isinstance(result.get("status"), int):
-        raise ValueError("a result without its status")
-    status = int(result["status"])
+    status = result.get("status") if isinstance(result, dict) else None
+    if type(status) is not int or not 100 <= status <= 599:
+        raise ValueError("a result without its HTTP status")
+    assert isinstance(result, dict)
     snippet = json.dumps({k: v for k, v in result.items() if k != "status"})[:SNIPPET_LENGTH]
     latency = int((finished - started) * 1000)
     return Attempt(

@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 
 from creditrelay.schema.database import utc
-from creditrelay.sender.batching import MAX_EVENTS, batch_url, chunks, deliver_batch, receiver_down
+from creditrelay.sender.batching import MAX_EVENTS, UNSUPPORTED, batch_url, chunks, deliver_batch, receiver_down
 from creditrelay.sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
 from creditrelay.sender.metrics import ATTEMPTS, BATCH, IN_FLIGHT, LATENCY
 from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Settlement
@@ -134,27 +134,29 @@ class OutboxRelay:
 
     async def _send(self, client: httpx.AsyncClient, group: list[OutboxEvent]) -> list[Attempt]:
         IN_FLIGHT.inc(len(group))
-        started = time.perf_counter()
         try:
             return await self._deliver(client, group)
         finally:
             IN_FLIGHT.dec(len(group))
-            LATENCY.observe(time.perf_counter() - started)
 
     async def _deliver(self, client: httpx.AsyncClient, group: list[OutboxEvent]) -> list[Attempt]:
         if self.batch_url is not None and self._batching() and len(group) > 1:
-            attempts = await deliver_batch(client, self.batch_url, group, self.signer)
-            if attempts is not None:
+            answer = await deliver_batch(client, self.batch_url, group, self.signer)
+            if isinstance(answer, list):
                 BATCH.observe(len(group))
-                return attempts
-            log.info("relay_batches_unsupported", url=self.batch_url, retry_in=self.config.rediscover)
-            self._singles_until = self.config.clock() + self.config.rediscover
+                LATENCY.observe(answer[0].latency_ms / 1000)
+                return answer
+            if answer == UNSUPPORTED:
+                log.info("relay_batches_unsupported", url=self.batch_url, retry_in=self.config.rediscover)
+                self._singles_until = self.config.clock() + self.config.rediscover
         url, signer = self.config.url, self.signer
-        for _ in group:
-            BATCH.observe(1)
-        return list(
-            await asyncio.gather(*(attempt_delivery_async(client, url, e.event_id, e.body, signer) for e in group))
+        attempts = await asyncio.gather(
+            *(attempt_delivery_async(client, url, e.event_id, e.body, signer) for e in group)
         )
+        for attempt in attempts:
+            BATCH.observe(1)
+            LATENCY.observe(attempt.latency_ms / 1000)
+        return list(attempts)
 
     def _open_breaker(self, attempt: Attempt) -> None:
         self.breaker_delay = min(self.config.breaker_max, max(1.0, self.breaker_delay * 2))

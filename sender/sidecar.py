@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from creditrelay.schema.database import utc
-from creditrelay.schema.wire import EnvelopeError, event_from_item, parse_event, parse_json, split_array
+from creditrelay.schema.wire import EnvelopeError, check_item, event_from_item, parse_event, parse_json, split_array
 from creditrelay.sender.events import encode_event, mint_event_id
 from creditrelay.sender.metrics import exposition
 from creditrelay.sender.outbox import Outbox
@@ -29,6 +29,7 @@ from creditrelay.sender.relay import OutboxRelay
 
 BODY_LIMIT = 4 * 1024 * 1024
 MAX_EVENTS = 10_000  # per POST
+EVENT_LIMIT = 64 * 1024  # what a receiver takes per event
 
 
 def _refuse(status_code: int, message: str) -> JSONResponse:
@@ -46,6 +47,9 @@ def accept_events(body: bytes) -> list[tuple[str, bytes]]:
     for index, (item, value) in enumerate(items):
         where = f"events[{index}]" if is_array else "event"
         try:
+            check_item(item, value)
+            if len(item) > EVENT_LIMIT:
+                raise EnvelopeError(f"body: larger than {EVENT_LIMIT} bytes (a receiver refuses it)")
             if isinstance(value, dict) and "eventId" not in value:
                 item = encode_event({"eventId": mint_event_id(), **value})
                 event = parse_event(item)

@@ -88,3 +88,23 @@ def test_the_batch_has_bounds(receiver: Receiver, database: Database) -> None:
     assert [r["status"] for r in answer.json()["results"]] == [413, 200]
     assert database.count("webhook_logs") == 1
     assert json.loads(answer.content)["success"] is True
+
+
+def test_an_item_strict_json_refuses_is_refused_alone_with_the_single_endpoint_words(
+    receiver: Receiver, database: Database
+) -> None:
+    """NaN, a repeated key, a number too long for Python: well-formed JSON text the strict reader refuses —
+    that event's own 400, as alone; its batch-mates are charged."""
+    good = encode(usage_event("evt-good", cost=2))
+    nan = encode(usage_event("evt-nan", cost=1))[:-1] + b',"latency":NaN}'
+    repeated = b'{"eventId":"evt-rep","eventId":"evt-rep2","eventType":"ping","timestamp":1}'
+    long_number = encode(usage_event("evt-long", cost=1))[:-1] + b',"n":' + b"9" * 5000 + b"}"
+    answer = batch(receiver, [nan, good, repeated, long_number])
+    assert answer.status_code == 200
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [400, 200, 400, 400]
+    for index, item in ((0, nan), (2, repeated), (3, long_number)):
+        status, alone = single(receiver, item)
+        assert status == 400
+        assert {k: v for k, v in results[index].items() if k != "status"} == alone
+    assert database.count("usage_records") == 1

@@ -45,6 +45,7 @@ def test_canonical_hash_ignores_order_and_spacing() -> None:
         (b'{"a":NaN}', "body: NaN is not a JSON number"),
         (b'{"a":Infinity}', "body: Infinity is not a JSON number"),
         (b"[" * 100_000, "body: JSON nested too deeply"),
+        (b'{"n":' + b"9" * 5000 + b"}", "body: a number with too many digits"),
         (b"", "body: not valid JSON"),
         (b'"text"', "body: must be a JSON object"),
         (encode({"eventId": "e", "eventType": "usage", "timestamp": 10**13}), "timestamp"),

@@ -2,8 +2,14 @@
 without the batch endpoint, and settles each event by its own answer."""
 
 import asyncio
+import json
 
 import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from creditrelay.schema.signing import WebhookSecret
 from creditrelay.sender.delivery import Signer
@@ -14,6 +20,7 @@ from tests.support.database import Database
 from tests.support.ledger import assert_ledger_consistent
 from tests.support.receiver import OPENING, Receiver
 from tests.support.scripted_receiver import scripted_receiver
+from tests.support.server import serving
 from tests.support.signing import SECRET
 
 
@@ -70,3 +77,44 @@ def test_one_event_per_request_to_a_receiver_without_the_batch_endpoint(database
         assert len(plain.seen) == 5
     assert paths == ["/api/webhooks/batch"] + ["/api/webhooks/events"] * 5  # asked once, then singles
     assert outbox.counts() == {PENDING: 0, DELIVERED: 5, DEAD: 0}
+
+
+def test_one_bad_body_in_a_batch_dies_alone(receiver: Receiver, database: Database) -> None:
+    outbox = Outbox(database.engine)
+    enqueue(outbox, 10)
+    bad = encode_event(usage_event(remote_key_id=1, model="m", credit_cost=1, event_id="evt-nan"))
+    outbox.enqueue([("evt-nan", bad[:-1] + b',"latency":NaN}')])  # what json.dumps writes for float("nan")
+    config = RelayConfig(url=f"{receiver.url}/api/webhooks/events", schedule=(0,))
+    drain(OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), config))
+    assert outbox.counts() == {PENDING: 0, DELIVERED: 10, DEAD: 1}
+    assert database.count("usage_records") == 10
+
+
+@pytest.mark.parametrize("status", [202, 302, 400, 403, 413, 200])
+def test_a_batch_answer_that_is_not_one_per_event_sends_them_one_by_one(database: Database, status: int) -> None:
+    """A proxy's 413, a login page's 302, a 403, a 202 without results, a 200 that is not ours: the events
+    go again one per request, each to get its own answer."""
+    seen: list[str] = []
+
+    async def batch_route(_request: Request) -> Response:
+        seen.append("batch")
+        return Response(b"<html>not here</html>" if status == 200 else b"", status_code=status)
+
+    async def single_route(request: Request) -> Response:
+        seen.append("single")
+        body = json.loads(await request.body())
+        return JSONResponse({"success": True, "eventId": body["eventId"], "duplicate": False})
+
+    app = Starlette(
+        routes=[
+            Route("/api/webhooks/batch", batch_route, methods=["POST"]),
+            Route("/api/webhooks/events", single_route, methods=["POST"]),
+        ]
+    )
+    outbox = Outbox(database.engine)
+    enqueue(outbox, 5)
+    with serving(app) as url:
+        relay = OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), RelayConfig(url=f"{url}/api/webhooks/events"))
+        drain(relay)
+    assert outbox.counts() == {PENDING: 0, DELIVERED: 5, DEAD: 0}
+    assert seen == ["batch"] + ["single"] * 5
