@@ -11,6 +11,7 @@ from sqlalchemy import Connection
 from creditrelay.billing.accounts import User
 from creditrelay.billing.deliveries import DeliveryOutcome, record_deliveries
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
+from creditrelay.billing.reconcile import failed_deliveries
 from creditrelay.schema.database import utc
 from creditrelay.schema.money import exact_sum, summed
 from creditrelay.schema.tables import (
@@ -22,7 +23,7 @@ from creditrelay.schema.tables import (
     users,
     webhook_logs,
 )
-from creditrelay.schema.wire import EnvelopeError, parse_event, plain_int
+from creditrelay.schema.wire import EnvelopeError, Event, parse_event, plain_int
 
 STATUSES = ("processed", "failed", "ignored")
 MINUTES = 60
@@ -160,6 +161,48 @@ def list_webhook_logs(
         WebhookLog(r.id, r.eventId, r.eventType, r.status, r.errorMsg, r.payload, r.createdAt, r.processedAt)
         for r in connection.execute(query)
     ]
+
+
+def key_emails(connection: Connection, keys: set[str]) -> dict[str, str]:
+    """The email of the user each of ``keys`` bills (keys nobody has are left out)."""
+    if not keys:
+        return {}
+    query = (
+        sa.select(api_keys.c.remoteKeyId, users.c.email)
+        .join(users, users.c.id == api_keys.c.userId)
+        .where(api_keys.c.remoteKeyId.in_(sorted(keys)))
+    )
+    return {str(key): str(email) for key, email in connection.execute(query)}
+
+
+def failed_of_key(connection: Connection, remote_key_id: str, limit: int = 500) -> list[Event]:
+    """Up to ``limit`` failed usage deliveries of one gateway key, oldest first (read along the
+    ``(status, createdAt)`` index; the key is in each payload)."""
+    found: list[Event] = []
+    after = None
+    while len(found) < limit and (rows := failed_deliveries(connection, after)):
+        for row in rows:
+            try:
+                event = parse_event(row.payload.encode())
+            except EnvelopeError:
+                continue
+            if event.usage is not None and str(event.usage.remoteKeyId) == remote_key_id:
+                found.append(event)
+        after = (rows[-1].createdAt, rows[-1].id)
+    return found[:limit]
+
+
+def replay_key(
+    connection: Connection, remote_key_id: str, now: datetime, tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, int]:
+    """Run the failed deliveries of one gateway key through billing again (after it was linked): how
+    many ended how (``charged``, ``duplicate``, ``unbillable`` …)."""
+    events = failed_of_key(connection, remote_key_id)
+    outcomes = record_deliveries(connection, events, now, tolerance=tolerance) if events else []
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
+    return counts
 
 
 def replay(

@@ -8,6 +8,7 @@ JSON API. Mounted as its own small application, off the webhook hot path.
 """
 
 import hmac
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,7 @@ from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.charts import bar_chart
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS, ApiError
 from creditrelay.receiver.metrics import event_counts
-from creditrelay.receiver.params import path_int, query_moment
+from creditrelay.receiver.params import path_int, query_moment, query_optional_int
 from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import CreditRelayError
@@ -77,7 +78,11 @@ def _page(handler: Page) -> Page:
 
 def _render(request: Request, name: str, **context: Any) -> Response:
     session: Session | None = getattr(request.state, "session", None)
-    context |= {"csrf": session.csrf if session else "", "notice": request.query_params.get("notice", "")}
+    context |= {
+        "csrf": session.csrf if session else "",
+        "notice": request.query_params.get("notice", ""),
+        "notice_kind": "error" if request.query_params.get("kind") == "error" else "ok",
+    }
     return templates.TemplateResponse(request, name, context)
 
 
@@ -186,7 +191,7 @@ async def access(request: Request) -> Response:
     user_id = path_int(request, "user_id")
     action = str((await request.form()).get("action", ""))
     if service.enforcement == "off":
-        return _back(f"/admin/users/{user_id}", "Gateway enforcement is off (GATEWAY_ENFORCEMENT)")
+        return _back(f"/admin/users/{user_id}", "Gateway enforcement is off (GATEWAY_ENFORCEMENT)", error=True)
     if action not in ("suspend", "resume"):
         raise ApiError(400, "action: suspend or resume")
     try:
@@ -196,8 +201,9 @@ async def access(request: Request) -> Response:
     return _back(f"/admin/users/{user_id}", f"{action.capitalize()} sent to the gateway's queue")
 
 
-def _back(path: str, notice: str) -> Response:
-    return RedirectResponse(f"{path}?{urlencode({'notice': notice})}", status_code=303)
+def _back(path: str, notice: str, *, error: bool = False) -> Response:
+    query = {"notice": notice} | ({"kind": "error"} if error else {})
+    return RedirectResponse(f"{path}?{urlencode(query)}", status_code=303)
 
 
 async def topup(request: Request) -> Response:
@@ -208,13 +214,13 @@ async def topup(request: Request) -> Response:
     reason, now = str(form.get("reason", "")), utc(service.clock())
     credits = plain_int(amount)
     if not credits:
-        return _back(f"/admin/users/{user_id}", "A top-up needs a positive amount and a reference")
+        return _back(f"/admin/users/{user_id}", "A top-up needs a positive amount and a reference", error=True)
     try:
         outcome = await service.run(lambda c: top_up(c, user_id, credits, reference, now, reason))
     except UnknownUser:
         return Response("No such user", status_code=404)
     except AccountError as error:  # a bad amount or reference, or one used for another top-up
-        return _back(f"/admin/users/{user_id}", f"Not topped up: {error}")
+        return _back(f"/admin/users/{user_id}", f"Not topped up: {error}", error=True)
     done = "Already applied (same reference)" if outcome.status is CreditStatus.DUPLICATE else "Topped up"
     return _back(f"/admin/users/{user_id}", done)
 
@@ -226,26 +232,71 @@ async def add_key(request: Request) -> Response:
     try:
         await service.run(lambda c: link_key(c, key, user_id, utc(service.clock())))
     except (AccountError, IntegrityError) as error:
-        return _back(f"/admin/users/{user_id}", f"Not linked: {error}")
-    return _back(f"/admin/users/{user_id}", f"Gateway key {key} now bills this user")
+        return _back(f"/admin/users/{user_id}", f"Not linked: {error}", error=True)
+    counts = await service.run(lambda c: admin.replay_key(c, key.strip(), utc(service.clock()), service.tolerance))
+    return _back(f"/admin/users/{user_id}", f"Gateway key {key} now bills this user{_replayed(counts)}")
+
+
+def _replayed(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    done = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    return f"; its failed events run again: {done}"
+
+
+PAGE = 200
 
 
 async def logs(request: Request) -> Response:
+    """Deliveries newest first (failed first on the first unfiltered page), ``PAGE`` at a time with an
+    "older" link (keyset by id), each with its key, user, model and cost read from its payload."""
     service = _service(request)
     status = request.query_params.get("status") or None
     if status not in (None, *admin.STATUSES):
         raise ApiError(400, f"status: one of {', '.join(admin.STATUSES)}")
     since, until = _local_time(request, "since"), _local_time(request, "until")
-    rows = await service.read(lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=200))
-    rows.sort(key=lambda r: r.status != "failed")  # failed first, each part newest first
+    before = query_optional_int(request, "before")
+    rows = await service.read(
+        lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=PAGE, before=before)
+    )
+    older = rows[-1].id if len(rows) == PAGE else None
+    if status is None and before is None:
+        rows.sort(key=lambda r: r.status != "failed")  # failed first, each part newest first
+    owners = await service.read(lambda c: admin.key_emails(c, {_usage(r)[0] for r in rows} - {""}))
+    shown = [to_json(r) | dict(zip(("key", "model", "cost"), _usage(r), strict=True)) for r in rows]
+    for row in shown:
+        row["user"] = owners.get(row["key"], "")
+    keep = {k: v for k, v in request.query_params.items() if k in ("status", "since", "until") and v}
     return _render(
         request,
         "logs.html",
-        logs=to_json(rows),
+        logs=shown,
         status=status or "",
         since=request.query_params.get("since", ""),
         until=request.query_params.get("until", ""),
+        older=None if older is None else f"/admin/logs?{urlencode(keep | {'before': older})}",
     )
+
+
+def _usage(row: admin.WebhookLog) -> tuple[str, str, str]:
+    """A delivery's gateway key, model and cost, as its payload says (empty when it is not a usage)."""
+    try:
+        data = json.loads(row.payload).get("data") or {}
+        return str(data.get("remoteKeyId", "")), str(data.get("model", "")), str(data.get("creditCost", ""))
+    except (ValueError, AttributeError):
+        return "", "", ""
+
+
+async def replay_key(request: Request) -> Response:
+    """Every failed event of one gateway key, run again (after its key was linked)."""
+    service = _service(request)
+    key = str((await request.form()).get("remote_key_id", "")).strip()
+    if not key:
+        return _back("/admin/logs", "Replay by key needs a gateway key id", error=True)
+    counts = await service.run(lambda c: admin.replay_key(c, key, utc(service.clock()), service.tolerance))
+    if not counts:
+        return _back("/admin/logs", f"No failed events of gateway key {key}", error=True)
+    return _back("/admin/logs", f"Gateway key {key}{_replayed(counts)}")
 
 
 def _local_time(request: Request, name: str) -> datetime | None:
@@ -258,8 +309,9 @@ async def replay(request: Request) -> Response:
     service = _service(request)
     event_id = str((await request.form()).get("event_id", ""))
     outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock()), service.tolerance))
-    notice = "No such delivery" if outcome is None else f"{event_id}: {outcome.status.value}"
-    return _back("/admin/logs", notice)
+    if outcome is None:
+        return _back("/admin/logs", "No such delivery", error=True)
+    return _back("/admin/logs", f"{event_id}: {outcome.status.value}")
 
 
 async def usage(request: Request) -> Response:
@@ -288,6 +340,7 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/users/{user_id:int}/access", _page(access), methods=["POST"]),
         Route("/logs", _page(logs)),
         Route("/logs/replay", _page(replay), methods=["POST"]),
+        Route("/logs/replay-key", _page(replay_key), methods=["POST"]),
         Route("/usage", _page(usage)),
     ]
     pages = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS | {CreditRelayError: _error_page})

@@ -107,9 +107,9 @@ async def _receive_event(service: WebhookService, scope: Scope, receive: Receive
     except EnvelopeError as error:
         raise ApiError(400, str(error)) from None
     outcome = await service.ingestor.ingest(event)
-    (log.debug if outcome.status in _ROUTINE else log.info)(
-        "webhook_event", event_id=event.event_id, status=outcome.status, user_id=outcome.user_id
-    )
+    # routine at debug; an event for a key nobody has is revenue lost until the key is linked: a warning
+    level = log.debug if outcome.status in _ROUTINE else log.warning if outcome.error else log.info
+    level("webhook_event", event_id=event.event_id, status=outcome.status, user_id=outcome.user_id, error=outcome.error)
     return render_outcome(outcome)
 
 
