@@ -142,29 +142,19 @@ def _moment(value: Any) -> datetime:
 
 def paired_keys(connection: Connection, keys: Iterable[str]) -> set[str]:
     """Which of ``keys`` have already paired with a usage of the other path."""
-    wanted = sorted(set(keys))
-    if not wanted:
-        return set()
-    rows = fetch_in(
-        connection,
-        "paired_keys",
-        lambda ids: sa.select(usage_matches.c.pairedKey).where(usage_matches.c.pairedKey.in_(ids)),
-        wanted,
-    )
-    return {key for (key,) in rows}
+    return _present(connection, "paired_keys", usage_matches.c.pairedKey, keys)
 
 
 def recorded_keys(connection: Connection, keys: Iterable[str]) -> set[str]:
     """Which of ``keys`` are usage records already (charged before)."""
+    return _present(connection, "recorded_keys", usage_records.c.usageKey, keys)
+
+
+def _present(connection: Connection, name: str, column: "sa.Column[Any]", keys: Iterable[str]) -> set[str]:
     wanted = sorted(set(keys))
     if not wanted:
         return set()
-    rows = fetch_in(
-        connection,
-        "recorded_keys",
-        lambda ids: sa.select(usage_records.c.usageKey).where(usage_records.c.usageKey.in_(ids)),
-        wanted,
-    )
+    rows = fetch_in(connection, name, lambda ids: sa.select(column).where(column.in_(ids)), wanted)
     return {key for (key,) in rows}
 
 
