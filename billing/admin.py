@@ -2,6 +2,8 @@
 webhook deliveries, and the figures of the last hour. The admin API (and, later, the admin pages) call
 these; nothing here commits."""
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -163,16 +165,40 @@ def list_webhook_logs(
     ]
 
 
-def key_emails(connection: Connection, keys: set[str]) -> dict[str, str]:
-    """The email of the user each of ``keys`` bills (keys nobody has are left out)."""
-    if not keys:
-        return {}
-    query = (
-        sa.select(api_keys.c.remoteKeyId, users.c.email)
-        .join(users, users.c.id == api_keys.c.userId)
-        .where(api_keys.c.remoteKeyId.in_(sorted(keys)))
-    )
-    return {str(key): str(email) for key, email in connection.execute(query)}
+@dataclass(frozen=True, slots=True)
+class LogUsage:
+    """What a delivery's payload says it charges: key, model and cost (empty when it is no usage), and the
+    user that key bills now (empty when nobody)."""
+
+    key: str = ""
+    user: str = ""
+    model: str = ""
+    cost: str = ""
+
+
+def log_usages(connection: Connection, logs: Sequence[WebhookLog]) -> dict[int, LogUsage]:
+    """Each delivery's usage, by log id; one query for the users of all their keys."""
+    found: dict[int, tuple[str, str, str]] = {}
+    for log in logs:
+        try:
+            data = json.loads(log.payload).get("data") or {}
+            found[log.id] = (
+                str(data.get("remoteKeyId", "")),
+                str(data.get("model", "")),
+                str(data.get("creditCost", "")),
+            )
+        except (ValueError, AttributeError):
+            continue
+    keys = sorted({key for key, _, _ in found.values()} - {""})
+    emails: dict[str, str] = {}
+    if keys:
+        query = (
+            sa.select(api_keys.c.remoteKeyId, users.c.email)
+            .join(users, users.c.id == api_keys.c.userId)
+            .where(api_keys.c.remoteKeyId.in_(keys))
+        )
+        emails = {str(key): str(email) for key, email in connection.execute(query)}
+    return {log_id: LogUsage(key, emails.get(key, ""), model, cost) for log_id, (key, model, cost) in found.items()}
 
 
 def failed_of_key(connection: Connection, remote_key_id: str, limit: int = 500) -> list[Event]:

@@ -29,7 +29,8 @@ from creditrelay.billing.rows import lock_balances
 from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.errors import UpstreamError
-from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, users
+from creditrelay.schema.outbox import DEAD, PENDING
+from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, outbox_events, users
 from creditrelay.schema.wire import plain_int
 
 log = structlog.get_logger()
@@ -336,13 +337,42 @@ def requeue_drift(engine: Engine, drift: Sequence[Drift], suspend_at: int, now: 
     return len(drifted)
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """May the gateway serve a key now: its user's balance against the line, and creditrelay's latest word
+    to the gateway about them."""
+
+    allowed: bool
+    balance: int
+    suspended: bool
+
+
+def allowance_of(connection: Connection, remote_key_id: str, suspend_at: int) -> Allowance | None:
+    """One indexed read (the key, its user, their state); None for a key nobody has."""
+    query = (
+        sa.select(users.c.balance, gateway_states.c.desired)
+        .select_from(api_keys.join(users, users.c.id == api_keys.c.userId))
+        .outerjoin(gateway_states, gateway_states.c.userId == users.c.id)
+        .where(api_keys.c.remoteKeyId == remote_key_id)
+    )
+    row = connection.execute(query).one_or_none()
+    if row is None:
+        return None
+    return Allowance(row.balance > suspend_at, int(row.balance), row.desired == SUSPEND)
+
+
 def counts(connection: Connection) -> dict[str, int]:
-    """Users whose latest intent is a suspension, and intents not yet confirmed by the gateway."""
-    states = gateway_states.c
-    suspended, pending = connection.execute(
-        sa.select(  # each a range of an index: desired, and nextAttemptAt (set only while pending)
+    """Users whose latest intent is a suspension, intents not yet confirmed by the gateway, and alerts
+    waiting or given up on — each a range of an index (``desired``; ``nextAttemptAt``, set only while
+    pending; the outbox's ``(status, nextAttemptAt)``), however many there ever were."""
+    states, alerts = gateway_states.c, outbox_events.c
+    row = connection.execute(
+        sa.select(
             sa.select(sa.func.count()).where(states.desired == SUSPEND).scalar_subquery(),
             sa.select(sa.func.count()).where(states.nextAttemptAt.is_not(None)).scalar_subquery(),
+            sa.select(sa.func.count()).where(alerts.status == PENDING).scalar_subquery(),
+            sa.select(sa.func.count()).where(alerts.status == DEAD).scalar_subquery(),
         )
     ).one()
-    return {"suspended": int(suspended or 0), "pending": int(pending or 0)}
+    names = ("suspended", "pending", "alerts_pending", "alerts_dead")
+    return {name: int(value or 0) for name, value in zip(names, row, strict=True)}

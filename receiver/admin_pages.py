@@ -8,7 +8,6 @@ JSON API. Mounted as its own small application, off the webhook hot path.
 """
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -262,10 +261,8 @@ async def logs(request: Request) -> Response:
     older = rows[-1].id if len(rows) == PAGE else None
     if status is None and before is None:
         rows.sort(key=lambda r: r.status != "failed")  # failed first, each part newest first
-    owners = await service.read(lambda c: admin.key_emails(c, {_usage(r)[0] for r in rows} - {""}))
-    shown = [to_json(r) | dict(zip(("key", "model", "cost"), _usage(r), strict=True)) for r in rows]
-    for row in shown:
-        row["user"] = owners.get(row["key"], "")
+    usages = await service.read(lambda c: admin.log_usages(c, rows))
+    shown = [to_json(r) | to_json(usages.get(r.id, admin.LogUsage())) for r in rows]
     keep = {k: v for k, v in request.query_params.items() if k in ("status", "since", "until") and v}
     return _render(
         request,
@@ -276,15 +273,6 @@ async def logs(request: Request) -> Response:
         until=request.query_params.get("until", ""),
         older=None if older is None else f"/admin/logs?{urlencode(keep | {'before': older})}",
     )
-
-
-def _usage(row: admin.WebhookLog) -> tuple[str, str, str]:
-    """A delivery's gateway key, model and cost, as its payload says (empty when it is not a usage)."""
-    try:
-        data = json.loads(row.payload).get("data") or {}
-        return str(data.get("remoteKeyId", "")), str(data.get("model", "")), str(data.get("creditCost", ""))
-    except (ValueError, AttributeError):
-        return "", "", ""
 
 
 async def replay_key(request: Request) -> Response:

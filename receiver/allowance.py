@@ -9,16 +9,15 @@ is a suspension (only ever true with ``GATEWAY_ENFORCEMENT`` on). An unknown key
 import hmac
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from creditrelay.billing.watch import SUSPEND
+from creditrelay.billing.enforcement import allowance_of
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import run_transaction
-from creditrelay.schema.tables import api_keys, gateway_states, users
 
 
 @dataclass(frozen=True)
@@ -35,17 +34,6 @@ class AllowanceService:
             raise ApiError(401, "Gateway token required (Authorization: Bearer …)")
 
 
-def _lookup(connection: Connection, remote_key_id: str) -> tuple[int, str | None] | None:
-    query = (
-        sa.select(users.c.balance, gateway_states.c.desired)
-        .select_from(api_keys.join(users, users.c.id == api_keys.c.userId))
-        .outerjoin(gateway_states, gateway_states.c.userId == users.c.id)
-        .where(api_keys.c.remoteKeyId == remote_key_id)
-    )
-    row = connection.execute(query).one_or_none()
-    return None if row is None else (int(row.balance), row.desired)
-
-
 async def allowance(request: Request) -> Response:
     service: AllowanceService = request.app.state.allowance
     service.authorize(request)
@@ -53,10 +41,10 @@ async def allowance(request: Request) -> Response:
     if not 0 < len(remote_key_id) <= 64:
         raise ApiError(400, "remoteKeyId: 1 to 64 characters")
     found = await run_in_threadpool(
-        lambda: run_transaction(service.engine, lambda c: _lookup(c, remote_key_id), read_only=True)
+        lambda: run_transaction(
+            service.engine, lambda c: allowance_of(c, remote_key_id, service.suspend_at), read_only=True
+        )
     )
     if found is None:
         raise ApiError(404, f"No user has gateway key {remote_key_id}")
-    balance, desired = found
-    data = {"allowed": balance > service.suspend_at, "balance": balance, "suspended": desired == SUSPEND}
-    return JSONResponse({"success": True, "message": "", "data": data})
+    return JSONResponse({"success": True, "message": "", "data": to_json(found)})

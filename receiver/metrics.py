@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from creditrelay.billing import enforcement
 from creditrelay.schema.database import READ_ONLY
-from creditrelay.schema.tables import outbox_events, poll_state, reconcile_runs
+from creditrelay.schema.tables import poll_state, reconcile_runs
 
 EVENTS = Counter("creditrelay_webhook_events", "Webhook deliveries by outcome", ["outcome"])
 REQUEST_SECONDS = Histogram(
@@ -66,11 +66,6 @@ class LedgerCollector(Collector):
                     .limit(1)
                 ).one_or_none()
                 access = enforcement.counts(connection)
-                alerts = connection.execute(  # a range of the (status, nextAttemptAt) index: delivered ones not read
-                    sa.select(outbox_events.c.status, sa.func.count())
-                    .where(outbox_events.c.status.in_(("pending", "dead")))
-                    .group_by(outbox_events.c.status)
-                ).all()
         except SQLAlchemyError:
             return
         for name, text, value in (
@@ -85,9 +80,8 @@ class LedgerCollector(Collector):
             gauge.add_metric([], float(access[value]))
             yield gauge
         by_status = GaugeMetricFamily("creditrelay_alerts", "Alerts waiting or given up on", labels=["status"])
-        found_alerts: dict[str, int] = {str(status): int(count) for status, count in alerts}
         for status in ("pending", "dead"):
-            by_status.add_metric([status], float(found_alerts.get(status, 0)))
+            by_status.add_metric([status], float(access[f"alerts_{status}"]))
         yield by_status
         if watermark is not None:
             lag = GaugeMetricFamily("creditrelay_poll_lag_seconds", "Seconds since the last billed upstream log")
