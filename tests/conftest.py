@@ -18,6 +18,7 @@ from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.migrate import upgrade
 from tests.support.database import Database, clean
+from tests.support.fake_newapi import FakeNewApi, fake_newapi
 from tests.support.receiver import Receiver, add_user, settings_for
 from tests.support.server import serving
 
@@ -70,3 +71,10 @@ def receiver(database: Database) -> Iterator[Receiver]:
     app = create_app(settings_for(database), database.engine)
     with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield Receiver(url, client, user_id)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeNewApi]:
+    """A fake new-api on a loopback socket, answering as new-api does."""
+    with fake_newapi() as fake:
+        yield fake

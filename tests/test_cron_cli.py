@@ -4,34 +4,20 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from scripts.processes import CREDITRELAY, free_port, start, stop, wait_healthy
 from tests.support.database import Database
-from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.fake_newapi import FakeNewApi, newapi_environment
 from tests.support.receiver import add_user
-from tests.support.signing import SECRET
 
 pytestmark = pytest.mark.slow  # each test starts the command line or a server as processes
 
 
-@pytest.fixture
-def api() -> Iterator[FakeNewApi]:
-    with fake_newapi() as fake:
-        yield fake
-
-
 def environment(database: Database, api: FakeNewApi) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database.url.render_as_string(hide_password=False),
-        "NEW_API_BASE_URL": api.url,
-        "NEW_API_ADMIN_TOKEN": ADMIN_TOKEN,
-        "NEW_API_USER_ID": ADMIN_USER,
-        "WEBHOOK_SECRET": SECRET,
-    }
+    return newapi_environment(database, api)
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,7 @@ import dataclasses
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,29 +14,16 @@ import pytest
 from creditrelay.receiver.app import create_app
 from scripts.processes import CREDITRELAY, free_port, start, stop, wait_healthy
 from tests.support.database import Database
-from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.fake_newapi import FakeNewApi, newapi_environment
 from tests.support.receiver import add_user, settings_for
 from tests.support.server import serving
-from tests.support.signing import SECRET, encode, seed_headers, usage_event
+from tests.support.signing import encode, seed_headers, usage_event
 
 GATEWAY_TOKEN = "gateway-token-for-the-allowance-api-000"
 
 
-@pytest.fixture
-def api() -> Iterator[FakeNewApi]:
-    with fake_newapi() as fake:
-        yield fake
-
-
 def environment(database: Database, api: FakeNewApi) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database.url.render_as_string(hide_password=False),
-        "NEW_API_BASE_URL": api.url,
-        "NEW_API_ADMIN_TOKEN": ADMIN_TOKEN,
-        "NEW_API_USER_ID": ADMIN_USER,
-        "WEBHOOK_SECRET": SECRET,
-        "GATEWAY_ENFORCEMENT": "tokens",
-    }
+    return newapi_environment(database, api) | {"GATEWAY_ENFORCEMENT": "tokens"}
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,11 +4,13 @@ the database a command works on (refused, with what to run, when it was never mi
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from creditrelay.schema.database import utc
 from creditrelay.schema.errors import CreditRelayError
 from creditrelay.schema.money import MAX_AMOUNT as MAX_AMOUNT
 from creditrelay.schema.settings import Settings
@@ -82,7 +84,7 @@ def transaction(settings: Settings, work: "Callable[[Connection], Any]") -> int:
 
 def now() -> datetime:
     """The time, naive UTC, as the tables keep it."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    return utc(time.time())
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:

@@ -2,7 +2,6 @@
 and the enforcer pushes the latest intent to a fake new-api that answers as new-api does."""
 
 import threading
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -23,16 +22,10 @@ from creditrelay.schema.credit_sync import SyncBody
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
-from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi
 from tests.support.ledger import NOW, assert_ledger_consistent, in_transaction
 from tests.support.server import serving
 from tests.support.signing import encode, usage_event
-
-
-@pytest.fixture
-def newapi() -> Iterator[FakeNewApi]:
-    with fake_newapi() as api:
-        yield api
 
 
 def enforcer(database: Database, api: FakeNewApi, mode: str = "tokens", **options: float) -> Enforcer:
@@ -65,26 +58,26 @@ def watched(database: Database) -> Database:
 
 
 def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_them(
-    watched: Database, newapi: FakeNewApi
+    watched: Database, api: FakeNewApi
 ) -> None:
     for token_id in (17, 18, 19):
-        newapi.token(token_id)
+        api.token(token_id)
     alice = user(watched, "alice@example.com", 20, "17", "18")
     user(watched, "bob@example.com", 100, "19")
-    assert enforcer(watched, newapi).run_once().calls == 3  # a linked key takes its user's state: enabled
+    assert enforcer(watched, api).run_once().calls == 3  # a linked key takes its user's state: enabled
     spend(watched, "evt-1", 15, 17)
-    assert enforcer(watched, newapi).run_once().calls == 0  # still above zero: nothing to say
+    assert enforcer(watched, api).run_once().calls == 0  # still above zero: nothing to say
     spend(watched, "evt-2", 5, 18)  # exactly zero: suspended
-    report = enforcer(watched, newapi).run_once()
+    report = enforcer(watched, api).run_once()
     assert (report.applied, report.calls) == (1, 2)
-    assert statuses(newapi) == {17: 2, 18: 2, 19: 1}
+    assert statuses(api) == {17: 2, 18: 2, 19: 1}
 
     spend(watched, "evt-2", 5, 18)  # a redelivery changes nothing
-    assert enforcer(watched, newapi).run_once().calls == 0
+    assert enforcer(watched, api).run_once().calls == 0
     in_transaction(watched, lambda c: top_up(c, alice, 50, "order-1", NOW))
     in_transaction(watched, lambda c: top_up(c, alice, 50, "order-1", NOW))  # a duplicate top-up: nothing more
-    assert enforcer(watched, newapi).run_once().calls == 2
-    assert statuses(newapi) == {17: 1, 18: 1, 19: 1}
+    assert enforcer(watched, api).run_once().calls == 2
+    assert statuses(api) == {17: 1, 18: 1, 19: 1}
     recorded = watched.rows("SELECT target, action, ok FROM gateway_calls WHERE id > 3 ORDER BY id")
     assert [tuple(r) for r in recorded] == [
         ("token 17", "suspend", 1), ("token 18", "suspend", 1), ("token 17", "resume", 1), ("token 18", "resume", 1),
@@ -92,23 +85,23 @@ def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_the
     assert_ledger_consistent(watched)
 
 
-def test_nothing_is_written_without_a_watch(database: Database, newapi: FakeNewApi) -> None:
-    newapi.token(17)
+def test_nothing_is_written_without_a_watch(database: Database, api: FakeNewApi) -> None:
+    api.token(17)
     user(database, "alice@example.com", 5, "17")
     spend(database, "evt-1", 10, 17)
     assert database.count("gateway_states") == 0
     assert database.count("outbox_events") == 0
 
 
-def test_a_gateway_answering_502_three_times_still_converges(watched: Database, newapi: FakeNewApi) -> None:
-    newapi.token(17)
+def test_a_gateway_answering_502_three_times_still_converges(watched: Database, api: FakeNewApi) -> None:
+    api.token(17)
     user(watched, "alice@example.com", 5, "17")
     spend(watched, "evt-1", 10, 17)
-    newapi.access_502 = 3
+    api.access_502 = 3
     clock = [NOW.timestamp()]
     first = Enforcer(
         watched.engine,
-        NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER),
+        NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER),
         EnforceConfig("tokens", attempts=2, wait=0.01),
         clock=lambda: clock[0],
     )
@@ -117,48 +110,48 @@ def test_a_gateway_answering_502_three_times_still_converges(watched: Database, 
     assert "502" in str(watched.scalar("SELECT lastError FROM gateway_states"))
     clock[0] += 10
     assert first.run_once().applied == 1  # one more 502, then done
-    assert statuses(newapi) == {17: 2}
+    assert statuses(api) == {17: 2}
     assert watched.scalar("SELECT COUNT(*) FROM gateway_calls WHERE ok = 0") == 1
 
 
-def test_the_last_intent_wins_when_the_gateway_comes_back(watched: Database, newapi: FakeNewApi) -> None:
-    newapi.token(17)
+def test_the_last_intent_wins_when_the_gateway_comes_back(watched: Database, api: FakeNewApi) -> None:
+    api.token(17)
     alice = user(watched, "alice@example.com", 5, "17")
     spend(watched, "evt-1", 10, 17)  # suspend
     in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))  # resume, before any push
-    assert enforcer(watched, newapi).run_once().applied == 1
-    assert newapi.access_calls == [("token", 17, 1)]  # enabled, never disabled
+    assert enforcer(watched, api).run_once().applied == 1
+    assert api.access_calls == [("token", 17, 1)]  # enabled, never disabled
     assert watched.scalar("SELECT version - applied FROM gateway_states") == 0
 
 
 def test_a_user_created_without_credits_starts_suspended_and_a_linked_key_is_disabled(
-    watched: Database, newapi: FakeNewApi
+    watched: Database, api: FakeNewApi
 ) -> None:
-    newapi.token(21)
-    newapi.token(22, status=2)
+    api.token(21)
+    api.token(22, status=2)
     bare = user(watched, "new@example.com", 0)
-    assert enforcer(watched, newapi).run_once().calls == 0  # suspended, with no key to disable yet
+    assert enforcer(watched, api).run_once().calls == 0  # suspended, with no key to disable yet
     in_transaction(watched, lambda c: link_key(c, "21", bare, NOW))
-    enforcer(watched, newapi).run_once()
-    assert statuses(newapi) == {21: 2, 22: 2}  # 22: disabled by hand before, nobody's yet
+    enforcer(watched, api).run_once()
+    assert statuses(api) == {21: 2, 22: 2}  # 22: disabled by hand before, nobody's yet
     funded = user(watched, "funded@example.com", 10)
-    assert enforcer(watched, newapi).run_once().calls == 0
+    assert enforcer(watched, api).run_once().calls == 0
     in_transaction(watched, lambda c: link_key(c, "22", funded, NOW))  # a key moved from broke@ to a payer
-    enforcer(watched, newapi).run_once()
-    assert statuses(newapi) == {21: 2, 22: 1}
+    enforcer(watched, api).run_once()
+    assert statuses(api) == {21: 2, 22: 1}
     in_transaction(watched, lambda c: link_key(c, "21", funded, NOW))
-    enforcer(watched, newapi).run_once()
-    assert statuses(newapi) == {21: 1, 22: 1}  # enabled again with its new, paying user
+    enforcer(watched, api).run_once()
+    assert statuses(api) == {21: 1, 22: 1}  # enabled again with its new, paying user
 
 
-def test_two_enforcers_push_each_intent_once(watched: Database, newapi: FakeNewApi) -> None:
+def test_two_enforcers_push_each_intent_once(watched: Database, api: FakeNewApi) -> None:
     keys = [str(k) for k in range(30, 40)]
     for key in keys:
-        newapi.token(int(key))
+        api.token(int(key))
     for index, key in enumerate(keys):
         user(watched, f"u{index}@example.com", 1, key)
         spend(watched, f"evt-{key}", 1, int(key))
-    pair = [enforcer(watched, newapi), enforcer(watched, newapi)]
+    pair = [enforcer(watched, api), enforcer(watched, api)]
     start = threading.Barrier(2)
 
     def run(one: Enforcer) -> None:
@@ -170,44 +163,42 @@ def test_two_enforcers_push_each_intent_once(watched: Database, newapi: FakeNewA
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(call[1] for call in newapi.access_calls) == [int(k) for k in keys]
+    assert sorted(call[1] for call in api.access_calls) == [int(k) for k in keys]
     assert watched.count("gateway_calls") == len(keys)
 
 
-def test_a_token_of_another_account_is_refused_and_recorded(watched: Database, newapi: FakeNewApi) -> None:
-    newapi.token(40, owner=5)
+def test_a_token_of_another_account_is_refused_and_recorded(watched: Database, api: FakeNewApi) -> None:
+    api.token(40, owner=5)
     user(watched, "alice@example.com", 1, "40")
     spend(watched, "evt-1", 1, 40)
-    report = enforcer(watched, newapi, attempts=1).run_once()
+    report = enforcer(watched, api, attempts=1).run_once()
     assert report.failed == 1
     assert "record not found" in str(watched.scalar("SELECT lastError FROM gateway_states"))
-    assert statuses(newapi) == {40: 1}
+    assert statuses(api) == {40: 1}
 
 
-def test_users_mode_disables_the_gateway_user_and_never_its_own_account(watched: Database, newapi: FakeNewApi) -> None:
-    newapi.users.update({7: 1, int(ADMIN_USER): 1})
+def test_users_mode_disables_the_gateway_user_and_never_its_own_account(watched: Database, api: FakeNewApi) -> None:
+    api.users.update({7: 1, int(ADMIN_USER): 1})
     alice = user(watched, "alice@example.com", 5, "17")
     in_transaction(watched, lambda c: set_gateway_user(c, alice, 7, NOW))
     spend(watched, "evt-1", 10, 17)
-    assert enforcer(watched, newapi, "users").run_once().applied == 1
-    assert newapi.users[7] == 2
+    assert enforcer(watched, api, "users").run_once().applied == 1
+    assert api.users[7] == 2
     mallory = user(watched, "mallory@example.com", 5, "18")
     in_transaction(watched, lambda c: set_gateway_user(c, mallory, int(ADMIN_USER), NOW))
     spend(watched, "evt-2", 10, 18)
-    report = enforcer(watched, newapi, "users", attempts=1).run_once()
+    report = enforcer(watched, api, "users", attempts=1).run_once()
     assert report.failed == 1
-    assert newapi.users[int(ADMIN_USER)] == 1
+    assert api.users[int(ADMIN_USER)] == 1
 
 
-def test_reconcile_reads_access_back_reports_drift_and_fix_queues_it_again(
-    watched: Database, newapi: FakeNewApi
-) -> None:
-    newapi.token(17, status=2)  # someone disabled it by hand, though alice has credits
-    newapi.token(18)
-    newapi.token(19, owner=5)  # not ours to read
+def test_reconcile_reads_access_back_reports_drift_and_fix_queues_it_again(watched: Database, api: FakeNewApi) -> None:
+    api.token(17, status=2)  # someone disabled it by hand, though alice has credits
+    api.token(18)
+    api.token(19, owner=5)  # not ours to read
     user(watched, "alice@example.com", 50, "17")
     user(watched, "bob@example.com", 50, "18", "19")
-    client = NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER)
+    client = NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER)
     access = partial(gateway_drift, watched.engine, client, "tokens", 0)
     reconciler = Reconciler(watched.engine, None, PollConfig(), access=access)
     found = reconciler.run(0, 1, fix=False, now=NOW)
@@ -216,18 +207,18 @@ def test_reconcile_reads_access_back_reports_drift_and_fix_queues_it_again(
     ]  # fmt: skip
     fixed = reconciler.run(0, 1, fix=True, now=NOW)
     assert fixed.fixed == {"users whose gateway access was queued again": 1}
-    enforcer(watched, newapi).run_once()
-    assert newapi.tokens[17]["status"] == 1
+    enforcer(watched, api).run_once()
+    assert api.tokens[17]["status"] == 1
     assert [(f.kind, f.subject) for f in reconciler.run(0, 1, fix=False, now=NOW).findings] == [
         ("gateway_unreadable", "token 19")
     ]
 
 
 def test_users_mode_learns_the_gateway_user_from_what_the_gateway_says_but_the_operator_wins(
-    database: Database, newapi: FakeNewApi
+    database: Database, api: FakeNewApi
 ) -> None:
     watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
-    newapi.users.update({7: 1, 8: 1, 9: 1})
+    api.users.update({7: 1, 8: 1, 9: 1})
     alice = user(database, "alice@example.com", 5, "17")
     bob = user(database, "bob@example.com", 5, "18")
     told = usage_event("evt-1", cost=1, key=17)
@@ -241,21 +232,21 @@ def test_users_mode_learns_the_gateway_user_from_what_the_gateway_says_but_the_o
     assert learned == {alice: 7, bob: 9}
     spend(database, "evt-3", 10, 17)
     spend(database, "evt-4", 10, 18)
-    enforcer(database, newapi, "users").run_once()
-    assert newapi.users == {7: 2, 8: 1, 9: 2}
+    enforcer(database, api, "users").run_once()
+    assert api.users == {7: 2, 8: 1, 9: 2}
 
 
-def test_credit_api_and_adjust_cross_the_line_too(watched: Database, newapi: FakeNewApi) -> None:
+def test_credit_api_and_adjust_cross_the_line_too(watched: Database, api: FakeNewApi) -> None:
     """A credit API deduction that empties a balance suspends, its top-up resumes; an adjust suspends."""
-    newapi.token(17)
-    newapi.token(18)
+    api.token(17)
+    api.token(18)
 
     def telegram_user(connection: Connection) -> int:
         created = create_user(connection, NewUser("tg@example.com", telegram_id=555, opening_credits=30), NOW)
         link_key(connection, "17", created.id, NOW)
         return created.id
 
-    tg = in_transaction(watched, telegram_user)
+    in_transaction(watched, telegram_user)
 
     def body(amount: int, reference: str) -> SyncBody:
         return SyncBody(
@@ -265,32 +256,31 @@ def test_credit_api_and_adjust_cross_the_line_too(watched: Database, newapi: Fak
 
     spent = body(-30, "order-1")
     in_transaction(watched, lambda c: apply_sync(c, spent, NOW))
-    enforcer(watched, newapi).run_once()
-    assert statuses(newapi)[17] == 2
+    enforcer(watched, api).run_once()
+    assert statuses(api)[17] == 2
     paid = body(10, "order-2")
     in_transaction(watched, lambda c: apply_sync(c, paid, NOW))
-    enforcer(watched, newapi).run_once()
-    assert statuses(newapi)[17] == 1
+    enforcer(watched, api).run_once()
+    assert statuses(api)[17] == 1
 
     bob = user(watched, "bob@example.com", 20, "18")
     in_transaction(watched, lambda c: adjust(c, bob, -25, "ticket-1", "charged back", NOW))
-    enforcer(watched, newapi).run_once()
-    assert statuses(newapi) == {17: 1, 18: 2}
-    assert tg != bob
+    enforcer(watched, api).run_once()
+    assert statuses(api) == {17: 1, 18: 2}
 
 
 def test_a_push_that_outlived_its_lease_cannot_leave_the_newer_intent_undone(
-    watched: Database, newapi: FakeNewApi
+    watched: Database, api: FakeNewApi
 ) -> None:
     """A claims the suspension and hangs; a top-up queues a resume; B pushes it after A's lease ran out;
     A's late call disables the key again — so A's settle, finding its lease gone, queues the current
     intent once more, and the next pass enables the key."""
-    newapi.token(17)
+    api.token(17)
     alice = user(watched, "alice@example.com", 5, "17")
-    enforcer(watched, newapi).run_once()
+    enforcer(watched, api).run_once()
     spend(watched, "evt-1", 10, 17)
     clock = [NOW.timestamp()]
-    client = NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER)
+    client = NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER)
     slow = Enforcer(watched.engine, client, EnforceConfig("tokens"), owner="a", clock=lambda: clock[0])
     fast = Enforcer(watched.engine, client, EnforceConfig("tokens"), owner="b", clock=lambda: clock[0])
     claimed = in_transaction(watched, partial(slow._claim, user_id=alice))
@@ -299,39 +289,39 @@ def test_a_push_that_outlived_its_lease_cannot_leave_the_newer_intent_undone(
     in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))
     clock[0] += 60  # A's lease is over
     assert fast.run_once().applied == 1  # the resume
-    assert statuses(newapi) == {17: 1}
+    assert statuses(api) == {17: 1}
     slow._push(alice, *claimed, EnforceReport())  # A's call lands late
-    assert statuses(newapi) == {17: 2}
+    assert statuses(api) == {17: 2}
     assert fast.run_once().applied == 1
-    assert statuses(newapi) == {17: 1}
+    assert statuses(api) == {17: 1}
 
 
 def test_reconcile_fix_queues_what_the_balance_says_when_it_fixes_not_when_it_looked(
-    watched: Database, newapi: FakeNewApi
+    watched: Database, api: FakeNewApi
 ) -> None:
-    newapi.token(17)
+    api.token(17)
     alice = user(watched, "alice@example.com", 5, "17")
-    enforcer(watched, newapi).run_once()
+    enforcer(watched, api).run_once()
     spend(watched, "evt-1", 10, 17)  # -5: suspend queued, not pushed: the key is still enabled
-    drift = gateway_drift(watched.engine, NewApiClient(newapi.url, ADMIN_TOKEN, ADMIN_USER), "tokens", 0)
+    drift = gateway_drift(watched.engine, NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER), "tokens", 0)
     assert [d.desired for d in drift] == ["suspend"]
     in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))  # 95 before --fix acts
     assert requeue_drift(watched.engine, drift, 0, NOW) == 1
     assert watched.scalar("SELECT desired FROM gateway_states") == "resume"
 
 
-def test_users_mode_parks_an_intent_until_the_gateway_user_is_known(database: Database, newapi: FakeNewApi) -> None:
+def test_users_mode_parks_an_intent_until_the_gateway_user_is_known(database: Database, api: FakeNewApi) -> None:
     watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
-    newapi.users[7] = 1
+    api.users[7] = 1
     alice = user(database, "alice@example.com", 5, "17")
     spend(database, "evt-1", 10, 17)
-    parked = enforcer(database, newapi, "users").run_once()
+    parked = enforcer(database, api, "users").run_once()
     assert (parked.applied, parked.calls, parked.failed) == (1, 0, 0)  # nothing to call, nothing failed
     told = usage_event("evt-2", cost=1, key=17)
     told["data"]["userId"] = 7
     deliver(database.engine, [parse_event(encode(told))], NOW)  # the gateway says who alice is
-    assert enforcer(database, newapi, "users").run_once().calls == 1
-    assert newapi.users[7] == 2
+    assert enforcer(database, api, "users").run_once().calls == 1
+    assert api.users[7] == 2
     assert database.scalar("SELECT gatewayUserId FROM users WHERE id = :u", u=alice) == 7
 
 

@@ -1,7 +1,6 @@
 """billing/reconcile.py: clean on a consistent ledger, flags tampering and missing usage, --fix repairs."""
 
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,19 +15,13 @@ from creditrelay.schema.database import utc
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
-from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
+from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi
 from tests.support.ledger import in_transaction
 from tests.support.receiver import add_user
 from tests.support.signing import encode, usage_event
 
 T = 1_800_000_000
 WINDOW = (T - 3600, T)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeNewApi]:
-    with fake_newapi() as fake:
-        yield fake
 
 
 def reconciler(database: Database, api: FakeNewApi) -> Reconciler:

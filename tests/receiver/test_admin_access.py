@@ -8,7 +8,7 @@ import pytest
 
 from creditrelay.billing.watch import BalanceWatch, watch_balances
 from creditrelay.receiver.app import create_app
-from tests.support.browser import chromium, screenshot
+from tests.support.browser import chromium, screenshot, sign_in
 from tests.support.database import Database
 from tests.support.receiver import add_user, settings_for
 from tests.support.server import serving
@@ -34,9 +34,7 @@ def site(database: Database) -> Iterator[str]:
 def test_balances_flags_filters_and_suspend_now_in_a_browser(site: str, database: Database) -> None:
     with chromium() as browser:
         page = browser.new_page()
-        page.goto(f"{site}/admin/")
-        page.fill("input[name=token]", TOKEN)
-        page.click('button:has-text("Sign in")')
+        sign_in(page, site, TOKEN)
         page.goto(f"{site}/admin/users")
         rows = page.locator("#users tr").all_inner_texts()[1:]
         assert [row.split("\t")[1] for row in rows] == ["broke@example.com", "low@example.com", "rich@example.com"]

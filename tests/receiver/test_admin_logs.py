@@ -12,7 +12,7 @@ from creditrelay.billing.deliveries import deliver
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import utc
 from creditrelay.schema.wire import parse_event
-from tests.support.browser import chromium, screenshot
+from tests.support.browser import chromium, screenshot, sign_in
 from tests.support.database import Database
 from tests.support.ledger import NOW, in_transaction
 from tests.support.receiver import OPENING, add_user, settings_for
@@ -61,9 +61,7 @@ def test_logs_page_to_the_first_delivery_and_link_a_key_to_charge_its_failed_eve
     events(database, "lost", 3, "k-new", cost=5)
     with chromium() as browser:
         page = browser.new_page()
-        page.goto(f"{site}/admin/")
-        page.fill("input[name=token]", TOKEN)
-        page.click('button:has-text("Sign in")')
+        sign_in(page, site, TOKEN)
         page.goto(f"{site}/admin/logs")
         first = page.locator("#logs tr").all_inner_texts()[1:]
         assert len(first) == 200

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Page
 
 from creditrelay.receiver.app import create_app
-from tests.support.browser import chromium, screenshot
+from tests.support.browser import chromium, screenshot, sign_in
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
@@ -54,9 +54,7 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
     assert httpx.post(f"{site}/api/webhooks/events", content=body, headers=seed_headers(body)).status_code == 422
     with chromium() as browser:
         page = browser.new_page()
-        page.goto(f"{site}/admin/")
-        page.fill("input[name=token]", TOKEN)
-        page.click('button:has-text("Sign in")')
+        sign_in(page, site, TOKEN)
         assert page.inner_text("#failed-total") == "1"
         assert page.inner_text("#success-rate").endswith("%")
         _shot(page, "1-overview")

@@ -28,3 +28,10 @@ def screenshot(page: Page, folder: str, name: str) -> None:
     """Keep what the page looked like in test-artifacts/<folder>/<name>.png."""
     (ARTIFACTS / folder).mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / folder / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, site: str, token: str) -> None:
+    """Sign in to the admin pages of ``site`` as an operator does: the form, the token, the button."""
+    page.goto(f"{site}/admin/")
+    page.fill("input[name=token]", token)
+    page.click('button:has-text("Sign in")')

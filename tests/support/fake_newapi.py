@@ -25,7 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.support.database import Database
 from tests.support.server import serving
+from tests.support.signing import SECRET
 
 ADMIN_TOKEN = "admin-access-token-for-tests"
 ADMIN_USER = "1"
@@ -187,3 +189,14 @@ def fake_newapi() -> Iterator[FakeNewApi]:
     with serving(app) as url:
         api.url = url
         yield api
+
+
+def newapi_environment(database: Database, api: FakeNewApi) -> dict[str, str]:
+    """The settings of a `creditrelay` process that polls (and enforces on) ``api``, on ``database``."""
+    return {
+        "DATABASE_URL": database.url.render_as_string(hide_password=False),
+        "NEW_API_BASE_URL": api.url,
+        "NEW_API_ADMIN_TOKEN": ADMIN_TOKEN,
+        "NEW_API_USER_ID": ADMIN_USER,
+        "WEBHOOK_SECRET": SECRET,
+    }
