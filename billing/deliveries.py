@@ -86,6 +86,7 @@ def _log_row(event: Event, now: datetime, outcome: DeliveryOutcome | None = None
         "eventType": event.event_type,
         "payload": event.payload,
         "payloadHash": event.payload_hash,
+        "remoteKeyId": None if event.usage is None else str(event.usage.remoteKeyId),
         "status": RECEIVED if outcome is None else _FINAL.get(outcome.status, PROCESSED),
         "errorMsg": None if outcome is None else outcome.error,
         "processedAt": None if outcome is None else now,
@@ -373,6 +374,12 @@ def record_deliveries(
             same = event.payload_hash == earlier.payload_hash or event.same_as(earlier.payload)
             results.append(_repeat(verdict, same))
     return results
+
+
+def charged_credits(events: Sequence[Event], outcomes: Sequence[DeliveryOutcome]) -> int:
+    """The credits the events charged (each outcome the one of the event at its place)."""
+    charged = DeliveryStatus.CHARGED
+    return sum(e.usage.creditCost for e, o in zip(events, outcomes, strict=True) if o.status is charged and e.usage)
 
 
 def deliver(

@@ -54,6 +54,7 @@ class PollReport:
     watermark: int | None = None
     rows: int = 0
     charged: int = 0
+    credits_charged: int = 0  # the credits of the rows charged
     duplicates: int = 0
     matched: int = 0  # rows that were a webhook usage without a request id, charged when it came
     unbilled: int = 0
@@ -66,6 +67,7 @@ class PollReport:
             "watermark": self.watermark,
             "rows": self.rows,
             "charged": self.charged,
+            "creditsCharged": self.credits_charged,
             "duplicates": self.duplicates,
             "matched": self.matched,
             "unbilled": self.unbilled,
@@ -141,9 +143,10 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
     usages = [usage_from_log(r, config) for r in billable]
     outcomes = apply_usage(connection, usages, now, tolerance=config.match_seconds)
     charged_keys = []
-    for row, outcome in zip(billable, outcomes, strict=True):
+    for row, usage, outcome in zip(billable, usages, outcomes, strict=True):
         if outcome.status is UsageStatus.CHARGED:
             report.charged += 1
+            report.credits_charged += usage.credit_cost
             charged_keys.append(usage_key_for_request(row.request_key))
         elif outcome.status is UsageStatus.DUPLICATE:
             report.duplicates += 1
@@ -213,6 +216,7 @@ class Poller:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[int, int, PollReport], None] | None = None,
+        committed: Callable[[PollReport], None] | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
@@ -220,6 +224,7 @@ class Poller:
         self.clock = clock
         self.sleep = sleep
         self.progress = progress
+        self.committed = committed  # told each slice's own report once its transaction has committed
 
     def _page(self, start: int, end: int, page: int) -> Any:
         retrying = Retrying(
@@ -268,8 +273,11 @@ class Poller:
                 return part
 
             part = run_transaction(self.engine, bill)
+            if self.committed is not None:
+                self.committed(part)
             report.rows += part.rows
             report.charged += part.charged
+            report.credits_charged += part.credits_charged
             report.matched += part.matched
             report.duplicates += part.duplicates
             report.unbilled += part.unbilled

@@ -14,13 +14,15 @@ from starlette.responses import JSONResponse, Response
 from creditrelay.billing import admin
 from creditrelay.billing.accounts import AccountError, ReferenceConflict, top_up
 from creditrelay.billing.ledger import CreditStatus, UnknownUser
+from creditrelay.billing.log_queries import LogFilter, find_logs
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.metrics import ADMIN_REPLAYS, CREDITS_ADDED, CREDITS_CHARGED
 from creditrelay.receiver.params import path_int, query_int, query_moment, query_optional_int
 from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import run_transaction, utc
-from creditrelay.schema.wire import EnvelopeError, parse_json_object
+from creditrelay.schema.wire import EnvelopeError, parse_json_object, plain_int
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ async def topup(request: Request) -> Response:
         raise ApiError(409, str(error)) from None
     except AccountError as error:
         raise ApiError(400, str(error)) from None
+    if outcome.status is CreditStatus.APPLIED:
+        CREDITS_ADDED.labels("admin").inc(amount)
     return _ok({"balance": outcome.balance, "duplicate": outcome.status is CreditStatus.DUPLICATE})
 
 
@@ -112,10 +116,14 @@ async def webhook_logs(request: Request) -> Response:
     since, until = query_moment(request, "since"), query_moment(request, "until")
     limit = query_int(request, "limit", 50, maximum=500)
     before = query_optional_int(request, "before")
-    found = await service.read(
-        lambda c: admin.list_webhook_logs(c, status=status, since=since, until=until, limit=limit, before=before)
-    )
-    return _ok(found)
+    after = None if (text := request.query_params.get("after")) is None else plain_int(text)
+    if after is None and text is not None:
+        raise ApiError(400, "after: the id of a delivery, or 0 for the oldest page")
+    params = request.query_params
+    key, event_id = params.get("key") or None, params.get("eventId") or None
+    wanted = LogFilter(status, since, until, key=key, user_id=query_optional_int(request, "userId"), event_id=event_id)
+    found = await service.read(lambda c: find_logs(c, wanted, limit, before=before, after=after))
+    return _ok(found.logs)
 
 
 async def replay(request: Request) -> Response:
@@ -133,9 +141,13 @@ async def replay(request: Request) -> Response:
         event_id = body.get("eventId")
         if not isinstance(event_id, str) or not event_id:
             raise ApiError(400, "eventId: the stored delivery's event id, a string")
-    outcome = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock()), service.tolerance))
-    if outcome is None:
+    replayed = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock()), service.tolerance))
+    if replayed is None:
         raise ApiError(404, f"No stored delivery {event_id}")
+    ADMIN_REPLAYS.labels(replayed.outcome.status.value).inc()
+    if replayed.credits:
+        CREDITS_CHARGED.labels("replay").inc(replayed.credits)
+    outcome = replayed.outcome
     return _ok({"eventId": outcome.event_id, "status": outcome.status.value, "error": outcome.error})
 
 

@@ -1,6 +1,6 @@
 """The credit API (docs/credit-api.md): parse, authenticate, hand to billing, render."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from creditrelay.billing.credit_sync import (
 from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.clients import Client, authenticate, verify_request
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.metrics import CREDIT_API_ANSWERS, CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_int
 from creditrelay.receiver.rate_limit import RateLimiter
 from creditrelay.receiver.shapes import snake, to_json
@@ -44,6 +45,35 @@ _ANSWERS: dict[SyncStatus, tuple[int, str]] = {
     SyncStatus.OUT_OF_RANGE: (422, f"amount: the balance would pass the maximum of ±{MAX_BALANCE} credits"),
     SyncStatus.UNKNOWN_USER: (404, "User not registered"),
 }
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def counted(endpoint: str, handler: Endpoint) -> Endpoint:
+    """``handler``, its answers counted by status (a refusal raised, rendered later, by the status it means)."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except Exception as error:
+            CREDIT_API_ANSWERS.labels(endpoint, str(getattr(error, "status_code", 500))).inc()
+            raise
+        CREDIT_API_ANSWERS.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    return answer
+
+
+def _count_credits(client: Client, outcomes: Sequence[SyncOutcome]) -> None:
+    """The credits applied (committed) by a client's requests, added and deducted, labelled by its source."""
+    source = f"credit_api:{client.source}"
+    added = sum(o.change for o in outcomes if o.status is SyncStatus.APPLIED and o.change > 0)
+    taken = -sum(o.change for o in outcomes if o.status is SyncStatus.APPLIED and o.change < 0)
+    if added:
+        CREDITS_ADDED.labels(source).inc(added)
+    if taken:
+        CREDITS_DEDUCTED.labels(source).inc(taken)
 
 
 @dataclass(frozen=True)
@@ -125,7 +155,9 @@ async def sync(request: Request) -> Response:
     except EnvelopeError as error:
         raise ApiError(400, str(error)) from None
     _verified(client, body, service)
-    status, answer = _answer(await _apply(service, body))
+    outcome = await _apply(service, body)
+    _count_credits(client, [outcome])
+    status, answer = _answer(outcome)
     return JSONResponse(answer, status_code=status)
 
 
@@ -157,6 +189,7 @@ async def batch(request: Request) -> Response:
     outcomes: list[SyncOutcome] = await run_in_threadpool(
         run_transaction, service.engine, lambda c: apply_syncs(c, [body for _, body in valid], now)
     )
+    _count_credits(client, outcomes)
     for (index, _), outcome in zip(valid, outcomes, strict=True):
         status, answer = _answer(outcome)
         results[index] = {"index": index, "status": status} | answer

@@ -6,14 +6,15 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
 
-from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, deliver
+from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, charged_credits, deliver
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.receiver.group_commit import GroupCommitter
-from creditrelay.receiver.metrics import EVENTS
+from creditrelay.receiver.metrics import CREDITS_CHARGED, EVENTS
 from creditrelay.schema.database import connect, utc
 from creditrelay.schema.wire import Event
 
 _COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
+_CHARGED = CREDITS_CHARGED.labels("webhook")
 
 
 class Ingestor:
@@ -42,6 +43,8 @@ class Ingestor:
         outcomes = deliver(connection, events, now, tolerance=self.tolerance)
         for status, count in Counter(o.status for o in outcomes).items():
             _COUNTED[status].inc(count)
+        if credits := charged_credits(events, outcomes):
+            _CHARGED.inc(credits)
         return outcomes
 
     def _connection(self) -> Connection:

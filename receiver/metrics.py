@@ -1,4 +1,6 @@
-"""Prometheus metrics for `/metrics`: events by outcome, latencies, batch sizes, polling lag, reconcile.
+"""Prometheus metrics for `/metrics`: events by outcome, latencies, batch sizes, polling lag, reconcile; the
+credits charged, topped up and deducted, credit API answers and admin replays; users below zero and
+suspended.
 
 Under ``serve --workers N`` each worker writes its samples to ``PROMETHEUS_MULTIPROC_DIR`` (``serve`` sets
 one up) and a scrape of any worker adds them all up. Polling lag and the last reconcile result are read
@@ -18,6 +20,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from creditrelay.billing import enforcement
+from creditrelay.billing.polling import PollReport
+from creditrelay.billing.user_queries import count_below
 from creditrelay.schema.database import READ_ONLY
 from creditrelay.schema.tables import poll_state, reconcile_runs
 
@@ -47,6 +51,26 @@ BATCH_EVENTS = Histogram(
 GATEWAY_CALLS = Counter(
     "creditrelay_gateway_calls", "Calls to the gateway to suspend or resume, by outcome", ["outcome"]
 )
+# The business dashboard's counters: credits moved by what this process committed, by the path they came
+CREDITS_CHARGED = Counter(
+    "creditrelay_credits_charged", "Credits of usages charged (not duplicates), by how they came", ["source"]
+)
+CREDITS_ADDED = Counter("creditrelay_credits_topped_up", "Credits added to balances, by who added them", ["source"])
+CREDITS_DEDUCTED = Counter(
+    "creditrelay_credits_deducted", "Credits taken off balances other than usage, by who took them", ["source"]
+)
+CREDIT_API_ANSWERS = Counter(
+    "creditrelay_credit_api_requests", "Credit API answers, by endpoint and HTTP status", ["endpoint", "status"]
+)
+ADMIN_REPLAYS = Counter(
+    "creditrelay_admin_replays", "Failed deliveries run again from the admin pages or API, by outcome", ["outcome"]
+)
+
+
+def count_polled(report: PollReport) -> None:
+    """What one committed slice of a polling pass charged."""
+    if report.credits_charged:
+        CREDITS_CHARGED.labels("poll").inc(report.credits_charged)
 
 
 class LedgerCollector(Collector):
@@ -66,8 +90,12 @@ class LedgerCollector(Collector):
                     .limit(1)
                 ).one_or_none()
                 access = enforcement.counts(connection)
+                below_zero = count_below(connection, 0)
         except SQLAlchemyError:
             return
+        owing = GaugeMetricFamily("creditrelay_users_below_zero", "Users whose balance is below zero")
+        owing.add_metric([], float(below_zero))
+        yield owing
         for name, text, value in (
             ("creditrelay_users_suspended", "Users whose latest word to the gateway is a suspension", "suspended"),
             (

@@ -201,8 +201,12 @@ def document() -> dict[str, Any]:
                     _query("status", {"enum": ["processed", "failed", "ignored"]}),
                     _query("since", _MOMENT),
                     _query("until", _MOMENT),
+                    _query("key", {"type": "string", "minLength": 1, "maxLength": 64}),
+                    _query("userId", {"type": "integer", "minimum": 1}),
+                    _query("eventId", {"type": "string", "minLength": 1, "maxLength": 64}),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
                     before,
+                    _query("after", {"type": "integer", "minimum": 0}),
                 ],
                 "responses": _answers(200, 400, 401, 403, 503),
             }

@@ -38,6 +38,8 @@ def column(name: str, **kwargs: Any) -> Any:
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    # no index by balance: it would cost every charge (docs/decisions/0023); the users list and the
+    # metrics read the table, which holds one row per user
     __table_args__ = (MYSQL_TABLE_OPTIONS,)
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
@@ -148,16 +150,23 @@ class UsageMatch(SQLModel, table=True):
 
 
 class WebhookLog(SQLModel, table=True):
-    """One row per delivered event id: what arrived, and what became of it."""
+    """One row per delivered event id: what arrived, and what became of it. ``remoteKeyId`` is the usage's
+    gateway key (none for other event types), copied from the payload so the admin's filters by key and
+    by user, and replay by key, are ranges of an index: one key's deliveries of one status, newest first."""
 
     __tablename__ = "webhook_logs"
-    __table_args__ = (sa.Index(None, "status", "createdAt"), MYSQL_TABLE_OPTIONS)
+    __table_args__ = (
+        sa.Index(None, "status", "createdAt"),
+        sa.Index(None, "remoteKeyId", "status", "id"),
+        MYSQL_TABLE_OPTIONS,
+    )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     event_id: str = column("eventId", max_length=64, unique=True)
     event_type: str = column("eventType", max_length=64)
     payload: str = Field(sa_type=LongText)
     payload_hash: str = column("payloadHash", max_length=64)
+    remote_key_id: str | None = column("remoteKeyId", default=None, max_length=64)
     status: str = Field(max_length=16)
     error_msg: str | None = column("errorMsg", default=None, max_length=1000)
     processed_at: datetime | None = column("processedAt", default=None, sa_type=Timestamp)

@@ -84,6 +84,7 @@ def test_the_installed_package_is_one_namespace_and_runs_from_anywhere(tmp_path:
     assert tops == {"creditrelay", "credit_sync_client.py"}
     assert "creditrelay/schema/migrations/versions/0001_initial_schema.py" in names
     assert "creditrelay/receiver/templates/admin/base.html" in names
+    assert "creditrelay/receiver/static/admin.css" in names
     target = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     elsewhere = tmp_path / "elsewhere"

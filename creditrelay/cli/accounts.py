@@ -92,9 +92,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.billing import admin
 
     def work(connection: "Connection") -> dict[str, Any]:
-        outcome = admin.replay(connection, args.event_id, now(), settings.usage_match_seconds)
-        if outcome is None:
+        replayed = admin.replay(connection, args.event_id, now(), settings.usage_match_seconds)
+        if replayed is None:
             raise CommandError(f"no stored delivery {args.event_id!r}")
+        outcome = replayed.outcome
         return {"eventId": outcome.event_id, "status": outcome.status.value, "error": outcome.error}
 
     return transaction(settings, work)

@@ -51,12 +51,14 @@ def make_poller(
     settings: Settings,
     progress: "Callable[[int, int, PollReport], None] | None" = None,
     attempts: int = ATTEMPTS,
+    committed: "Callable[[PollReport], None] | None" = None,
 ) -> "Poller":
     from creditrelay.billing.polling import Poller
     from creditrelay.billing.watch import open_ledger
 
     client = new_api(settings)
-    return Poller(open_ledger(settings), client, poll_config(settings, attempts), progress=progress)
+    config = poll_config(settings, attempts)
+    return Poller(open_ledger(settings), client, config, progress=progress, committed=committed)
 
 
 def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":

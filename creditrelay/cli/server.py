@@ -31,11 +31,13 @@ def asgi_app() -> "Starlette":
     from creditrelay.cli.cron import make_poller
     from creditrelay.receiver.app import create_app
     from creditrelay.receiver.logs import configure_logging
+    from creditrelay.receiver.metrics import count_polled
     from creditrelay.schema.settings import load_settings
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    poller = make_poller(settings) if settings.polling_enabled and settings.poll_interval else None
+    polls = settings.polling_enabled and settings.poll_interval
+    poller = make_poller(settings, committed=count_polled) if polls else None
     engine = open_ledger(settings)
     app = create_app(settings, engine, poller=poller, workers=workers(settings, engine))
     # What is loaded by now (modules, tables, compiled schemas) lives as long as the process: frozen out

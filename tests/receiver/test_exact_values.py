@@ -76,7 +76,8 @@ def test_a_charge_past_the_lowest_balance_is_recorded_as_failed_and_can_be_repla
     in_transaction(database, lambda c: top_up(c, receiver.user_id, 100, "room", NOW))
     replayed = in_transaction(database, lambda c: replay(c, "deep", NOW))
     assert replayed is not None
-    assert replayed.status is DeliveryStatus.CHARGED
+    assert replayed.outcome.status is DeliveryStatus.CHARGED
+    assert replayed.credits == 11
     assert database.rows("SELECT status FROM webhook_logs WHERE eventId = 'deep'") == [("processed",)]
     assert database.scalar("SELECT balance FROM users") == -MAX_BALANCE + 100 - 11
     assert_ledger_consistent(database)

@@ -110,3 +110,64 @@ def test_metrics_add_up_across_workers(database: Database, tmp_path: Path) -> No
     assert scrapes == [40.0] * 6
     assert database.count("usage_records") == 40
     assert len(list(metrics_dir.glob("counter_*.db"))) == 2, "both workers charged events"
+
+
+def test_business_counters_move_with_what_was_committed(database: Database) -> None:
+    """Credits charged by webhook (duplicates not again), topped up and taken back from the admin pages
+    and the credit API (by client), credit API answers by status, admin replays by outcome, and the users
+    below zero and suspended as gauges."""
+    import dataclasses
+
+    from creditrelay.receiver.app import create_app
+    from tests.support.credits import add_telegram_user, register_client, signed
+    from tests.support.receiver import settings_for
+    from tests.support.server import serving
+
+    alice = add_user(database.engine)
+    add_telegram_user(database.engine, credits=10)
+    creds = register_client(database.engine, "shop")
+    app = create_app(dataclasses.replace(settings_for(database), admin_token="t" * 32), database.engine)
+    with serving(app) as url, httpx.Client(base_url=url) as client:
+        before = samples(client)
+        for body in (encode(usage_event("m1", cost=7)), encode(usage_event("m1", cost=7)),
+                     encode(usage_event("m2", cost=5, key="k-late"))):  # fmt: skip
+            client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+        headers = {"X-Api-Key": creds.api_key}
+        assert (
+            client.post("/api/credits/sync", json=signed(creds, 30, reference="o-1"), headers=headers).status_code
+            == 200
+        )
+        assert (
+            client.post("/api/credits/sync", json=signed(creds, -12, reference="o-2"), headers=headers).status_code
+            == 200
+        )
+        assert (
+            client.post("/api/credits/sync", json=signed(creds, -999, reference="o-3"), headers=headers).status_code
+            == 402
+        )
+        assert client.get("/api/credits/balance/123456789", headers={"X-Api-Key": "wrong"}).status_code == 401
+        client.post("/admin/login", data={"token": "t" * 32})
+        csrf = client.get("/admin/").text.split('name="csrf" value="')[1].split('"')[0]
+        user = f"/admin/users/{alice}"
+        client.post(f"{user}/topup", data={"csrf": csrf, "amount": "100", "reference": "r1"})
+        client.post(f"{user}/topup", data={"csrf": csrf, "amount": "100", "reference": "r1"})  # once
+        client.post(f"{user}/correct", data={"csrf": csrf, "amount": "2000", "reference": "c", "reason": "x"})
+        client.post(f"{user}/keys", data={"csrf": csrf, "remote_key_id": "k-late"})  # replays m2
+        after = samples(client)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("creditrelay_credits_charged_total", source="webhook") == 7  # m1 once
+    assert delta("creditrelay_credits_charged_total", source="replay") == 5  # m2, once its key was linked
+    assert delta("creditrelay_credits_topped_up_total", source="credit_api:shop") == 30
+    assert delta("creditrelay_credits_deducted_total", source="credit_api:shop") == 12
+    assert delta("creditrelay_credits_topped_up_total", source="admin") == 100
+    assert delta("creditrelay_credits_deducted_total", source="admin") == 2000
+    assert delta("creditrelay_credit_api_requests_total", endpoint="sync", status="200") == 2
+    assert delta("creditrelay_credit_api_requests_total", endpoint="sync", status="402") == 1
+    assert delta("creditrelay_credit_api_requests_total", endpoint="balance", status="401") == 1
+    assert delta("creditrelay_admin_replays_total", outcome="charged") == 1
+    assert after[("creditrelay_users_below_zero", ())] == 1  # alice: 1000 - 7 + 100 - 2000 - 5
+    assert ("creditrelay_users_suspended", ()) in after

@@ -1,5 +1,8 @@
 """The alembic migrations build exactly the schema the models describe, on both databases."""
 
+import json
+from datetime import datetime
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -102,3 +105,31 @@ def test_an_outbox_made_before_exact_ids_is_converted_when_opened(database: Data
         metadata.drop_all(database.engine)
         for table in (outbox_events, outbox_attempts):  # as the ledger's migrations made them
             table.create(database.engine)
+
+
+def test_the_logs_gateway_keys_are_filled_in_from_their_payloads(database: Database) -> None:
+    """0010 copies each stored usage's gateway key out of its payload, exactly as the receiver now writes it
+    (an integer's digits, a string as it is, any characters), and leaves other events without one."""
+    from creditrelay.billing.deliveries import _log_row
+    from creditrelay.schema.wire import parse_event
+
+    downgrade(database.engine, "0009")
+    keys: list[object] = [7, 9223372036854775807, "k-a", 'quote"s and \\ back', "ключ 🔑", "0"]
+    payloads = [
+        json.dumps({"eventId": f"e{i}", "eventType": "usage", "timestamp": 1, "data": {"remoteKeyId": key,
+                    "model": "m", "creditCost": 1}}, ensure_ascii=i % 2 == 0)
+        for i, key in enumerate(keys)
+    ] + ['{"eventId": "p", "eventType": "ping", "timestamp": 1}']  # fmt: skip
+    for i, payload in enumerate(payloads):
+        database.execute(
+            "INSERT INTO webhook_logs (eventId, eventType, payload, payloadHash, status, createdAt)"
+            " VALUES (:e, :t, :p, 'h', 'processed', '2026-01-01 00:00:00')",
+            e=f"e{i}", t=json.loads(payload)["eventType"], p=payload,
+        )  # fmt: skip
+    upgrade(database.engine)
+    stored = dict(database.rows("SELECT payload, remoteKeyId FROM webhook_logs"))
+    expected = {p: _log_row(parse_event(p.encode()), datetime(2026, 1, 1))["remoteKeyId"] for p in payloads}
+    assert stored == expected
+    assert stored[payloads[-1]] is None
+    indexes = {ix["name"] for ix in sa.inspect(database.engine).get_indexes("webhook_logs")}
+    assert "ix_webhook_logs_remoteKeyId_status_id" in indexes

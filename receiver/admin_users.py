@@ -1,0 +1,249 @@
+"""The admin pages of users: the list (sorted, filtered, searched, paged), a user's page (keys, charts,
+transactions back to the first) and its forms (top-up, correction, link and unlink a key, suspend or
+resume at the gateway). Each route parses, calls billing, renders or redirects back with a notice."""
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from creditrelay.billing import enforcement, user_queries
+from creditrelay.billing.accounts import AccountError, ReferenceConflict, adjust, link_key, top_up, unlink_key
+from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
+from creditrelay.billing.log_queries import LogFilter
+from creditrelay.receiver.admin_api import AdminService
+from creditrelay.receiver.admin_site import back, link, now_of, outcomes_text, render, replay, service_of
+from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines
+from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.metrics import CREDITS_ADDED, CREDITS_DEDUCTED
+from creditrelay.receiver.params import path_int, query_optional_int
+from creditrelay.receiver.shapes import to_json
+from creditrelay.schema.wire import plain_int
+
+SHOWS = ("all", "below-zero", "low", "suspended")
+SORTS = {"balance": "lowest balance", "-balance": "highest balance", "email": "email", "newest": "newest"}
+PAGE = 50
+TRANSACTIONS = 50
+MODELS_CHARTED = 8  # the largest models by day; the rest as "other models"
+
+
+def flags(service: AdminService, balance: int) -> list[str]:
+    low = service.low_at is not None and balance < service.low_at
+    return ["below-zero"] * (balance < 0) + ["suspended"] * (balance <= service.suspend_at) + ["low"] * low
+
+
+async def users(request: Request) -> Response:
+    """Every user, lowest balance first unless sorted otherwise, filtered by ``show`` and searched by ``q``
+    (email or name, Telegram id, gateway key), ``PAGE`` at a time."""
+    service = service_of(request)
+    text = request.query_params.get("q", "").strip()
+    show = request.query_params.get("show") or "all"
+    sort = request.query_params.get("sort") or "balance"
+    if show not in SHOWS:
+        raise ApiError(400, f"show: one of {', '.join(SHOWS)}")
+    if sort not in SORTS:
+        raise ApiError(400, f"sort: one of {', '.join(SORTS)}")
+    after = request.query_params.get("after") or None
+    below = {"all": None, "below-zero": 0, "suspended": service.suspend_at + 1, "low": service.low_at}[show]
+    if show == "low" and below is None:
+        found = user_queries.UserPage([], 0, None)
+    else:
+        query = user_queries.UserQuery(sort=sort, text=text, below=below)
+        found = await service.read(lambda c: user_queries.users_page(c, query, PAGE, after))
+    rows = [to_json(u) | {"flags": flags(service, u.balance)} for u in found.users]
+    keep = {"q": text, "show": show if show != "all" else "", "sort": sort if sort != "balance" else ""}
+    return render(
+        request,
+        "users.html",
+        query=text,
+        users=rows,
+        total=found.total,
+        show=show,
+        shows=SHOWS,
+        sort=sort,
+        sorts=SORTS,
+        low_at=service.low_at,
+        filter_link=lambda **change: link("/admin/users", **(keep | change)),
+        next_page=None if found.next is None else link("/admin/users", **keep, after=found.next),
+        first_page=link("/admin/users", **keep) if after else None,
+    )
+
+
+def _day_label(day: date) -> str:
+    return day.strftime("%b %d")
+
+
+def _top_models(by_model: dict[str, list[int]], days: int) -> list[Series]:
+    """The largest models, each a series of credits by day, the rest summed as one."""
+    names = list(by_model)
+    series = [Series(name, by_model[name]) for name in names[:MODELS_CHARTED]]
+    rest = names[MODELS_CHARTED:]
+    if rest:
+        summed = [sum(by_model[name][i] for name in rest) for i in range(days)]
+        series.append(Series(f"{len(rest)} other models", summed, "#999999"))
+    return series
+
+
+def activity_charts(service: AdminService, found: user_queries.Activity) -> dict[str, Any]:
+    labels = [_day_label(d) for d in found.days]
+    every = 5 if len(labels) > 10 else 1
+    balance = [Series("balance after the day", found.balances, "#0072B2")]
+    if service.suspend_at != 0 or min(found.balances) <= 0:
+        balance.append(Series("suspended at or below", [service.suspend_at] * len(labels), "#D55E00"))
+    totals = sorted(((m, sum(v)) for m, v in found.by_model.items()), key=lambda p: -p[1])
+    no_usage = "No usage in the last 30 days: it appears here once a linked gateway key is used."
+    return {
+        "balance_chart": lines(
+            labels, balance, Frame("Balance at the end of each day (UTC)", "day", "credits", "", label_every=every)
+        ),
+        "by_day_chart": bars(
+            labels,
+            _top_models(found.by_model, len(labels)),
+            Frame("Credits charged by day and model", "day (UTC)", "credits", no_usage, label_every=every),
+        ),
+        "by_model_chart": horizontal_bars(
+            totals[:20], Frame("Credits charged by model, last 30 days", "credits", "", no_usage)
+        ),
+    }
+
+
+async def user(request: Request) -> Response:
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    before = query_optional_int(request, "before")
+    detail = await service.read(lambda c: user_queries.user_detail(c, user_id))
+    if detail is None:
+        raise ApiError(404, f"No user {user_id}")
+    page = await service.read(lambda c: user_queries.transactions(c, user_id, TRANSACTIONS, before))
+    access = await service.read(lambda c: enforcement.access_of(c, user_id))
+    charts = {}
+    if before is None:  # the charts on the first page only: older pages are for reading the ledger
+        found = await service.read(lambda c: user_queries.activity(c, user_id, now_of(service)))
+        charts = activity_charts(service, found)
+    here = f"/admin/users/{user_id}"
+    return render(
+        request,
+        "user.html",
+        user=to_json(detail),
+        flags=flags(service, detail.balance),
+        access=to_json(access),
+        enforcement=service.enforcement,
+        transactions=to_json(page.transactions),
+        older=None if page.older is None else link(here, before=page.older),
+        newest=here if before is not None else None,
+        **charts,
+    )
+
+
+def _form_text(form: Any, name: str) -> str:
+    return str(form.get(name, "")).strip()
+
+
+def _credited(outcome: CreditOutcome, done: str) -> str:
+    if outcome.status is CreditStatus.DUPLICATE:
+        return f"Already applied (same reference); the balance is {outcome.balance:,}"
+    return f"{done}; the balance is now {outcome.balance:,}"
+
+
+async def topup(request: Request) -> Response:
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    form = await request.form()
+    reference, reason = _form_text(form, "reference"), str(form.get("reason", ""))
+    text = _form_text(form, "amount")
+    credits = plain_int(text)
+    if not credits or not reference:
+        return back(here, "A top-up needs a positive whole number of credits and a reference", kind="error")
+    try:
+        outcome = await service.run(lambda c: top_up(c, user_id, credits, reference, now_of(service), reason))
+    except UnknownUser:
+        raise ApiError(404, f"No user {user_id}") from None
+    except (AccountError, ReferenceConflict) as error:  # a bad amount or reference, or one used before
+        return back(here, f"Not topped up: {error}", kind="error")
+    if outcome.status is CreditStatus.APPLIED:
+        CREDITS_ADDED.labels("admin").inc(credits)
+    return back(here, _credited(outcome, f"Topped up {credits:,} credits"))
+
+
+async def correct(request: Request) -> Response:
+    """A correction takes credits back (a top-up made by mistake, a refund charged back), once per
+    reference, with a reason; it may take the balance below zero."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    form = await request.form()
+    reference, reason = _form_text(form, "reference"), _form_text(form, "reason")
+    text = _form_text(form, "amount").removeprefix("-")
+    credits = plain_int(text)
+    if not credits or not reference or not reason:
+        return back(here, "A correction needs the credits to take back, a reference and a reason", kind="error")
+    try:
+        outcome = await service.run(lambda c: adjust(c, user_id, -credits, reference, reason, now_of(service)))
+    except UnknownUser:
+        raise ApiError(404, f"No user {user_id}") from None
+    except (AccountError, ReferenceConflict) as error:
+        return back(here, f"Not corrected: {error}", kind="error")
+    if outcome.status is CreditStatus.APPLIED:
+        CREDITS_DEDUCTED.labels("admin").inc(credits)
+    return back(here, _credited(outcome, f"Took back {credits:,} credits"))
+
+
+async def add_key(request: Request) -> Response:
+    """Link a gateway key to the user, then run that key's failed deliveries again: they bill the user now."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    key = _form_text(await request.form(), "remote_key_id")
+    try:
+        await service.run(lambda c: link_key(c, key, user_id, now_of(service)))
+    except (AccountError, IntegrityError) as error:
+        return back(here, f"Not linked: {error}", kind="error")
+    report = await replay(service, LogFilter(key=key))
+    ran = f"; its failed events ran again: {outcomes_text(dict(report.outcomes))}" if report.replayed else ""
+    more = " (more remain: replay this key from the webhook logs)" if report.more else ""
+    return back(here, f"Gateway key {key} now bills this user{ran}{more}")
+
+
+async def remove_key(request: Request) -> Response:
+    """Unlink one of the user's gateway keys: its next usages are logged failed (unknown key) until it is
+    linked again; what it was charged stays charged."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    key = _form_text(await request.form(), "remote_key_id")
+
+    def work(connection: Connection) -> str:
+        detail = user_queries.user_detail(connection, user_id)
+        if detail is None:
+            raise ApiError(404, f"No user {user_id}")
+        if key not in {k.remote_key_id for k in detail.keys}:
+            return f"Gateway key {key or '(none)'} does not bill this user: nothing unlinked"
+        unlink_key(connection, key)
+        return ""
+
+    refused = await service.run(work)
+    if refused:
+        return back(here, refused, kind="error")
+    notice = f"Gateway key {key} unlinked: its next usages wait as failed until it is linked again"
+    return back(here, notice, kind="warning")
+
+
+async def access(request: Request) -> Response:
+    """Suspend now or resume now: the operator's word, pushed like a crossing's and recorded."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    action = _form_text(await request.form(), "action")
+    if service.enforcement == "off":
+        return back(here, "Gateway enforcement is off (GATEWAY_ENFORCEMENT)", kind="error")
+    if action not in ("suspend", "resume"):
+        raise ApiError(400, "action: suspend or resume")
+    try:
+        await service.run(lambda c: enforcement.operator_access(c, user_id, action, now_of(service)))
+    except UnknownUser:
+        raise ApiError(404, f"No user {user_id}") from None
+    return back(here, f"{action.capitalize()} sent to the gateway's queue")

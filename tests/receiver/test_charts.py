@@ -1,0 +1,60 @@
+"""receiver/charts.py: whole-number ticks that cover the data, no script in any chart, labels escaped, and
+an empty state that says what to do instead of an empty frame."""
+
+from itertools import pairwise
+from xml.etree import ElementTree
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines, ticks
+
+FRAME = Frame("A title", "day", "credits", "Nothing yet: send an event.")
+
+
+@given(st.integers(min_value=0, max_value=10**15))
+def test_ticks_are_whole_numbers_from_zero_past_the_top_at_a_round_step(top: int) -> None:
+    found = ticks(top)
+    step = found[1] - found[0]
+    assert found[0] == 0
+    assert found[-1] >= top
+    assert found[-2] < top or top == 0
+    assert all(b - a == step for a, b in pairwise(found))
+    assert int(str(step).rstrip("0") or "0") in (1, 2, 5)
+    assert 2 <= len(found) <= 11
+
+
+def _texts(markup: str) -> list[str]:
+    tree = ElementTree.fromstring(markup)  # noqa: S314 - our own chart, not outside input
+    return [t.text or "" for t in tree.iter("{http://www.w3.org/2000/svg}text")]
+
+
+CHARTS = {
+    "bars": lambda: bars(["a", "b"], [Series("<script>x</script>", [1, 2]), Series("b & c", [0, 3])], FRAME),
+    "lines": lambda: lines(["a", "b"], [Series("<script>x</script>", [-7, 2]), Series("line", [0, 0])], FRAME),
+    "horizontal": lambda: horizontal_bars([("<script>x</script>", 5), ("b & c", 2)], FRAME),
+}
+
+
+@pytest.mark.parametrize("name", list(CHARTS))
+def test_no_chart_carries_a_script_and_its_labels_are_text(name: str) -> None:
+    """pygal's own <script> is taken out; a label from the database stays text (escaped), whole."""
+    markup = str(CHARTS[name]())
+    assert "<script" not in markup
+    texts = _texts(markup)
+    assert any("<script>x</script>" in text for text in texts)
+    assert "A title" in texts
+
+
+def test_a_balance_below_zero_gets_ticks_below_zero() -> None:
+    texts = _texts(str(lines(["a", "b", "c"], [Series("balance", [-35, 0, 12])], FRAME)))
+    numbers = [int(t.replace(",", "")) for t in texts if t.lstrip("-").replace(",", "").isdigit()]
+    assert min(numbers) <= -35
+    assert max(numbers) >= 12
+    assert 0 in numbers
+
+
+def test_nothing_to_draw_says_what_to_do() -> None:
+    assert str(bars(["a"], [Series("s", [0])], FRAME)) == '<p class="empty">Nothing yet: send an event.</p>'
+    assert str(horizontal_bars([], FRAME)).startswith('<p class="empty">')
