@@ -42,10 +42,11 @@ pytest: install services
 
 test: lint typecheck pytest
 
-# While developing: the SQLite half without the slow, browser and Node.js tests (no database server
+# While developing: the SQLite third without the slow, browser and Node.js tests (no database server
 # needed); `make test` runs everything, and is what CI runs
 test-fast: install
-	CREDITRELAY_TEST_MYSQL_URL=skip $(VENV)/bin/pytest -n 2 -q -m "not slow and not browser and not node"
+	CREDITRELAY_TEST_MYSQL_URL=skip CREDITRELAY_TEST_POSTGRES_URL=skip \
+	  $(VENV)/bin/pytest -n 2 -q -m "not slow and not browser and not node"
 
 # Throughput against the bare Starlette ceiling, SQLite and MySQL, then the sender's path through the relay
 # beside the receiver's single-event rate (prints figures; asserts no timing)

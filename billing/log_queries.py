@@ -166,8 +166,12 @@ def find_logs(
     row ``before``, or the one newer than the row ``after`` (``after=0``: the oldest page)."""
     if wanted.status is not None and wanted.status not in STATUSES:
         raise InvalidInput(f"status: one of {', '.join(STATUSES)}")
-    if wanted.event_id is not None:
-        ids = [] if before is not None or after is not None else _event_ids(connection, wanted)
+    if before is not None and after is not None:
+        raise InvalidInput("before, after: a page continues one way, older or newer (give one of them)")
+    if wanted.event_id is not None:  # at most one row: the cursors only say whether it is on that side
+        ids = [
+            i for i in _event_ids(connection, wanted) if (before is None or i < before) and (after is None or i > after)
+        ]
     elif wanted.keyed:
         ids = _keyed_ids(connection, wanted, _keys(connection, wanted), limit + 1, before, after)
     else:

@@ -119,9 +119,9 @@ async def replay_key(request: Request) -> Response:
     service = service_of(request)
     key = str((await request.form()).get("remote_key_id", "")).strip()
     if not key:
-        return back("/admin/logs", "Replay by key needs a gateway key id", kind="error")
+        return back(request, "/admin/logs", "Replay by key needs a gateway key id", kind="error")
     report = await replay(service, LogFilter(key=key))
-    return back("/admin/logs", _said(report, f"of gateway key {key}"), kind=_kind(report), key=key)
+    return back(request, "/admin/logs", _said(report, f"of gateway key {key}"), kind=_kind(report), key=key)
 
 
 async def replay_filtered(request: Request) -> Response:
@@ -129,8 +129,12 @@ async def replay_filtered(request: Request) -> Response:
     service = service_of(request)
     form = await request.form()
     wanted = await _filter(service, form)
+    if wanted.status not in (None, "failed"):
+        raise ApiError(400, "status: a replay runs failed events again (failed, or no status)")
+    if not any(form.get(name) for name in FIELDS if name != "status"):
+        raise ApiError(400, "filter: choose a key, a user, an event id or a time first (a replay of a filter only)")
     report = await replay(service, wanted)
-    return back("/admin/logs", _said(report, "of this filter"), kind=_kind(report), **_kept(form))
+    return back(request, "/admin/logs", _said(report, "of this filter"), kind=_kind(report), **_kept(form))
 
 
 async def replay_one(request: Request) -> Response:
@@ -139,8 +143,8 @@ async def replay_one(request: Request) -> Response:
     event_id = str((await request.form()).get("event_id", ""))
     replayed = await service.run(lambda c: admin.replay(c, event_id, now_of(service), service.tolerance))
     if replayed is None:
-        return back("/admin/logs", "No such delivery", kind="error")
+        return back(request, "/admin/logs", "No such delivery", kind="error")
     count_replayed(replayed)
     outcome = replayed.outcome
     kind = "ok" if outcome.status.value in ("charged", "duplicate") else "warning"
-    return back("/admin/logs", f"{event_id}: {outcome.status.value}", kind=kind)
+    return back(request, "/admin/logs", f"{event_id}: {outcome.status.value}", kind=kind)

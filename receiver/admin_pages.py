@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -19,7 +20,17 @@ from creditrelay.billing.log_queries import STATUSES
 from creditrelay.billing.sessions import LIFETIME, Session, end_session, open_session
 from creditrelay.receiver import admin_logs, admin_users
 from creditrelay.receiver.admin_api import AdminService
-from creditrelay.receiver.admin_site import COOKIE, HEADERS, STATIC, error_page, now_of, page, render, service_of
+from creditrelay.receiver.admin_site import (
+    COOKIE,
+    HEADERS,
+    STATIC,
+    error_page,
+    http_error_page,
+    now_of,
+    page,
+    render,
+    service_of,
+)
 from creditrelay.receiver.charts import STATUS_COLOURS, Frame, Series, bars, horizontal_bars
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS
 from creditrelay.receiver.metrics import event_counts
@@ -72,7 +83,8 @@ async def overview(request: Request) -> Response:
         "No deliveries in the last hour. Point your gateway at /api/webhooks/events (docs/webhooks.md).",
         label_every=10,
     )
-    chart = bars(minutes, [Series(s, stats.last_hour.by_minute[s], STATUS_COLOURS[s]) for s in STATUSES], frame)
+    series = [Series(s, stats.last_hour.by_minute[s], STATUS_COLOURS[s]) for s in STATUSES]
+    chart = await run_in_threadpool(bars, minutes, series, frame)  # drawing is CPU: off the event loop
     counts = await run_in_threadpool(event_counts)
     answered = sum(counts.values())
     rates = {
@@ -98,11 +110,12 @@ async def usage(request: Request) -> Response:
         series.append(Series(f"{len(rest)} other models", others, "#999999"))
     empty = "No usage charged in the last 30 days: link a gateway key to a user and send a usage event."
     daily = Frame("Credits by day and model, last 30 days (UTC)", "day (UTC)", "credits", empty, label_every=5)
+    by_model_frame = Frame("Credits by model, last 30 days", "credits", "", empty)
     return render(
         request,
         "usage.html",
-        by_model=horizontal_bars(by_model[:20], Frame("Credits by model, last 30 days", "credits", "", empty)),
-        by_day=bars([d.strftime("%b %d") for d in days], series, daily),
+        by_model=await run_in_threadpool(horizontal_bars, by_model[:20], by_model_frame),
+        by_day=await run_in_threadpool(bars, [d.strftime("%b %d") for d in days], series, daily),
         models=by_model,
     )
 
@@ -127,6 +140,7 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/usage", page(usage)),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="admin-static"),
     ]
-    pages = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS | {CreditRelayError: error_page})
+    handlers = EXCEPTION_HANDLERS | {CreditRelayError: error_page, HTTPException: http_error_page}
+    pages = Starlette(routes=routes, exception_handlers=handlers)
     pages.state.admin = service
     return pages

@@ -8,6 +8,7 @@ too. Every form carries the session's CSRF token. Every page is sent with a Cont
 allows no script and nothing from elsewhere.
 """
 
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
@@ -24,6 +26,7 @@ from creditrelay.billing.admin import Replayed
 from creditrelay.billing.log_queries import LogFilter, ReplayReport, replay_failed
 from creditrelay.billing.sessions import Session, find_session
 from creditrelay.receiver.admin_api import AdminService
+from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import ADMIN_REPLAYS, CREDITS_CHARGED
 from creditrelay.receiver.params import moment
 from creditrelay.schema.database import utc
@@ -83,18 +86,37 @@ def page(handler: Page) -> Page:
                 return Response(
                     "Form expired or forged (CSRF check failed); reload the page", status_code=403, headers=HEADERS
                 )
+            if nul := next((name for name, value in form.multi_items() if "\x00" in str(value)), None):
+                raise ApiError(400, f"{nul}: a NUL character is not text every database can store")
         return await handler(request)
 
     return guarded
 
 
+def _signature(session: Session, kind: str, notice: str) -> str:
+    """A notice signed with the session's CSRF secret: only what a form of ours said is shown as said."""
+    return hmac.new(session.csrf.encode(), f"{kind}\n{notice}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _notice(request: Request, session: Session | None) -> tuple[str, str]:
+    """The notice a form left in the URL, and its kind, if this session's form left it (a link someone
+    made up shows none)."""
+    params = request.query_params
+    notice, kind, signature = params.get("notice", ""), params.get("kind", "ok"), params.get("said", "")
+    if not notice or session is None or kind not in NOTICE_KINDS:
+        return "", "ok"
+    if not hmac.compare_digest(signature.encode(), _signature(session, kind, notice).encode()):
+        return "", "ok"
+    return notice, kind
+
+
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
     session: Session | None = getattr(request.state, "session", None)
-    kind = request.query_params.get("kind", "ok")
+    notice, kind = _notice(request, session)
     context = {
         "csrf": session.csrf if session else "",
-        "notice": request.query_params.get("notice", ""),
-        "notice_kind": kind if kind in NOTICE_KINDS else "ok",
+        "notice": notice,
+        "notice_kind": kind,
         "path": request.url.path,
         **context,
     }
@@ -107,10 +129,17 @@ async def error_page(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", exc.status_code, message=exc.public_message)
 
 
-def back(path: str, notice: str, *, kind: str = "ok", **query: Any) -> Response:
+async def http_error_page(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such page, a method a page does not take), as a page."""
+    assert isinstance(exc, HTTPException)
+    return render(request, "error.html", exc.status_code, message=exc.detail)
+
+
+def back(request: Request, path: str, notice: str, *, kind: str = "ok", **query: Any) -> Response:
     """To ``path`` (with ``query``), saying ``notice`` in a box of ``kind`` (ok, warning or error)."""
+    session: Session = request.state.session
     given = {k: v for k, v in query.items() if v not in (None, "")}
-    params = given | {"notice": notice} | ({"kind": kind} if kind != "ok" else {})
+    params = given | {"notice": notice, "kind": kind, "said": _signature(session, kind, notice)}
     return RedirectResponse(f"{path}?{urlencode(params)}", status_code=303)
 
 

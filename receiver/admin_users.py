@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -122,7 +123,7 @@ async def user(request: Request) -> Response:
     charts = {}
     if before is None:  # the charts on the first page only: older pages are for reading the ledger
         found = await service.read(lambda c: user_queries.activity(c, user_id, now_of(service)))
-        charts = activity_charts(service, found)
+        charts = await run_in_threadpool(activity_charts, service, found)  # drawing is CPU: off the event loop
     here = f"/admin/users/{user_id}"
     return render(
         request,
@@ -142,10 +143,11 @@ def _form_text(form: Any, name: str) -> str:
     return str(form.get(name, "")).strip()
 
 
-def _credited(outcome: CreditOutcome, done: str) -> str:
-    if outcome.status is CreditStatus.DUPLICATE:
-        return f"Already applied (same reference); the balance is {outcome.balance:,}"
-    return f"{done}; the balance is now {outcome.balance:,}"
+def _credited(request: Request, here: str, outcome: CreditOutcome, done: str) -> Response:
+    if outcome.status is CreditStatus.DUPLICATE:  # nothing new: amber
+        notice = f"Already applied (same reference): nothing changed; the balance is {outcome.balance:,}"
+        return back(request, here, notice, kind="warning")
+    return back(request, here, f"{done}; the balance is now {outcome.balance:,}")
 
 
 async def topup(request: Request) -> Response:
@@ -157,16 +159,16 @@ async def topup(request: Request) -> Response:
     text = _form_text(form, "amount")
     credits = plain_int(text)
     if not credits or not reference:
-        return back(here, "A top-up needs a positive whole number of credits and a reference", kind="error")
+        return back(request, here, "A top-up needs a positive whole number of credits and a reference", kind="error")
     try:
         outcome = await service.run(lambda c: top_up(c, user_id, credits, reference, now_of(service), reason))
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
     except (AccountError, ReferenceConflict) as error:  # a bad amount or reference, or one used before
-        return back(here, f"Not topped up: {error}", kind="error")
+        return back(request, here, f"Not topped up: {error}", kind="error")
     if outcome.status is CreditStatus.APPLIED:
         CREDITS_ADDED.labels("admin").inc(credits)
-    return back(here, _credited(outcome, f"Topped up {credits:,} credits"))
+    return _credited(request, here, outcome, f"Topped up {credits:,} credits")
 
 
 async def correct(request: Request) -> Response:
@@ -180,16 +182,18 @@ async def correct(request: Request) -> Response:
     text = _form_text(form, "amount").removeprefix("-")
     credits = plain_int(text)
     if not credits or not reference or not reason:
-        return back(here, "A correction needs the credits to take back, a reference and a reason", kind="error")
+        return back(
+            request, here, "A correction needs the credits to take back, a reference and a reason", kind="error"
+        )
     try:
         outcome = await service.run(lambda c: adjust(c, user_id, -credits, reference, reason, now_of(service)))
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
     except (AccountError, ReferenceConflict) as error:
-        return back(here, f"Not corrected: {error}", kind="error")
+        return back(request, here, f"Not corrected: {error}", kind="error")
     if outcome.status is CreditStatus.APPLIED:
         CREDITS_DEDUCTED.labels("admin").inc(credits)
-    return back(here, _credited(outcome, f"Took back {credits:,} credits"))
+    return _credited(request, here, outcome, f"Took back {credits:,} credits")
 
 
 async def add_key(request: Request) -> Response:
@@ -198,14 +202,16 @@ async def add_key(request: Request) -> Response:
     user_id = path_int(request, "user_id")
     here = f"/admin/users/{user_id}"
     key = _form_text(await request.form(), "remote_key_id")
+    if await service.read(lambda c: user_queries.user_detail(c, user_id)) is None:
+        raise ApiError(404, f"No user {user_id}")
     try:
         await service.run(lambda c: link_key(c, key, user_id, now_of(service)))
     except (AccountError, IntegrityError) as error:
-        return back(here, f"Not linked: {error}", kind="error")
+        return back(request, here, f"Not linked: {error}", kind="error")
     report = await replay(service, LogFilter(key=key))
     ran = f"; its failed events ran again: {outcomes_text(dict(report.outcomes))}" if report.replayed else ""
     more = " (more remain: replay this key from the webhook logs)" if report.more else ""
-    return back(here, f"Gateway key {key} now bills this user{ran}{more}")
+    return back(request, here, f"Gateway key {key} now bills this user{ran}{more}")
 
 
 async def remove_key(request: Request) -> Response:
@@ -227,9 +233,9 @@ async def remove_key(request: Request) -> Response:
 
     refused = await service.run(work)
     if refused:
-        return back(here, refused, kind="error")
+        return back(request, here, refused, kind="error")
     notice = f"Gateway key {key} unlinked: its next usages wait as failed until it is linked again"
-    return back(here, notice, kind="warning")
+    return back(request, here, notice, kind="warning")
 
 
 async def access(request: Request) -> Response:
@@ -239,11 +245,11 @@ async def access(request: Request) -> Response:
     here = f"/admin/users/{user_id}"
     action = _form_text(await request.form(), "action")
     if service.enforcement == "off":
-        return back(here, "Gateway enforcement is off (GATEWAY_ENFORCEMENT)", kind="error")
+        return back(request, here, "Gateway enforcement is off (GATEWAY_ENFORCEMENT)", kind="error")
     if action not in ("suspend", "resume"):
         raise ApiError(400, "action: suspend or resume")
     try:
         await service.run(lambda c: enforcement.operator_access(c, user_id, action, now_of(service)))
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
-    return back(here, f"{action.capitalize()} sent to the gateway's queue")
+    return back(request, here, f"{action.capitalize()} sent to the gateway's queue")

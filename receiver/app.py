@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable, Sequence
+from urllib.parse import parse_qsl
 
 import openapi_ui_bundles
 from sqlalchemy import Engine
@@ -16,7 +17,7 @@ from creditrelay.receiver import admin_api, allowance, batches, credits, openapi
 from creditrelay.receiver.admin_pages import admin_pages
 from creditrelay.receiver.background import Worker, background_lifespan, polling
 from creditrelay.receiver.bodies import BodyDeadline
-from creditrelay.receiver.errors import EXCEPTION_HANDLERS
+from creditrelay.receiver.errors import EXCEPTION_HANDLERS, error_response
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import ledger_registry
 from creditrelay.receiver.rate_limit import RateLimiter
@@ -46,6 +47,11 @@ class ReceiverApp(Starlette):
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (where := _nul_in_url(scope)) is not None:
+            # no name or value of ours holds one, and PostgreSQL cannot store one: refused before any route
+            message = f"{where}: a NUL character (%00) is not text every database can store"
+            await error_response(400, message)(scope, receive, send)
+            return
         if scope["type"] == "http" and self.body_deadline is not None:
             receive = self.body_deadline.bound(receive)
         if scope["type"] != "http" or scope["path"] != EVENTS_PATH or scope["method"] != "POST":
@@ -58,6 +64,19 @@ class ReceiverApp(Starlette):
             handler = next(k for k in type(error).__mro__ if k in self.exception_handlers)  # Exception is there
             response = await self.exception_handlers[handler](Request(scope, receive), error)
             await response(scope, receive, send)
+
+
+def _nul_in_url(scope: Scope) -> str | None:
+    """Where a request's URL holds a NUL character: "path", or the query parameter's name."""
+    if "\x00" in scope["path"]:
+        return "path"
+    query = scope.get("query_string", b"")
+    if b"%00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "%00") or "query"
+    return None
 
 
 def create_app(

@@ -77,14 +77,33 @@ def _empty(message: str) -> Markup:
     return Markup('<p class="empty">{}</p>').format(message)
 
 
-def _legend_columns(series: Sequence[Series]) -> int:
+CHAR = 8  # pixels a character of the 12 px labels takes at most, about
+LEGEND_ROW = 28  # pixels a row of the legend takes
+
+
+def _width(series: Sequence[Series], labels: Sequence[str] = ()) -> int:
+    """Wide enough for the longest legend entry on a row of its own, and for the plot beside the longest
+    label on the left (horizontal bars): pygal shrinks the plot for them, and with no room left for an
+    axis title its title splitting never ends."""
+    legend = max((len(s.name) for s in series), default=0) * CHAR + 80
+    left = max((len(label) for label in labels), default=0) * CHAR + 420
+    return max(WIDTH, legend, left)
+
+
+def _legend_columns(series: Sequence[Series], width: int) -> int:
     """As many legend columns as the longest name leaves room for (pygal gives each the same width)."""
     longest = max((len(s.name) for s in series), default=1)
-    return max(1, min(len(series), int(WIDTH // (longest * 8 + 40))))
+    return max(1, min(len(series), int(width // (longest * CHAR + 40))))
 
 
-def _common(title: str, series: Sequence[Series], **options: Any) -> dict[str, Any]:
-    rows = math.ceil(len(series) / _legend_columns(series)) if len(series) > 1 else 1
+def _common(
+    title: str, series: Sequence[Series], *, height: int, labels: Sequence[str] = (), **options: Any
+) -> dict[str, Any]:
+    """pygal's options for a chart of ``series``: a legend of as many rows as it needs, each row adding to
+    the height (pygal leaves room for one), and a width that leaves the plot room beside long labels."""
+    width = _width(series, labels)
+    columns = _legend_columns(series, width)
+    extra = LEGEND_ROW * (math.ceil(len(series) / columns) - 1) if len(series) > 1 else 0
     return {
         "title": title,
         "style": _style(series),
@@ -93,12 +112,13 @@ def _common(title: str, series: Sequence[Series], **options: Any) -> dict[str, A
         "truncate_label": -1,
         "truncate_legend": -1,
         "legend_at_bottom": True,
-        "legend_at_bottom_columns": _legend_columns(series),
+        "legend_at_bottom_columns": columns,
         "show_legend": len(series) > 1,
         "value_formatter": _number,
-        "width": WIDTH,
+        "width": width,
+        "height": height + extra,
         "margin": 12,
-        "margin_bottom": 12 + 28 * (rows - 1),  # pygal leaves room for one row of the legend only
+        "margin_bottom": 12 + extra,
         "spacing": 10,
         **options,
     }
@@ -155,11 +175,12 @@ def horizontal_bars(pairs: Sequence[tuple[str, int]], frame: Frame) -> Markup:
     if not pairs or not any(value for _, value in pairs):
         return _empty(frame.empty)
     series = [Series(frame.x_title, [value for _, value in pairs])]
+    # pygal draws the first bar at the bottom
+    labels = [f"{label} · {value:,}" for label, value in reversed(pairs)]
     chart = pygal.HorizontalBar(
-        **_common(frame.title, series, x_title=frame.x_title, height=90 + 30 * len(pairs)),
+        **_common(frame.title, series, x_title=frame.x_title, height=90 + 30 * len(pairs), labels=labels),
         y_labels=ticks(max(value for _, value in pairs)),
     )
-    # pygal draws the first bar at the bottom
-    chart.x_labels = [f"{label} · {value:,}" for label, value in reversed(pairs)]
+    chart.x_labels = labels
     chart.add(frame.x_title, [value for _, value in reversed(pairs)])
     return _svg(chart)

@@ -6,7 +6,9 @@ instead of failing on a lock upgrade; a transaction run ``read_only`` starts wit
 never takes the write lock. MySQL/MariaDB through pymysql: ``READ COMMITTED`` (no gap locks; reads see
 the latest commit), UTC sessions in strict mode (a value that does not fit is an error, never cut),
 utf8mb4 with a binary NO PAD collation (identifiers compare byte for byte, trailing spaces included),
-stale pooled connections replaced.
+stale pooled connections replaced. PostgreSQL through psycopg 3: ``READ COMMITTED``, UTC sessions; it is
+strict already (a value that does not fit is an error) and its deterministic collations tell apart any
+two strings whose bytes differ.
 
 Billing's ledger and the sender's outbox both use these engines. Below them, the transactions their callers
 run: one commit per unit of work, the deadlocks and lost connections that are safe to retry retried, and a
@@ -22,7 +24,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -111,10 +113,22 @@ _MYSQL_SESSION = (
 )
 
 
+def with_driver(url: URL) -> URL:
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy's default for it would be psycopg2)."""
+    if url.drivername == "postgresql":
+        return url.set(drivername="postgresql+psycopg")
+    return url
+
+
 def make_engine(url: URL | str, *, busy_timeout_ms: int = 5000, pool_size: int = 8) -> Engine:
-    url = sa.make_url(url)
+    url = with_driver(sa.make_url(url))
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, busy_timeout_ms)
+    if url.get_backend_name() == "postgresql":
+        # UTC sessions (the tables hold naive UTC; nothing reads the server's clock, but a person's SQL might)
+        connect_args: dict[str, Any] = {"connect_timeout": 5, "options": "-c TimeZone=UTC"}
+    else:
+        connect_args = {"charset": "utf8mb4", "init_command": _MYSQL_SESSION, "connect_timeout": 5}
     return sa.create_engine(
         url,
         isolation_level="READ COMMITTED",
@@ -122,7 +136,7 @@ def make_engine(url: URL | str, *, busy_timeout_ms: int = 5000, pool_size: int =
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=3600,
-        connect_args={"charset": "utf8mb4", "init_command": _MYSQL_SESSION, "connect_timeout": 5},
+        connect_args=connect_args,
     )
 
 
@@ -159,6 +173,8 @@ def insert_ignoring_duplicates(table: sa.Table, dialect_name: str) -> sa.Insert:
     """
     if dialect_name == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
+    if dialect_name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
     return mysql.insert(table).prefix_with("IGNORE")
 
 
@@ -168,8 +184,11 @@ def upsert(
     """Insert ``row``, or where its unique ``key`` exists set the ``update`` columns to ``row``'s values
     (only a conflict on that key is resolved; anything else is an error)."""
     if dialect_name == "sqlite":
-        insert = sqlite.insert(table).values(row)
-        return insert.on_conflict_do_update(index_elements=list(key), set_={c: insert.excluded[c] for c in update})
+        lite = sqlite.insert(table).values(row)
+        return lite.on_conflict_do_update(index_elements=list(key), set_={c: lite.excluded[c] for c in update})
+    if dialect_name == "postgresql":
+        pg = postgresql.insert(table).values(row)
+        return pg.on_conflict_do_update(index_elements=list(key), set_={c: pg.excluded[c] for c in update})
     statement = mysql.insert(table).values(row)
     return statement.on_duplicate_key_update({c: statement.inserted[c] for c in update})
 
@@ -191,6 +210,14 @@ _MYSQL_UNAVAILABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152
 # timeout, disk I/O, full, cannot open, locking protocol, read-only. Everything else (no such table, too
 # many SQL variables, a syntax error, an integer overflow) is a refusal of the statement.
 _SQLITE_UNAVAILABLE = {5, 6, 8, 10, 13, 14, 15}
+# PostgreSQL SQLSTATEs after which the transaction may run again: a deadlock, a serialization failure
+# (another transaction's commit got in the way), a lock not available within lock_timeout.
+_POSTGRES_RETRYABLE = {"40P01", "40001", "55P03"}
+# ... and those that say the server is away or will not take work now: connection failures (class 08),
+# the server shutting down or starting (57P01-57P03), too many connections (53300), a read-only server (a
+# standby, or a failover in progress: 25006), out of disk or memory (53100, 53200), and the retryable ones
+# still there after every retry. An OperationalError without a SQLSTATE never reached the server.
+_POSTGRES_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300", "53100", "53200", "25006", *_POSTGRES_RETRYABLE}
 
 
 def _code(error: DBAPIError) -> int | None:
@@ -204,11 +231,23 @@ def _code(error: DBAPIError) -> int | None:
     return None
 
 
+def _sqlstate(error: DBAPIError) -> str | None:
+    """psycopg's SQLSTATE of the error (None when it never reached the server)."""
+    return getattr(error.orig, "sqlstate", None)
+
+
+def _is_postgres(error: DBAPIError) -> bool:
+    return type(error.orig).__module__.startswith("psycopg")
+
+
 def is_retryable(error: BaseException) -> bool:
-    """A deadlock, a lock wait timeout or a lost connection on MySQL: the transaction may run again."""
-    if isinstance(error, DBAPIError) and not isinstance(error.orig, sqlite3.Error):
-        return _code(error) in _MYSQL_RETRYABLE
-    return False
+    """A deadlock, a lock wait timeout or a lost connection (MySQL), a deadlock, a serialization failure or
+    a lock timeout (PostgreSQL): the transaction may run again."""
+    if not isinstance(error, DBAPIError) or isinstance(error.orig, sqlite3.Error):
+        return False
+    if _is_postgres(error):
+        return _sqlstate(error) in _POSTGRES_RETRYABLE
+    return _code(error) in _MYSQL_RETRYABLE
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -225,6 +264,11 @@ def is_unavailable(error: BaseException) -> bool:
         return code in _SQLITE_UNAVAILABLE
     if isinstance(error, InterfaceError):  # the driver has no usable connection
         return True
+    if _is_postgres(error):
+        state = _sqlstate(error)
+        if state is None:
+            return isinstance(error, OperationalError)
+        return state.startswith("08") or state in _POSTGRES_UNAVAILABLE
     return isinstance(error, OperationalError) and code in _MYSQL_UNAVAILABLE
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
+from creditrelay.schema.database import with_driver
 from creditrelay.schema.errors import SettingsError as SettingsError  # raised here, defined with the others
 from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
@@ -64,11 +65,13 @@ def parse_database_url(value: str) -> URL:
         url = make_url(value)
     except ArgumentError:
         raise SettingsError("DATABASE_URL is not a SQLAlchemy URL") from None
-    if url.get_backend_name() not in ("sqlite", "mysql"):
-        raise SettingsError("DATABASE_URL must be sqlite:///… or mysql+pymysql://…")
+    if url.get_backend_name() not in ("sqlite", "mysql", "postgresql"):
+        raise SettingsError("DATABASE_URL must be sqlite:///…, mysql+pymysql://… or postgresql://…")
     if url.get_backend_name() == "mysql" and url.get_driver_name() != "pymysql":
         raise SettingsError("DATABASE_URL: MySQL is reached through pymysql (mysql+pymysql://…)")
-    return url
+    if url.get_backend_name() == "postgresql" and "+" in url.drivername and url.get_driver_name() != "psycopg":
+        raise SettingsError("DATABASE_URL: PostgreSQL is reached through psycopg 3 (postgresql:// or postgresql+psycopg://…)")
+    return with_driver(url)
 
 
 def _optional(config: Config, name: str) -> str | None:

@@ -38,10 +38,12 @@ _SQLITE_ROWS = 64  # rows per multi-row INSERT on SQLite: 64 x the widest table'
 
 
 def returns_inserted(dialect: sa.Dialect) -> bool:
-    """Whether an ``INSERT`` can say which rows it wrote (``RETURNING``): SQLite 3.35+ and MariaDB 10.5+
-    can, MySQL cannot."""
+    """Whether an ``INSERT`` can say which rows it wrote (``RETURNING``): SQLite 3.35+, MariaDB 10.5+ and
+    PostgreSQL can, MySQL cannot."""
     if dialect.name == "sqlite":
         return sqlite3.sqlite_version_info >= (3, 35)
+    if dialect.name == "postgresql":
+        return True
     version = dialect.server_version_info or ()
     return bool(getattr(dialect, "is_mariadb", False)) and tuple(version[:2]) >= (10, 5)
 
@@ -201,7 +203,8 @@ def _compile(statement: sa.ClauseElement, dialect: sa.Dialect, keys: Sequence[st
     positional = dialect
     if not dialect.positional:
         positional = cast(type[DefaultDialect], type(dialect))(paramstyle="format")
-    compiled = statement.compile(dialect=positional, column_keys=list(keys))
+    # as for executemany: an INSERT gets no RETURNING of its primary key added (PostgreSQL's would)
+    compiled = positional.statement_compiler(positional, statement, column_keys=list(keys), for_executemany=True)
     assert isinstance(compiled, SQLCompiler)
     assert compiled.positiontup is not None
     binds = compiled.binds

@@ -98,7 +98,10 @@ class CreditTransaction(SQLModel, table=True):
     __tablename__ = "credit_transactions"
     __table_args__ = (
         sa.Index(None, "userId", "id"),
-        sa.CheckConstraint("(type = 'usage') = (usageRecordId IS NOT NULL)", name="usage_has_record"),
+        # written as an expression, so that each database gets the column's name quoted its own way
+        sa.CheckConstraint(
+            (sa.column("type") == "usage") == sa.column("usageRecordId").is_not(None), name="usage_has_record"
+        ),
         MYSQL_TABLE_OPTIONS,
     )
 

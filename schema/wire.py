@@ -149,6 +149,30 @@ def describe(error: ValidationError, prefix: str = "") -> str:
     return f"{where}: {' or '.join(dict.fromkeys(messages))}"
 
 
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """The path of the first string of ``value`` (a key, or a value) holding a NUL character, or None."""
+    if isinstance(value, str):
+        return (where or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if "\x00" in key:
+                return where or "body"
+            if (found := _nul_at(item, path)) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_at(item, f"{where}.{index}" if where else str(index))) is not None:
+                return found
+    return None
+
+
+def _refuse_nul(value: Any) -> None:
+    if (where := _nul_at(value)) is not None:
+        where = where.replace("\x00", "\\u0000")
+        raise EnvelopeError(f"{where}: a NUL character (\\u0000) is not text every database can store")
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -158,8 +182,8 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 def parse_json(body: bytes) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no lone surrogates (text a database cannot
-    store)."""
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no lone surrogates and no NUL characters
+    (text a database cannot store: MySQL and PostgreSQL refuse the one, PostgreSQL the other)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -176,6 +200,8 @@ def parse_json(body: bytes) -> Any:
         raise EnvelopeError("body: a number with too many digits") from None
     if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):  # fine as half of a pair, not alone
         raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
+    if "\\u0000" in text:  # the escape, or a backslash's followed by "u0000": the value says which
+        _refuse_nul(value)
     return value
 
 
@@ -268,6 +294,8 @@ def check_item(item: bytes, value: Any) -> None:
         raise EnvelopeError(value.message)
     if (b"\\ud" in item or b"\\uD" in item) and _has_lone_surrogate(value):
         raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
+    if b"\\u0000" in item:
+        _refuse_nul(value)
 
 
 def event_from_item(item: bytes, value: Any) -> Event:

@@ -26,6 +26,7 @@ from creditrelay.receiver.ingest import Ingestor
 from creditrelay.schema.database import make_engine, run_transaction, utc
 from creditrelay.schema.migrate import upgrade
 from creditrelay.schema.wire import parse_event
+from scripts.databases import recreate
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 100
@@ -86,17 +87,7 @@ def write_requests(path: Path, prefix: str, count: int, secret: str, *, duplicat
 
 def make_database(url: str) -> None:
     """A fresh, migrated database with USERS users, each owning gateway key ``str(i)``."""
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{parsed.database}{suffix}").unlink(missing_ok=True)
-    else:
-        admin = sa.create_engine(parsed._replace(database=None))
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{parsed.database}`")
-            connection.exec_driver_sql(f"CREATE DATABASE `{parsed.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-        admin.dispose()
-    engine = make_engine(url)
+    engine = make_engine(recreate(url))
     upgrade(engine)
 
     def users(connection: sa.Connection) -> None:

@@ -113,5 +113,12 @@ mysql=${CREDITRELAY_TEST_MYSQL_URL:-}
 if [ -z "$mysql" ]; then start_mysql; fi
 postgres=${CREDITRELAY_TEST_POSTGRES_URL:-}
 if [ -z "$postgres" ]; then start_postgres; fi
+# the backup tests run the clients deploy/backup.sh runs, whichever server they reach
+if [ "$mysql" != skip ] && ! command -v mysqldump >/dev/null 2>&1 && ! command -v mariadb-dump >/dev/null 2>&1; then
+  apt_install mariadb-client
+fi
+if [ "$postgres" != skip ] && { ! command -v pg_dump >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; }; then
+  apt_install postgresql-client
+fi
 echo "export CREDITRELAY_TEST_MYSQL_URL=$(quoted "$mysql")"
 echo "export CREDITRELAY_TEST_POSTGRES_URL=$(quoted "$postgres")"

@@ -1,8 +1,10 @@
-"""Fixtures shared by every test: a migrated database on SQLite and on MySQL, users, a running receiver.
+"""Fixtures shared by every test: a migrated database on SQLite, MySQL and PostgreSQL, users, a running
+receiver.
 
 MySQL is reached at ``CREDITRELAY_TEST_MYSQL_URL`` (``make test`` sets it; default: the machine's MariaDB as
-root). Each pytest-xdist worker gets a database of its own, migrated once and emptied before each test.
-Set ``CREDITRELAY_TEST_MYSQL_URL=skip`` to run the SQLite half alone on a machine without MySQL.
+root), PostgreSQL at ``CREDITRELAY_TEST_POSTGRES_URL`` (default: the machine's, as postgres). Each
+pytest-xdist worker gets a database of its own on each server, migrated once and emptied before each test.
+Set either to ``skip`` to leave that server out (``make test-fast`` runs SQLite alone).
 """
 
 import os
@@ -17,35 +19,43 @@ from sqlalchemy.engine import URL
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.migrate import upgrade
+from scripts.databases import recreate
 from tests.support.database import Database, clean
 from tests.support.fake_newapi import FakeNewApi, fake_newapi
 from tests.support.receiver import Receiver, add_user, settings_for
 from tests.support.server import serving
 
 MYSQL_URL = os.environ.get("CREDITRELAY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/creditrelay_test")
-KINDS = ["sqlite"] + ([] if MYSQL_URL == "skip" else ["mysql"])
+POSTGRES_URL = os.environ.get(
+    "CREDITRELAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/creditrelay_test"
+)
+KINDS = ["sqlite"] + ([] if MYSQL_URL == "skip" else ["mysql"]) + ([] if POSTGRES_URL == "skip" else ["postgresql"])
 
 
-@pytest.fixture(scope="session")
-def mysql_url(worker_id: str) -> URL:
-    if MYSQL_URL == "skip":
-        pytest.skip("CREDITRELAY_TEST_MYSQL_URL=skip: the SQLite half alone")
-    base = sa.make_url(MYSQL_URL)
-    name = f"{base.database}_{worker_id}"
-    admin = sa.create_engine(base._replace(database=None))
+def _server_database(setting: str, given: str, worker_id: str) -> URL:
+    """This worker's database on the server ``given`` names, new and migrated."""
+    if given == "skip":
+        pytest.skip(f"{setting}=skip: without this database")
+    base = sa.make_url(given)
+    url = base.set(database=f"{base.database}_{worker_id}")
     try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-            connection.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+        url = recreate(url)
     except sa.exc.OperationalError as error:
-        pytest.fail(f"MySQL is not reachable at {base.host}:{base.port} ({error.orig}); run make test, which starts it")
-    finally:
-        admin.dispose()
-    url = base.set(database=name)
+        pytest.fail(f"{base.host}:{base.port} is not reachable ({error.orig}); run make test, which starts it")
     engine = make_engine(url)
     upgrade(engine)
     engine.dispose()
     return url
+
+
+@pytest.fixture(scope="session")
+def mysql_url(worker_id: str) -> URL:
+    return _server_database("CREDITRELAY_TEST_MYSQL_URL", MYSQL_URL, worker_id)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(worker_id: str) -> URL:
+    return _server_database("CREDITRELAY_TEST_POSTGRES_URL", POSTGRES_URL, worker_id)
 
 
 @pytest.fixture(params=KINDS)
@@ -55,7 +65,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         engine = make_engine(url, busy_timeout_ms=10_000)
         upgrade(engine)
     else:
-        url = request.getfixturevalue("mysql_url")
+        url = request.getfixturevalue("mysql_url" if request.param == "mysql" else "postgres_url")
         engine = make_engine(url)
         clean(engine)
     try:

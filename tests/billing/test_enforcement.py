@@ -111,7 +111,7 @@ def test_a_gateway_answering_502_three_times_still_converges(watched: Database, 
     clock[0] += 10
     assert first.run_once().applied == 1  # one more 502, then done
     assert statuses(api) == {17: 2}
-    assert watched.scalar("SELECT COUNT(*) FROM gateway_calls WHERE ok = 0") == 1
+    assert watched.scalar("SELECT COUNT(*) FROM gateway_calls WHERE ok = :no", no=False) == 1
 
 
 def test_the_last_intent_wins_when_the_gateway_comes_back(watched: Database, api: FakeNewApi) -> None:

@@ -238,7 +238,9 @@ def _many(database: Database, count: int = 4000) -> None:
             "status": status, "createdAt": NOW + timedelta(seconds=i),
         })  # fmt: skip
     in_transaction(database, lambda c: c.execute(webhook_logs.insert(), rows))
-    database.execute("ANALYZE TABLE webhook_logs" if database.kind == "mysql" else "ANALYZE")
+    database.execute(
+        {"mysql": "ANALYZE TABLE webhook_logs", "postgresql": "ANALYZE webhook_logs"}.get(database.kind, "ANALYZE")
+    )
 
 
 def _selects(database: Database, work: Callable[[Connection], object]) -> list[tuple[str, Any]]:
@@ -259,19 +261,24 @@ def _selects(database: Database, work: Callable[[Connection], object]) -> list[t
 
 def _plan(database: Database, statement: str, parameters: Any) -> list[str]:
     """The database's plan of a statement, a step a line: SQLite's details; MySQL's table, access type and
-    key."""
+    key; PostgreSQL's plan lines."""
     prefix = "EXPLAIN QUERY PLAN " if database.kind == "sqlite" else "EXPLAIN "
     with database.engine.connect() as connection:
         rows = connection.exec_driver_sql(prefix + statement, parameters).mappings().all()
     if database.kind == "sqlite":
         return [str(row["detail"]) for row in rows]
+    if database.kind == "postgresql":
+        return [str(row["QUERY PLAN"]).strip() for row in rows]
     return [f"{row['table']} {row['type']} {row['key']}" for row in rows]
 
 
 def _scans(database: Database, plan: list[str]) -> bool:
-    """Whether a plan reads the whole table (SQLite: a SCAN without an index; MySQL: access type ALL)."""
+    """Whether a plan reads the whole table (SQLite: a SCAN without an index; MySQL: access type ALL;
+    PostgreSQL: a sequential scan)."""
     if database.kind == "sqlite":
         return "SCAN webhook_logs" in plan
+    if database.kind == "postgresql":
+        return any(step.startswith(("Seq Scan on webhook_logs", "->  Seq Scan on webhook_logs")) for step in plan)
     return "webhook_logs ALL None" in plan
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -173,3 +174,76 @@ def test_a_bad_parameter_on_a_page_is_a_page_naming_it(site: str) -> None:
             assert reply.headers["content-type"].startswith("text/html")
             assert f'<p class="notice error" id="error">{name}:' in reply.text
         assert client.get("/admin/logs?since=&until=").status_code == 200  # empty fields: no filter
+        csrf = client.get("/admin/").text.split('name="csrf" value="')[1].split('"')[0]
+        refused = client.post("/admin/users/1/topup", data={"csrf": csrf, "amount": "5", "reference": "a\x00b"})
+        assert refused.status_code == 400
+        assert '<p class="notice error" id="error">reference: a NUL character' in refused.text
+
+
+def _signed_in(site: str) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=site)
+    client.post("/admin/login", data={"token": TOKEN})
+    csrf = client.get("/admin/").text.split('name="csrf" value="')[1].split('"')[0]
+    return client, csrf
+
+
+def _notice(client: httpx.Client, reply: httpx.Response) -> tuple[str, str]:
+    """The notice the page a form redirected to shows, and its kind ("" when it shows none)."""
+    page = client.get(reply.headers["location"]).text
+    if 'id="notice"' not in page:
+        return "", ""
+    found = page.split('<p class="notice ')[1]
+    return found.split('"')[0], found.split(">", 1)[1].split("</p>")[0]
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_replay_of_a_filter_takes_failed_events_of_a_real_filter_only(site: str, database: Database) -> None:
+    """The filter's own event id is replayed; a status other than failed, or no filter at all, is refused
+    (a crafted form cannot replay everything); a page cursor goes one way only."""
+    from creditrelay.billing.accounts import link_key
+    from creditrelay.schema.database import run_transaction, utc
+
+    for event_id in ("f1", "f2"):
+        body = encode(usage_event(event_id, key="k-late", cost=4, timestamp=int(time.time())))
+        assert httpx.post(f"{site}/api/webhooks/events", content=body, headers=seed_headers(body)).status_code == 422
+    alice = database.scalar("SELECT id FROM users WHERE email = 'alice@example.com'")
+    run_transaction(database.engine, lambda c: link_key(c, "k-late", alice, utc(time.time())))
+    client, csrf = _signed_in(site)
+    with closing(client):
+        for form in ({"status": "processed", "key": "k-late"}, {}, {"status": "failed"}):
+            refused = client.post("/admin/logs/replay-filtered", data={"csrf": csrf, **form})
+            assert refused.status_code == 400, form
+        assert database.count("webhook_logs", "status = 'failed'") == 2
+        one = client.post("/admin/logs/replay-filtered", data={"csrf": csrf, "event": "f2"})
+        assert _notice(client, one) == ("ok", "1 failed events of this filter ran again: 1 charged")
+        assert database.scalar("SELECT status FROM webhook_logs WHERE eventId = 'f1'") == "failed"
+        both = client.get("/admin/logs", params={"before": 5, "after": 1})
+        assert both.status_code == 400
+        assert "before, after:" in both.text
+        api = httpx.get(f"{site}/api/admin/webhook-logs", params={"eventId": "f1", "after": 0},
+                        headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        assert [row["eventId"] for row in api.json()["data"]] == ["f1"]
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_notices_are_what_a_form_said_and_refusals_are_pages(site: str) -> None:
+    """A notice made up in a link is not shown; a repeated top-up is amber (nothing changed); linking a key
+    to nobody is a 404 page, not a database error; a page that is not there is an HTML 404 with the CSP."""
+    client, csrf = _signed_in(site)
+    with closing(client):
+        forged = client.get("/admin/users/1", params={"notice": "Topped up 1,000,000", "kind": "ok"})
+        assert 'id="notice"' not in forged.text
+        first = client.post("/admin/users/1/topup", data={"csrf": csrf, "amount": "5", "reference": "t-1"})
+        assert _notice(client, first)[0] == "ok"
+        again = client.post("/admin/users/1/topup", data={"csrf": csrf, "amount": "5", "reference": "t-1"})
+        kind, text = _notice(client, again)
+        assert (kind, text.split(":")[0]) == ("warning", "Already applied (same reference)")
+        nobody = client.post("/admin/users/99999/keys", data={"csrf": csrf, "remote_key_id": "zz"})
+        assert nobody.status_code == 404
+        assert "No user 99999" in nobody.text
+        assert "SQL" not in nobody.text
+        for path in ("/admin/nope", "/admin/logs/replay"):
+            missing = client.get(path)
+            assert missing.status_code in (404, 405)
+            assert missing.headers["content-type"].startswith("text/html")
+            assert "script-src 'none'" in missing.headers["content-security-policy"]

@@ -58,3 +58,26 @@ def test_a_balance_below_zero_gets_ticks_below_zero() -> None:
 def test_nothing_to_draw_says_what_to_do() -> None:
     assert str(bars(["a"], [Series("s", [0])], FRAME)) == '<p class="empty">Nothing yet: send an event.</p>'
     assert str(horizontal_bars([], FRAME)).startswith('<p class="empty">')
+
+
+EXTREMES = """
+from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines
+frame = Frame("t", "day", "credits", "none", label_every=5)
+longest = "m" * 128  # the longest model name an event may carry
+horizontal_bars([(longest + str(i), 10**12 - i) for i in range(20)], frame)
+bars([f"d{i}" for i in range(30)], [Series(longest[:-1] + str(i), [10**12] * 30) for i in range(9)], frame)
+lines([f"d{i}" for i in range(30)], [Series(longest, [-10**15] * 30), Series(longest + "x", [10**15] * 30)], frame)
+print("drawn")
+"""
+
+
+def test_the_longest_names_and_largest_values_are_drawn_promptly() -> None:
+    """128-character model names as bar labels and as nine legend entries, and balances at ±10^15: drawn
+    (pygal's title splitting never ended when long labels left its axis no room), in a process of its own
+    so that a hang fails the test instead of stalling the run."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EXTREMES], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "drawn"

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tests.support.database import Database
 from tests.support.receiver import OPENING, Receiver
-from tests.support.signing import SECRET, encode, seed_signature, usage_event
+from tests.support.signing import SECRET, encode, seed_headers, seed_signature, usage_event
 
 CONTENT_TYPES = [
     "application/json",
@@ -82,3 +82,52 @@ def test_a_chunked_body_is_read_whole_and_refused_once_it_grows_past_the_limit(
     answer = receiver.client.post("/api/webhooks/events", content=iter(chunks), headers=headers)
     assert answer.status_code == 413
     assert database.scalar("SELECT COUNT(*) FROM usage_records WHERE eventId = 'evt-too-big'") == 0
+
+
+def test_a_nul_character_anywhere_is_a_400_naming_where_on_every_database(
+    receiver: Receiver, database: Database
+) -> None:
+    """PostgreSQL cannot store U+0000, so no database is given one: in a webhook's fields (single or in a
+    batch), a credit API body, a URL's path or query, an admin form: each a 400 saying where, nothing
+    recorded or charged. A backslash followed by "u0000" is text like any other."""
+    import json
+
+    from tests.support.credits import add_telegram_user, register_client, signed
+
+    before = database.snapshot()
+    for field, event in (
+        ("eventId", usage_event("evt\u0000")),
+        ("data.model", usage_event("evt-m") | {"data": usage_event("e")["data"] | {"model": "g\u0000"}}),
+        ("data.requestId", usage_event("evt-r", request_id="r\u0000")),
+        ("data.remoteKeyId", usage_event("evt-k", key="k\u0000")),
+        ("data.note", usage_event("evt-x") | {"data": usage_event("e")["data"] | {"note": "\u0000"}}),
+    ):
+        body = encode(event)
+        assert b"\\u0000" in body
+        reply = receiver.client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["message"].startswith(f"{field}: a NUL character")
+    assert database.snapshot() == before
+    batch = b"[" + encode(usage_event("evt-b\u0000")) + b"," + encode(usage_event("evt-ok")) + b"]"
+    answer = receiver.client.post("/api/webhooks/batch", content=batch, headers=seed_headers(batch))
+    assert [r["status"] for r in answer.json()["results"]] == [400, 200]
+    assert database.rows("SELECT eventId FROM webhook_logs") == [("evt-ok",)]
+    escaped = encode(usage_event("evt-backslash") | {"data": usage_event("e")["data"] | {"model": "a\\u0000"}})
+    assert b"\\\\u0000" in escaped
+    ok = receiver.client.post("/api/webhooks/events", content=escaped, headers=seed_headers(escaped))
+    assert ok.status_code == 200, ok.text
+    assert database.scalar("SELECT model FROM usage_records WHERE eventId = 'evt-backslash'") == "a\\u0000"
+
+    add_telegram_user(database.engine)
+    creds = register_client(database.engine)
+    sync = signed(creds, 5, reference="ref\u0000")
+    reply = receiver.client.post(
+        "/api/credits/sync", content=json.dumps(sync).encode(), headers={"X-Api-Key": creds.api_key,
+                                                                         "Content-Type": "application/json"}
+    )  # fmt: skip
+    assert (reply.status_code, reply.json()["message"].split(":")[0]) == (400, "external_reference")
+    for path in ("/api/gateway/allowance/k%00", "/api/admin/webhook-logs/e%00/replay", "/admin/logs?key=%00",
+                 "/api/admin/users?q=a%00b", "/api/credits/records/1?limit=%00"):  # fmt: skip
+        reply = receiver.client.request("POST" if "replay" in path else "GET", path)
+        assert reply.status_code == 400, (path, reply.text)
+        assert "NUL" in reply.json()["message"]

@@ -57,7 +57,7 @@ def test_no_operation_answers_500(authorized: tuple[str, dict[str, str]]) -> Non
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(
-    name=st.sampled_from(["since", "until", "limit", "before", "status"]),
+    name=st.sampled_from(["since", "until", "limit", "before", "after", "status", "key", "userId", "eventId"]),
     value=st.one_of(
         st.text(max_size=40),
         st.integers(min_value=-(10**30), max_value=10**30).map(str),

@@ -1,4 +1,9 @@
-"""Seed 004's monitoring SQL (section 6.1) runs unchanged against our MySQL schema."""
+"""Seed 004's monitoring SQL (section 6.1) runs unchanged against our MySQL schema, and its PostgreSQL
+version, as docs/postgresql.md writes it, against our PostgreSQL schema."""
+
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -39,3 +44,36 @@ def test_seed_monitoring_queries_run_unchanged_on_mysql(receiver: Receiver, data
         ("alice@example.com", "usage", -15, 985),
         ("alice@example.com", "opening", 1000, 1000),
     ]
+
+
+def postgres_queries() -> list[str]:
+    """The SQL blocks of docs/postgresql.md's section on seed 004's queries, in order."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "postgresql.md").read_text()
+    section = page.split("## The monitoring queries")[1].split("\n## ")[0]
+    return re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_the_monitoring_queries_in_postgresqls_words_answer_the_same(receiver: Receiver, database: Database) -> None:
+    """The documented PostgreSQL queries answer as the seed's do on MySQL, and the documented cleanup
+    deletes the processed logs older than 7 days only."""
+    stats_sql, failed_sql, audit_sql, cleanup_sql = postgres_queries()
+    for event in (usage_event("evt-ok"), usage_event("evt-fail", key="unlinked")):
+        body = encode(event)
+        receiver.client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+    with database.engine.connect() as connection:
+        stats, failed, audit = (list(connection.execute(sa.text(q))) for q in (stats_sql, failed_sql, audit_sql))
+    assert sorted((row[0], row[1]) for row in stats) == [("failed", 1), ("processed", 1)]
+    assert [row.eventId for row in failed] == ["evt-fail"]
+    assert [(row.email, row.type, row.amount, row.balance) for row in audit] == [
+        ("alice@example.com", "usage", -15, 985),
+        ("alice@example.com", "opening", 1000, 1000),
+    ]
+    database.execute(
+        "INSERT INTO webhook_logs (eventId, eventType, payload, payloadHash, status, createdAt)"
+        " VALUES ('old', 'usage', '{}', 'h', 'processed', :at)",
+        at=datetime.utcnow() - timedelta(days=8),
+    )
+    with database.engine.begin() as connection:
+        connection.execute(sa.text(cleanup_sql))
+    assert sorted(e for (e,) in database.rows("SELECT eventId FROM webhook_logs")) == ["evt-fail", "evt-ok"]

@@ -105,8 +105,8 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(length=255), nullable=True),
         sa.Column("source", sa.String(length=64), nullable=True),
         sa.Column("createdAt", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
-        sa.CheckConstraint(
-            "(type = 'usage') = (usageRecordId IS NOT NULL)",
+        sa.CheckConstraint(  # an expression: each database quotes the camelCase column its own way
+            (sa.column("type") == "usage") == sa.column("usageRecordId").is_not(None),
             name=op.f("ck_credit_transactions_usage_has_record"),
         ),
         sa.ForeignKeyConstraint(
