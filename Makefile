@@ -59,9 +59,12 @@ bench: install
 scale: install
 	$(PY) scripts/scale.py $(SCALE_ARGS)
 
-# Kills and outages while events flow; really restarts the local MariaDB once (root only)
+# Kills and outages while events flow, on MariaDB then PostgreSQL; really restarts each local server once
+# (root only)
+CHAOS_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/creditrelay_chaos
 chaos: install
 	$(PY) scripts/chaos.py --restart-database $(CHAOS_ARGS)
+	$(PY) scripts/chaos.py --restart-database --database-url $(CHAOS_POSTGRES_URL) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -70,7 +70,9 @@ def parse_database_url(value: str) -> URL:
     if url.get_backend_name() == "mysql" and url.get_driver_name() != "pymysql":
         raise SettingsError("DATABASE_URL: MySQL is reached through pymysql (mysql+pymysql://…)")
     if url.get_backend_name() == "postgresql" and "+" in url.drivername and url.get_driver_name() != "psycopg":
-        raise SettingsError("DATABASE_URL: PostgreSQL is reached through psycopg 3 (postgresql:// or postgresql+psycopg://…)")
+        raise SettingsError(
+            "DATABASE_URL: PostgreSQL is reached through psycopg 3 (postgresql:// or postgresql+psycopg://…)"
+        )
     return with_driver(url)
 
 

@@ -7,9 +7,13 @@ come out as SQLAlchemy's exception types, so retries and 503s work as for any ot
 
 On MySQL the values are written into the statement as literals by pymysql's own escaping function, one
 call per value (pymysql's ``execute`` makes about five per value, most of its time per row), and a
-multi-row insert is one statement per ~1 MB, as pymysql's ``executemany`` builds it.
+multi-row insert is one statement per ~1 MB, as pymysql's ``executemany`` builds it. On PostgreSQL the
+statements carry the server's own numbered placeholders (``$1``) and run on psycopg's raw cursor, which
+sends them as they are: psycopg's usual cursor rewrites ``%s`` into them with a regular expression, and
+caches that only for statements under 4 KB and 50 parameters, which a batch's inserts are not.
 """
 
+import re
 import sqlite3
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -19,15 +23,15 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, cast
 
+import psycopg
 import sqlalchemy as sa
-from pymysql.constants import SERVER_STATUS
-from pymysql.converters import escape_string
 from sqlalchemy import Connection
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from creditrelay.schema.database import insert_ignoring_duplicates
+from creditrelay.schema.mysql_text import inline, literal_for, only_duplicates_ignored
 
 _Processor = Callable[[Any], Any] | None  # a type's bind processor for the dialect
 _Compiled = tuple[str, list[tuple[str, _Processor]]]  # SQL with positional parameters, their processors
@@ -198,10 +202,12 @@ def _cached(
 
 
 def _compile(statement: sa.ClauseElement, dialect: sa.Dialect, keys: Sequence[str]) -> _Compiled:
-    """SQL with positional parameters (pymysql takes "%s" as well as named ones), so values travel as
-    tuples, and each parameter's bind processor."""
+    """SQL with positional parameters (pymysql takes "%s" as well as named ones; PostgreSQL's are "$1"), so
+    values travel as tuples, and each parameter's bind processor."""
     positional = dialect
-    if not dialect.positional:
+    if dialect.name == "postgresql":
+        positional = cast(type[DefaultDialect], type(dialect))(paramstyle="numeric_dollar")
+    elif not dialect.positional:
         positional = cast(type[DefaultDialect], type(dialect))(paramstyle="format")
     # as for executemany: an INSERT gets no RETURNING of its primary key added (PostgreSQL's would)
     compiled = positional.statement_compiler(positional, statement, column_keys=list(keys), for_executemany=True)
@@ -263,6 +269,13 @@ def _insert_rows(
     """Cursors of the multi-row statements inserting ``rows``: on MySQL as few as its packet size allows, on
     SQLite one per 64 rows."""
     head, group, tail = parts
+    if connection.dialect.name == "postgresql":
+        for start in range(0, len(rows), _SQLITE_ROWS):
+            chunk = rows[start : start + _SQLITE_ROWS]
+            chunk = padded(chunk) if pad else chunk
+            flat = [value for row in chunk for value in row]
+            yield _run(connection, f"{head}{_numbered(group, len(chunk))}{tail}", flat)
+        return
     if connection.dialect.name != "mysql":
         # At most _SQLITE_ROWS rows per statement, a short chunk padded (``pad``) with copies of its last row
         # to a power of two: the copies meet that row's unique key and are skipped, and the statements come
@@ -275,45 +288,33 @@ def _insert_rows(
             yield _run(connection, f"{head}{', '.join([group] * len(chunk))}{tail}", flat)
         return
     # MySQL: each row written out as literals, rows joined into statements of at most ~1 MB, sent as they are
-    literal = _literal_for(connection.connection.driver_connection)
+    literal = literal_for(connection.connection.driver_connection)
     head, tail = head.replace("%%", "%"), tail.replace("%%", "%")
     written: list[str] = []
     size = 0
     for row in rows:
         values = f"({', '.join([literal(value) for value in row])})"
         if written and size + len(values) > _MYSQL_STATEMENT_BYTES:
-            yield _only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
+            yield only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
             written, size = [], 0
         written.append(values)
         size += len(values) + 2
-    yield _only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
+    yield only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
 
 
-def _only_duplicates_ignored(cursor: Any, given: int) -> Any:
-    """The cursor of a MySQL ``INSERT IGNORE`` of ``given`` rows, if it skipped nothing but duplicates and
-    stored every value whole.
+@cache
+def _numbered(group: str, count: int) -> str:
+    """``count`` copies of a VALUES group with PostgreSQL's placeholders (``($1, $2)``), numbered on
+    (``($1, $2), ($3, $4)``)."""
+    size = len(_PLACEHOLDER.findall(group))
 
-    ``IGNORE`` turns every error into a warning: a value too long is cut, one out of range clamped, a row
-    failing a foreign key or a check skipped. With no warning nothing happened; otherwise the warnings are
-    read (one round trip, only then: sessions keep all of them, ``max_error_count``), and the statement is
-    refused — its transaction must roll back, as rows were written — unless every skipped row was a
-    duplicate (1062) and no warning says a value was changed. Notes about anything else pass."""
-    if not cursor.warning_count:
-        return cursor
-    warnings = cursor.connection.show_warnings()
-    codes = [int(code) for _level, code, _message in warnings]
-    skipped = given - max(int(cursor.rowcount), 0)
-    altered = [f"{code} {message}" for _level, code, message in warnings if int(code) in _ALTERED]
-    if altered or codes.count(_DUPLICATE) != skipped:
-        problem = "; ".join(altered) or f"{skipped} rows skipped, {codes.count(_DUPLICATE)} of them duplicates"
-        raise sa.exc.DataError("INSERT IGNORE", None, ValueError(f"a value was not stored whole: {problem}"))
-    return cursor
+    def shifted(row: int) -> str:
+        return _PLACEHOLDER.sub(lambda found: f"${int(found.group(1)) + row * size}", group)
+
+    return ", ".join(shifted(row) for row in range(count))
 
 
-_DUPLICATE = 1062
-# Warnings an IGNORE makes of errors that change or drop a row: data truncated or too long, out of range,
-# an incorrect value, NULL into NOT NULL, a foreign key or a check constraint failing.
-_ALTERED = {1265, 1406, 1264, 1366, 1292, 1048, 1452, 1451, 4025, 3819}
+_PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
@@ -322,12 +323,15 @@ def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -
     returned to the pool."""
     dialect = connection.dialect
     raw = connection.connection
-    cursor = raw.cursor()
+    if dialect.name == "postgresql":  # psycopg's raw cursor takes "$1" placeholders as they are
+        cursor: Any = psycopg.RawCursor(cast("psycopg.Connection[Any]", raw.dbapi_connection))
+    else:
+        cursor = raw.cursor()
     try:
         if many:
             cursor.executemany(sql, params)
         elif dialect.name == "mysql" and params:
-            cursor.execute(_inline(raw.driver_connection, sql, params))
+            cursor.execute(inline(raw.driver_connection, sql, params))
         else:
             cursor.execute(sql, params)
     except dialect.loaded_dbapi.Error as error:
@@ -338,34 +342,3 @@ def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -
             sql, params, error, dialect.loaded_dbapi.Error, connection_invalidated=broken, dialect=dialect
         ) from error
     return cursor
-
-
-def _inline(driver: Any, sql: str, params: Sequence[Any]) -> str:
-    """``sql`` with its "%s" parameters written in as pymysql would write them."""
-    literal = _literal_for(driver)
-    return sql % tuple([literal(value) for value in params])
-
-
-def _literal_for(driver: Any) -> Callable[[Any], str]:
-    """How to write a value as a literal on this connection: pymysql's own ``escape`` when the session has
-    ``NO_BACKSLASH_ESCAPES``, else its escaping table with one call per value, each distinct text escaped
-    once per statement."""
-    if driver.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-        return lambda value: str(driver.escape(value))
-
-    written: dict[str, str] = {}  # a batch repeats its timestamps, statuses, sources and models
-
-    def literal(value: Any) -> str:
-        kind = type(value)
-        if kind is str:
-            text = written.get(value)
-            if text is None:
-                text = written[value] = "'" + escape_string(value) + "'"
-            return text
-        if kind is int:
-            return str(value)
-        if value is None:
-            return "NULL"
-        return str(driver.escape(value))
-
-    return literal

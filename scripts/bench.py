@@ -1,4 +1,5 @@
-"""`make bench`: creditrelay serve against the bare Starlette ceiling, on SQLite and MySQL, with wrk.
+"""`make bench`: creditrelay serve against the bare Starlette ceiling, on SQLite, MySQL and PostgreSQL,
+with wrk.
 
 Prints events/s, p50/p99 latency, peak RSS and the ratio to the ceiling for unique events and for a
 duplicate-heavy mix, checks the ledger for exactly-once after every run, and measures the seed's own
@@ -64,14 +65,15 @@ def scenario(plan: Plan, args: argparse.Namespace) -> Result:
 
 
 def kinds(args: argparse.Namespace, work: Path) -> list[tuple[str, str]]:
-    return [("sqlite", f"sqlite:///{work / 'bench.db'}")] + ([] if args.skip_mysql else [("mysql", args.mysql_url)])
+    servers = [("mysql", args.mysql_url, args.skip_mysql), ("postgresql", args.postgres_url, args.skip_postgres)]
+    return [("sqlite", f"sqlite:///{work / 'bench.db'}")] + [(kind, url) for kind, url, skip in servers if not skip]
 
 
 def plans(args: argparse.Namespace, work: Path, unique: Path, mixed: Path) -> list[Plan]:
     runs = []
     for kind, url in kinds(args, work):
         runs += [Plan(f"{kind}: unique events", url, unique), Plan(f"{kind}: 50% duplicates", url, mixed)]
-        if kind == "mysql":
+        if kind != "sqlite":  # a server takes two processes' writers
             runs.append(Plan(f"{kind}: unique events, --workers 2", url, unique, workers=2))
         runs.append(Plan(f"{kind}: moderate load (4 connections)", url, unique, connections=4))
     return runs
@@ -89,6 +91,13 @@ def main() -> None:
         default=os.environ.get("CREDITRELAY_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/creditrelay_bench"),
     )
     parser.add_argument("--skip-mysql", action="store_true")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "CREDITRELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/creditrelay_bench"
+        ),
+    )
+    parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--server-cpu", default="0" if (os.cpu_count() or 1) > 1 else None)
     parser.add_argument("--load-cpu", default="1" if (os.cpu_count() or 1) > 1 else None)
     args = parser.parse_args()
@@ -143,7 +152,7 @@ def writer_alone(args: argparse.Namespace, work: Path, unique: Path) -> None:
         base = statistics.median(cpu for cpu, _ in costs["with requestId"])
         for name, runs in costs.items():
             cpu, wall = statistics.median(c for c, _ in runs), statistics.median(w for _, w in runs)
-            print(f"  {kind:6} {name:34} {cpu:6.1f} / {wall:6.1f}   ({cpu / base:.2f}x the CPU with requestId)")
+            print(f"  {kind:10} {name:34} {cpu:6.1f} / {wall:6.1f}   ({cpu / base:.2f}x the CPU with requestId)")
 
 
 def report(summaries: list[Summary], ceilings: list[float], args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from creditrelay.billing.accounts import NewUser, create_user, link_key
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.schema.database import make_engine, run_transaction, utc
 from creditrelay.schema.migrate import upgrade
+from creditrelay.schema.tables import credit_transactions, usage_records, users, webhook_logs
 from creditrelay.schema.wire import parse_event
 from scripts.databases import recreate
 
@@ -194,20 +195,24 @@ def run_load(server: Server, requests_file: Path, args: Any, *, connections: int
     return result
 
 
-def _scalar(connection: sa.Connection, sql: str) -> int:
-    return int(connection.exec_driver_sql(sql).scalar() or 0)
-
-
-LEDGER_QUERIES = {
-    "records": "SELECT COUNT(*) FROM usage_records",
-    "processed": "SELECT COUNT(*) FROM webhook_logs WHERE status = 'processed'",
-    "spent": "SELECT COALESCE(SUM(creditCost), 0) FROM usage_records",
-    "balances": "SELECT SUM(balance) FROM users",
-    "off": "SELECT COUNT(*) FROM users u WHERE u.balance <> "
-    "(SELECT SUM(amount) FROM credit_transactions t WHERE t.userId = u.id)",
-    "unpaired": "SELECT COUNT(*) FROM usage_records r "
-    "LEFT JOIN credit_transactions t ON t.usageRecordId = r.id WHERE t.id IS NULL",
-}
+def ledger_counts(connection: sa.Connection) -> dict[str, int]:
+    """What the exactly-once checks count, in SQLAlchemy's words (each database spells and quotes them its
+    own way): usage records, processed deliveries, credits spent, the sum of balances, the users whose
+    balance is not the sum of their transactions, the usage records without their one transaction."""
+    ct, ur, logs, u = credit_transactions.c, usage_records.c, webhook_logs.c, users.c
+    summed = sa.select(sa.func.coalesce(sa.func.sum(ct.amount), 0)).where(ct.userId == u.id).scalar_subquery()
+    queries = {
+        "records": sa.select(sa.func.count()).select_from(usage_records),
+        "distinct": sa.select(sa.func.count(sa.distinct(ur.usageKey))),
+        "processed": sa.select(sa.func.count()).where(logs.status == "processed"),
+        "spent": sa.select(sa.func.coalesce(sa.func.sum(ur.creditCost), 0)),
+        "balances": sa.select(sa.func.coalesce(sa.func.sum(u.balance), 0)),
+        "off": sa.select(sa.func.count()).select_from(users).where(u.balance != summed),
+        "unpaired": sa.select(sa.func.count())
+        .select_from(usage_records.outerjoin(credit_transactions, ct.usageRecordId == ur.id))
+        .where(ct.id.is_(None)),
+    }
+    return {name: int(connection.execute(query).scalar() or 0) for name, query in queries.items()}
 
 
 def check_ledger(url: str, result: Result, requests_file: Path, threads: int) -> str:
@@ -215,8 +220,8 @@ def check_ledger(url: str, result: Result, requests_file: Path, threads: int) ->
     adds up, every usage has its one transaction, and the balances dropped by exactly the usage's cost."""
     engine = make_engine(url)
     with engine.connect() as connection:
-        found = {name: _scalar(connection, sql) for name, sql in LEDGER_QUERIES.items()}
-        charged = {row[0] for row in connection.exec_driver_sql("SELECT eventId FROM usage_records")}
+        found = ledger_counts(connection)
+        charged = {str(event_id) for event_id in connection.scalars(sa.select(usage_records.c.eventId))}
     engine.dispose()
     sent = _events_sent(requests_file, threads, result.sent_per_thread)
     problems = []
@@ -294,7 +299,7 @@ def writer_cost_us(
     engine = make_engine(url)
     if polled:
         with engine.begin() as connection:
-            connection.exec_driver_sql("UPDATE users SET openPollUsages = 1")
+            connection.execute(users.update().values(openPollUsages=1))
     ingestor = Ingestor(engine, time.time)
     ingestor.ingest_batch(parsed[:batch])  # warm: connection, compiled statements
     cpu, wall = time.thread_time(), time.perf_counter()

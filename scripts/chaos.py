@@ -4,7 +4,8 @@ A producer posts usage events to the relay (in small arrays, minting its own eve
 is the same events); a share of usages is re-sent by the "gateway" under a new event id with the same
 requestId. Meanwhile the receiver (`creditrelay serve`) is SIGKILLed and restarted several times, the
 relay once, and the database is restarted once — really, with `--restart-database` where the script may
-(root, a local MariaDB), otherwise by cutting the receiver's connection to it through a TCP proxy. At the
+(root, a local MariaDB or PostgreSQL), otherwise by cutting the receiver's connection to it through a TCP
+proxy. At the
 end every accepted usage must be charged exactly once and the ledger must add up; the counts are printed
 and the exit status says whether the checks held.
 """
@@ -26,7 +27,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.benchkit import OPENING, make_database
+from creditrelay.schema.database import make_engine
+from creditrelay.schema.tables import usage_records, users
+from scripts.benchkit import OPENING, ledger_counts, make_database
 from scripts.processes import free_port, kill_hard, start, stop, wait_healthy
 from scripts.tcp_proxy import TcpProxy
 
@@ -42,6 +45,7 @@ class Tally:
     receiver_kills: int = 0
     relay_kills: int = 0
     database_restarts: int = 0
+    how_restarted: str = "cut through the proxy"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -97,6 +101,28 @@ def restart_mariadb() -> bool:
     raise SystemExit("MariaDB did not come back after the restart")
 
 
+def restart_postgres() -> bool:
+    """Restart the local PostgreSQL cluster (fast shutdown: every connection is cut), when this script may."""
+    control = shutil.which("pg_ctlcluster")
+    versions = sorted(Path("/etc/postgresql").glob("*/main")) if Path("/etc/postgresql").exists() else []
+    if control is None or not versions:
+        return False
+    version = versions[-1].parent.name
+    restarted = subprocess.run([control, "--skip-systemctl-redirect", version, "main", "restart"], check=False,
+                               capture_output=True)  # fmt: skip
+    if restarted.returncode != 0:
+        return False
+    for _ in range(60):
+        if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:
+            return True
+        time.sleep(0.5)
+    raise SystemExit("PostgreSQL did not come back after the restart")
+
+
+RESTARTS = {"mysql": restart_mariadb, "postgresql": restart_postgres}
+PORTS = {"mysql": 3306, "postgresql": 5432}
+
+
 def run_chaos(database_url: str, work: Path, *, events: int, receiver_kills: int, restart_database: bool) -> str:
     """Run the whole scenario; returns the report, raises SystemExit when a check fails."""
     rng = random.Random(7)
@@ -106,8 +132,9 @@ def run_chaos(database_url: str, work: Path, *, events: int, receiver_kills: int
     log = work / "chaos-processes.log"
     relay_port, receiver_port = free_port(), free_port()
     relay_url, receiver_url = f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{receiver_port}"
-    mysql = url.get_backend_name() == "mysql"
-    with TcpProxy(url.host or "127.0.0.1", url.port or 3306) if mysql else nullcontext() as proxy:
+    backend = url.get_backend_name()
+    server = backend in PORTS
+    with TcpProxy(url.host or "127.0.0.1", url.port or PORTS[backend]) if server else nullcontext() as proxy:
         served_url = url.set(host="127.0.0.1", port=proxy.port) if proxy else url
         env = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": served_url.render_as_string(hide_password=False)}
         outbox_url = f"sqlite:///{work / 'outbox.db'}"
@@ -131,8 +158,8 @@ def run_chaos(database_url: str, work: Path, *, events: int, receiver_kills: int
                     tally.relay_kills += 1
                     relay = start(relay_args, env, log)
                 if kill == 1:
-                    if restart_database and mysql and restart_mariadb():
-                        pass
+                    if restart_database and server and RESTARTS[backend]():
+                        tally.how_restarted = f"a real restart of {backend}"
                     elif proxy:
                         proxy.cut()
                         time.sleep(1.0)
@@ -154,21 +181,14 @@ def run_chaos(database_url: str, work: Path, *, events: int, receiver_kills: int
 
 
 def verify(database_url: str, tally: Tally, outbox: dict[str, int]) -> str:
-    engine = sa.create_engine(database_url)
+    engine = make_engine(database_url)
     with engine.connect() as c:
         charged: dict[str, int] = {
-            r: int(cost) for r, cost in c.execute(sa.text("SELECT requestId, creditCost FROM usage_records"))
+            str(r): int(cost) for r, cost in c.execute(sa.select(usage_records.c.requestId, usage_records.c.creditCost))
         }
-        balances: dict[str, int] = {
-            email: int(b) for email, b in c.execute(sa.text("SELECT email, balance FROM users"))
-        }
-        off = c.execute(sa.text(
-            "SELECT COUNT(*) FROM users u WHERE u.balance <> "
-            "(SELECT COALESCE(SUM(amount), 0) FROM credit_transactions t WHERE t.userId = u.id)")).scalar()  # fmt: skip
-        unpaired = c.execute(sa.text(
-            "SELECT COUNT(*) FROM usage_records r LEFT JOIN credit_transactions t ON t.usageRecordId = r.id"
-            " WHERE t.id IS NULL")).scalar()  # fmt: skip
-        processed = c.execute(sa.text("SELECT COUNT(*) FROM webhook_logs WHERE status = 'processed'")).scalar() or 0
+        balances: dict[str, int] = {email: int(b) for email, b in c.execute(sa.select(users.c.email, users.c.balance))}
+        counts = ledger_counts(c)
+        off, unpaired, processed = counts["off"], counts["unpaired"], counts["processed"]
     engine.dispose()
     accepted_usages = {f"req-{e.removeprefix('chaos-').removesuffix('-again')}" for e in tally.accepted}
     problems = []
@@ -192,7 +212,7 @@ def verify(database_url: str, tally: Tally, outbox: dict[str, int]) -> str:
         f"delivered {outbox['delivered']}, usages {len(accepted_usages)} charged {len(charged)} times in all; "
         f"duplicates suppressed {processed - len(charged)} (usages re-sent under a new event id: "
         f"{tally.resent_under_new_id}); kills survived: receiver {tally.receiver_kills}, "
-        f"relay {tally.relay_kills}, database restarts {tally.database_restarts}"
+        f"relay {tally.relay_kills}, database restarts {tally.database_restarts} ({tally.how_restarted})"
     )
     if problems:
         raise SystemExit("CHAOS CHECK FAILED: " + "; ".join(problems) + "\n" + report)
@@ -201,10 +221,16 @@ def verify(database_url: str, tally: Tally, outbox: dict[str, int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--database-url", default="mysql+pymysql://root@127.0.0.1:3306/creditrelay_chaos")
+    parser.add_argument(
+        "--database-url",
+        default="mysql+pymysql://root@127.0.0.1:3306/creditrelay_chaos",
+        help="the ledger's database (postgresql://postgres@127.0.0.1:5432/creditrelay_chaos for PostgreSQL)",
+    )
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--receiver-kills", type=int, default=5)
-    parser.add_argument("--restart-database", action="store_true", help="really restart the local MariaDB once")
+    parser.add_argument(
+        "--restart-database", action="store_true", help="really restart the local MariaDB or PostgreSQL once"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="creditrelay-chaos-"))
     started = time.monotonic()

@@ -34,7 +34,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.benchkit import CREDITRELAY, ROOT, USERS, make_database, run_load, serve, write_requests
+from creditrelay.schema.database import make_engine
+from creditrelay.schema.tables import outbox_events
+from scripts.benchkit import CREDITRELAY, ROOT, USERS, ledger_counts, make_database, run_load, serve, write_requests
 from scripts.processes import free_port
 
 SECRET = "relay-bench-secret-relay-bench-secret-00"  # noqa: S105 - a throwaway benchmark secret
@@ -132,18 +134,13 @@ def relay(port: int, receiver_port: int, outbox: str, log: Path) -> Iterator[sub
 
 
 def exactly_once(url: str, outbox_url: str, total: int) -> str:
-    ledger, box = sa.create_engine(url), sa.create_engine(outbox_url)
+    ledger, box = make_engine(url), make_engine(outbox_url)
     with ledger.connect() as connection:
-        records = connection.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT usageKey) FROM usage_records")).one()
-        off = connection.execute(
-            sa.text(
-                "SELECT COUNT(*) FROM users u WHERE u.balance <> "
-                "(SELECT COALESCE(SUM(amount), 0) FROM credit_transactions t WHERE t.userId = u.id)"
-            )
-        ).scalar_one()
+        counts = ledger_counts(connection)
+        records, off = (counts["records"], counts["distinct"]), counts["off"]
     with box.connect() as connection:
         pending = connection.execute(
-            sa.text("SELECT COUNT(*) FROM outbox_events WHERE status <> 'delivered'")
+            sa.select(sa.func.count()).where(outbox_events.c.status != "delivered")
         ).scalar_one()
     problems = []
     if tuple(records) != (total, total):

@@ -1,4 +1,4 @@
-"""`make scale`: the operator's reads and the cleanup at a million rows, on SQLite and MySQL.
+"""`make scale`: the operator's reads and the cleanup at a million rows, on SQLite, MySQL and PostgreSQL.
 
 For each database: 1,000,000 webhook logs in the last hour and 500,000 older than a week (over 1,000
 gateway keys, three of them a user's), 100,000 users and one of them with 100,000 usages. Then
@@ -276,6 +276,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000, help="users in the users list")
     parser.add_argument("--webhooks", type=int, default=200, help="webhooks timed alone and beside stats")
     parser.add_argument("--skip-mysql", action="store_true")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "CREDITRELAY_SCALE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/creditrelay_scale"
+        ),
+    )
     parser.add_argument(
         "--mysql-url",
         default=os.environ.get("CREDITRELAY_SCALE_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/creditrelay_scale"),
@@ -286,6 +293,8 @@ def main() -> None:
         results.append(measure("SQLite", f"sqlite:///{folder}/scale.db", args))
     if not args.skip_mysql:
         results.append(measure("MySQL", args.mysql_url, args))
+    if not args.skip_postgres:
+        results.append(measure("PostgreSQL", args.postgres_url, args))
     names = [name for name in results[0] if not name.startswith("console: ")]
     print(f"\n| {' | '.join(names)} |\n|{'---|' * len(names)}")
     for result in results:

@@ -1,4 +1,5 @@
-"""A small `make chaos` in every test run: kills and a database cut while events flow, on MySQL."""
+"""A small `make chaos` in every test run: kills and a database cut while events flow, on MySQL and
+PostgreSQL."""
 
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from tests.support.database import Database
 pytestmark = pytest.mark.slow  # processes killed or many commands run: make test runs it, make test-fast does not
 
 
-@pytest.mark.parametrize("database", ["mysql"], indirect=True)  # the issue's chaos runs against MySQL
+@pytest.mark.parametrize("database", ["mysql", "postgresql"], indirect=True)  # servers a proxy can cut
 def test_kills_and_a_database_cut_lose_nothing_and_charge_nothing_twice(database: Database, tmp_path: Path) -> None:
     """300 usages (a fifth re-sent under new event ids), receiver killed twice, relay once, database cut once."""
     report = run_chaos(
