@@ -267,25 +267,21 @@ def _insert_rows(
     connection: Connection, parts: tuple[str, str, str], rows: list[tuple[Any, ...]], *, pad: bool = True
 ) -> Iterator[Any]:
     """Cursors of the multi-row statements inserting ``rows``: on MySQL as few as its packet size allows, on
-    SQLite one per 64 rows."""
+    SQLite and PostgreSQL one per 64 rows."""
     head, group, tail = parts
-    if connection.dialect.name == "postgresql":
-        for start in range(0, len(rows), _SQLITE_ROWS):
-            chunk = rows[start : start + _SQLITE_ROWS]
-            chunk = padded(chunk) if pad else chunk
-            flat = [value for row in chunk for value in row]
-            yield _run(connection, f"{head}{_numbered(group, len(chunk))}{tail}", flat)
-        return
     if connection.dialect.name != "mysql":
         # At most _SQLITE_ROWS rows per statement, a short chunk padded (``pad``) with copies of its last row
         # to a power of two: the copies meet that row's unique key and are skipped, and the statements come
-        # in seven shapes per table, which the driver's statement cache keeps prepared (one shape per batch
-        # size would miss it, and every batch would compile its statements again).
+        # in seven shapes per table, which the driver's statement cache (SQLite's, or PostgreSQL's prepared
+        # statements) keeps prepared (one shape per batch size would miss it, and every batch would compile
+        # its statements again).
+        numbered = connection.dialect.name == "postgresql"
         for start in range(0, len(rows), _SQLITE_ROWS):
             chunk = rows[start : start + _SQLITE_ROWS]
             chunk = padded(chunk) if pad else chunk
             flat = [value for row in chunk for value in row]
-            yield _run(connection, f"{head}{', '.join([group] * len(chunk))}{tail}", flat)
+            groups = _numbered(group, len(chunk)) if numbered else ", ".join([group] * len(chunk))
+            yield _run(connection, f"{head}{groups}{tail}", flat)
         return
     # MySQL: each row written out as literals, rows joined into statements of at most ~1 MB, sent as they are
     literal = literal_for(connection.connection.driver_connection)
