@@ -12,7 +12,7 @@ install: $(STAMP) $(NODE_EXAMPLES)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,litellm]'
 	touch $(STAMP)
 
 # the credit API's Node.js client example runs in the tests; it needs axios (the only npm package used)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import sqlalchemy as sa
 import structlog
@@ -24,29 +24,35 @@ from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from creditrelay.billing.comparison import Finding
-from creditrelay.billing.ledger import UnknownUser
 from creditrelay.billing.rows import lock_balances
 from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.errors import UpstreamError
-from creditrelay.schema.outbox import DEAD, PENDING
-from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, outbox_events, users
+from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, users
 from creditrelay.schema.wire import plain_int
 
 log = structlog.get_logger()
-TOKENS, USERS = "tokens", "users"
+TOKENS, USERS, LITELLM = "tokens", "users", "litellm"
 MAX_BACKOFF = 3600.0
 
 
 class GatewayAccess(Protocol):
+    """new-api: its tokens by id, its users by id."""
+
     def set_token_status(self, token_id: int, enabled: bool) -> None: ...
 
     def set_user_enabled(self, user_id: int, enabled: bool) -> None: ...
 
 
+class KeyAccess(Protocol):
+    """LiteLLM: its virtual keys, by key hash."""
+
+    def set_key_enabled(self, key: str, enabled: bool) -> None: ...
+
+
 @dataclass(frozen=True)
 class EnforceConfig:
-    mode: str  # tokens | users
+    mode: str  # tokens | users (new-api) | litellm
     admin_user_id: int | None = None  # the gateway account creditrelay calls as: never disabled
     lease: float = 30.0  # seconds a claimed intent is this enforcer's
     batch: int = 50
@@ -83,7 +89,7 @@ class Enforcer:
     def __init__(
         self,
         engine: Engine,
-        gateway: GatewayAccess,
+        gateway: GatewayAccess | KeyAccess,
         config: EnforceConfig,
         *,
         owner: str | None = None,
@@ -137,9 +143,9 @@ class Enforcer:
         return desired, version, self._targets(connection, user_id)
 
     def _targets(self, connection: Connection, user_id: int) -> list[str]:
-        if self.config.mode == TOKENS:
+        if self.config.mode in (TOKENS, LITELLM):
             keys = connection.scalars(sa.select(api_keys.c.remoteKeyId).where(api_keys.c.userId == user_id))
-            return [f"token {key}" for key in sorted(keys)]
+            return [f"{'token' if self.config.mode == TOKENS else 'key'} {key}" for key in sorted(keys)]
         gateway_user = connection.execute(sa.select(users.c.gatewayUserId).where(users.c.id == user_id)).scalar()
         return [] if gateway_user is None else [f"user {gateway_user}"]
 
@@ -172,20 +178,25 @@ class Enforcer:
 
     def _call(self, target: str, enabled: bool) -> _Call:
         kind, _, ident = target.partition(" ")
-        number = plain_int(ident)
-        if number is None or number <= 0:
-            return _Call(target, False, f"not a gateway {kind} id: {ident[:40]!r}")
-        if kind == "user" and number == self.config.admin_user_id and not enabled:
-            return _Call(target, False, "refused: that is the account creditrelay calls the gateway as")
+        change: Callable[[], None]
+        if kind == "key":  # LiteLLM: the key (its hash) as it is
+            change = partial(cast(KeyAccess, self.gateway).set_key_enabled, ident, enabled)
+        else:
+            number = plain_int(ident)
+            if number is None or number <= 0:
+                return _Call(target, False, f"not a gateway {kind} id: {ident[:40]!r}")
+            if kind == "user" and number == self.config.admin_user_id and not enabled:
+                return _Call(target, False, "refused: that is the account creditrelay calls the gateway as")
+            gateway = cast(GatewayAccess, self.gateway)
+            change = partial(gateway.set_token_status if kind == "token" else gateway.set_user_enabled, number, enabled)
         retrying = Retrying(
             retry=retry_if_exception_type(UpstreamError),
             stop=stop_after_attempt(self.config.attempts),
             wait=wait_exponential(multiplier=self.config.wait, max=5),
             reraise=True,
         )
-        change = self.gateway.set_token_status if kind == "token" else self.gateway.set_user_enabled
         try:
-            retrying(change, number, enabled)
+            retrying(change)
         except UpstreamError as error:
             return _Call(target, False, str(error)[:255])
         return _Call(target, True, "ok")
@@ -234,48 +245,14 @@ class Enforcer:
             )
 
 
-@dataclass(frozen=True)
-class UserAccess:
-    """What the admin pages show of a user's enforcement."""
-
-    suspended: bool
-    pending: bool
-    last_error: str | None
-    calls: list[dict[str, Any]]
-
-
-def access_of(connection: Connection, user_id: int, limit: int = 20) -> UserAccess:
-    state = connection.execute(sa.select(gateway_states).where(gateway_states.c.userId == user_id)).one_or_none()
-    calls = connection.execute(
-        sa.select(gateway_calls)
-        .where(gateway_calls.c.userId == user_id)
-        .order_by(gateway_calls.c.id.desc())
-        .limit(limit)
-    )
-    return UserAccess(
-        suspended=state is not None and state.desired == SUSPEND,
-        pending=state is not None and state.version > state.applied,
-        last_error=None if state is None else state.lastError,
-        calls=[{"target": c.target, "action": c.action, "ok": c.ok, "answer": c.answer, "at": c.at} for c in calls],
-    )
-
-
-def operator_access(connection: Connection, user_id: int, desired: str, now: datetime, who: str = "admin") -> None:
-    """An operator's "suspend now" or "resume now": the user's latest intent, whatever the balance says
-    (the next change that crosses the line decides again), recorded beside the gateway's calls."""
-    if desired not in (SUSPEND, RESUME):
-        raise ValueError(desired)
-    if lock_balances(connection, [user_id]).get(user_id) is None:
-        raise UnknownUser(user_id)
-    queue_intents(connection, [user_id], desired, now)
-    row = {"userId": user_id, "target": "operator", "action": desired, "ok": True, "answer": f"{desired} now by {who}"}
-    connection.execute(gateway_calls.insert().values(**row, at=now))
-
-
 class GatewayReader(Protocol):
     def token_enabled(self, token_id: int) -> bool: ...
 
     def user_enabled(self, user_id: int) -> bool: ...
+
+
+class KeyReader(Protocol):
+    def key_enabled(self, key: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -287,10 +264,10 @@ class Drift:
     finding: Finding
 
 
-def gateway_drift(engine: Engine, reader: GatewayReader, mode: str, suspend_at: int) -> list[Drift]:
-    """Read back every linked token (``tokens``) or gateway user (``users``) and compare it with what each
-    user's balance says; a target the gateway will not describe is a finding too."""
-    if mode == TOKENS:
+def gateway_drift(engine: Engine, reader: GatewayReader | KeyReader, mode: str, suspend_at: int) -> list[Drift]:
+    """Read back every linked token (``tokens``), key (``litellm``) or gateway user (``users``) and compare
+    it with what each user's balance says; a target the gateway will not describe is a finding too."""
+    if mode in (TOKENS, LITELLM):
         query = sa.select(users.c.id, users.c.email, users.c.balance, api_keys.c.remoteKeyId.label("target")).join(
             api_keys, api_keys.c.userId == users.c.id
         )
@@ -300,17 +277,13 @@ def gateway_drift(engine: Engine, reader: GatewayReader, mode: str, suspend_at: 
         )
     rows = run_transaction(engine, lambda c: list(c.execute(query.order_by(users.c.id))), read_only=True)
     found = []
-    kind = "token" if mode == TOKENS else "user"
-    read = reader.token_enabled if mode == TOKENS else reader.user_enabled
+    kind = {TOKENS: "token", LITELLM: "key"}.get(mode, "user")
     for row in rows:
         serve = row.balance > suspend_at
         desired = RESUME if serve else SUSPEND
         subject = f"{kind} {row.target}"
-        number = plain_int(str(row.target))
         try:
-            if number is None or number <= 0:
-                raise UpstreamError(f"not a gateway {kind} id")
-            enabled = read(number)
+            enabled = _read_back(reader, kind, str(row.target))
         except UpstreamError as error:
             found.append(Drift(row.id, desired, Finding("gateway_unreadable", subject, row.email, str(error))))
             continue
@@ -319,6 +292,17 @@ def gateway_drift(engine: Engine, reader: GatewayReader, mode: str, suspend_at: 
             detail = f"{state} at the gateway; balance {row.balance} says {'serve' if serve else 'suspend'}"
             found.append(Drift(row.id, desired, Finding("gateway_drift", subject, row.email, detail)))
     return found
+
+
+def _read_back(reader: GatewayReader | KeyReader, kind: str, target: str) -> bool:
+    """Whether the gateway serves a target now: a LiteLLM key by its hash, a new-api token or user by id."""
+    if kind == "key":
+        return cast(KeyReader, reader).key_enabled(target)
+    number = plain_int(target)
+    if number is None or number <= 0:
+        raise UpstreamError(f"not a gateway {kind} id")
+    gateway = cast(GatewayReader, reader)
+    return (gateway.token_enabled if kind == "token" else gateway.user_enabled)(number)
 
 
 def requeue_drift(engine: Engine, drift: Sequence[Drift], suspend_at: int, now: datetime) -> int:
@@ -335,44 +319,3 @@ def requeue_drift(engine: Engine, drift: Sequence[Drift], suspend_at: int, now: 
     if drifted:
         run_transaction(engine, work)
     return len(drifted)
-
-
-@dataclass(frozen=True)
-class Allowance:
-    """May the gateway serve a key now: its user's balance against the line, and creditrelay's latest word
-    to the gateway about them."""
-
-    allowed: bool
-    balance: int
-    suspended: bool
-
-
-def allowance_of(connection: Connection, remote_key_id: str, suspend_at: int) -> Allowance | None:
-    """One indexed read (the key, its user, their state); None for a key nobody has."""
-    query = (
-        sa.select(users.c.balance, gateway_states.c.desired)
-        .select_from(api_keys.join(users, users.c.id == api_keys.c.userId))
-        .outerjoin(gateway_states, gateway_states.c.userId == users.c.id)
-        .where(api_keys.c.remoteKeyId == remote_key_id)
-    )
-    row = connection.execute(query).one_or_none()
-    if row is None:
-        return None
-    return Allowance(row.balance > suspend_at, int(row.balance), row.desired == SUSPEND)
-
-
-def counts(connection: Connection) -> dict[str, int]:
-    """Users whose latest intent is a suspension, intents not yet confirmed by the gateway, and alerts
-    waiting or given up on — each a range of an index (``desired``; ``nextAttemptAt``, set only while
-    pending; the outbox's ``(status, nextAttemptAt)``), however many there ever were."""
-    states, alerts = gateway_states.c, outbox_events.c
-    row = connection.execute(
-        sa.select(
-            sa.select(sa.func.count()).where(states.desired == SUSPEND).scalar_subquery(),
-            sa.select(sa.func.count()).where(states.nextAttemptAt.is_not(None)).scalar_subquery(),
-            sa.select(sa.func.count()).where(alerts.status == PENDING).scalar_subquery(),
-            sa.select(sa.func.count()).where(alerts.status == DEAD).scalar_subquery(),
-        )
-    ).one()
-    names = ("suspended", "pending", "alerts_pending", "alerts_dead")
-    return {name: int(value or 0) for name, value in zip(names, row, strict=True)}

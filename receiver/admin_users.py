@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from creditrelay.billing import enforcement, user_queries
+from creditrelay.billing import access as gateway_access
+from creditrelay.billing import user_queries
 from creditrelay.billing.accounts import AccountError, ReferenceConflict, adjust, link_key, top_up, unlink_key
 from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter
@@ -119,7 +120,7 @@ async def user(request: Request) -> Response:
     if detail is None:
         raise ApiError(404, f"No user {user_id}")
     page = await service.read(lambda c: user_queries.transactions(c, user_id, TRANSACTIONS, before))
-    access = await service.read(lambda c: enforcement.access_of(c, user_id))
+    access = await service.read(lambda c: gateway_access.access_of(c, user_id))
     charts = {}
     if before is None:  # the charts on the first page only: older pages are for reading the ledger
         found = await service.read(lambda c: user_queries.activity(c, user_id, now_of(service)))
@@ -249,7 +250,7 @@ async def access(request: Request) -> Response:
     if action not in ("suspend", "resume"):
         raise ApiError(400, "action: suspend or resume")
     try:
-        await service.run(lambda c: enforcement.operator_access(c, user_id, action, now_of(service)))
+        await service.run(lambda c: gateway_access.operator_access(c, user_id, action, now_of(service)))
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
     return back(request, here, f"{action.capitalize()} sent to the gateway's queue")

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from creditrelay.billing.enforcement import allowance_of
+from creditrelay.billing.access import allowance_of
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import run_transaction

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from creditrelay.billing import enforcement
+from creditrelay.billing import access
 from creditrelay.billing.polling import PollReport
 from creditrelay.billing.user_queries import count_below
 from creditrelay.schema.database import READ_ONLY
@@ -89,7 +89,7 @@ class LedgerCollector(Collector):
                     .order_by(reconcile_runs.c.id.desc())
                     .limit(1)
                 ).one_or_none()
-                access = enforcement.counts(connection)
+                states = access.counts(connection)
                 below_zero = count_below(connection, 0)
         except SQLAlchemyError:
             return
@@ -105,11 +105,11 @@ class LedgerCollector(Collector):
             ),
         ):
             gauge = GaugeMetricFamily(name, text)
-            gauge.add_metric([], float(access[value]))
+            gauge.add_metric([], float(states[value]))
             yield gauge
         by_status = GaugeMetricFamily("creditrelay_alerts", "Alerts waiting or given up on", labels=["status"])
         for status in ("pending", "dead"):
-            by_status.add_metric([status], float(access[f"alerts_{status}"]))
+            by_status.add_metric([status], float(states[f"alerts_{status}"]))
         yield by_status
         if watermark is not None:
             lag = GaugeMetricFamily("creditrelay_poll_lag_seconds", "Seconds since the last billed upstream log")

@@ -20,7 +20,7 @@ from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
-ENFORCEMENT_MODES = ("off", "tokens", "users")
+ENFORCEMENT_MODES = ("off", "tokens", "users", "litellm")
 DEV_SECRET_FILE = Path("data/dev-webhook-secret")  # written by `make run` (scripts/dev_server.py)
 DEFAULT_BODY_LIMIT = 64 * 1024
 
@@ -42,12 +42,14 @@ class Settings:
     poll_overlap_seconds: int = 300
     poll_lookback_hours: int = 24
     credit_rate_limit: int | None = None  # requests per minute per credit-API client, per process
-    gateway_enforcement: str = "off"  # off | tokens | users: what is disabled at the gateway while suspended
+    gateway_enforcement: str = "off"  # off | tokens | users | litellm: what the gateway stops while suspended
     suspend_at_balance: int = 0  # a user is suspended while their balance is at or below this
     low_balance_at: int | None = None  # balance.low alert when a balance first drops below this
     alert_webhook_url: str | None = None
     alert_webhook_secret: WebhookSecret | None = None  # whsec_…: signs the alerts (Standard Webhooks)
     gateway_token: str | None = None  # bearer token of GET /api/gateway/allowance/{remoteKeyId}
+    litellm_base_url: str | None = None  # GATEWAY_ENFORCEMENT=litellm: the LiteLLM proxy that blocks keys
+    litellm_master_key: str | None = None
     log_level: str = "info"
 
     @property
@@ -125,7 +127,12 @@ def load_settings(
     enforcement = config("GATEWAY_ENFORCEMENT", default="off").strip().lower() or "off"
     if enforcement not in ENFORCEMENT_MODES:
         raise SettingsError(f"GATEWAY_ENFORCEMENT must be one of {', '.join(ENFORCEMENT_MODES)}")
-    if enforcement != "off" and not all(polling.values()):
+    litellm = {name: _optional(config, name) for name in ("LITELLM_BASE_URL", "LITELLM_MASTER_KEY")}
+    if litellm["LITELLM_BASE_URL"] is not None and not _web_url(litellm["LITELLM_BASE_URL"]):
+        raise SettingsError("LITELLM_BASE_URL must be an http:// or https:// URL with a host")
+    if enforcement == "litellm" and not all(litellm.values()):
+        raise SettingsError("GATEWAY_ENFORCEMENT=litellm needs LITELLM_BASE_URL and LITELLM_MASTER_KEY")
+    if enforcement in ("tokens", "users") and not all(polling.values()):
         raise SettingsError(
             f"GATEWAY_ENFORCEMENT={enforcement} needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID"
         )
@@ -165,6 +172,8 @@ def load_settings(
         alert_webhook_url=alert_url,
         alert_webhook_secret=alert_key,
         gateway_token=gateway_token,
+        litellm_base_url=litellm["LITELLM_BASE_URL"],
+        litellm_master_key=litellm["LITELLM_MASTER_KEY"],
         log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",
     )
 

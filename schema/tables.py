@@ -294,7 +294,7 @@ class GatewayCall(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     user_id: int = column("userId", sa_type=Id)
-    target: str = Field(max_length=64)  # "token 17" or "user 42"
+    target: str = Field(max_length=80)  # "token 17", "user 42" or "key <a LiteLLM key hash>"
     action: str = Field(max_length=16)  # suspend | resume
     ok: bool
     status_code: int | None = column("statusCode", default=None)

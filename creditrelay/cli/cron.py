@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from creditrelay.billing.enforcement import Enforcer
+    from creditrelay.billing.gateways.litellm import LiteLLMClient
     from creditrelay.billing.gateways.newapi import NewApiClient
     from creditrelay.billing.polling import PollConfig, Poller, PollReport
     from creditrelay.billing.reconcile import ReconcileReport
@@ -61,13 +62,24 @@ def make_poller(
     return Poller(open_ledger(settings), client, config, progress=progress, committed=committed)
 
 
+def gateway_access(settings: Settings, purpose: str) -> "NewApiClient | LiteLLMClient":
+    """The gateway the enforcement mode tells to stop and resume: LiteLLM's proxy, or new-api; 5 s a call,
+    so that a push stays well inside its lease (billing.enforcement)."""
+    if settings.gateway_enforcement == "litellm":
+        from creditrelay.billing.gateways.litellm import LiteLLMClient
+
+        if settings.litellm_base_url is None or settings.litellm_master_key is None:
+            raise SettingsError(f"LITELLM_BASE_URL and LITELLM_MASTER_KEY are needed to {purpose}")
+        return LiteLLMClient(settings.litellm_base_url, settings.litellm_master_key, timeout=5.0)
+    return new_api(settings, purpose, timeout=5.0)
+
+
 def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
     from creditrelay.billing.enforcement import EnforceConfig, Enforcer
 
     if settings.gateway_enforcement == "off":
-        raise SettingsError("GATEWAY_ENFORCEMENT is off: set it to tokens or users to enforce")
-    # 5 s a call: a push stays well inside its lease (billing.enforcement)
-    client = new_api(settings, f"enforce (GATEWAY_ENFORCEMENT={settings.gateway_enforcement})", timeout=5.0)
+        raise SettingsError("GATEWAY_ENFORCEMENT is off: set it to tokens, users or litellm to enforce")
+    client = gateway_access(settings, f"enforce (GATEWAY_ENFORCEMENT={settings.gateway_enforcement})")
     admin = settings.new_api_user_id
     config = EnforceConfig(settings.gateway_enforcement, int(admin) if admin and admin.isdigit() else None)
     return Enforcer(engine, client, config)
@@ -140,14 +152,14 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     if settings.gateway_enforcement != "off":
         from creditrelay.billing.enforcement import gateway_drift
 
-        client = new_api(settings, "read the gateway's access back")
+        client = gateway_access(settings, "read the gateway's access back")
         mode, line = settings.gateway_enforcement, settings.suspend_at_balance
         access = partial(gateway_drift, engine, client, mode, line)
     reconciler = Reconciler(engine, poller, poll_config(settings), progress, access, settings.suspend_at_balance)
     try:
         report = reconciler.run(since, until, fix=args.fix, now=now())
     except UpstreamError as error:
-        print(f"creditrelay: reconcile could not read new-api: {error}", file=sys.stderr)
+        print(f"creditrelay: reconcile could not read the gateway: {error}", file=sys.stderr)
         return 2
     for bar in bars.values():
         bar.close()

@@ -23,7 +23,7 @@ from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi
-from tests.support.ledger import NOW, assert_ledger_consistent, in_transaction
+from tests.support.ledger import NOW, assert_ledger_consistent, in_transaction, make_user
 from tests.support.server import serving
 from tests.support.signing import encode, usage_event
 
@@ -31,16 +31,6 @@ from tests.support.signing import encode, usage_event
 def enforcer(database: Database, api: FakeNewApi, mode: str = "tokens", **options: float) -> Enforcer:
     client = NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER)
     return Enforcer(database.engine, client, EnforceConfig(mode, int(ADMIN_USER), wait=0.01, **options))  # type: ignore[arg-type]
-
-
-def user(database: Database, email: str, credits: int, *keys: str) -> int:
-    def work(connection: Connection) -> int:
-        created = create_user(connection, NewUser(email, opening_credits=credits), NOW)
-        for key in keys:
-            link_key(connection, key, created.id, NOW)
-        return created.id
-
-    return in_transaction(database, work)
 
 
 def spend(database: Database, event_id: str, cost: int, key: int) -> None:
@@ -62,8 +52,8 @@ def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_the
 ) -> None:
     for token_id in (17, 18, 19):
         api.token(token_id)
-    alice = user(watched, "alice@example.com", 20, "17", "18")
-    user(watched, "bob@example.com", 100, "19")
+    alice = make_user(watched, "alice@example.com", 20, "17", "18")
+    make_user(watched, "bob@example.com", 100, "19")
     assert enforcer(watched, api).run_once().calls == 3  # a linked key takes its user's state: enabled
     spend(watched, "evt-1", 15, 17)
     assert enforcer(watched, api).run_once().calls == 0  # still above zero: nothing to say
@@ -87,7 +77,7 @@ def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_the
 
 def test_nothing_is_written_without_a_watch(database: Database, api: FakeNewApi) -> None:
     api.token(17)
-    user(database, "alice@example.com", 5, "17")
+    make_user(database, "alice@example.com", 5, "17")
     spend(database, "evt-1", 10, 17)
     assert database.count("gateway_states") == 0
     assert database.count("outbox_events") == 0
@@ -95,7 +85,7 @@ def test_nothing_is_written_without_a_watch(database: Database, api: FakeNewApi)
 
 def test_a_gateway_answering_502_three_times_still_converges(watched: Database, api: FakeNewApi) -> None:
     api.token(17)
-    user(watched, "alice@example.com", 5, "17")
+    make_user(watched, "alice@example.com", 5, "17")
     spend(watched, "evt-1", 10, 17)
     api.access_502 = 3
     clock = [NOW.timestamp()]
@@ -116,7 +106,7 @@ def test_a_gateway_answering_502_three_times_still_converges(watched: Database, 
 
 def test_the_last_intent_wins_when_the_gateway_comes_back(watched: Database, api: FakeNewApi) -> None:
     api.token(17)
-    alice = user(watched, "alice@example.com", 5, "17")
+    alice = make_user(watched, "alice@example.com", 5, "17")
     spend(watched, "evt-1", 10, 17)  # suspend
     in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))  # resume, before any push
     assert enforcer(watched, api).run_once().applied == 1
@@ -129,12 +119,12 @@ def test_a_user_created_without_credits_starts_suspended_and_a_linked_key_is_dis
 ) -> None:
     api.token(21)
     api.token(22, status=2)
-    bare = user(watched, "new@example.com", 0)
+    bare = make_user(watched, "new@example.com", 0)
     assert enforcer(watched, api).run_once().calls == 0  # suspended, with no key to disable yet
     in_transaction(watched, lambda c: link_key(c, "21", bare, NOW))
     enforcer(watched, api).run_once()
     assert statuses(api) == {21: 2, 22: 2}  # 22: disabled by hand before, nobody's yet
-    funded = user(watched, "funded@example.com", 10)
+    funded = make_user(watched, "funded@example.com", 10)
     assert enforcer(watched, api).run_once().calls == 0
     in_transaction(watched, lambda c: link_key(c, "22", funded, NOW))  # a key moved from broke@ to a payer
     enforcer(watched, api).run_once()
@@ -149,7 +139,7 @@ def test_two_enforcers_push_each_intent_once(watched: Database, api: FakeNewApi)
     for key in keys:
         api.token(int(key))
     for index, key in enumerate(keys):
-        user(watched, f"u{index}@example.com", 1, key)
+        make_user(watched, f"u{index}@example.com", 1, key)
         spend(watched, f"evt-{key}", 1, int(key))
     pair = [enforcer(watched, api), enforcer(watched, api)]
     start = threading.Barrier(2)
@@ -169,7 +159,7 @@ def test_two_enforcers_push_each_intent_once(watched: Database, api: FakeNewApi)
 
 def test_a_token_of_another_account_is_refused_and_recorded(watched: Database, api: FakeNewApi) -> None:
     api.token(40, owner=5)
-    user(watched, "alice@example.com", 1, "40")
+    make_user(watched, "alice@example.com", 1, "40")
     spend(watched, "evt-1", 1, 40)
     report = enforcer(watched, api, attempts=1).run_once()
     assert report.failed == 1
@@ -179,12 +169,12 @@ def test_a_token_of_another_account_is_refused_and_recorded(watched: Database, a
 
 def test_users_mode_disables_the_gateway_user_and_never_its_own_account(watched: Database, api: FakeNewApi) -> None:
     api.users.update({7: 1, int(ADMIN_USER): 1})
-    alice = user(watched, "alice@example.com", 5, "17")
+    alice = make_user(watched, "alice@example.com", 5, "17")
     in_transaction(watched, lambda c: set_gateway_user(c, alice, 7, NOW))
     spend(watched, "evt-1", 10, 17)
     assert enforcer(watched, api, "users").run_once().applied == 1
     assert api.users[7] == 2
-    mallory = user(watched, "mallory@example.com", 5, "18")
+    mallory = make_user(watched, "mallory@example.com", 5, "18")
     in_transaction(watched, lambda c: set_gateway_user(c, mallory, int(ADMIN_USER), NOW))
     spend(watched, "evt-2", 10, 18)
     report = enforcer(watched, api, "users", attempts=1).run_once()
@@ -196,8 +186,8 @@ def test_reconcile_reads_access_back_reports_drift_and_fix_queues_it_again(watch
     api.token(17, status=2)  # someone disabled it by hand, though alice has credits
     api.token(18)
     api.token(19, owner=5)  # not ours to read
-    user(watched, "alice@example.com", 50, "17")
-    user(watched, "bob@example.com", 50, "18", "19")
+    make_user(watched, "alice@example.com", 50, "17")
+    make_user(watched, "bob@example.com", 50, "18", "19")
     client = NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER)
     access = partial(gateway_drift, watched.engine, client, "tokens", 0)
     reconciler = Reconciler(watched.engine, None, PollConfig(), access=access)
@@ -219,8 +209,8 @@ def test_users_mode_learns_the_gateway_user_from_what_the_gateway_says_but_the_o
 ) -> None:
     watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
     api.users.update({7: 1, 8: 1, 9: 1})
-    alice = user(database, "alice@example.com", 5, "17")
-    bob = user(database, "bob@example.com", 5, "18")
+    alice = make_user(database, "alice@example.com", 5, "17")
+    bob = make_user(database, "bob@example.com", 5, "18")
     told = usage_event("evt-1", cost=1, key=17)
     told["data"]["userId"] = 7
     deliver(database.engine, [parse_event(encode(told))], NOW)
@@ -263,7 +253,7 @@ def test_credit_api_and_adjust_cross_the_line_too(watched: Database, api: FakeNe
     enforcer(watched, api).run_once()
     assert statuses(api)[17] == 1
 
-    bob = user(watched, "bob@example.com", 20, "18")
+    bob = make_user(watched, "bob@example.com", 20, "18")
     in_transaction(watched, lambda c: adjust(c, bob, -25, "ticket-1", "charged back", NOW))
     enforcer(watched, api).run_once()
     assert statuses(api) == {17: 1, 18: 2}
@@ -276,7 +266,7 @@ def test_a_push_that_outlived_its_lease_cannot_leave_the_newer_intent_undone(
     A's late call disables the key again — so A's settle, finding its lease gone, queues the current
     intent once more, and the next pass enables the key."""
     api.token(17)
-    alice = user(watched, "alice@example.com", 5, "17")
+    alice = make_user(watched, "alice@example.com", 5, "17")
     enforcer(watched, api).run_once()
     spend(watched, "evt-1", 10, 17)
     clock = [NOW.timestamp()]
@@ -300,7 +290,7 @@ def test_reconcile_fix_queues_what_the_balance_says_when_it_fixes_not_when_it_lo
     watched: Database, api: FakeNewApi
 ) -> None:
     api.token(17)
-    alice = user(watched, "alice@example.com", 5, "17")
+    alice = make_user(watched, "alice@example.com", 5, "17")
     enforcer(watched, api).run_once()
     spend(watched, "evt-1", 10, 17)  # -5: suspend queued, not pushed: the key is still enabled
     drift = gateway_drift(watched.engine, NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER), "tokens", 0)
@@ -313,7 +303,7 @@ def test_reconcile_fix_queues_what_the_balance_says_when_it_fixes_not_when_it_lo
 def test_users_mode_parks_an_intent_until_the_gateway_user_is_known(database: Database, api: FakeNewApi) -> None:
     watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
     api.users[7] = 1
-    alice = user(database, "alice@example.com", 5, "17")
+    alice = make_user(database, "alice@example.com", 5, "17")
     spend(database, "evt-1", 10, 17)
     parked = enforcer(database, api, "users").run_once()
     assert (parked.applied, parked.calls, parked.failed) == (1, 0, 0)  # nothing to call, nothing failed

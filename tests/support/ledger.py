@@ -52,10 +52,13 @@ def force_row_counts(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)
 
 
-def make_user(database: Database, email: str, credits: int, key: str) -> int:
+def make_user(database: Database, email: str, credits: int, *keys: str) -> int:
+    """A user with an opening balance and the gateway keys that bill them; their id."""
+
     def work(connection: Connection) -> int:
         user = create_user(connection, NewUser(email, opening_credits=credits), NOW)
-        link_key(connection, key, user.id, NOW)
+        for key in keys:
+            link_key(connection, key, user.id, NOW)
         return user.id
 
     return in_transaction(database, work)

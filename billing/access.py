@@ -1,0 +1,95 @@
+"""What the pages, the allowance endpoint and the metrics read of enforcement: a user's gateway state and
+calls, whether a key may be served now, and the counts of suspensions, pending intents and alerts; and the
+operator's "suspend now" / "resume now". Nothing here calls the gateway (``billing.enforcement`` does)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from creditrelay.billing.ledger import UnknownUser
+from creditrelay.billing.rows import lock_balances
+from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
+from creditrelay.schema.outbox import DEAD, PENDING
+from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, outbox_events, users
+
+
+@dataclass(frozen=True)
+class UserAccess:
+    """What the admin pages show of a user's enforcement."""
+
+    suspended: bool
+    pending: bool
+    last_error: str | None
+    calls: list[dict[str, Any]]
+
+
+def access_of(connection: Connection, user_id: int, limit: int = 20) -> UserAccess:
+    state = connection.execute(sa.select(gateway_states).where(gateway_states.c.userId == user_id)).one_or_none()
+    calls = connection.execute(
+        sa.select(gateway_calls)
+        .where(gateway_calls.c.userId == user_id)
+        .order_by(gateway_calls.c.id.desc())
+        .limit(limit)
+    )
+    return UserAccess(
+        suspended=state is not None and state.desired == SUSPEND,
+        pending=state is not None and state.version > state.applied,
+        last_error=None if state is None else state.lastError,
+        calls=[{"target": c.target, "action": c.action, "ok": c.ok, "answer": c.answer, "at": c.at} for c in calls],
+    )
+
+
+def operator_access(connection: Connection, user_id: int, desired: str, now: datetime, who: str = "admin") -> None:
+    """An operator's "suspend now" or "resume now": the user's latest intent, whatever the balance says
+    (the next change that crosses the line decides again), recorded beside the gateway's calls."""
+    if desired not in (SUSPEND, RESUME):
+        raise ValueError(desired)
+    if lock_balances(connection, [user_id]).get(user_id) is None:
+        raise UnknownUser(user_id)
+    queue_intents(connection, [user_id], desired, now)
+    row = {"userId": user_id, "target": "operator", "action": desired, "ok": True, "answer": f"{desired} now by {who}"}
+    connection.execute(gateway_calls.insert().values(**row, at=now))
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """May the gateway serve a key now: its user's balance against the line, and creditrelay's latest word
+    to the gateway about them."""
+
+    allowed: bool
+    balance: int
+    suspended: bool
+
+
+def allowance_of(connection: Connection, remote_key_id: str, suspend_at: int) -> Allowance | None:
+    """One indexed read (the key, its user, their state); None for a key nobody has."""
+    query = (
+        sa.select(users.c.balance, gateway_states.c.desired)
+        .select_from(api_keys.join(users, users.c.id == api_keys.c.userId))
+        .outerjoin(gateway_states, gateway_states.c.userId == users.c.id)
+        .where(api_keys.c.remoteKeyId == remote_key_id)
+    )
+    row = connection.execute(query).one_or_none()
+    if row is None:
+        return None
+    return Allowance(row.balance > suspend_at, int(row.balance), row.desired == SUSPEND)
+
+
+def counts(connection: Connection) -> dict[str, int]:
+    """Users whose latest intent is a suspension, intents not yet confirmed by the gateway, and alerts
+    waiting or given up on — each a range of an index (``desired``; ``nextAttemptAt``, set only while
+    pending; the outbox's ``(status, nextAttemptAt)``), however many there ever were."""
+    states, alerts = gateway_states.c, outbox_events.c
+    row = connection.execute(
+        sa.select(
+            sa.select(sa.func.count()).where(states.desired == SUSPEND).scalar_subquery(),
+            sa.select(sa.func.count()).where(states.nextAttemptAt.is_not(None)).scalar_subquery(),
+            sa.select(sa.func.count()).where(alerts.status == PENDING).scalar_subquery(),
+            sa.select(sa.func.count()).where(alerts.status == DEAD).scalar_subquery(),
+        )
+    ).one()
+    names = ("suspended", "pending", "alerts_pending", "alerts_dead")
+    return {name: int(value or 0) for name, value in zip(names, row, strict=True)}

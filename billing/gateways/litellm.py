@@ -1,0 +1,68 @@
+"""The upstream: LiteLLM's proxy, as its source defines it (``litellm/proxy/management_endpoints/
+key_management_endpoints.py``, v1.110).
+
+``POST /key/block`` and ``POST /key/unblock`` with ``{"key": <the key, "sk-…", or its SHA-256 hash>}``
+and ``Authorization: Bearer <master key>``: the key's row with ``blocked`` set, or an error
+``{"error": {"message", "type", "param", "code"}}`` (400 for a key in neither form, 404 for one it does not
+know, 401 for a wrong master key). ``GET /key/info?key=<hash>``: ``{"key", "info": {…, "blocked"}}``.
+Every method raises ``UpstreamError`` for a refusal, an HTTP error or no answer.
+"""
+
+import re
+from typing import Any
+
+import httpx
+
+from creditrelay.schema.errors import UpstreamError
+
+# what LiteLLM takes as a key (its is_valid_api_key): "sk-" and URL-safe characters, or a SHA-256 in hex
+_KEY = re.compile(r"sk-[A-Za-z0-9_-]+|[a-fA-F0-9]{64}")
+
+
+class LiteLLMClient:
+    def __init__(self, base_url: str, master_key: str, *, timeout: float = 5.0) -> None:
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {master_key}", "Accept": "application/json"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **options: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **options)
+        except httpx.TransportError as error:
+            raise UpstreamError(f"LiteLLM unreachable: {type(error).__name__}") from None
+        try:
+            answer = response.json()
+        except (ValueError, RecursionError):
+            answer = None
+        if response.status_code != 200:
+            refusal = answer.get("error") if isinstance(answer, dict) else None
+            message = refusal.get("message") if isinstance(refusal, dict) else None
+            raise UpstreamError(f"LiteLLM answered HTTP {response.status_code}: {str(message or 'no message')[:200]}")
+        if not isinstance(answer, dict):
+            raise UpstreamError("LiteLLM answered something that is not a JSON object")
+        return answer
+
+    @staticmethod
+    def _key(key: str) -> str:
+        if not _KEY.fullmatch(key) or len(key) > 100:
+            raise UpstreamError(
+                "not a LiteLLM key or key hash (the gateway key must be user_api_key_hash: CREDITRELAY_KEY_FIELD)"
+            )
+        return key
+
+    def set_key_enabled(self, key: str, enabled: bool) -> None:
+        """Unblock (``enabled``) or block a virtual key: a blocked key's every request is refused."""
+        self._call("POST", "/key/unblock" if enabled else "/key/block", json={"key": self._key(key)})
+
+    def key_enabled(self, key: str) -> bool:
+        """Whether LiteLLM serves the key now (it is not blocked)."""
+        answer = self._call("GET", "/key/info", params={"key": self._key(key)})
+        info = answer.get("info")
+        if not isinstance(info, dict) or not isinstance(info.get("blocked", False), bool | None):
+            raise UpstreamError("key info without info.blocked")
+        return not info.get("blocked")
