@@ -128,7 +128,7 @@ def load_settings(
     if enforcement not in ENFORCEMENT_MODES:
         raise SettingsError(f"GATEWAY_ENFORCEMENT must be one of {', '.join(ENFORCEMENT_MODES)}")
     litellm = {name: _optional(config, name) for name in ("LITELLM_BASE_URL", "LITELLM_MASTER_KEY")}
-    if litellm["LITELLM_BASE_URL"] is not None and not _web_url(litellm["LITELLM_BASE_URL"]):
+    if litellm["LITELLM_BASE_URL"] is not None and not web_url(litellm["LITELLM_BASE_URL"]):
         raise SettingsError("LITELLM_BASE_URL must be an http:// or https:// URL with a host")
     if enforcement == "litellm" and not all(litellm.values()):
         raise SettingsError("GATEWAY_ENFORCEMENT=litellm needs LITELLM_BASE_URL and LITELLM_MASTER_KEY")
@@ -137,7 +137,7 @@ def load_settings(
             f"GATEWAY_ENFORCEMENT={enforcement} needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID"
         )
     alert_url, alert_secret = _optional(config, "ALERT_WEBHOOK_URL"), _optional(config, "ALERT_WEBHOOK_SECRET")
-    if alert_url is not None and not _web_url(alert_url):
+    if alert_url is not None and not web_url(alert_url):
         raise SettingsError("ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host")
     if (alert_url is None) != (alert_secret is None):
         raise SettingsError("ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET go together")
@@ -178,7 +178,10 @@ def load_settings(
     )
 
 
-def _web_url(text: str) -> bool:
+def web_url(text: str) -> bool:
+    """An http:// or https:// URL with a host, a valid port if any, and no space or control character."""
+    if not text.isprintable() or any(character.isspace() for character in text):
+        return False
     try:
         parts = urlsplit(text)
         _ = parts.port  # a port out of range raises too

@@ -3,8 +3,9 @@ that refuses a key creditrelay has suspended.
 
 ``callback`` (made from the environment when LiteLLM's proxy loads it: ``litellm_settings: callbacks:
 creditrelay.sender.litellm.callback``) is a ``CustomLogger``. Its success hook turns LiteLLM's standard
-logging object into a usage event (``eventId`` and ``requestId``: the call's ``litellm_call_id``;
-``remoteKeyId``: the virtual key's hash, or its alias or user id by ``CREDITRELAY_KEY_FIELD``;
+logging object into a usage event (``eventId`` and ``requestId``: a digest of the call's
+``litellm_call_id``, key and start, since a client may choose the call id; ``remoteKeyId``: the virtual
+key's hash, or its alias or user id by ``CREDITRELAY_KEY_FIELD``;
 ``creditCost``: ``ceil(response_cost * CREDITS_PER_USD)``) and commits it to the outbox, off the event
 loop, before the hook returns; ``creditrelay relay`` delivers it. Nothing it does can fail or slow the
 call: each failure is logged and counted (``creditrelay_litellm_events_total``), never raised. The
@@ -17,17 +18,17 @@ this module.
 """
 
 import asyncio
+import hashlib
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import litellm
 import structlog
 from litellm.integrations.custom_logger import CustomLogger
@@ -36,7 +37,9 @@ from prometheus_client import Counter
 
 from creditrelay.schema.errors import SettingsError
 from creditrelay.schema.money import MAX_AMOUNT
-from creditrelay.schema.wire import EnvelopeError, parse_event
+from creditrelay.schema.settings import web_url
+from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_TIMESTAMP, EnvelopeError, parse_event
+from creditrelay.sender.allowance import Allowance
 from creditrelay.sender.events import encode_event, usage_event
 from creditrelay.sender.outbox import DEFAULT_OUTBOX_URL, Outbox
 
@@ -44,6 +47,10 @@ log = structlog.get_logger()
 EVENTS = Counter("creditrelay_litellm_events", "LiteLLM calls the callback turned into usage events", ["outcome"])
 # CREDITRELAY_KEY_FIELD -> where the pre-call hook finds the same key on LiteLLM's UserAPIKeyAuth
 KEY_FIELDS = {"user_api_key_hash": "token", "user_api_key_alias": "key_alias", "user_api_key_user_id": "user_id"}
+# a virtual key's hash: what LiteLLM reports for a virtual key, and only for one (the master key is
+# "litellm_proxy_master_key", a service account its name, a JWT "hashed-jwt-…")
+VIRTUAL_KEY = re.compile(r"[0-9a-f]{64}")
+MAX_ALLOWANCE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -78,13 +85,23 @@ class LiteLLMSettings:
         if fail_mode not in ("open", "closed"):
             raise SettingsError("CREDITRELAY_FAIL_MODE must be open or closed")
         receiver, token = get("CREDITRELAY_URL"), get("GATEWAY_TOKEN")
-        if receiver is not None and not receiver.startswith(("http://", "https://")):
-            raise SettingsError("CREDITRELAY_URL must be creditrelay's http:// or https:// base URL")
+        if receiver is not None and not web_url(receiver):
+            raise SettingsError("CREDITRELAY_URL must be creditrelay's http:// or https:// base URL, with a host")
         if (receiver is None) != (token is None):
             raise SettingsError("CREDITRELAY_URL and GATEWAY_TOKEN go together (the pre-call hook needs both)")
+        if token is not None and not (32 <= len(token) <= 256 and token.isascii() and token.isprintable()):
+            raise SettingsError(
+                "GATEWAY_TOKEN must be creditrelay's GATEWAY_TOKEN: 32 or more printable ASCII characters"
+            )
+        per_usd = _decimal("CREDITS_PER_USD", rate)
+        if per_usd == 0:
+            raise SettingsError("CREDITS_PER_USD must be more than 0 (0 would make every call free)")
+        seconds = _decimal("CREDITRELAY_ALLOWANCE_SECONDS", get("CREDITRELAY_ALLOWANCE_SECONDS") or "5")
+        if seconds > MAX_ALLOWANCE_SECONDS:
+            raise SettingsError(f"CREDITRELAY_ALLOWANCE_SECONDS must be at most {MAX_ALLOWANCE_SECONDS}")
         cache_hit = get("CREDITRELAY_CACHE_HIT_CREDITS")
         return cls(
-            credits_per_usd=_decimal("CREDITS_PER_USD", rate),
+            credits_per_usd=per_usd,
             outbox_url=get("CREDITRELAY_OUTBOX_URL") or DEFAULT_OUTBOX_URL,
             key_field=key_field,
             zero_cost_credits=_credits("CREDITRELAY_ZERO_COST_CREDITS", get("CREDITRELAY_ZERO_COST_CREDITS") or "0"),
@@ -92,9 +109,7 @@ class LiteLLMSettings:
             receiver_url=receiver,
             gateway_token=token,
             fail_closed=fail_mode == "closed",
-            allowance_seconds=float(
-                _decimal("CREDITRELAY_ALLOWANCE_SECONDS", get("CREDITRELAY_ALLOWANCE_SECONDS") or "5")
-            ),
+            allowance_seconds=float(seconds),
         )
 
 
@@ -109,7 +124,7 @@ def _decimal(name: str, text: str) -> Decimal:
 
 
 def _credits(name: str, text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_AMOUNT:
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or int(text) > MAX_AMOUNT:
         raise SettingsError(f"{name} must be a whole number of credits from 0 to {MAX_AMOUNT}")
     return int(text)
 
@@ -126,88 +141,106 @@ def credits_of(logged: Mapping[str, Any], settings: LiteLLMSettings) -> int:
     cost = logged.get("response_cost")
     if cost is None or cost == 0:
         return settings.zero_cost_credits
-    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost) or cost < 0:
-        raise Skipped(f"response_cost {cost!r} is not a cost")
-    credits = math.ceil(Decimal(repr(cost)) * settings.credits_per_usd)
+    if (
+        isinstance(cost, bool)
+        or not isinstance(cost, int | float)
+        or (isinstance(cost, float) and not math.isfinite(cost))
+    ):
+        raise Skipped(f"response_cost {str(cost)[:40]!r} is not a cost")
+    dollars = Decimal(cost) if isinstance(cost, int) else Decimal(repr(cost))
+    if dollars < 0:
+        raise Skipped(f"response_cost {str(cost)[:40]} is negative")
+    credits = math.ceil(min(dollars * settings.credits_per_usd, Decimal(MAX_AMOUNT + 1)))
     if credits > MAX_AMOUNT:
-        raise Skipped(f"response_cost {cost!r} is {credits} credits, past the {MAX_AMOUNT} one usage may cost")
+        raise Skipped(f"response_cost {str(cost)[:40]} is past the {MAX_AMOUNT} credits one usage may cost")
     return credits
 
 
+def event_id_of(call_id: str, key_hash: str, started: Any) -> str:
+    """The usage's id: the same for every run of the callback on one call, and different for two calls.
+    Not the call id itself: a client chooses it (LiteLLM's proxy takes its ``x-litellm-call-id`` header),
+    and a call id used again — by the same client or to match someone else's — would make a served call a
+    "duplicate" nobody pays for. The virtual key and the call's start tell two such calls apart."""
+    identity = "\n".join((call_id, key_hash, repr(started))).encode("utf-8", "surrogatepass")
+    return "litellm-" + hashlib.sha256(identity).hexdigest()[:48]
+
+
+def _text(value: Any, limit: int) -> str | None:
+    """``value`` if it is text the receiver stores as it is (1 to ``limit`` characters, no NUL, UTF-8)."""
+    if not isinstance(value, str) or not 0 < len(value) <= limit or "\x00" in value:
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    return value
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if 0 <= value <= BIGINT_MAX else None
+
+
 def event_of(logged: Mapping[str, Any], settings: LiteLLMSettings) -> tuple[str, bytes]:
-    """The usage event of one logged call (its id, its exact bytes), checked as the receiver will check it."""
-    call_id, metadata = logged.get("litellm_call_id"), logged.get("metadata") or {}
+    """The usage event of one logged call (its id, its exact bytes), checked as the receiver will check it.
+
+    What bills (the key, the cost) must be right or the call is ``Skipped``; what only describes it is
+    repaired rather than losing the charge, and the log says which: a model name that is not storable
+    text becomes ``unknown``, a token count that is no count 0, a start that is no Unix time the time now,
+    a gateway user id that is not storable text is left out."""
+    call_id = logged.get("litellm_call_id")
+    metadata = logged.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
     if not isinstance(call_id, str) or not call_id:
         raise Skipped("no litellm_call_id")
+    key_hash = metadata.get("user_api_key_hash")
+    if not isinstance(key_hash, str) or not VIRTUAL_KEY.fullmatch(key_hash):
+        raise Skipped("not a virtual key's call (the master key, a service account, a JWT): it bills nobody")
     key = metadata.get(settings.key_field)
     if not isinstance(key, str) or not key:
-        raise Skipped(f"no {settings.key_field} in the call's metadata (a call without a virtual key)")
+        raise Skipped(f"no {settings.key_field} in the call's metadata")
+    repaired: list[str] = []
+    model = _text(logged.get("model"), MAX_MODEL)
+    if model is None:
+        repaired.append("model")
+    tokens = {name: _count(logged.get(name) or 0) for name in ("prompt_tokens", "completion_tokens")}
+    if sum(count or 0 for count in tokens.values()) > BIGINT_MAX:  # their total must be a count too
+        tokens = dict.fromkeys(tokens)
+    repaired += [name for name, count in tokens.items() if count is None]
+    started = logged.get("startTime")
+    seconds = _count(int(started) if isinstance(started, float) and math.isfinite(started) else started)
+    timestamp = seconds if seconds is not None and seconds <= MAX_TIMESTAMP else None
+    if timestamp is None:
+        repaired.append("startTime")
+        timestamp = int(time.time())
     user = metadata.get("user_api_key_user_id")
+    if user is not None and _text(user, 64) is None:
+        repaired.append("user_api_key_user_id")
+    if repaired:
+        log.warning("litellm_usage_repaired", fields=repaired, call_id=str(call_id)[:100])
+    event_id = event_id_of(call_id, key_hash, started)
     event = usage_event(
         remote_key_id=key,
-        model=str(logged.get("model") or "unknown"),
+        model=model or "unknown",
         credit_cost=credits_of(logged, settings),
-        prompt_tokens=int(logged.get("prompt_tokens") or 0),
-        completion_tokens=int(logged.get("completion_tokens") or 0),
-        request_id=call_id,
-        user_id=user if isinstance(user, str) and 0 < len(user) <= 64 else None,
-        timestamp=int(logged.get("startTime") or time.time()),
-        event_id=call_id,
+        prompt_tokens=tokens["prompt_tokens"] or 0,
+        completion_tokens=tokens["completion_tokens"] or 0,
+        request_id=event_id,
+        user_id=_text(user, 64),
+        timestamp=timestamp,
+        event_id=event_id,
     )
+    if _text(call_id, 256) is not None:
+        event["data"]["litellmCallId"] = call_id  # kept with the payload: to find the call in LiteLLM's logs
     body = encode_event(event)
     try:
         parse_event(body)
     except EnvelopeError as error:
         raise Skipped(f"the usage event would be refused: {error}") from None
-    return call_id, body
-
-
-@dataclass
-class _Answer:
-    allowed: bool | None  # None: creditrelay could not say
-    until: float
-
-
-@dataclass
-class Allowance:
-    """creditrelay's word on keys, kept ``settings.allowance_seconds`` (a failure to ask, one second)."""
-
-    settings: LiteLLMSettings
-    clock: Any = time.monotonic
-    answers: dict[str, _Answer] = field(default_factory=dict)
-    _client: tuple[Any, httpx.AsyncClient] | None = None
-
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client[0] is not loop:  # a client belongs to its event loop
-            assert self.settings.receiver_url is not None
-            headers = {"Authorization": f"Bearer {self.settings.gateway_token}", "Accept": "application/json"}
-            client = httpx.AsyncClient(
-                base_url=self.settings.receiver_url, headers=headers, timeout=self.settings.timeout
-            )
-            self._client = (loop, client)
-        return self._client[1]
-
-    async def allowed(self, key: str) -> bool | None:
-        """True or False as creditrelay says (a key it does not know: False), None when it cannot be asked."""
-        now = self.clock()
-        kept = self.answers.get(key)
-        if kept is not None and kept.until > now:
-            return kept.allowed
-        try:
-            reply = await self._http().get(f"/api/gateway/allowance/{quote(key, safe='')}")
-            if reply.status_code == 404:
-                verdict: bool | None = False
-            elif reply.status_code == 200:
-                verdict = bool(reply.json()["data"]["allowed"])
-            else:
-                raise ValueError(f"HTTP {reply.status_code}")
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
-            log.warning("allowance_unavailable", error=str(error)[:200])
-            self.answers[key] = _Answer(None, now + 1.0)
-            return None
-        self.answers[key] = _Answer(verdict, now + self.settings.allowance_seconds)
-        return verdict
+    return event_id, body
 
 
 class CreditRelayLogger(CustomLogger):
@@ -218,7 +251,9 @@ class CreditRelayLogger(CustomLogger):
         self.settings = settings
         self._outbox = outbox
         self._opening = threading.Lock()
-        self.allowance = Allowance(settings)
+        self.allowance = Allowance(
+            settings.receiver_url or "", settings.gateway_token or "", settings.allowance_seconds, settings.timeout
+        )
 
     @property
     def outbox(self) -> Outbox:
@@ -229,6 +264,16 @@ class CreditRelayLogger(CustomLogger):
                 if self._outbox is None:
                     self._outbox = Outbox.open(self.settings.outbox_url)
         return self._outbox
+
+    def check_outbox(self) -> None:
+        """Open the outbox now (its tables made if missing), and let go of its connections: a URL it cannot
+        open or a file it cannot write stops the proxy's start instead of losing every usage after it. (The
+        proxy may fork its workers after this: each opens connections of its own on its first event.)"""
+        try:
+            self.outbox.engine.dispose()
+        except Exception as error:
+            self._outbox = None
+            raise SettingsError(f"CREDITRELAY_OUTBOX_URL: the outbox cannot be opened: {str(error)[:300]}") from error
 
     def record(self, kwargs: Mapping[str, Any]) -> str:
         """Commit the call's usage event; what became of it (``queued``, ``duplicate``, ``skipped``,
@@ -255,8 +300,11 @@ class CreditRelayLogger(CustomLogger):
         self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any]:
         """Refuse the call of a key creditrelay has suspended, as LiteLLM refuses one over its budget."""
+        token = getattr(user_api_key_dict, "token", None)  # a virtual key's hash, or no virtual key's call
         key = getattr(user_api_key_dict, KEY_FIELDS[self.settings.key_field], None)
-        if self.settings.receiver_url is None or not isinstance(key, str) or not key:
+        if self.settings.receiver_url is None or not isinstance(token, str) or not VIRTUAL_KEY.fullmatch(token):
+            return data  # the master key, a service account, a JWT: billed to nobody, refused by nobody
+        if not isinstance(key, str) or not key:
             return data
         allowed = await self.allowance.allowed(key)
         if allowed or (allowed is None and not self.settings.fail_closed):
@@ -276,6 +324,7 @@ def __getattr__(name: str) -> Any:
     proxy loads its config), so that a bad setting stops the proxy's start with its name."""
     if name == "callback":
         made = CreditRelayLogger(LiteLLMSettings.from_environment())
+        made.check_outbox()
         globals()["callback"] = made
         return made
     raise AttributeError(name)

@@ -40,9 +40,8 @@ class LiteLLMClient:
         except (ValueError, RecursionError):
             answer = None
         if response.status_code != 200:
-            refusal = answer.get("error") if isinstance(answer, dict) else None
-            message = refusal.get("message") if isinstance(refusal, dict) else None
-            raise UpstreamError(f"LiteLLM answered HTTP {response.status_code}: {str(message or 'no message')[:200]}")
+            message = _message(answer) or "no message"
+            raise UpstreamError(f"LiteLLM answered HTTP {response.status_code}: {message[:200]}")
         if not isinstance(answer, dict):
             raise UpstreamError("LiteLLM answered something that is not a JSON object")
         return answer
@@ -60,9 +59,27 @@ class LiteLLMClient:
         self._call("POST", "/key/unblock" if enabled else "/key/block", json={"key": self._key(key)})
 
     def key_enabled(self, key: str) -> bool:
-        """Whether LiteLLM serves the key now (it is not blocked)."""
+        """Whether LiteLLM serves the key now (it is not blocked). A deleted key (LiteLLM describes it from
+        its archive) is neither: an ``UpstreamError`` saying so."""
         answer = self._call("GET", "/key/info", params={"key": self._key(key)})
         info = answer.get("info")
         if not isinstance(info, dict) or not isinstance(info.get("blocked", False), bool | None):
             raise UpstreamError("key info without info.blocked")
+        if info.get("status") == "deleted":
+            raise UpstreamError("the key was deleted at LiteLLM (unlink it: creditrelay key unlink)")
         return not info.get("blocked")
+
+
+def _message(answer: Any) -> str | None:
+    """The words of a LiteLLM error: a ``ProxyException``'s ``{"error": {"message"}}``, or FastAPI's
+    ``{"detail": …}`` of an ``HTTPException`` (its detail a string, or ``{"error": …}``)."""
+    if not isinstance(answer, dict):
+        return None
+    for found in (answer.get("error"), answer.get("detail")):
+        if isinstance(found, dict):
+            found = found.get("message", found.get("error"))
+            if isinstance(found, dict):
+                found = found.get("message")
+        if isinstance(found, str) and found:
+            return found
+    return None

@@ -15,7 +15,7 @@ from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.wire import parse_event
 from tests.support import cli
 from tests.support.database import Database
-from tests.support.fake_litellm import MASTER_KEY, FakeLiteLLM, fake_litellm
+from tests.support.fake_litellm import MASTER_KEY, MEMBER_KEY, FakeLiteLLM, fake_litellm
 from tests.support.ledger import NOW, in_transaction, make_user
 from tests.support.signing import encode, usage_event
 
@@ -64,6 +64,12 @@ def test_refusals_are_recorded_and_tried_again_not_taken_for_done(watched: Datab
     report = enforcer(watched, proxy, master="sk-wrong").run_once()
     assert (report.failed, report.failed_calls) == (1, 1)
     assert "HTTP 401" in report.errors[0]
+    watched.execute("UPDATE gateway_states SET nextAttemptAt = :t", t=NOW)
+    report = enforcer(watched, proxy, master=MEMBER_KEY).run_once()  # a key that is no admin: FastAPI's words
+    assert report.errors[0].endswith(
+        f"{known}: LiteLLM answered HTTP 403: Only proxy admins, team admins, or org admins can call /key/block."
+    )
+    watched.execute("DELETE FROM gateway_calls WHERE answer LIKE :a", a="%HTTP 403%")
     make_user(watched, "dan@example.com", 0, "f" * 64)  # a hash LiteLLM does not know
     make_user(watched, "erin@example.com", 0, "erins-alias")
     answers = dict(watched.rows("SELECT target, answer FROM gateway_calls WHERE ok = :no", no=False))
@@ -80,17 +86,26 @@ def test_refusals_are_recorded_and_tried_again_not_taken_for_done(watched: Datab
 
 
 def test_reconcile_reads_each_keys_block_back(watched: Database, proxy: FakeLiteLLM) -> None:
-    """A key unblocked by hand while its user is at zero is drift; one LiteLLM cannot describe is a finding."""
+    """A key unblocked by hand while its user is at zero is drift; one LiteLLM does not hold, or holds only
+    as deleted, is a finding of its own (not drift: a fix could not change it)."""
     served, hand_unblocked = proxy.add_key("sk-frank-1"), proxy.add_key("sk-gina-1")
-    make_user(watched, "frank@example.com", 50, served)
+    gone = proxy.add_key("sk-frank-2")
+    make_user(watched, "frank@example.com", 50, served, gone)
     make_user(watched, "gina@example.com", 0, hand_unblocked, "e" * 64)
     enforcer(watched, proxy).run_once()
     proxy.keys[hand_unblocked]["blocked"] = False
+    proxy.delete_key(gone)
     client = LiteLLMClient(proxy.url, MASTER_KEY)
     found = {(d.finding.kind, d.finding.subject) for d in gateway_drift(watched.engine, client, LITELLM, 0)}
-    assert found == {("gateway_drift", f"key {hand_unblocked}"), ("gateway_unreadable", f"key {'e' * 64}")}
-    with pytest.raises(UpstreamError, match="HTTP 404"):
+    assert found == {
+        ("gateway_drift", f"key {hand_unblocked}"),
+        ("gateway_unreadable", f"key {'e' * 64}"),
+        ("gateway_unreadable", f"key {gone}"),
+    }
+    with pytest.raises(UpstreamError, match="HTTP 404: Key not found in database"):
         client.key_enabled("e" * 64)
+    with pytest.raises(UpstreamError, match="deleted at LiteLLM"):
+        client.key_enabled(gone)
 
 
 def test_the_commands_enforce_and_reconcile_at_litellm(database: Database, proxy: FakeLiteLLM) -> None:

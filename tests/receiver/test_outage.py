@@ -37,7 +37,7 @@ def test_database_outage_is_503_then_recovers_without_restart(database: Database
     assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == OPENING - 40
 
 
-@pytest.mark.parametrize("database", ["mysql"], indirect=True)  # SQLite has no server to be away
+@pytest.mark.parametrize("database", ["mysql", "postgresql"], indirect=True)  # SQLite has no server to be away
 def test_serve_comes_up_during_a_database_outage(database: Database) -> None:
     """The start-up schema check waits for the database, then lets serve start instead of crashing."""
     with database.fragile_engine() as (engine, outage), outage():

@@ -6,10 +6,11 @@ creditrelay cannot be asked; and the proxy config the docs give loads the callba
 loader."""
 
 import asyncio
+import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ import litellm
 import pytest
 import yaml
 from litellm.proxy._types import ProxyException, UserAPIKeyAuth
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from creditrelay.billing.accounts import adjust, top_up
 from creditrelay.receiver.app import create_app
@@ -31,7 +36,7 @@ from creditrelay.schema.errors import SettingsError
 from creditrelay.schema.signing import WebhookSecret
 from creditrelay.sender import litellm as integration
 from creditrelay.sender.delivery import Signer
-from creditrelay.sender.litellm import CreditRelayLogger, LiteLLMSettings, Skipped, credits_of
+from creditrelay.sender.litellm import CreditRelayLogger, LiteLLMSettings, Skipped, credits_of, event_id_of
 from creditrelay.sender.outbox import Outbox
 from creditrelay.sender.relay import OutboxRelay, RelayConfig
 from tests.support.database import Database
@@ -63,7 +68,7 @@ def _logger(tmp_path: Path, url: str | None = None, **options: Any) -> CreditRel
     return CreditRelayLogger(settings)
 
 
-async def _calls(logger: CreditRelayLogger, count: int) -> list[Any]:
+async def _calls(logger: CreditRelayLogger, count: int, key: str = KEY, **options: Any) -> list[Any]:
     """``count`` calls through LiteLLM as its proxy makes them for a virtual key, each answered by a mock;
     returns when the callback has committed them (LiteLLM runs it after the call, in the background)."""
     litellm.callbacks = [logger]
@@ -79,7 +84,8 @@ async def _calls(logger: CreditRelayLogger, count: int) -> list[Any]:
         for i in range(count):
             await litellm.acompletion(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": f"question {i}"}], mock_response="an answer",
-                metadata={"user_api_key_hash": KEY, "user_api_key_alias": "alice-key", "user_api_key_user_id": "u-7"},
+                metadata={"user_api_key_hash": key, "user_api_key_alias": "alice-key", "user_api_key_user_id": "u-7"},
+                **options,
             )  # fmt: skip
         for _ in range(200):
             if len(seen) == count:
@@ -114,8 +120,13 @@ def test_calls_become_usage_events_charged_once_however_often_they_come(
     asyncio.run(_relay(logger.outbox, url))
     assert logger.outbox.counts() == {"pending": 0, "delivered": 3, "dead": 0}
     charged = database.rows("SELECT requestId, eventId, remoteKeyId, model, creditCost FROM usage_records")
-    assert sorted(row[0] for row in charged) == sorted(entry["litellm_call_id"] for entry in logged)
+    ids = sorted(event_id_of(entry["litellm_call_id"], KEY, entry["startTime"]) for entry in logged)
+    assert sorted(row[0] for row in charged) == ids
     assert all(row[0] == row[1] and row[2] == KEY and row[3] == "gpt-4o-mini" for row in charged)
+    call_ids = {
+        json.loads(payload)["data"]["litellmCallId"] for (payload,) in database.rows("SELECT payload FROM webhook_logs")
+    }
+    assert call_ids == {entry["litellm_call_id"] for entry in logged}  # the call id kept, to find it in LiteLLM
     assert int(database.scalar("SELECT balance FROM users WHERE id = :u", u=alice)) == OPENING - expected
 
     again = Outbox.open(f"sqlite:///{tmp_path / 'restored-outbox.db'}")  # the relay run again, from a copy
@@ -127,6 +138,24 @@ def test_calls_become_usage_events_charged_once_however_often_they_come(
     assert database.count("usage_records") == 3
     assert int(database.scalar("SELECT balance FROM users WHERE id = :u", u=alice)) == OPENING - expected
     assert database.count("webhook_logs", "status = 'processed'") == 3
+
+
+def test_a_call_id_the_client_chose_again_is_still_a_call_charged(
+    site: tuple[str, int], database: Database, tmp_path: Path
+) -> None:
+    """LiteLLM's proxy takes the client's ``x-litellm-call-id`` as the call id: three calls with one id (and
+    one taking another key's id) are four calls to pay for, not one charged and three "duplicates"."""
+    url, alice = site
+    logger = _logger(tmp_path)
+    seen = asyncio.run(_calls(logger, 3, litellm_call_id="chosen-by-the-client"))
+    assert {kwargs["standard_logging_object"]["litellm_call_id"] for kwargs in seen} == {"chosen-by-the-client"}
+    other = "4" * 64
+    add_user(database.engine, "bob@example.com", key=other)
+    asyncio.run(_calls(logger, 1, litellm_call_id="chosen-by-the-client", key=other))
+    assert logger.outbox.counts()["pending"] == 4
+    asyncio.run(_relay(logger.outbox, url))
+    assert database.count("usage_records") == 4
+    assert database.count("usage_records", f"userId = {alice}") == 3
 
 
 def test_the_pre_call_hook_refuses_a_suspended_key_as_litellm_refuses_a_spent_budget(
@@ -167,8 +196,61 @@ def test_when_creditrelay_cannot_be_asked_the_hook_follows_the_fail_mode(databas
     with pytest.raises(ProxyException) as refused:
         asyncio.run(closed.async_pre_call_hook(auth, None, {}, "completion"))
     assert refused.value.code == "503"
-    no_key = UserAPIKeyAuth(token=None)  # the master key's own calls carry no virtual key
-    assert asyncio.run(closed.async_pre_call_hook(no_key, None, {"n": 2}, "completion")) == {"n": 2}
+    # the master key's calls, as LiteLLM's user_api_key_auth describes them: no virtual key, refused by nobody
+    master = UserAPIKeyAuth.model_validate({"api_key": "litellm_proxy_master_key", "user_role": "proxy_admin"})
+    assert master.token == "litellm_proxy_master_key"
+    assert asyncio.run(closed.async_pre_call_hook(master, None, {"n": 2}, "completion")) == {"n": 2}
+
+
+def _allowance_site(requests: list[str]) -> Starlette:
+    """What may answer at CREDITRELAY_URL besides creditrelay's allowance: the key names the answer."""
+
+    async def answer(request: Request) -> Response:
+        key = request.path_params["key"]
+        requests.append(key)
+        if key == "slow":  # an answer trickling in, byte by byte, past the hook's two seconds
+
+            async def trickle() -> AsyncIterator[bytes]:
+                for byte in b'{"success":true,"data":{"allowed":true}}':
+                    await asyncio.sleep(0.15)
+                    yield bytes([byte])
+
+            return StreamingResponse(trickle(), media_type="application/json")
+        if key == "late":
+            await asyncio.sleep(3)
+        answers = {
+            "text-false": JSONResponse({"success": True, "data": {"allowed": "false"}}),
+            "not-ours": PlainTextResponse("Not Found", 404),  # a wrong base path, a proxy's 404
+            "refused": JSONResponse({"success": False, "message": "bad token"}, 401),
+            "deep": Response("[" * 100_000 + "]" * 100_000, media_type="application/json"),
+        }
+        return answers.get(key, JSONResponse({"success": True, "data": {"allowed": True}}))
+
+    return Starlette(routes=[Route("/api/gateway/allowance/{key}", answer)])
+
+
+def test_only_creditrelays_own_answer_decides_anything_else_follows_the_fail_mode(tmp_path: Path) -> None:
+    """A "false" that is a string, a 404 that is not creditrelay's, a refused token, a nested answer past
+    Python's recursion, an answer trickling in for longer than the hook waits: none allows or refuses the
+    key; each is "cannot say", and fail closed refuses with a 503."""
+    requests: list[str] = []
+    with serving(_allowance_site(requests)) as url:
+        allowance = _logger(tmp_path, url).allowance
+        for key in ("text-false", "not-ours", "refused", "deep", "slow"):
+            assert asyncio.run(allowance.allowed(key)) is None, key
+        assert asyncio.run(allowance.allowed("fine")) is True
+
+        async def together() -> list[bool | None]:  # twenty calls of one key at once: one ask
+            return await asyncio.gather(*(allowance.allowed("late") for _ in range(20)))
+
+        assert asyncio.run(together()) == [None] * 20  # three seconds late: cannot say, for all twenty
+        assert asyncio.run(allowance.allowed("late")) is None  # kept a second from when it failed
+        assert requests.count("late") == 1
+    closed = _logger(tmp_path, url, fail_closed=True)
+    closed.allowance.answers = allowance.answers
+    with pytest.raises(ProxyException) as refused:
+        asyncio.run(closed.async_pre_call_hook(UserAPIKeyAuth(token="5" * 64, key_alias="x"), None, {}, "completion"))
+    assert refused.value.code == "503"
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -201,12 +283,19 @@ def test_what_cannot_be_billed_is_logged_and_counted_never_raised(database: Data
         good | {"litellm_call_id": None},
         good | {"response_cost": 10.0**12},
         good | {"response_cost": float("nan")},
-        good | {"model": "m" * 200},
+        good | {"response_cost": 10**400},
+        good | {"metadata": {"user_api_key_hash": "litellm_proxy_master_key"}},  # the master key's own calls
+        good | {"metadata": {"user_api_key_hash": "hashed-jwt-" + "a" * 64}},  # a JWT's
+        good | {"metadata": ["not", "a", "mapping"]},
     ):
         assert logger.record({"standard_logging_object": broken}) == "skipped"
+    repairable = {"model": "m" * 200, "prompt_tokens": "abc", "completion_tokens": float("inf"), "startTime": "x"}
+    for number, (name, value) in enumerate(repairable.items()):  # what only describes the call: still charged
+        call = good | {"litellm_call_id": f"r{number}", name: value}
+        assert logger.record({"standard_logging_object": call}) == "queued", name
     failing = _logger(tmp_path, outbox_url="sqlite:////proc/no/such/outbox.db")
     assert failing.record({"standard_logging_object": good | {"litellm_call_id": "c2"}}) == "failed"
-    assert logger.outbox.counts()["pending"] == 1
+    assert logger.outbox.counts()["pending"] == 1 + len(repairable)
 
 
 def test_credits_are_the_cost_at_the_rate_rounded_up_and_free_calls_as_configured() -> None:
@@ -235,6 +324,16 @@ def test_credits_are_the_cost_at_the_rate_rounded_up_and_free_calls_as_configure
         ({"CREDITS_PER_USD": "100", "CREDITRELAY_URL": "http://x"}, "GATEWAY_TOKEN"),
         ({"CREDITS_PER_USD": "100", "CREDITRELAY_URL": "x", "GATEWAY_TOKEN": "t"}, "CREDITRELAY_URL"),
         ({"CREDITS_PER_USD": "100", "CREDITRELAY_ZERO_COST_CREDITS": "1.5"}, "CREDITRELAY_ZERO_COST_CREDITS"),
+        ({"CREDITS_PER_USD": "100", "CREDITRELAY_ZERO_COST_CREDITS": "9" * 5000}, "CREDITRELAY_ZERO_COST_CREDITS"),
+        ({"CREDITS_PER_USD": "0"}, "CREDITS_PER_USD"),
+        ({"CREDITS_PER_USD": "1e400"}, "CREDITS_PER_USD"),
+        ({"CREDITS_PER_USD": "100", "CREDITRELAY_ALLOWANCE_SECONDS": "1e12"}, "CREDITRELAY_ALLOWANCE_SECONDS"),
+        ({"CREDITS_PER_USD": "100", "CREDITRELAY_URL": "http://[::1", "GATEWAY_TOKEN": GATEWAY}, "CREDITRELAY_URL"),
+        (
+            {"CREDITS_PER_USD": "1", "CREDITRELAY_URL": "https://exa mple.com", "GATEWAY_TOKEN": GATEWAY},
+            "CREDITRELAY_URL",
+        ),
+        ({"CREDITS_PER_USD": "100", "CREDITRELAY_URL": "http://x", "GATEWAY_TOKEN": "short"}, "GATEWAY_TOKEN"),
     ],
 )
 def test_a_bad_setting_is_refused_by_name(environ: dict[str, str], named: str) -> None:
@@ -260,3 +359,7 @@ def test_the_documented_proxy_config_loads_the_callback_with_litellms_own_loader
     assert isinstance(loaded, CreditRelayLogger)
     assert loaded.settings.credits_per_usd == 500000
     assert integration.callback is loaded  # made once
+    monkeypatch.setenv("CREDITRELAY_OUTBOX_URL", "sqlite:////proc/no/such/outbox.db")  # a proxy start stopped
+    monkeypatch.delattr(integration, "callback")
+    with pytest.raises(SettingsError, match="CREDITRELAY_OUTBOX_URL"):
+        get_instance_fn(value, config_file_path=str(tmp_path / "config.yaml"))

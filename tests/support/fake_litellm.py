@@ -4,7 +4,10 @@
 ``POST /key/block`` and ``POST /key/unblock`` with ``Authorization: Bearer <master key>`` and ``{"key": …}``:
 the key may be the raw key (``sk-…``, looked up by its SHA-256) or that hash (64 hex characters); anything
 else is ``400 Invalid key format.``, a key it does not hold ``404 Key not found.``, a wrong master key
-``401``. The answer is the key's row with ``blocked`` set. ``GET /key/info?key=…``: ``{"key", "info"}``.
+``401``, a key without the admin role ``403`` (FastAPI's ``{"detail": …}``). The answer is the key's row
+with ``blocked`` set. ``GET /key/info?key=…``: ``{"key", "info"}``, with no format check: a key it holds
+neither live nor deleted is ``404 Key not found in database``; a deleted key is served from the archive
+with ``"status": "deleted"``, a live one ``"active"`` or ``"blocked"``.
 Errors are LiteLLM's ``ProxyException`` as its handler renders one: ``{"error": {"message", "type",
 "param", "code"}}``.
 """
@@ -24,6 +27,7 @@ from starlette.routing import Route
 from tests.support.server import serving
 
 MASTER_KEY = "sk-master-key-for-tests"
+MEMBER_KEY = "sk-a-key-without-the-admin-role"  # authenticates, but may not block keys (403)
 
 
 def hash_key(key: str) -> str:
@@ -34,6 +38,7 @@ def hash_key(key: str) -> str:
 class FakeLiteLLM:
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # hash -> the key's row
     calls: list[tuple[str, str]] = field(default_factory=list)  # (path, hash) of every change applied
+    deleted: dict[str, dict[str, Any]] = field(default_factory=dict)  # hash -> a deleted key's archived row
     url: str = ""
 
     def add_key(self, raw: str, alias: str | None = None) -> str:
@@ -42,13 +47,17 @@ class FakeLiteLLM:
         self.keys[token] = {"token": token, "key_alias": alias, "blocked": None, "spend": 0.0, "max_budget": None}
         return token
 
+    def delete_key(self, token: str) -> None:
+        """/key/delete: the row moves to the archive (LiteLLM_DeletedVerificationToken)."""
+        self.deleted[token] = self.keys.pop(token)
+
 
 def _error(message: str, kind: str, param: str | None, code: int) -> Response:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": str(code)}}, code)
 
 
 def _authorized(request: Request) -> bool:
-    return request.headers.get("authorization", "") == f"Bearer {MASTER_KEY}"
+    return request.headers.get("authorization", "") in (f"Bearer {MASTER_KEY}", f"Bearer {MEMBER_KEY}")
 
 
 def _lookup(fake: FakeLiteLLM, key: Any) -> tuple[str | None, Response | None]:
@@ -67,6 +76,9 @@ def _app(fake: FakeLiteLLM) -> Starlette:
         async def endpoint(request: Request) -> Response:
             if not _authorized(request):
                 return _error("Authentication Error, Invalid proxy server token passed.", "auth_error", "None", 401)
+            if request.headers.get("authorization") == f"Bearer {MEMBER_KEY}":  # _check_key_admin_access
+                detail = {"error": f"Only proxy admins, team admins, or org admins can call {request.url.path}."}
+                return JSONResponse({"detail": detail}, 403)  # an HTTPException, as FastAPI renders it
             body = await request.json()
             token, refusal = _lookup(fake, body.get("key") if isinstance(body, dict) else None)
             if refusal is not None:
@@ -81,12 +93,14 @@ def _app(fake: FakeLiteLLM) -> Starlette:
     async def info(request: Request) -> Response:
         if not _authorized(request):
             return _error("Authentication Error, Invalid proxy server token passed.", "auth_error", "None", 401)
-        token, refusal = _lookup(fake, request.query_params.get("key"))
-        if refusal is not None:
-            return refusal
-        assert token is not None
-        row = {k: v for k, v in fake.keys[token].items() if k != "token"}
-        return JSONResponse({"key": request.query_params["key"], "info": row})
+        key = request.query_params.get("key", "")
+        token = hash_key(key) if key.startswith("sk-") else key  # hash_token_if_needed
+        live, archived = fake.keys.get(token), fake.deleted.get(token)
+        if live is None and archived is None:
+            return _error("Key not found in database", "not_found_error", "key", 404)
+        row = {k: v for k, v in (live or archived or {}).items() if k != "token"}
+        row["status"] = "deleted" if live is None else ("blocked" if row.get("blocked") else "active")
+        return JSONResponse({"key": key, "info": row})
 
     routes = [
         Route("/key/block", changing(True), methods=["POST"]),
