@@ -190,3 +190,29 @@ def test_a_row_skipped_for_a_broken_foreign_key_is_not_taken_for_a_duplicate(dat
     with pytest.raises((sa.exc.DataError, sa.exc.IntegrityError)):
         run_transaction(database.engine, lambda c: insert_new(c, usage_records, [row], "usageKey"))
     assert database.count("usage_records") == 0
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_postgresql_prepares_the_writes_but_plans_every_read_for_its_values(database: Database) -> None:
+    """A prepared statement may run on one generic plan made from the statistics of its first runs: made on
+    an empty table, a lookup by event id would scan the whole table for every batch until the next ANALYZE.
+    The hot path's reads are never prepared; its writes are, and a plain insert goes as one multi-row
+    statement."""
+
+    def lookup(connection: Connection, event_ids: list[str]) -> list[Any]:
+        build = lambda ids: sa.select(webhook_logs.c.eventId).where(webhook_logs.c.eventId.in_(ids))  # noqa: E731
+        return fetch_in(connection, "test_prepared_lookup", build, event_ids)
+
+    def work(connection: Connection) -> list[str]:
+        for batch in range(8):
+            rows = [log(f"p{batch}-{i}", "x") for i in range(4)]
+            assert lookup(connection, [r["eventId"] for r in rows]) == []
+            assert execute_many(connection, "test_plain_insert", lambda _: webhook_logs.insert(), rows) == 4
+        assert len(lookup(connection, ["p0-0", "p7-3"])) == 2
+        prepared = connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars()
+        return [" ".join(statement.split()[:3]) for statement in prepared]
+
+    prepared = run_transaction(database.engine, work)
+    assert "INSERT INTO webhook_logs" in prepared
+    assert not [statement for statement in prepared if statement.startswith("SELECT")]
+    assert database.count("webhook_logs") == 32
