@@ -3,7 +3,8 @@ ask before they serve (LiteLLM's pre-call hook, a sidecar). One indexed read, no
 
 ``allowed`` is false while the key's user is at or below ``SUSPEND_AT_BALANCE``, whether or not a gateway
 enforcement mode runs; ``suspended`` says whether creditrelay's latest word to the gateway about this user
-is a suspension (only ever true with ``GATEWAY_ENFORCEMENT`` on). An unknown key is 404.
+is a suspension (only ever true with ``GATEWAY_ENFORCEMENT`` on). An unknown key is 404, naming the key
+(``remoteKeyId``): what tells this 404 from any other, such as a wrong path's.
 """
 
 import hmac
@@ -46,5 +47,5 @@ async def allowance(request: Request) -> Response:
         )
     )
     if found is None:
-        raise ApiError(404, f"No user has gateway key {remote_key_id}")
+        raise ApiError(404, f"No user has gateway key {remote_key_id}", remoteKeyId=remote_key_id)
     return JSONResponse({"success": True, "message": "", "data": to_json(found)})

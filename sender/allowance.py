@@ -62,7 +62,7 @@ class Allowance:
             reply = await asyncio.wait_for(
                 self._http().get(f"/api/gateway/allowance/{quote(key, safe='')}"), self.timeout
             )
-            verdict = _verdict(reply)
+            verdict = _verdict(reply, key)
         except (httpx.HTTPError, TimeoutError, ValueError, PermissionError) as error:
             level = log.error if isinstance(error, PermissionError) else log.warning
             level("allowance_unavailable", error=str(error)[:200] or type(error).__name__)
@@ -79,16 +79,17 @@ class Allowance:
         self.answers[key] = _Answer(None, self.clock() + 1.0)
 
 
-def _verdict(reply: httpx.Response) -> bool:
+def _verdict(reply: httpx.Response, key: str) -> bool:
     """The allowance endpoint's answer: ``data.allowed`` as JSON's true or false, or, for a key creditrelay
-    does not know, its own 404 (``"success": false``). Anything else — another 404 (a wrong
-    ``CREDITRELAY_URL``), a refused token, a value that is not a boolean — is no answer."""
+    does not know, its own 404, which names that key (``remoteKeyId``). Anything else — another 404 (a
+    wrong ``CREDITRELAY_URL``: creditrelay's answer for a path it does not serve is ``"success": false``
+    too), a refused token, a value that is not a boolean — is no answer."""
     if reply.status_code in (401, 403):
         raise PermissionError(f"creditrelay refused GATEWAY_TOKEN (HTTP {reply.status_code}): check the setting")
     answer = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else None
     if not isinstance(answer, dict):
         raise ValueError(f"HTTP {reply.status_code}, not creditrelay's allowance answer (is CREDITRELAY_URL right?)")
-    if reply.status_code == 404 and answer.get("success") is False:
+    if reply.status_code == 404 and answer.get("success") is False and answer.get("remoteKeyId") == key:
         return False
     data = answer.get("data")
     allowed = data.get("allowed") if reply.status_code == 200 and isinstance(data, dict) else None

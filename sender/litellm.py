@@ -13,7 +13,7 @@ pre-call hook asks creditrelay's allowance endpoint, keeps the answer a few seco
 own budget error for a suspended key; when creditrelay cannot be asked it lets the call through
 (``CREDITRELAY_FAIL_MODE=open``, the default) or refuses it (``closed``).
 
-Needs the ``litellm`` extra (``pip install 'creditrelay[litellm]'``): nothing else of creditrelay imports
+Needs the ``litellm`` extra (docs/litellm.md says how to install it): nothing else of creditrelay imports
 this module.
 """
 
@@ -184,6 +184,19 @@ def _count(value: Any) -> int | None:
     return int(value) if 0 <= value <= BIGINT_MAX else None
 
 
+def billed_key(configured: Any, key_hash: str, field: str) -> str:
+    """The ``remoteKeyId`` a virtual key's call is billed to: its ``CREDITRELAY_KEY_FIELD`` (the hash, the
+    alias or the user id), or its hash when that field is empty or not storable (a key made without an
+    alias, an alias past 64 characters). Never nobody: an unknown hash is refused by the pre-call hook, and
+    its usage waits in ``webhook_logs`` as an unknown key's, to be charged once the key is linked."""
+    if field == "user_api_key_hash":
+        return key_hash
+    if (text := _text(configured, 64)) is not None:
+        return text
+    log.warning("litellm_key_field_missing", field=field, billed_to="user_api_key_hash")
+    return key_hash
+
+
 def event_of(logged: Mapping[str, Any], settings: LiteLLMSettings) -> tuple[str, bytes]:
     """The usage event of one logged call (its id, its exact bytes), checked as the receiver will check it.
 
@@ -199,9 +212,7 @@ def event_of(logged: Mapping[str, Any], settings: LiteLLMSettings) -> tuple[str,
     key_hash = metadata.get("user_api_key_hash")
     if not isinstance(key_hash, str) or not VIRTUAL_KEY.fullmatch(key_hash):
         raise Skipped("not a virtual key's call (the master key, a service account, a JWT): it bills nobody")
-    key = metadata.get(settings.key_field)
-    if not isinstance(key, str) or not key:
-        raise Skipped(f"no {settings.key_field} in the call's metadata")
+    key = billed_key(metadata.get(settings.key_field), key_hash, settings.key_field)
     repaired: list[str] = []
     model = _text(logged.get("model"), MAX_MODEL)
     if model is None:
@@ -301,11 +312,10 @@ class CreditRelayLogger(CustomLogger):
     ) -> dict[str, Any]:
         """Refuse the call of a key creditrelay has suspended, as LiteLLM refuses one over its budget."""
         token = getattr(user_api_key_dict, "token", None)  # a virtual key's hash, or no virtual key's call
-        key = getattr(user_api_key_dict, KEY_FIELDS[self.settings.key_field], None)
         if self.settings.receiver_url is None or not isinstance(token, str) or not VIRTUAL_KEY.fullmatch(token):
             return data  # the master key, a service account, a JWT: billed to nobody, refused by nobody
-        if not isinstance(key, str) or not key:
-            return data
+        field = self.settings.key_field
+        key = billed_key(getattr(user_api_key_dict, KEY_FIELDS[field], None), token, field)
         allowed = await self.allowance.allowed(key)
         if allowed or (allowed is None and not self.settings.fail_closed):
             return data

@@ -21,6 +21,7 @@ from creditrelay.schema.database import (
     insert_ignoring_duplicates,
     make_engine,
     register_exact_collation,
+    run_transaction,
     utc,
 )
 from creditrelay.schema.outbox import DEAD as DEAD
@@ -105,10 +106,12 @@ class Outbox:
         ]
         if not rows:
             return 0
-        with self.engine.begin() as connection:
-            return execute_many(
-                connection, "outbox_enqueue", lambda dialect: insert_ignoring_duplicates(outbox_events, dialect), rows
-            )
+
+        def insert(connection: sa.Connection) -> int:  # again after a deadlock or a lost connection: duplicates skip
+            build = lambda dialect: insert_ignoring_duplicates(outbox_events, dialect)  # noqa: E731
+            return execute_many(connection, "outbox_enqueue", build, rows)
+
+        return run_transaction(self.engine, insert)
 
     def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxEvent]:
         """Take up to ``limit`` due events, oldest due first, and hold them for ``lease``."""

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from creditrelay.schema.database import utc
+from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.wire import EnvelopeError, check_item, event_from_item, parse_event, parse_json, split_array
 from creditrelay.sender.events import encode_event, mint_event_id
 from creditrelay.sender.metrics import exposition
@@ -70,7 +71,10 @@ def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float
             events = accept_events(body)
         except EnvelopeError as error:
             return _refuse(400, str(error))
-        await asyncio.to_thread(outbox.enqueue, events, utc(clock()))
+        try:
+            await asyncio.to_thread(outbox.enqueue, events, utc(clock()))
+        except (OperationalError, DatabaseUnavailable):
+            return _refuse(503, "The outbox's database is unavailable; nothing was accepted, send again")
         relay.notify()
         ids = [event_id for event_id, _ in events]
         return JSONResponse({"success": True, "accepted": len(ids), "eventIds": ids}, status_code=202)

@@ -8,6 +8,9 @@ Set either to ``skip`` to leave that server out (``make test-fast`` runs SQLite 
 """
 
 import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm, wherever it is imported: no download
+
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -11,6 +11,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,44 @@ def test_the_pre_call_hook_refuses_a_suspended_key_as_litellm_refuses_a_spent_bu
     assert asyncio.run(hook()) == {"model": "gpt-4o-mini"}
     with pytest.raises(ProxyException):  # a key creditrelay does not know bills nobody: refused
         asyncio.run(logger.async_pre_call_hook(UserAPIKeyAuth(token="9" * 64), None, {}, "completion"))
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_wrong_creditrelay_url_path_is_no_answer_not_a_refusal(
+    site: tuple[str, int], database: Database, tmp_path: Path
+) -> None:
+    """creditrelay answers a path it does not serve with its own ``"success": false`` 404: the hook takes
+    only the allowance's 404, which names the key, for "unknown key"; a wrong path follows the fail mode."""
+    url, _ = site
+    for wrong in (f"{url}/api/webhooks/events", f"{url}/api"):
+        logger = _logger(tmp_path, wrong)
+        assert asyncio.run(logger.allowance.allowed(KEY)) is None, wrong
+        auth = UserAPIKeyAuth(token=KEY)
+        assert asyncio.run(logger.async_pre_call_hook(auth, None, {"n": 1}, "completion")) == {"n": 1}
+    assert asyncio.run(_logger(tmp_path, url).allowance.allowed("9" * 64)) is False  # its own 404: unknown
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_key_without_the_configured_field_is_billed_and_asked_by_its_hash(
+    site: tuple[str, int], database: Database, tmp_path: Path
+) -> None:
+    """CREDITRELAY_KEY_FIELD=user_api_key_alias, and a virtual key made without an alias (or with one past
+    64 characters): the call is neither free nor lost. The hook asks about the key's hash (unknown here:
+    refused, even failing open), and the usage is billed to the hash, waiting as an unknown key's until the
+    operator links it."""
+    url, _ = site
+    logger = _logger(tmp_path, url, key_field="user_api_key_alias")
+    for alias in (None, "", "a" * 65):
+        with pytest.raises(ProxyException) as refused:
+            asyncio.run(logger.async_pre_call_hook(UserAPIKeyAuth(token="9" * 64, key_alias=alias), None, {}, "x"))
+        assert refused.value.type == "budget_exceeded"
+    known = UserAPIKeyAuth(token=KEY, key_alias=None)  # alice's key, linked by its hash
+    assert asyncio.run(logger.async_pre_call_hook(known, None, {"n": 1}, "completion")) == {"n": 1}
+    call = {"litellm_call_id": "c1", "model": "m", "response_cost": 0.01, "startTime": 1_700_000_000,
+            "metadata": {"user_api_key_hash": KEY, "user_api_key_alias": None}}  # fmt: skip
+    assert logger.record({"standard_logging_object": call}) == "queued"
+    [event] = [json.loads(e.body) for e in logger.outbox.claim_due(utc(2**31), 10, timedelta(seconds=30))]
+    assert event["data"]["remoteKeyId"] == KEY
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
