@@ -31,7 +31,7 @@ def _events(database: Database) -> tuple[int, int]:
     rng = random.Random(5)
     keys = ["1", "2", "3", "k-x", None]
     for batch in range(12):
-        at = NOW + timedelta(seconds=15 * batch - (20 if batch % 4 == 3 else 0))
+        at = NOW + timedelta(seconds=15 * batch - (20 if batch % 4 == 1 else 0))  # batch 1 before the first
         events = []
         for i in range(5):
             key = keys[rng.randrange(5)]
@@ -189,6 +189,20 @@ def test_the_failed_events_of_a_filter_run_again_a_chunk_at_a_time(database: Dat
     assert replay_failed(database.engine, LogFilter(key="k-new"), NOW).replayed == 0
     assert int(database.scalar("SELECT balance FROM users WHERE id = :u", u=alice)) == OPENING - 50
     assert database.count("webhook_logs", "status = 'failed'") == 3  # the other key's wait
+
+
+def test_a_replay_by_time_takes_failed_rows_that_arrived_before_the_first_id(database: Database) -> None:
+    """Two writers' clocks: the row with the lowest id arrived after another one (a higher id, an earlier
+    time). A replay of the failed events since a time charges both; neither is left unpaid."""
+    alice = add_user(database.engine, "alice@example.com", key="1")
+    deliver(database.engine, [parse_event(encode(usage_event("late-clock", cost=3, key="k-new")))], NOW)
+    early = [parse_event(encode(usage_event("early-clock", cost=4, key="k-new")))]
+    deliver(database.engine, early, NOW - timedelta(seconds=30))
+    in_transaction(database, lambda c: link_key(c, "k-new", alice, NOW))
+    report = replay_failed(database.engine, LogFilter(since=NOW - timedelta(minutes=5)), NOW)
+    assert dict(report.outcomes) == {"charged": 2}
+    assert database.count("webhook_logs", "status = 'failed'") == 0
+    assert int(database.scalar("SELECT balance FROM users WHERE id = :u", u=alice)) == OPENING - 7
 
 
 def test_a_replay_of_still_unknown_keys_says_so_and_ends(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
