@@ -198,7 +198,7 @@ class Enforcer:
         try:
             retrying(change)
         except UpstreamError as error:
-            return _Call(target, False, str(error)[:255])
+            return _Call(target, False, _said(str(error)))
         return _Call(target, True, "ok")
 
     def _settle(
@@ -233,7 +233,7 @@ class Enforcer:
                 nextAttemptAt=now + timedelta(seconds=wait),
                 leaseOwner=None,
                 leaseUntil=None,
-                lastError=f"{failed[0].target}: {failed[0].answer}"[:255],
+                lastError=_said(f"{failed[0].target}: {failed[0].answer}"),
             )
         if connection.execute(settled).rowcount != 1 and calls:
             # the lease ran out while calling: another enforcer may have pushed a newer intent that these
@@ -319,3 +319,9 @@ def requeue_drift(engine: Engine, drift: Sequence[Drift], suspend_at: int, now: 
     if drifted:
         run_transaction(engine, work)
     return len(drifted)
+
+
+def _said(text: str) -> str:
+    """What a gateway said, as a column keeps it: 255 characters, a NUL written out (PostgreSQL stores none,
+    and a gateway's error body may hold one)."""
+    return text.replace("\x00", "\\u0000")[:255]

@@ -83,6 +83,9 @@ def _text(item: dict[str, Any], name: str, problems: list[str]) -> str:
     except UnicodeEncodeError:
         problems.append(f"{name} is not valid Unicode text")
         return ""
+    if "\x00" in value:  # PostgreSQL stores no NUL: refused on every database (decision 0025)
+        problems.append(f"{name} holds a NUL character")
+        return ""
     return value
 
 

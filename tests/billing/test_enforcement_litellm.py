@@ -85,6 +85,20 @@ def test_refusals_are_recorded_and_tried_again_not_taken_for_done(watched: Datab
     assert blocked(proxy) == {known: True}
 
 
+def test_a_nul_in_litellms_error_is_recorded_written_out(watched: Database, proxy: FakeLiteLLM) -> None:
+    """A gateway's error message holding a NUL (which PostgreSQL cannot store) is recorded with it written
+    out, and the push stays due: the enforcer's run goes on, on every database."""
+    make_user(watched, "carol@example.com", 0, proxy.add_key("sk-carol-1"))
+    proxy.failing = "database \x00 said no"
+    report = enforcer(watched, proxy).run_once()
+    assert (report.failed, report.failed_calls) == (1, 1)
+    [(answer,)] = watched.rows("SELECT answer FROM gateway_calls WHERE ok = :no", no=False)
+    assert answer == "LiteLLM answered HTTP 500: database \\u0000 said no"
+    proxy.failing = None
+    watched.execute("UPDATE gateway_states SET nextAttemptAt = :t", t=NOW)
+    assert enforcer(watched, proxy).run_once().applied == 1
+
+
 def test_reconcile_reads_each_keys_block_back(watched: Database, proxy: FakeLiteLLM) -> None:
     """A key unblocked by hand while its user is at zero is drift; one LiteLLM does not hold, or holds only
     as deleted, is a finding of its own (not drift: a fix could not change it)."""

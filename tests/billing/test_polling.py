@@ -188,20 +188,23 @@ def test_rows_that_cannot_be_stored_whole_are_kept_unbilled_with_the_reason(setu
 
 
 def test_rows_new_api_would_not_write_are_kept_unbilled_and_never_stop_a_pass(setup: Setup) -> None:
-    """Text that is not Unicode (a lone surrogate), a quota past 64 bits, a fractional quota: each such row
-    is kept in unbilled_usage saying why — its neighbours are charged, and the next pass goes on."""
+    """Text that is not Unicode (a lone surrogate) or holds a NUL (which PostgreSQL cannot store), a quota
+    past 64 bits, a fractional quota: each such row is kept in unbilled_usage saying why — its neighbours
+    are charged, and the next pass goes on."""
     setup.api.add(T - 60, token_id=5, quota=7, request_id="fine")
-    for index, (field, value) in enumerate((("request_id", "poll\ud800"), ("quota", 2**64), ("quota", 10.9))):
+    odd = (("request_id", "poll\ud800"), ("model_name", "gpt\x00-4o"), ("quota", 2**64), ("quota", 10.9))
+    for index, (field, value) in enumerate(odd):
         setup.api.add(T - 50 + index, token_id=5, quota=1, request_id=f"odd-{index}")[field] = value
     report = setup.poller().run_once()
-    assert (report.charged, report.unbilled) == (1, 3)
+    assert (report.charged, report.unbilled) == (1, 4)
     reasons = [reason for (reason,) in setup.database.rows("SELECT reason FROM unbilled_usage ORDER BY id")]
     assert reasons == [
         "log row not as new-api writes it: request_id is not valid Unicode text",
+        "log row not as new-api writes it: model_name holds a NUL character",
         f"log row not as new-api writes it: quota {2**64} is out of range",
         "log row not as new-api writes it: quota is '10.9', not a whole number",
     ]
     assert setup.balance() == 100_000 - 7
     again = setup.poller().run_once()
     assert (again.charged, again.duplicates) == (0, 1)
-    assert setup.database.count("unbilled_usage") == 3
+    assert setup.database.count("unbilled_usage") == 4

@@ -40,6 +40,7 @@ class FakeLiteLLM:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (path, hash) of every change applied
     deleted: dict[str, dict[str, Any]] = field(default_factory=dict)  # hash -> a deleted key's archived row
     url: str = ""
+    failing: str | None = None  # while set: /key/block and /key/unblock answer a 500 with this message
 
     def add_key(self, raw: str, alias: str | None = None) -> str:
         """A virtual key, as /key/generate would make it; its hash (what LiteLLM's callbacks report)."""
@@ -79,6 +80,8 @@ def _app(fake: FakeLiteLLM) -> Starlette:
             if request.headers.get("authorization") == f"Bearer {MEMBER_KEY}":  # _check_key_admin_access
                 detail = {"error": f"Only proxy admins, team admins, or org admins can call {request.url.path}."}
                 return JSONResponse({"detail": detail}, 403)  # an HTTPException, as FastAPI renders it
+            if fake.failing is not None:  # an exception in the endpoint, as LiteLLM's handler renders it
+                return _error(fake.failing, "internal_server_error", "None", 500)
             body = await request.json()
             token, refusal = _lookup(fake, body.get("key") if isinstance(body, dict) else None)
             if refusal is not None:
