@@ -155,6 +155,8 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
         cursor.execute("PRAGMA temp_store=MEMORY")  # statement journals of big batches: no temp file each
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
+        # lower() of all of Unicode, as MySQL's and PostgreSQL's (SQLite's own folds ASCII only)
+        dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
@@ -162,6 +164,12 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _lower(value: Any) -> Any:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).lower()
 
 
 def insert_ignoring_duplicates(table: sa.Table, dialect_name: str) -> sa.Insert:

@@ -35,6 +35,7 @@ PEOPLE = [
     ("hal@example.com", None, None, 50),
     ("ivy@example.com", "Ivy ANNE", 109, -5),
     ("jo@example.com", None, None, 300),
+    ("kim@example.com", "Élodie Kim", None, 12),
 ]
 
 
@@ -93,6 +94,8 @@ def test_every_page_of_a_sort_and_filter_holds_its_users_once_in_order(
     [
         ("ann", {"ann@example.com", "dee@example.com", "ivy@example.com"}),  # email or name, any case
         ("ANN", {"ann@example.com", "dee@example.com", "ivy@example.com"}),
+        ("élodie", {"kim@example.com"}),  # beyond ASCII too, on SQLite as well
+        ("ÉLODIE", {"kim@example.com"}),
         ("105", {"eve@example.com"}),  # a Telegram id
         ("gk-9", {"gus@example.com"}),  # a gateway key, whole
         ("gk-", set()),
