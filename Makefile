@@ -21,7 +21,7 @@ $(NODE_EXAMPLES): tests/seed_examples/package-lock.json
 	touch $(NODE_EXAMPLES)
 
 run: $(STAMP)
-	$(PY) scripts/dev_server.py
+	$(PY) scripts/dev_server.py $(RUN_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -46,11 +46,12 @@ LISTED = 1000  # failed deliveries a report names one by one
 class ReconcileReport:
     window_start: int
     window_end: int
-    upstream_checked: bool
+    upstream_checked: bool  # the gateway's usage log compared with the ledger
     findings: list[Finding] = field(default_factory=list)
     tokens: list[TokenSummary] = field(default_factory=list)
     fixed: dict[str, int] = field(default_factory=dict)  # what --fix did, counted
     unlisted: dict[str, int] = field(default_factory=dict)  # findings of a kind past the first ``LISTED``
+    access_checked: bool = False  # the gateway's blocks read back against the balances (enforcement on)
 
     def add(self, findings: Iterable[Finding]) -> None:
         """Keep the first ``LISTED`` findings of each kind by name, and count the rest (a report stays small
@@ -79,6 +80,7 @@ class ReconcileReport:
             "windowStart": self.window_start,
             "windowEnd": self.window_end,
             "upstreamChecked": self.upstream_checked,
+            "accessChecked": self.access_checked,
             "discrepancies": self.discrepancies,
             "unlisted": self.unlisted,
             "findings": [asdict(f) for f in self.findings],
@@ -191,7 +193,9 @@ class Reconciler:
     def run(self, since: int, until: int, *, fix: bool, now: datetime) -> ReconcileReport:
         logs = self.poller.fetch(since, until) if self.poller is not None else []
         window = (utc(since), utc(until))
-        report = ReconcileReport(since, until, upstream_checked=self.poller is not None)
+        report = ReconcileReport(
+            since, until, upstream_checked=self.poller is not None, access_checked=self.access is not None
+        )
         if fix:
             report.fixed = self._repair(logs, window, now)
         drift = self.access() if self.access is not None else []

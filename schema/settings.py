@@ -51,6 +51,7 @@ class Settings:
     litellm_base_url: str | None = None  # GATEWAY_ENFORCEMENT=litellm: the LiteLLM proxy that blocks keys
     litellm_master_key: str | None = None
     log_level: str = "info"
+    signing_from: str = "WEBHOOK_SECRET"  # or the development secret's file, when that was used
 
     @property
     def polling_enabled(self) -> bool:
@@ -108,8 +109,10 @@ def load_settings(
     config = Config(present, environ=dict(os.environ if environ is None else environ))
     database_url = parse_database_url(config("DATABASE_URL", default=DEFAULT_DATABASE_URL))
     secrets_text = config("WEBHOOK_SECRET", default="")
+    signing_from = "WEBHOOK_SECRET"
     if not secrets_text.strip() and dev_secret_file is not None and dev_secret_file.is_file():
         secrets_text = dev_secret_file.read_text().strip()
+        signing_from = f"the development secret in {dev_secret_file}"
     try:
         secrets = parse_secrets(secrets_text) if secrets_text.strip() else ()
     except SecretError as error:
@@ -154,6 +157,7 @@ def load_settings(
     return Settings(
         database_url=database_url,
         webhook_secrets=secrets,
+        signing_from=signing_from,
         admin_token=admin_token,
         new_api_base_url=polling["NEW_API_BASE_URL"],
         new_api_admin_token=polling["NEW_API_ADMIN_TOKEN"],

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import Connection
+from starlette.config import Config
 
 from creditrelay.billing.accounts import AccountError, NewUser, User, create_user, find_user, link_key, list_keys
 from creditrelay.schema.database import make_engine, run_transaction, utc
@@ -65,6 +66,11 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     args = parser.parse_args()
 
+    if "DATABASE_URL" not in os.environ and Config(Path(".env") if Path(".env").is_file() else None)(
+        "DATABASE_URL", default=None
+    ):  # a demo user is never made in the database .env names (maybe production's)
+        served = args.data_dir / "creditrelay.db"
+        print(f"note: make run serves {served}; the DATABASE_URL in .env is for `creditrelay serve`")
     os.environ.setdefault("DATABASE_URL", f"sqlite:///{args.data_dir / 'creditrelay.db'}")
     settings = load_settings()
     if not settings.webhook_secrets:

@@ -96,6 +96,9 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = run(None, "serve", DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}", WEBHOOK_SECRET=SECRET)
     assert result.returncode == 1
     assert "creditrelay migrate" in result.stderr
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    [starting] = [json.loads(line) for line in lines if '"starting"' in line]  # what it serves, named first
+    assert (starting["database"], starting["webhook_secret"]) == (f"sqlite:///{tmp_path}/empty.db", "WEBHOOK_SECRET")
 
 
 def test_client_commands_print_credentials_once(database: Database) -> None:

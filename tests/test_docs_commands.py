@@ -53,7 +53,7 @@ SETTINGS = (
 # a command that cannot run here belongs in a ```sh block.
 SKIP: dict[str, str] = {}
 
-FENCE = re.compile(r"^```(\S*)\s*$")
+FENCE = re.compile(r"^( *)```(\S*)\s*$")  # a fence indented inside a list item too
 HEREDOC = re.compile(r"(?<!<)<<-?\s*['\"]?(\w+)['\"]?")  # not a here-string (<<<)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 DOC_PORT = re.compile(rf"\b(?:localhost|127\.0\.0\.1):({SERVER_PORT}|{RELAY_PORT})\b")
@@ -78,15 +78,17 @@ class Block:
 def fenced_blocks(page: Path) -> list[Block]:
     blocks: list[Block] = []
     current: Block | None = None
+    indent = ""
     for number, line in enumerate(page.read_text().splitlines(), start=1):
         match = FENCE.match(line)
         if current is None and match:
-            current = Block(match.group(1), number, [])
-        elif current is not None and line.rstrip() == "```":
+            indent = match.group(1)
+            current = Block(match.group(2), number, [])
+        elif current is not None and line.rstrip() == f"{indent}```":
             blocks.append(current)
             current = None
         elif current is not None:
-            current.lines.append(line)
+            current.lines.append(line.removeprefix(indent))
     assert current is None, f"{page.name}: the block opened on line {current.line} is never closed"
     return blocks
 

@@ -74,11 +74,15 @@ def gateway_access(settings: Settings, purpose: str) -> "NewApiClient | LiteLLMC
     return new_api(settings, purpose, timeout=5.0)
 
 
+def require_enforcement(settings: Settings) -> None:
+    if settings.gateway_enforcement == "off":
+        raise SettingsError("GATEWAY_ENFORCEMENT is off: set it to tokens, users or litellm to enforce")
+
+
 def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
     from creditrelay.billing.enforcement import EnforceConfig, Enforcer
 
-    if settings.gateway_enforcement == "off":
-        raise SettingsError("GATEWAY_ENFORCEMENT is off: set it to tokens, users or litellm to enforce")
+    require_enforcement(settings)
     client = gateway_access(settings, f"enforce (GATEWAY_ENFORCEMENT={settings.gateway_enforcement})")
     admin = settings.new_api_user_id
     config = EnforceConfig(settings.gateway_enforcement, int(admin) if admin and admin.isdigit() else None)
@@ -86,6 +90,7 @@ def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
 
 
 def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
+    require_enforcement(settings)  # said before the database is opened
     report = make_enforcer(settings, ledger(settings)).run_once()
     print(json.dumps(report.as_json()))
     return 0 if not report.failed else 1
@@ -167,14 +172,20 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def _checked(report: "ReconcileReport") -> str:
+    """What the run compared the ledger with, besides itself."""
+    compared = (("usage log", report.upstream_checked), ("access", report.access_checked))
+    checked = [name for name, done in compared if done]
+    return f"gateway {' and '.join(checked)} checked" if checked else "upstream not configured: ledger only"
+
+
 def render_table(report: "ReconcileReport") -> str:
     """The report as an operator reads it in a terminal."""
     from creditrelay.receiver.shapes import iso
     from creditrelay.schema.database import utc
 
     lines = [
-        f"reconcile {iso(utc(report.window_start))} .. {iso(utc(report.window_end))}"
-        f"  (upstream {'checked' if report.upstream_checked else 'not configured: ledger only'})",
+        f"reconcile {iso(utc(report.window_start))} .. {iso(utc(report.window_end))}  ({_checked(report)})",
     ]
     if report.tokens:
         lines += ["", f"{'token':>10}  {'new-api rows':>12}  {'credits':>10}  {'charged rows':>12}  {'credits':>10}"]

@@ -107,6 +107,7 @@ def schema_is_current(engine: "Engine", check: Callable[["Engine"], bool], wait:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import structlog
     import uvicorn
 
     from creditrelay.receiver.logs import uvicorn_log_config
@@ -114,6 +115,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.schema.migrate import is_current
 
     settings.require_secrets()
+    structlog.get_logger().info(
+        "starting",
+        database=settings.database_url.render_as_string(hide_password=True),
+        webhook_secret=settings.signing_from,
+        enforcement=settings.gateway_enforcement,
+        polling=settings.polling_enabled,
+    )
     if schema_is_current(make_engine(settings.database_url), is_current) is False:
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -137,6 +137,9 @@ def test_the_commands_enforce_and_reconcile_at_litellm(database: Database, proxy
     found = cli.run(database, "reconcile", "--json", env=env)
     assert found.returncode == 1, found.stderr
     assert [f["kind"] for f in json.loads(found.stdout)["findings"]] == ["gateway_drift"]
+    assert json.loads(found.stdout)["accessChecked"] is True
+    table = cli.run(database, "reconcile", env=env)
+    assert "(gateway access checked)" in table.stdout.splitlines()[0]
     missing = cli.run(database, "enforce", env=env | {"LITELLM_MASTER_KEY": ""})
     assert missing.returncode == 2
     assert "GATEWAY_ENFORCEMENT=litellm needs LITELLM_BASE_URL and LITELLM_MASTER_KEY" in missing.stderr
