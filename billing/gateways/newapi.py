@@ -83,10 +83,13 @@ def _text(item: dict[str, Any], name: str, problems: list[str]) -> str:
     except UnicodeEncodeError:
         problems.append(f"{name} is not valid Unicode text")
         return ""
-    if "\x00" in value:  # PostgreSQL stores no NUL: refused on every database (decision 0025)
+    if "\x00" in value and name in _STORED:  # PostgreSQL stores no NUL: refused on every database (0025)
         problems.append(f"{name} holds a NUL character")
         return ""
     return value
+
+
+_STORED = ("model_name", "request_id")  # the text fields a usage keeps (a token's name is never stored)
 
 
 def _other(item: dict[str, Any]) -> dict[str, Any]:

@@ -191,7 +191,7 @@ def test_rows_new_api_would_not_write_are_kept_unbilled_and_never_stop_a_pass(se
     """Text that is not Unicode (a lone surrogate) or holds a NUL (which PostgreSQL cannot store), a quota
     past 64 bits, a fractional quota: each such row is kept in unbilled_usage saying why — its neighbours
     are charged, and the next pass goes on."""
-    setup.api.add(T - 60, token_id=5, quota=7, request_id="fine")
+    setup.api.add(T - 60, token_id=5, quota=7, request_id="fine")["token_name"] = "a user's \x00 name"  # not stored
     odd = (("request_id", "poll\ud800"), ("model_name", "gpt\x00-4o"), ("quota", 2**64), ("quota", 10.9))
     for index, (field, value) in enumerate(odd):
         setup.api.add(T - 50 + index, token_id=5, quota=1, request_id=f"odd-{index}")[field] = value
