@@ -193,26 +193,48 @@ def test_a_row_skipped_for_a_broken_foreign_key_is_not_taken_for_a_duplicate(dat
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_postgresql_prepares_the_writes_but_plans_every_read_for_its_values(database: Database) -> None:
+def test_postgresql_prepares_the_inserts_but_plans_everything_else_for_its_values(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A prepared statement may run on one generic plan made from the statistics of its first runs: made on
     an empty table, a lookup by event id would scan the whole table for every batch until the next ANALYZE.
-    The hot path's reads are never prepared; its writes are, and a plain insert goes as one multi-row
-    statement."""
+    The hot path's reads are never prepared; its inserts (and the per-row updates of ``executemany``, by a
+    unique key) are, whatever the size of the numbers they carry (psycopg would type a small int as int2
+    and a large one as int8, a statement of its own each). A plain insert of 1 to 70 rows goes as
+    multi-row statements of power-of-two sizes, seven shapes in all."""
+    shapes: set[str] = set()
+    run = statements._run
+
+    def recording(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+        assert not (many and sql.startswith("INSERT")), "a plain insert went row by row"
+        shapes.add(sql) if sql.startswith("INSERT") else None
+        return run(connection, sql, params, many=many)
+
+    monkeypatch.setattr(statements, "_run", recording)
 
     def lookup(connection: Connection, event_ids: list[str]) -> list[Any]:
         build = lambda ids: sa.select(webhook_logs.c.eventId).where(webhook_logs.c.eventId.in_(ids))  # noqa: E731
         return fetch_in(connection, "test_prepared_lookup", build, event_ids)
 
     def work(connection: Connection) -> list[str]:
-        for batch in range(8):
-            rows = [log(f"p{batch}-{i}", "x") for i in range(4)]
+        written = 0
+        for size in range(1, 71):
+            rows = [log(f"p{size}-{i}", "x") for i in range(size)]
             assert lookup(connection, [r["eventId"] for r in rows]) == []
-            assert execute_many(connection, "test_plain_insert", lambda _: webhook_logs.insert(), rows) == 4
-        assert len(lookup(connection, ["p0-0", "p7-3"])) == 2
+            written += execute_many(connection, "test_plain_insert", lambda _: webhook_logs.insert(), rows)
+            execute_many(connection, "test_update", _status_by_id, [{"n": size**5, "s": "failed"}])  # 1 to 9 digits
+        assert written == sum(range(1, 71))
+        assert len(lookup(connection, ["p1-0", "p70-69"])) == 2
         prepared = connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars()
         return [" ".join(statement.split()[:3]) for statement in prepared]
 
     prepared = run_transaction(database.engine, work)
-    assert "INSERT INTO webhook_logs" in prepared
-    assert not [statement for statement in prepared if statement.startswith("SELECT")]
-    assert database.count("webhook_logs") == 32
+    assert len(shapes) == 7  # 1, 2, 4 … 64 rows
+    assert 0 < prepared.count("INSERT INTO webhook_logs") <= 7
+    assert prepared.count("UPDATE webhook_logs SET") == 1  # one statement, whatever the ids' sizes
+    assert [statement for statement in prepared if statement.startswith("SELECT")] == []
+    assert database.count("webhook_logs") == sum(range(1, 71))
+
+
+def _status_by_id(_dialect: str) -> sa.Update:
+    return webhook_logs.update().where(webhook_logs.c.id == sa.bindparam("n")).values(status=sa.bindparam("s"))
