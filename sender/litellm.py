@@ -34,8 +34,10 @@ import structlog
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyErrorTypes, ProxyException, UserAPIKeyAuth
 from prometheus_client import Counter
+from sqlalchemy.exc import OperationalError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from creditrelay.schema.errors import SettingsError
+from creditrelay.schema.errors import DatabaseUnavailable, SettingsError
 from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.settings import web_url
 from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_TIMESTAMP, EnvelopeError, parse_event
@@ -51,6 +53,7 @@ KEY_FIELDS = {"user_api_key_hash": "token", "user_api_key_alias": "key_alias", "
 # "litellm_proxy_master_key", a service account its name, a JWT "hashed-jwt-…")
 VIRTUAL_KEY = re.compile(r"[0-9a-f]{64}")
 MAX_ALLOWANCE_SECONDS = 3600
+OUTBOX_PATIENCE = 3.0  # seconds a usage's commit is tried again while the outbox is out of reach
 
 
 @dataclass(frozen=True)
@@ -186,12 +189,13 @@ def _count(value: Any) -> int | None:
 
 def billed_key(configured: Any, key_hash: str, field: str) -> str:
     """The ``remoteKeyId`` a virtual key's call is billed to: its ``CREDITRELAY_KEY_FIELD`` (the hash, the
-    alias or the user id), or its hash when that field is empty or not storable (a key made without an
-    alias, an alias past 64 characters). Never nobody: an unknown hash is refused by the pre-call hook, and
+    alias or the user id), or its hash when that field is empty, not storable (a key made without an alias,
+    an alias past 64 characters) or itself shaped like a key's hash (an alias chosen to be another key's
+    hash would bill that key's owner). Never nobody: an unknown hash is refused by the pre-call hook, and
     its usage waits in ``webhook_logs`` as an unknown key's, to be charged once the key is linked."""
     if field == "user_api_key_hash":
         return key_hash
-    if (text := _text(configured, 64)) is not None:
+    if (text := _text(configured, 64)) is not None and not VIRTUAL_KEY.fullmatch(text.lower()):
         return text
     log.warning("litellm_key_field_missing", field=field, billed_to="user_api_key_hash")
     return key_hash
@@ -288,10 +292,18 @@ class CreditRelayLogger(CustomLogger):
 
     def record(self, kwargs: Mapping[str, Any]) -> str:
         """Commit the call's usage event; what became of it (``queued``, ``duplicate``, ``skipped``,
-        ``failed``), counted. Never raises: the call it describes has been served."""
+        ``failed``), counted. Never raises: the call it describes has been served. An outbox out of reach
+        (SQLite's lock held past its timeout, a server away) is tried again for up to ``OUTBOX_PATIENCE``
+        seconds, on this worker thread."""
         try:
             event_id, body = event_of(kwargs.get("standard_logging_object") or {}, self.settings)
-            outcome = "queued" if self.outbox.enqueue([(event_id, body)]) else "duplicate"
+            written = Retrying(
+                retry=retry_if_exception_type((DatabaseUnavailable, OperationalError)),
+                stop=stop_after_delay(OUTBOX_PATIENCE),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            )(self.outbox.enqueue, [(event_id, body)])
+            outcome = "queued" if written else "duplicate"
         except Skipped as reason:
             log.warning("litellm_usage_skipped", reason=str(reason))
             outcome = "skipped"

@@ -73,8 +73,8 @@ def create_sidecar(outbox: Outbox, relay: OutboxRelay, clock: Callable[[], float
             return _refuse(400, str(error))
         try:
             await asyncio.to_thread(outbox.enqueue, events, utc(clock()))
-        except (OperationalError, DatabaseUnavailable):
-            return _refuse(503, "The outbox's database is unavailable; nothing was accepted, send again")
+        except DatabaseUnavailable:  # an event whose commit was cut short is recognised by its eventId
+            return _refuse(503, "The outbox's database is unavailable; send again")
         relay.notify()
         ids = [event_id for event_id, _ in events]
         return JSONResponse({"success": True, "accepted": len(ids), "eventIds": ids}, status_code=202)

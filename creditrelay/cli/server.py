@@ -117,7 +117,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_secrets()
     structlog.get_logger().info(
         "starting",
-        database=settings.database_url.render_as_string(hide_password=True),
+        database=settings.database_url.set(query={}).render_as_string(hide_password=True),  # no credentials
         webhook_secret=settings.signing_from,
         enforcement=settings.gateway_enforcement,
         polling=settings.polling_enabled,

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -206,12 +207,13 @@ def test_a_key_without_the_configured_field_is_billed_and_asked_by_its_hash(
     site: tuple[str, int], database: Database, tmp_path: Path
 ) -> None:
     """CREDITRELAY_KEY_FIELD=user_api_key_alias, and a virtual key made without an alias (or with one past
-    64 characters): the call is neither free nor lost. The hook asks about the key's hash (unknown here:
+    64 characters, or one shaped like another key's hash): the call is neither free nor lost, nor billed
+    to someone else. The hook asks about the key's hash (unknown here:
     refused, even failing open), and the usage is billed to the hash, waiting as an unknown key's until the
     operator links it."""
     url, _ = site
     logger = _logger(tmp_path, url, key_field="user_api_key_alias")
-    for alias in (None, "", "a" * 65):
+    for alias in (None, "", "a" * 65, KEY):  # KEY: alice's hash, chosen as another key's alias
         with pytest.raises(ProxyException) as refused:
             asyncio.run(logger.async_pre_call_hook(UserAPIKeyAuth(token="9" * 64, key_alias=alias), None, {}, "x"))
         assert refused.value.type == "budget_exceeded"
@@ -292,6 +294,29 @@ def test_only_creditrelays_own_answer_decides_anything_else_follows_the_fail_mod
     assert refused.value.code == "503"
 
 
+@pytest.mark.parametrize("database", ["mysql", "postgresql"], indirect=True)
+def test_a_usage_is_committed_once_the_outbox_is_back_within_seconds(database: Database, tmp_path: Path) -> None:
+    """The outbox's server is away for a moment (its connections cut, new ones refused): the callback tries
+    the commit again on its thread, and the usage is queued once, not logged as lost."""
+    call = {"litellm_call_id": "c1", "model": "m", "response_cost": 0.01, "startTime": 1_700_000_000,
+            "metadata": {"user_api_key_hash": KEY}}  # fmt: skip
+    with database.fragile_engine() as (engine, outage):
+        logger = CreditRelayLogger(_logger(tmp_path).settings, Outbox(engine))
+        away, back = threading.Event(), threading.Event()
+
+        def a_moment_away() -> None:
+            with outage():
+                away.set()
+                time.sleep(0.8)
+            back.set()
+
+        threading.Thread(target=a_moment_away).start()
+        away.wait(5)
+        assert logger.record({"standard_logging_object": call}) == "queued"
+        assert back.is_set()
+        assert logger.outbox.counts()["pending"] == 1
+
+
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_a_call_through_litellms_synchronous_api_is_recorded_too(database: Database, tmp_path: Path) -> None:
     """``litellm.completion`` (not the proxy's way, but a Python shop's) calls the synchronous hook."""
@@ -310,7 +335,9 @@ def test_a_call_through_litellms_synchronous_api_is_recorded_too(database: Datab
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-def test_what_cannot_be_billed_is_logged_and_counted_never_raised(database: Database, tmp_path: Path) -> None:
+def test_what_cannot_be_billed_is_logged_and_counted_never_raised(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No virtual key, no call id, a cost past what one usage may cost, an outbox that cannot be written: the
     callback says so and counts it; the call it describes is not failed."""
     logger = _logger(tmp_path)
@@ -332,6 +359,7 @@ def test_what_cannot_be_billed_is_logged_and_counted_never_raised(database: Data
     for number, (name, value) in enumerate(repairable.items()):  # what only describes the call: still charged
         call = good | {"litellm_call_id": f"r{number}", name: value}
         assert logger.record({"standard_logging_object": call}) == "queued", name
+    monkeypatch.setattr(integration, "OUTBOX_PATIENCE", 0.2)  # tried again, briefly, then counted as failed
     failing = _logger(tmp_path, outbox_url="sqlite:////proc/no/such/outbox.db")
     assert failing.record({"standard_logging_object": good | {"litellm_call_id": "c2"}}) == "failed"
     assert logger.outbox.counts()["pending"] == 1 + len(repairable)
