@@ -8,7 +8,7 @@ import pytest
 
 from creditrelay.billing.watch import BalanceWatch, watch_balances
 from creditrelay.receiver.app import create_app
-from tests.support.browser import chromium, screenshot, sign_in
+from tests.support.browser import chromium, loaded, screenshot, sign_in
 from tests.support.database import Database
 from tests.support.receiver import add_user, settings_for
 from tests.support.server import serving
@@ -36,7 +36,7 @@ def test_balances_flags_filters_and_suspend_now_in_a_browser(site: str, database
         page = browser.new_page()
         sign_in(page, site, TOKEN)
         page.goto(f"{site}/admin/users")
-        rows = page.locator("#users tr").all_inner_texts()[1:]
+        rows = loaded(page).locator("#users tr").all_inner_texts()[1:]
         assert [row.split("\t")[1] for row in rows] == ["broke@example.com", "low@example.com", "rich@example.com"]
         assert [row.split("\t")[-1].split() for row in rows] == [["suspended", "low"], ["low"], []]
         screenshot(page, "admin", "users-by-balance")

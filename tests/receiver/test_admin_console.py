@@ -17,7 +17,7 @@ from creditrelay.billing.deliveries import deliver
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.wire import parse_event
-from tests.support.browser import chromium, screenshot, sign_in
+from tests.support.browser import chromium, loaded, screenshot, sign_in
 from tests.support.database import Database
 from tests.support.receiver import add_user, settings_for
 from tests.support.server import serving
@@ -71,7 +71,7 @@ def site(database: Database) -> Iterator[str]:
 
 
 def _rows(page: Page, table: str) -> list[list[str]]:
-    return [row.split("\t") for row in page.locator(f"#{table} tbody tr").all_inner_texts()]
+    return [row.split("\t") for row in loaded(page).locator(f"#{table} tbody tr").all_inner_texts()]
 
 
 def _shoot(page: Page, name: str) -> None:
@@ -160,7 +160,7 @@ def test_an_operator_finds_pages_replays_and_sees_it_charged(site: str, database
         notice = page.inner_text("#notice")
         assert "10 failed events of this filter ran again: 10 charged" in notice
         assert "ok" in (page.get_attribute("#notice", "class") or "")
-        assert page.locator("#logs").count() == 0  # the filter shows failed ones: none are left
+        assert loaded(page).locator("#logs").count() == 0  # the filter shows failed ones: none are left
         _shoot(page, "logs-replayed")
 
         charged = sum(1 + i % 9 for i in range(10))

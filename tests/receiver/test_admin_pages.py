@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page
 
 from creditrelay.receiver.app import create_app
-from tests.support.browser import chromium, screenshot, sign_in
+from tests.support.browser import chromium, loaded, screenshot, sign_in
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
@@ -87,7 +87,7 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
         _shot(page, "4-user-key-linked")
 
         page.click("nav >> text=Webhook logs")
-        assert page.locator("tr.failed").count() == 0
+        assert loaded(page).locator("tr.failed").count() == 0
         _shot(page, "5-replayed")
 
         page.goto(user_url)
@@ -95,7 +95,7 @@ def test_sign_in_find_user_see_failed_event_link_key_replay_in_a_browser(site: s
         assert "event evt-lost" in page.inner_text("#transactions")
         _shot(page, "6-user-charged")
         page.click("nav >> text=Usage")
-        assert page.locator(".chart svg rect").count() >= 1
+        assert loaded(page).locator(".chart svg rect").count() >= 1
         _shot(page, "7-usage")
     assert database.scalar("SELECT status FROM webhook_logs WHERE eventId = 'evt-lost'") == "processed"
 

@@ -35,3 +35,11 @@ def sign_in(page: Page, site: str, token: str) -> None:
     page.goto(f"{site}/admin/")
     page.fill("input[name=token]", token)
     page.click('button:has-text("Sign in")')
+
+
+def loaded(page: Page) -> Page:
+    """``page`` once its document has loaded. A click on a link returns when the navigation has begun, and
+    counting rows then (``count()``, ``all_inner_texts()``: they do not wait) can read a half-parsed table
+    on a busy machine."""
+    page.wait_for_load_state("load")
+    return page
