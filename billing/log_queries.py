@@ -131,7 +131,7 @@ def _timed_ids(
         bound = [logs.id < before] if before is not None else [logs.id > after] if after is not None else []
         order = [logs.id.asc() if ascending else logs.id.desc()]
         return [int(i) for i in connection.scalars(query.where(*bound).order_by(*order).limit(limit))]
-    cursor = before if before is not None else after or None  # after=0: from the first, not from row 0's place
+    cursor = before if before is not None else (after or None)  # after=0: from the first arrival, no bound
     if cursor is not None:
         # where the row the page continues from arrived (if cleanup deleted it, its neighbour on that side)
         near = sa.select(logs.createdAt).where(logs.id >= cursor if ascending else logs.id <= cursor)

@@ -86,17 +86,14 @@ def execute_many(
     rows: Sequence[Mapping[str, Any]],
 ) -> int:
     """Run one Core statement (``build(dialect_name)``) for many rows; the rows written. An ``INSERT`` on
-    MySQL, and one without ``ON CONFLICT`` on PostgreSQL, goes as multi-row statements, anything else as
-    the driver's ``executemany``. Every row has the same keys."""
+    MySQL or PostgreSQL goes as multi-row statements, anything else as the driver's ``executemany``. Every
+    row has the same keys."""
     if not rows:
         return 0
     dialect = connection.dialect
     sql, params = _cached(cache_key, dialect, rows[0], lambda: build(dialect.name))
     converted = _convert(rows, params)
-    if dialect.name == "mysql" and sql.startswith("INSERT"):
-        return sum(int(cursor.rowcount) for cursor in _insert_rows(connection, _values_group(sql), converted))
-    if dialect.name == "postgresql" and sql.startswith("INSERT") and " ON CONFLICT " not in sql:
-        # not padded: a copy of a row would break the unique key it meets, not be skipped
+    if dialect.name != "sqlite" and sql.startswith("INSERT"):  # not padded: a copy could break a unique key
         parts = _values_group(sql)
         return sum(int(cursor.rowcount) for cursor in _insert_rows(connection, parts, converted, pad=False))
     return int(_run(connection, sql, converted, many=True).rowcount)

@@ -34,7 +34,6 @@ import structlog
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyErrorTypes, ProxyException, UserAPIKeyAuth
 from prometheus_client import Counter
-from sqlalchemy.exc import OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from creditrelay.schema.errors import DatabaseUnavailable, SettingsError
@@ -298,7 +297,7 @@ class CreditRelayLogger(CustomLogger):
         try:
             event_id, body = event_of(kwargs.get("standard_logging_object") or {}, self.settings)
             written = Retrying(
-                retry=retry_if_exception_type((DatabaseUnavailable, OperationalError)),
+                retry=retry_if_exception_type(DatabaseUnavailable),
                 stop=stop_after_delay(OUTBOX_PATIENCE),
                 wait=wait_exponential(multiplier=0.05, max=1.0),
                 reraise=True,

@@ -71,7 +71,9 @@ def _number(item: dict[str, Any], name: str, problems: list[str]) -> int:
     return value
 
 
-def _text(item: dict[str, Any], name: str, problems: list[str]) -> str:
+def _text(item: dict[str, Any], name: str, problems: list[str], *, stored: bool = False) -> str:
+    """``item[name]`` as text ("" if absent or refused, with the problem said); a ``stored`` one (what a
+    usage keeps) holds no NUL, which PostgreSQL cannot store: refused on every database (decision 0025)."""
     value = item.get(name)
     if value is None:
         return ""
@@ -83,13 +85,10 @@ def _text(item: dict[str, Any], name: str, problems: list[str]) -> str:
     except UnicodeEncodeError:
         problems.append(f"{name} is not valid Unicode text")
         return ""
-    if "\x00" in value and name in _STORED:  # PostgreSQL stores no NUL: refused on every database (0025)
+    if stored and "\x00" in value:
         problems.append(f"{name} holds a NUL character")
         return ""
     return value
-
-
-_STORED = ("model_name", "request_id")  # the text fields a usage keeps (a token's name is never stored)
 
 
 def _other(item: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +110,8 @@ def _row(item: Any) -> ConsumeLog:
     def number(name: str) -> int:
         return _number(item, name, problems)
 
-    def text(name: str) -> str:
-        return _text(item, name, problems)
+    def text(name: str, *, stored: bool = False) -> str:
+        return _text(item, name, problems, stored=stored)
 
     return ConsumeLog(
         id=number("id"),
@@ -120,11 +119,11 @@ def _row(item: Any) -> ConsumeLog:
         user_id=number("user_id"),
         token_id=number("token_id"),
         token_name=text("token_name"),
-        model_name=text("model_name"),
+        model_name=text("model_name", stored=True),
         quota=number("quota"),
         prompt_tokens=number("prompt_tokens"),
         completion_tokens=number("completion_tokens"),
-        request_id=text("request_id"),
+        request_id=text("request_id", stored=True),
         raw=item,
         other=_other(item),
         problem="; ".join(problems) or None,

@@ -50,6 +50,8 @@ from tests.support.signing import SECRET
 KEY = "3" * 64  # what LiteLLM reports as user_api_key_hash: the SHA-256 of the virtual key
 GATEWAY = "gateway-token-gateway-token-gateway-01"
 RATE = Decimal(1_000_000)  # credits per US dollar
+CALL = {"litellm_call_id": "c1", "model": "m", "response_cost": 0.01, "metadata": {"user_api_key_hash": KEY},
+        "startTime": 1_700_000_000.5}  # fmt: skip  # LiteLLM's standard logging object of one billable call
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -219,8 +221,7 @@ def test_a_key_without_the_configured_field_is_billed_and_asked_by_its_hash(
         assert refused.value.type == "budget_exceeded"
     known = UserAPIKeyAuth(token=KEY, key_alias=None)  # alice's key, linked by its hash
     assert asyncio.run(logger.async_pre_call_hook(known, None, {"n": 1}, "completion")) == {"n": 1}
-    call = {"litellm_call_id": "c1", "model": "m", "response_cost": 0.01, "startTime": 1_700_000_000,
-            "metadata": {"user_api_key_hash": KEY, "user_api_key_alias": None}}  # fmt: skip
+    call = CALL | {"metadata": {"user_api_key_hash": KEY, "user_api_key_alias": None}}
     assert logger.record({"standard_logging_object": call}) == "queued"
     [event] = [json.loads(e.body) for e in logger.outbox.claim_due(utc(2**31), 10, timedelta(seconds=30))]
     assert event["data"]["remoteKeyId"] == KEY
@@ -298,8 +299,6 @@ def test_only_creditrelays_own_answer_decides_anything_else_follows_the_fail_mod
 def test_a_usage_is_committed_once_the_outbox_is_back_within_seconds(database: Database, tmp_path: Path) -> None:
     """The outbox's server is away for a moment (its connections cut, new ones refused): the callback tries
     the commit again on its thread, and the usage is queued once, not logged as lost."""
-    call = {"litellm_call_id": "c1", "model": "m", "response_cost": 0.01, "startTime": 1_700_000_000,
-            "metadata": {"user_api_key_hash": KEY}}  # fmt: skip
     with database.fragile_engine() as (engine, outage):
         logger = CreditRelayLogger(_logger(tmp_path).settings, Outbox(engine))
         away, back = threading.Event(), threading.Event()
@@ -312,7 +311,7 @@ def test_a_usage_is_committed_once_the_outbox_is_back_within_seconds(database: D
 
         threading.Thread(target=a_moment_away).start()
         away.wait(5)
-        assert logger.record({"standard_logging_object": call}) == "queued"
+        assert logger.record({"standard_logging_object": CALL}) == "queued"
         assert back.is_set()
         assert logger.outbox.counts()["pending"] == 1
 
@@ -335,14 +334,11 @@ def test_a_call_through_litellms_synchronous_api_is_recorded_too(database: Datab
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-def test_what_cannot_be_billed_is_logged_and_counted_never_raised(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_what_cannot_be_billed_is_logged_and_counted_never_raised(database: Database, tmp_path: Path) -> None:
     """No virtual key, no call id, a cost past what one usage may cost, an outbox that cannot be written: the
     callback says so and counts it; the call it describes is not failed."""
     logger = _logger(tmp_path)
-    good = {"litellm_call_id": "c1", "model": "m", "response_cost": 0.01, "metadata": {"user_api_key_hash": KEY},
-            "startTime": 1_700_000_000.5}  # fmt: skip
+    good = CALL
     assert logger.record({"standard_logging_object": good}) == "queued"
     for broken in (
         good | {"metadata": {}},
@@ -359,7 +355,6 @@ def test_what_cannot_be_billed_is_logged_and_counted_never_raised(
     for number, (name, value) in enumerate(repairable.items()):  # what only describes the call: still charged
         call = good | {"litellm_call_id": f"r{number}", name: value}
         assert logger.record({"standard_logging_object": call}) == "queued", name
-    monkeypatch.setattr(integration, "OUTBOX_PATIENCE", 0.2)  # tried again, briefly, then counted as failed
     failing = _logger(tmp_path, outbox_url="sqlite:////proc/no/such/outbox.db")
     assert failing.record({"standard_logging_object": good | {"litellm_call_id": "c2"}}) == "failed"
     assert logger.outbox.counts()["pending"] == 1 + len(repairable)
