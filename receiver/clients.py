@@ -57,6 +57,7 @@ def add_client(connection: Connection, source: str, now: datetime, *, own_secret
         "apiKeyPrefix": api_key[:12],
         "secret": secret,
         "status": ACTIVE,
+        "rights": "balance,records,records:all,credit,debit",
         "createdAt": now,
         "updatedAt": now,
     }

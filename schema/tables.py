@@ -150,6 +150,8 @@ class UsageMatch(SQLModel, table=True):
     paired_key: str | None = column("pairedKey", default=None, max_length=160)
     paired_cost: int | None = column("pairedCost", default=None, sa_type=sa.BigInteger)
     paired_at: datetime | None = column("pairedAt", default=None, sa_type=Timestamp)
+    # when the paired arrival was used: lets a later arrival move this pairing to a twin (billing.matching)
+    paired_used_at: datetime | None = column("pairedUsedAt", default=None, sa_type=Timestamp)
 
 
 class WebhookLog(SQLModel, table=True):
@@ -239,8 +241,23 @@ class ApiClient(SQLModel, table=True):
     api_key_prefix: str = column("apiKeyPrefix", max_length=12)
     secret: str | None = Field(default=None, max_length=128)  # None: CREDIT_SYNC_SECRET signs for this client
     status: str = Field(max_length=16)
+    rights: str = Field(max_length=255)  # comma-separated (schema.credit_sync.RIGHTS)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
+
+
+class CreditToken(SQLModel, table=True):
+    """A credit-API token once accepted, and the reference it asked for: a token applies once, whatever
+    reference a replay names. Kept until its timestamp's window has passed (``expiresAt``), then cleaned
+    up: past it, the token is refused as too old anyway."""
+
+    __tablename__ = "credit_tokens"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    token: str = Field(max_length=64, unique=True)  # lowercase hex
+    reference: str | None = Field(default=None, max_length=191)  # the credit_transactions reference asked for
+    expires_at: datetime = column("expiresAt", sa_type=Timestamp, index=True)
 
 
 class AdminSession(SQLModel, table=True):
@@ -283,6 +300,10 @@ class GatewayState(SQLModel, table=True):
     lease_owner: str | None = column("leaseOwner", default=None, max_length=64)
     lease_until: datetime | None = column("leaseUntil", default=None, sa_type=Timestamp)
     last_error: str | None = column("lastError", default=None, max_length=255)
+    # the targets the gateway confirmed for the intent at progressVersion, one per line: a push that ran
+    # out of time resumes with the others
+    progress: str | None = Field(default=None, sa_type=LongText)
+    progress_version: int | None = column("progressVersion", default=None, sa_type=sa.BigInteger)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 
 
@@ -309,6 +330,7 @@ usage_records = metadata.tables["usage_records"]
 credit_transactions = metadata.tables["credit_transactions"]
 webhook_logs = metadata.tables["webhook_logs"]
 api_clients = metadata.tables["api_clients"]
+credit_tokens = metadata.tables["credit_tokens"]
 admin_sessions = metadata.tables["admin_sessions"]
 usage_matches = metadata.tables["usage_matches"]
 gateway_states = metadata.tables["gateway_states"]
