@@ -9,10 +9,11 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from creditrelay.billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
+from creditrelay.billing.matching import move_open_polls
 from creditrelay.billing.rows import lock_balances
 from creditrelay.billing.watch import SUSPEND, queue_intents, requeue, watch_of
 from creditrelay.schema.database import upsert
-from creditrelay.schema.errors import Conflict, InvalidInput
+from creditrelay.schema.errors import Conflict, InvalidInput, TransactionConflict
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
 from creditrelay.schema.statements import savepoint
 from creditrelay.schema.tables import api_keys, users
@@ -126,15 +127,20 @@ def _remote_key(remote_key_id: str) -> str:
 
 
 def link_key(connection: Connection, remote_key_id: str, user_id: int, now: datetime) -> KeyLink:
-    """Make the gateway key bill ``user_id``; an existing link is moved to that user."""
+    """Make the gateway key bill ``user_id``; an existing link is moved to that user, with the key's open
+    polled usages (``matching.move_open_polls``). The users' rows are locked first, as every transaction
+    takes them, then the key's."""
     key = _remote_key(remote_key_id)
-    watch = watch_of(connection)
-    enforced = watch is not None and watch.enforce
-    if enforced:  # the user's row first, as every transaction takes it (the upsert's key check reads it)
-        lock_balances(connection, [user_id])
+    owner = sa.select(api_keys.c.userId).where(api_keys.c.remoteKeyId == key)
+    before = connection.execute(owner).scalar_one_or_none()
+    lock_balances(connection, {user_id} | ({before} if before is not None else set()))
+    if connection.execute(owner.with_for_update()).scalar_one_or_none() != before:
+        raise TransactionConflict(f"key {key} was linked by another transaction meanwhile")
     row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
     connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], ["userId", "updatedAt"]))
-    if enforced:  # the key takes its new user's state: disabled if suspended, enabled (a moved key) if not
+    move_open_polls(connection, key, before, user_id)
+    watch = watch_of(connection)
+    if watch is not None and watch.enforce:  # the key takes its new user's state: disabled if suspended
         requeue(connection, user_id, now)
     [link] = list_keys(connection, remote_key_id=key)
     return link

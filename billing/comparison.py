@@ -5,7 +5,7 @@ webhook usage that had no request id (``billing.matching``); a row that is neith
 charged here that new-api does not have is *extra*: under a request id it does not know, or a webhook
 usage without a request id that no log row pairs with. A pair whose two paths priced the usage
 differently is a *price mismatch* (charged once, at the first path's price). Rows the poller cannot
-charge as they are (``polling.refusal``) are *unbillable*. The same nearest-first pairing the poller runs
+charge as they are (``polling.refusal``) are *unbillable*. The same pairing the poller runs (``billing.pairing``)
 tells a row whose webhook usage is charged but not yet paired (the next poll pairs it) from a missing one.
 """
 
@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from creditrelay.billing import matching
 from creditrelay.billing.gateways.newapi import ConsumeLog
+from creditrelay.billing.pairing import Partner, Slot, place
 from creditrelay.billing.polling import PollConfig, credits_for, refusal
 from creditrelay.schema.database import utc
 from creditrelay.schema.tables import api_keys, usage_matches, usage_records, users
@@ -62,12 +63,11 @@ def _token_owners(connection: Connection) -> dict[str, tuple[int, str]]:
     return {key: (user_id, email) for key, user_id, email in rows}
 
 
-def _open_webhook_usages(
-    connection: Connection, window: tuple[datetime, datetime], tolerance: float
-) -> list[tuple[matching.OpenUsage, str, str]]:
-    """Webhook usages without a request id, charged in the window (give or take ``tolerance``) and not yet
-    paired with a log row: each with its usage key and its user's email."""
-    slack = timedelta(seconds=tolerance)
+def _webhook_slots(
+    connection: Connection, window: tuple[datetime, datetime], reach: timedelta
+) -> tuple[list[Slot], dict[int, tuple[str, str]]]:
+    """Webhook usages without a request id charged in the window (give or take ``reach``), paired or not, as
+    ``pairing`` sees them; and each one's usage key and its user's email."""
     matches = usage_matches.c
     rows = connection.execute(
         sa.select(
@@ -76,18 +76,23 @@ def _open_webhook_usages(
             matches.matchKey,
             matches.usedAt,
             matches.creditCost,
+            matches.pairedKey,
+            matches.pairedUsedAt,
+            matches.pairedCost,
+            matches.pairedAt,
             usage_records.c.usageKey,
             users.c.email,
         )
         .join(usage_records, usage_records.c.id == matches.usageRecordId)
         .join(users, users.c.id == matches.userId)
-        .where(
-            matches.source == matching.WEBHOOK,
-            matches.pairedKey.is_(None),
-            matches.usedAt.between(window[0] - slack, window[1] + slack),
-        )
+        .where(matches.source == matching.WEBHOOK, matches.usedAt.between(window[0] - reach, window[1] + reach))
     )
-    return [(matching.OpenUsage(r[0], r[1], r[2], r[3], r[4]), r[5], r[6]) for r in rows]
+    slots, named = [], {}
+    for r in rows:
+        partner = None if r.pairedKey is None else Partner(r.pairedKey, r.pairedUsedAt, r.pairedCost, r.pairedAt)
+        slots.append(Slot(r.id, r.userId, r.matchKey, r.usedAt, r.creditCost, partner))
+        named[r.id] = (r.usageKey, r.email)
+    return slots, named
 
 
 def _price_mismatches(connection: Connection, window: tuple[datetime, datetime]) -> list[Finding]:
@@ -140,12 +145,15 @@ def compare_upstream(
             findings.append(Finding("unbillable", key, None, f"new-api log {row.id}: {reason}"))
             continue
         missing.append(row)
-    # the rows not charged by key may be webhook usages without a request id, charged but not yet paired
-    open_webhook = _open_webhook_usages(connection, window, config.match_seconds)
+    # the rows not charged by key may be webhook usages without a request id, charged but not yet paired:
+    # placed as the next poll would place them (a maximum matching, whoever owns the key now)
+    reach = timedelta(seconds=3 * config.match_seconds)
+    slots, named = _webhook_slots(connection, window, reach)
     arrivals = [
         matching.Arrival(
             usage_key_for_request(row.request_key),
-            owners[str(row.token_id)][0],
+            0,
+            str(row.token_id),
             matching.POLL,
             matching.fingerprint(
                 str(row.token_id), row.model_name or "unknown", row.prompt_tokens, row.completion_tokens
@@ -156,19 +164,18 @@ def compare_upstream(
         for row in missing
         if str(row.token_id) in owners
     ]
-    pairs = matching.nearest_first(arrivals, [open_usage for open_usage, _, _ in open_webhook], config.match_seconds)
-    not_yet_paired = {p.arrival.usage_key for p in pairs}
-    paired_open = {p.open.id for p in pairs}
+    placement = place(arrivals, slots, config.match_seconds, (window[0] - reach, window[1] + reach), window[1])
     for row in missing:
         key = usage_key_for_request(row.request_key)
-        if key in not_yet_paired:
+        if key in placement.placed:
             continue
         owner = owners.get(str(row.token_id))
         hint = "" if owner else f"; token {row.token_id} is not linked to a user"
         detail = f"new-api log {row.id} ({row.quota} quota, {row.model_name}) is not charged{hint}"
         findings.append(Finding("missing", key, owner[1] if owner else None, detail))
-    for open_usage, key, email in open_webhook:
-        if open_usage.id not in paired_open and window[0] <= open_usage.used_at <= window[1]:
+    for slot in slots:
+        if slot.partner is None and window[0] <= slot.used_at <= window[1]:
+            key, email = named[slot.id]
             detail = "charged by a webhook without a request id; no row of new-api's log is this usage"
             findings.append(Finding("extra", key, email, detail))
     local = connection.execute(

@@ -157,7 +157,7 @@ def apply_usage(
         if usages[index].request_id is None or usages[index].source == matching.POLL
     }
     settled = _settle(connection, arrivals, locked, paired, tolerance, now)
-    matched = {p.arrival.usage_key for p in settled.pairings}
+    matched = settled.matched
     settled_keys = settled.known | matched
     new_rows = [
         _usage_row(usages[index], owners[usages[index].remote_key_id], now)
@@ -211,8 +211,8 @@ def apply_usage(
     if changed:
         crossed(connection, {u: locked[u][0] for u in changed}, changed, now)
         learn_gateway_users(connection, usages, owners, now)
-    if opened or settled.pairings:
-        _open(connection, opened, record_ids, settled.pairings)
+    if opened or settled.polls_taken:
+        _open(connection, opened, record_ids, settled)
     return outcomes
 
 
@@ -227,7 +227,7 @@ def _settle(
     """``matching.settle`` for the arrivals that may pair: a webhook usage without a request id, any usage
     read from the gateway's log (none, on the webhook hot path with request ids)."""
     if not arrivals:
-        return matching.Settled(set(), [])
+        return matching.Settled(set(), set(), Counter())
     return matching.settle(
         connection,
         [a for a in arrivals.values() if a.source == matching.WEBHOOK],
@@ -242,20 +242,24 @@ def _settle(
 def _arrival(usage: Usage, user_id: int) -> matching.Arrival:
     match_key = matching.fingerprint(usage.remote_key_id, usage.model, usage.prompt_tokens, usage.completion_tokens)
     source = matching.POLL if usage.source == matching.POLL else matching.WEBHOOK
-    return matching.Arrival(usage.usage_key, user_id, source, match_key, usage.used_at, usage.credit_cost)
+    return matching.Arrival(
+        usage.usage_key, user_id, usage.remote_key_id, source, match_key, usage.used_at, usage.credit_cost
+    )
 
 
 def _open(
     connection: Connection,
     opened: Sequence[matching.Arrival],
     record_ids: Mapping[str, int],
-    pairings: Sequence[matching.Pairing],
+    settled: matching.Settled,
 ) -> None:
-    """Open the charged matchable usages for their other half, and count each user's open polled usages."""
+    """Open the charged matchable usages for their other half, and count the open polled usages of each
+    user and key: one more for each polled usage opened, one fewer for each a webhook took (the key's
+    user now: it carries its share along when it moves)."""
     insert_all(connection, usage_matches, matching.open_rows(opened, record_ids))
-    waiting = Counter(a.user_id for a in opened if a.source == matching.POLL)
-    waiting.subtract(p.open.user_id for p in pairings if p.arrival.source == matching.WEBHOOK)
-    matching.count_open_poll(connection, waiting)
+    waiting = Counter((a.user_id, a.remote_key_id) for a in opened if a.source == matching.POLL)
+    waiting.subtract(settled.polls_taken)
+    matching.count_open_polls(connection, waiting)
 
 
 def apply_credit(connection: Connection, change: CreditChange, now: datetime) -> CreditOutcome:

@@ -31,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tenacity import Retrying, nap, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from creditrelay.schema.errors import DatabaseUnavailable as DatabaseUnavailable  # raised here, defined with the others
-from creditrelay.schema.errors import UnsupportedDatabase
+from creditrelay.schema.errors import TransactionConflict, UnsupportedDatabase
 
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")  # naive UTC, microseconds
@@ -250,7 +250,9 @@ def _is_postgres(error: DBAPIError) -> bool:
 
 def is_retryable(error: BaseException) -> bool:
     """A deadlock, a lock wait timeout or a lost connection (MySQL), a deadlock, a serialization failure or
-    a lock timeout (PostgreSQL): the transaction may run again."""
+    a lock timeout (PostgreSQL), a conflict the transaction found itself: it may run again."""
+    if isinstance(error, TransactionConflict):
+        return True
     if not isinstance(error, DBAPIError) or isinstance(error.orig, sqlite3.Error):
         return False
     if _is_postgres(error):
@@ -347,6 +349,8 @@ def _reset(connection: Connection) -> None:
 def _unavailable_as_such() -> Iterator[None]:
     try:
         yield
+    except TransactionConflict as error:  # still there after every retry: busy, not wrong; try again later
+        raise DatabaseUnavailable(f"rows kept changing under this transaction: {error}") from error
     except (DBAPIError, PoolTimeoutError) as error:
         if is_unavailable(error):
             raise DatabaseUnavailable(str(error.orig) if isinstance(error, DBAPIError) else str(error)) from error

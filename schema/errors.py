@@ -2,8 +2,8 @@
 message safe to show the caller and the HTTP status it means at the edge, where it has one.
 
 The receiver renders them all through one handler; the command line prints their message on one line.
-Errors that only steer a retry inside billing (``rows.Shortfall``, ``matching.ClaimLost``) are not part of
-it: they never leave billing.
+Errors that only steer a retry inside billing (``rows.Shortfall``, ``TransactionConflict``) are not part of
+it: they never leave billing and ``run_transaction``.
 """
 
 from typing import ClassVar
@@ -69,3 +69,8 @@ class UpstreamError(CreditRelayError):
     """A gateway did not answer usefully (down, refused, or not the documented shape)."""
 
     status_code = 502
+
+
+class TransactionConflict(Exception):
+    """A transaction found a row changed under it, in a race it checks for itself (``matching.ClaimLost``):
+    ``run_transaction`` runs it again, like a deadlock the database reports."""

@@ -47,8 +47,8 @@ class User(SQLModel, table=True):
     name: str | None = Field(default=None, max_length=191)
     telegram_id: int | None = column("telegramId", default=None, unique=True, sa_type=sa.BigInteger)
     balance: int = Field(default=0, sa_type=sa.BigInteger)
-    # usages charged from the gateway's log still waiting for their webhook (billing.matching): while there
-    # are none, a webhook without a request id has nothing to look for
+    # usages charged from the gateway's log still waiting for their webhook, of the keys the user has now
+    # (billing.matching): while there are none, a webhook without a request id has nothing to look for
     open_poll_usages: int = column("openPollUsages", default=0, sa_type=sa.BigInteger)
     # the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users: set by the operator, or learned
     # from what the gateway sends while unset
@@ -66,6 +66,8 @@ class ApiKey(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     remote_key_id: str = column("remoteKeyId", max_length=64, unique=True)
     user_id: int = column("userId", foreign_key="users.id", index=True, sa_type=Id)
+    # this key's share of its user's openPollUsages: moved with the key when it is linked to another user
+    open_poll_usages: int = column("openPollUsages", default=0, sa_type=sa.BigInteger)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 

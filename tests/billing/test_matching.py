@@ -3,7 +3,6 @@ databases — either order, twins and triples counted exactly, nearest first, re
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import Connection
@@ -11,7 +10,6 @@ from sqlalchemy import Connection
 from creditrelay.billing.cleanup import delete_old_logs
 from creditrelay.billing.deliveries import DeliveryStatus, record_deliveries
 from creditrelay.billing.gateways.newapi import ConsumeLog, NewApiClient
-from creditrelay.billing.matching import Arrival, OpenUsage, nearest_first
 from creditrelay.billing.polling import PollConfig, Poller
 from creditrelay.schema.database import utc
 from creditrelay.schema.wire import Event, parse_event
@@ -147,25 +145,6 @@ def test_webhooks_with_a_request_id_pair_by_key_only(setup: Setup) -> None:
     assert setup.database.count("usage_matches") == 0
 
 
-def test_nearest_first_is_one_to_one() -> None:
-    """Each arrival pairs at most once and each open usage at most once, smallest gap first; a different
-    user or fingerprint never pairs."""
-    at = datetime(2026, 1, 1, 12)
-
-    def arrival(key: str, seconds: int, user: int = 1, match: str = "m") -> Arrival:
-        return Arrival(key, user, "poll", match, at + timedelta(seconds=seconds), 1)
-
-    def open_usage(number: int, seconds: int, user: int = 1, match: str = "m") -> OpenUsage:
-        return OpenUsage(number, user, match, at + timedelta(seconds=seconds), 1)
-
-    pairs = nearest_first(
-        [arrival("a", 0), arrival("b", 1), arrival("c", 2), arrival("d", 0, user=2), arrival("e", 0, match="x")],
-        [open_usage(1, 1), open_usage(2, 30), open_usage(3, 0)],
-        10,
-    )
-    assert sorted((p.arrival.usage_key, p.open.id) for p in pairs) == [("a", 3), ("b", 1)]
-
-
 def test_a_poll_racing_webhooks_charges_each_usage_once(setup: Setup) -> None:
     """A poll's transaction over 40 log rows and 8 batches of their webhooks, all started together: every
     usage charged once, whichever got the user's lock first."""
@@ -191,3 +170,119 @@ def test_a_poll_racing_webhooks_charges_each_usage_once(setup: Setup) -> None:
     assert setup.database.count("usage_matches", "pairedKey IS NULL") == 0
     assert setup.open_poll() == 0
     assert_ledger_consistent(setup.database)
+
+
+SKEWS = [(d, s) for d in (6, 8) for s in (5, 7, 9)]  # d: the webhook's clock behind the log's; s: twins' spacing
+
+
+def test_skewed_twins_webhooks_first_are_charged_twice_not_three_times(setup: Setup) -> None:
+    """Two identical usages s seconds apart, the webhook's clock d seconds behind the log's (d within the
+    tolerance): the webhooks come first, then the poll reads both rows; two charges per pair of twins."""
+    for case, (d, s) in enumerate(SKEWS):
+        at = T - 1000 + 100 * case
+        setup.webhook(seed_event(f"w1-{case}", at - d, 10, prompt=case))
+        setup.webhook(seed_event(f"w2-{case}", at + s - d, 10, prompt=case))
+        setup.log(at, 10, prompt=case)
+        setup.log(at + s, 10, prompt=case)
+    assert setup.poll() == {"charged": 0, "matched": 2 * len(SKEWS), "duplicates": 0}
+    assert setup.balance() == OPENING - 2 * 10 * len(SKEWS)
+    assert setup.database.count("usage_matches", "pairedKey IS NULL") == 0
+    assert_ledger_consistent(setup.database)
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_skewed_twins_polled_first_are_charged_twice_whatever_the_webhooks_order(
+    setup: Setup, newest_first: bool
+) -> None:
+    """The poll charged both twins first; their webhooks arrive late, newest first or oldest first, one
+    request each: both are duplicates (before, the first webhook took the row nearest it and the second
+    found none within the tolerance)."""
+    for case, (d, s) in enumerate(SKEWS):
+        at = T - 1000 + 100 * case
+        setup.log(at, 10, prompt=case)
+        setup.log(at + s, 10, prompt=case)
+    assert setup.poll()["charged"] == 2 * len(SKEWS)
+    for case, (d, s) in enumerate(SKEWS):
+        at = T - 1000 + 100 * case
+        webhooks = [
+            seed_event(f"w1-{case}", at - d, 10, prompt=case),
+            seed_event(f"w2-{case}", at + s - d, 10, prompt=case),
+        ]
+        for event in webhooks[::-1] if newest_first else webhooks:
+            assert setup.webhook(event) is DeliveryStatus.DUPLICATE, (d, s, event["eventId"])
+    assert setup.balance() == OPENING - 2 * 10 * len(SKEWS)
+    assert setup.open_poll() == 0
+    assert setup.database.count("api_keys", "openPollUsages <> 0") == 0
+    assert_ledger_consistent(setup.database)
+
+
+def test_rows_polled_one_pass_at_a_time_move_an_earlier_pairing(setup: Setup) -> None:
+    """The log rows of skewed twins come in two passes, the earlier row first: the first row took the
+    webhook nearest it, and the second pass moves that pairing so that the second row pairs too."""
+    setup.webhook(seed_event("w1", T - 106, 10))
+    setup.webhook(seed_event("w2", T - 101, 10))
+    setup.log(T - 100, 10)
+    config = PollConfig()
+    client = NewApiClient(setup.api.url, ADMIN_TOKEN, ADMIN_USER)
+    first = Poller(setup.database.engine, client, config, clock=lambda: T - 98).run_once(since=T - 3600)
+    assert (first.charged, first.matched) == (0, 1)
+    setup.log(T - 95, 10)
+    second = Poller(setup.database.engine, client, config, clock=lambda: T + 60).run_once(since=T - 3600)
+    assert (second.charged, second.matched) == (0, 1)
+    pairs = setup.database.rows(
+        "SELECT r.usageKey, m.pairedKey FROM usage_matches m JOIN usage_records r ON r.id = m.usageRecordId"
+        " ORDER BY r.usageKey"
+    )
+    assert pairs == [("evt:w1", "req:newapi-log-1"), ("evt:w2", "req:newapi-log-2")]
+    assert setup.balance() == OPENING - 20
+
+
+def test_a_key_linked_to_another_user_between_its_webhook_and_its_poll_is_charged_once(setup: Setup) -> None:
+    """Charged by webhook to alice; the key moves to bob; the poll reads the same usage: it pairs with the
+    webhook's charge, which stays alice's, and bob is charged nothing."""
+    from creditrelay.billing.accounts import link_key
+
+    bob = add_user(setup.database.engine, "bob@example.com", credits=OPENING, key="6")
+    setup.webhook(seed_event("e1", T - 100, 40))
+    in_transaction(setup.database, lambda c: link_key(c, "5", bob, utc(T)))
+    setup.log(T - 100, 40)
+    assert setup.poll() == {"charged": 0, "matched": 1, "duplicates": 0}
+    assert setup.balance() == OPENING - 40
+    assert setup.database.scalar("SELECT balance FROM users WHERE id = :id", id=bob) == OPENING
+    assert_ledger_consistent(setup.database)
+
+
+def test_a_key_linked_to_another_user_between_its_poll_and_its_webhook_is_charged_once(setup: Setup) -> None:
+    """Charged from the log to alice; the key moves to bob, with its open polled usage; the late webhook,
+    now bob's, finds it and is a duplicate."""
+    from creditrelay.billing.accounts import link_key
+
+    bob = add_user(setup.database.engine, "bob@example.com", credits=OPENING, key="6")
+    setup.log(T - 100, 40)
+    assert setup.poll()["charged"] == 1
+    in_transaction(setup.database, lambda c: link_key(c, "5", bob, utc(T)))
+    assert setup.open_poll() == 0
+    assert setup.database.scalar("SELECT openPollUsages FROM users WHERE id = :id", id=bob) == 1
+    assert setup.webhook(seed_event("late", T - 99, 40)) is DeliveryStatus.DUPLICATE
+    assert setup.database.scalar("SELECT openPollUsages FROM users WHERE id = :id", id=bob) == 0
+    assert setup.balance() == OPENING - 40
+    assert setup.database.scalar("SELECT balance FROM users WHERE id = :id", id=bob) == OPENING
+    assert_ledger_consistent(setup.database)
+
+
+def test_reconcile_sees_skewed_twins_as_one_usage_each_before_and_after_the_poll(setup: Setup) -> None:
+    """Skewed twins charged by webhook: before the poll, reconcile finds their rows not yet paired (nothing
+    missing, nothing extra); after it, clean — never a webhook called extra whose row its twin took."""
+    from creditrelay.billing.reconcile import Reconciler
+
+    setup.webhook(seed_event("w1", T - 106, 10))
+    setup.webhook(seed_event("w2", T - 101, 10))
+    setup.log(T - 100, 10)
+    setup.log(T - 95, 10)
+    client = NewApiClient(setup.api.url, ADMIN_TOKEN, ADMIN_USER)
+    poller = Poller(setup.database.engine, client, PollConfig(), clock=lambda: T)
+    for _ in range(2):
+        report = Reconciler(setup.database.engine, poller, PollConfig()).run(T - 3600, T, fix=False, now=utc(T))
+        assert report.ok, report.findings
+        setup.poll()
+    assert setup.balance() == OPENING - 20

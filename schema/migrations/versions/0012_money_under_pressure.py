@@ -5,6 +5,8 @@
 - ``api_clients.rights``: what a client may do; clients made before keep everything they could do.
 - ``usage_matches.pairedUsedAt``: when the usage that paired with an open one was used, so that a later
   arrival can move a pairing to the other twin (a maximum matching, ``billing.matching``).
+- ``api_keys.openPollUsages``: a key's share of its user's open polled usages, so that moving a key to
+  another user moves its share (a webhook of the moved key still finds its polled usage).
 - ``gateway_states.progress`` / ``progressVersion``: the targets the gateway already confirmed for the
   intent at that version, so a push that ran out of time resumes instead of starting over.
 
@@ -51,6 +53,22 @@ def upgrade() -> None:
         batch.add_column(sa.Column("rights", sa.String(length=255), nullable=False, server_default=EVERY_RIGHT))
     with op.batch_alter_table("usage_matches") as batch:
         batch.add_column(sa.Column("pairedUsedAt", Timestamp, nullable=True))
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(sa.Column("openPollUsages", sa.BigInteger(), nullable=False, server_default="0"))
+    matches, records, keys = sa.table("usage_matches", *map(sa.column, ("usageRecordId", "source", "pairedKey"))), (
+        sa.table("usage_records", sa.column("id"), sa.column("remoteKeyId"))
+    ), sa.table("api_keys", sa.column("remoteKeyId"), sa.column("openPollUsages"))
+    open_polled = (
+        sa.select(sa.func.count())
+        .select_from(matches.join(records, records.c.id == matches.c.usageRecordId))
+        .where(
+            records.c.remoteKeyId == keys.c.remoteKeyId,
+            matches.c.source == "poll",
+            matches.c.pairedKey.is_(None),
+        )
+        .scalar_subquery()
+    )
+    op.execute(keys.update().values(openPollUsages=open_polled))
     with op.batch_alter_table("gateway_states") as batch:
         batch.add_column(sa.Column("progress", LongText, nullable=True))
         batch.add_column(sa.Column("progressVersion", sa.BigInteger(), nullable=True))
@@ -60,6 +78,8 @@ def downgrade() -> None:
     with op.batch_alter_table("gateway_states") as batch:
         batch.drop_column("progressVersion")
         batch.drop_column("progress")
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("openPollUsages")
     with op.batch_alter_table("usage_matches") as batch:
         batch.drop_column("pairedUsedAt")
     with op.batch_alter_table("api_clients") as batch:
