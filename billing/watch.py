@@ -67,7 +67,8 @@ def watch_balances(engine: Engine, watch: BalanceWatch) -> Engine:
 
 def open_ledger(settings: Settings) -> Engine:
     """The ledger's database as every entry point opens it: watched as the settings say."""
-    return watch_balances(make_engine(settings.database_url), BalanceWatch.of(settings))
+    engine = make_engine(settings.database_url, lock_timeout=settings.database_lock_timeout)
+    return watch_balances(engine, BalanceWatch.of(settings))
 
 
 def watch_of(connection: Connection) -> BalanceWatch | None:

@@ -13,6 +13,12 @@ Nothing outside a batch's own work can end a writer: a failure in handing a batc
 counting fails that batch's requests (500) and the writer takes the next one. A writer task that stops
 anyway is started again on the next request or health check, and ``stalled`` tells health when no
 writer has made progress for ``stall_seconds`` while events wait.
+
+Health asks the writers themselves (``check``): a batch committed a moment ago answers it; otherwise a
+probe runs on a writer's thread and connection, a write transaction that writes nothing (``probe``). So
+health says what the writers can do now — not whether one more connection opens (the writers hold theirs
+when ``max_connections`` is full), nor whether a read answers (it does under ``FLUSH TABLES WITH READ
+LOCK``, which no commit gets past).
 """
 
 import asyncio
@@ -38,12 +44,14 @@ class GroupCommitter:
         self,
         apply_batch: Callable[[Sequence[Event]], list[DeliveryOutcome]],
         *,
+        probe: Callable[[], None] = lambda: None,
         max_batch: int = 512,
         writers: int = 1,
         stall_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.apply_batch = apply_batch
+        self.probe = probe  # a write transaction that writes nothing, on a writer's connection
         self.max_batch = max_batch
         self.writers = writers
         self.stall_seconds = stall_seconds
@@ -55,6 +63,8 @@ class GroupCommitter:
         self._arrival: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[int, float] = {}  # writer number -> when its current batch started
+        self._committed_at: float | None = None  # when a batch or a probe last committed
+        self._probing: asyncio.Future[None] | None = None  # the probe in flight, shared by every check
         self._closed = False
 
     async def submit(self, event: Event) -> DeliveryOutcome:
@@ -99,6 +109,21 @@ class GroupCommitter:
             oldest.append(self._waiting[0][2])
         return bool(oldest) and self.clock() - min(oldest) > self.stall_seconds
 
+    async def check(self, fresh: float, timeout: float) -> None:
+        """Return when a writer can commit: one did within ``fresh`` seconds, or a probe does now (one at a
+        time, awaited by every caller). ``DatabaseUnavailable`` when it cannot, ``TimeoutError`` when the
+        probe takes longer than ``timeout`` (a writer is stuck, or waits for a lock)."""
+        if self._committed_at is not None and self.clock() - self._committed_at <= fresh:
+            return
+        if self._probing is None or self._probing.done():
+            loop = asyncio.get_running_loop()
+            self._probing = asyncio.ensure_future(loop.run_in_executor(self.executor, self._probe))
+        await asyncio.wait_for(asyncio.shield(self._probing), timeout)
+
+    def _probe(self) -> None:
+        self.probe()
+        self._committed_at = self.clock()
+
     async def close(self) -> None:
         self._closed = True
         for task in self._tasks:
@@ -131,8 +156,9 @@ class GroupCommitter:
     def apply_isolated(self, events: Sequence[Event]) -> list[Outcome]:
         """Outcomes for a batch; a failing batch is split so that only the failing events fail."""
         try:
-            return list(self.apply_batch(events))
+            outcomes: list[Outcome] = list(self.apply_batch(events))
         except DatabaseUnavailable as error:
+            self._committed_at = None  # what a commit a moment ago said no longer holds
             return [error] * len(events)
         except Exception as error:  # the database refused it, or a bug: either way the writer goes on
             if len(events) == 1:
@@ -140,6 +166,8 @@ class GroupCommitter:
                 return [error]
             log.warning("batch_failed_retrying_one_by_one", size=len(events), error=repr(error))
             return [outcome for event in events for outcome in self.apply_isolated([event])]
+        self._committed_at = self.clock()
+        return outcomes
 
 
 def _resolve(batch: Sequence[Pending], outcomes: Sequence[Outcome]) -> None:

@@ -10,9 +10,14 @@ from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, char
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.receiver.metrics import CREDITS_CHARGED, EVENTS
-from creditrelay.schema.database import connect, utc
+from creditrelay.schema.database import connect, run_transaction, utc
+from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.wire import Event
 
+# an UPDATE that matches no row: it needs what any commit of a delivery needs (SQLite's write lock,
+# MySQL's global intention lock, which FLUSH TABLES WITH READ LOCK holds back, a PostgreSQL server that is
+# not read-only), waits for locks no longer than the lock timeout, and changes nothing
+_NOTHING = webhook_logs.update().where(webhook_logs.c.id == 0).values(status=webhook_logs.c.status)
 _COUNTED = {status: EVENTS.labels(status.value) for status in DeliveryStatus}
 _CHARGED = CREDITS_CHARGED.labels("webhook")
 
@@ -34,7 +39,7 @@ class Ingestor:
         self._writer = threading.local()  # each writer thread holds one connection
         # SQLite has one writer at a time; MySQL overlaps one batch's round trips with the next batch's work.
         default = 1 if engine.dialect.name == "sqlite" else 2
-        self.committer = GroupCommitter(self.ingest_batch, writers=writers or default)
+        self.committer = GroupCommitter(self.ingest_batch, probe=self.probe_write, writers=writers or default)
 
     def ingest_batch(self, events: Sequence[Event]) -> list[DeliveryOutcome]:
         """Runs on a writer thread, in that thread's own connection; counts the committed outcomes."""
@@ -46,6 +51,10 @@ class Ingestor:
         if credits := charged_credits(events, outcomes):
             _CHARGED.inc(credits)
         return outcomes
+
+    def probe_write(self) -> None:
+        """On a writer thread, in its connection: a write transaction that writes nothing (health)."""
+        run_transaction(self._connection(), lambda c: c.execute(_NOTHING), attempts=1)
 
     def _connection(self) -> Connection:
         connection: Connection | None = getattr(self._writer, "connection", None)

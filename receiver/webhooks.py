@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -18,7 +17,7 @@ from creditrelay.receiver.bodies import header_map, read_body, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import EVENTS, REQUEST_SECONDS
-from creditrelay.schema.database import DatabaseUnavailable, ping
+from creditrelay.schema.database import DatabaseUnavailable
 from creditrelay.schema.signing import WebhookSecret, verify_signature
 from creditrelay.schema.wire import EnvelopeError, parse_event
 
@@ -114,16 +113,28 @@ async def _receive_event(service: WebhookService, scope: Scope, receive: Receive
 
 
 async def health(request: Request) -> Response:
-    """200 while the database takes a write transaction and the writers are committing; else 503."""
+    """200 while the webhook writers can commit (``GroupCommitter.check``); else 503."""
     service = _service(request)
     now = datetime.fromtimestamp(service.clock(), UTC).isoformat().replace("+00:00", "Z")
     committer = service.ingestor.committer
     committer.ensure_writers()
     if committer.stalled():
         message = f"No webhook writer has committed for {committer.stall_seconds:g} s"
-        return JSONResponse({"success": False, "message": message, "timestamp": now}, status_code=503)
+        return _unhealthy(message, now)
     try:
-        await run_in_threadpool(ping, service.engine)
+        await committer.check(fresh=HEALTH_FRESH_SECONDS, timeout=HEALTH_PROBE_SECONDS)
     except DatabaseUnavailable:
-        return JSONResponse({"success": False, "message": "Database unavailable", "timestamp": now}, status_code=503)
+        return _unhealthy("Database unavailable", now)
+    except TimeoutError:
+        return _unhealthy(f"The webhook writers could not commit within {HEALTH_PROBE_SECONDS:g} s", now)
     return JSONResponse({"success": True, "message": "Webhook service is healthy", "timestamp": now})
+
+
+HEALTH_FRESH_SECONDS = 1.0  # a batch committed this recently answers health without a probe
+HEALTH_PROBE_SECONDS = 10.0  # past the lock timeout's one retry: a probe still waiting is a writer stuck
+
+
+def _unhealthy(message: str, now: str) -> Response:
+    return JSONResponse(
+        {"success": False, "message": message, "timestamp": now}, status_code=503, headers={"Retry-After": "5"}
+    )

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from tenacity import Retrying, nap, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, nap, stop_after_attempt, wait_random_exponential
 
 from creditrelay.schema.errors import DatabaseUnavailable as DatabaseUnavailable  # raised here, defined with the others
 from creditrelay.schema.errors import TransactionConflict, UnsupportedDatabase
@@ -120,21 +120,41 @@ def with_driver(url: URL) -> URL:
     return url
 
 
-def make_engine(url: URL | str, *, busy_timeout_ms: int = 5000, pool_size: int = 8) -> Engine:
+DEFAULT_LOCK_TIMEOUT = 5.0  # seconds a statement may wait for a lock (DATABASE_LOCK_TIMEOUT)
+
+
+def make_engine(
+    url: URL | str,
+    *,
+    busy_timeout_ms: int | None = None,
+    pool_size: int = 8,
+    pool_timeout: float = 30.0,
+    lock_timeout: float | None = None,
+) -> Engine:
+    """An engine on which no statement waits for a lock longer than ``lock_timeout`` seconds: SQLite's busy
+    timeout, MySQL's ``innodb_lock_wait_timeout`` (rows) and ``lock_wait_timeout`` (tables, and a global read
+    lock such as ``FLUSH TABLES WITH READ LOCK``), PostgreSQL's ``lock_timeout``. A wait past it is an
+    error that ``run_transaction`` tries once more and then answers as the database being unavailable, so a
+    blocked database is a 503 in seconds, not a request hanging for a day (MySQL's default)."""
+    seconds = DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout
     url = with_driver(sa.make_url(url))
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, busy_timeout_ms)
+        return _sqlite_engine(url, busy_timeout_ms if busy_timeout_ms is not None else int(seconds * 1000))
     if url.get_backend_name() == "postgresql":
         # UTC sessions (the tables hold naive UTC; nothing reads the server's clock, but a person's SQL might)
-        connect_args: dict[str, Any] = {"connect_timeout": 5, "options": "-c TimeZone=UTC"}
+        options = f"-c TimeZone=UTC -c lock_timeout={max(1, int(seconds * 1000))}"
+        connect_args: dict[str, Any] = {"connect_timeout": 5, "options": options}
     else:
-        connect_args = {"charset": "utf8mb4", "init_command": _MYSQL_SESSION, "connect_timeout": 5}
+        wait = max(1, round(seconds))  # MySQL takes whole seconds
+        session = f"{_MYSQL_SESSION}, innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
+        connect_args = {"charset": "utf8mb4", "init_command": session, "connect_timeout": 5}
     return sa.create_engine(
         url,
         isolation_level="READ COMMITTED",
         pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=pool_timeout,
         pool_recycle=3600,
         connect_args=connect_args,
     )
@@ -208,12 +228,17 @@ T = TypeVar("T")
 # MySQL errors after which the whole transaction may simply run again: deadlock, lock wait timeout,
 # and the connection errors that leave a commit's fate unknown (the constraints make a re-run harmless).
 _MYSQL_RETRYABLE = {1213, 1205, 2006, 2013}
+_MYSQL_LOCK_WAIT = 1205  # each try waits the whole lock timeout: tried once more, not five times
 # MySQL errors that say the server is away or will not take a connection now, not that it refused our
 # statement: can't connect (2002, 2003, 2005), gone or lost (2006, 2013, 2055), too many connections
 # (1040, 1203), server shutting down (1053), connection killed or aborted (1152, 1927, 4031), read-only
 # (1290, 1836: a replica or a failover in progress), and the lock waits and deadlocks still there after
-# every retry (1205, 1213).
-_MYSQL_UNAVAILABLE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152, 1927, 4031, 1290, 1836, 1205, 1213}
+# every retry (1205, 1213), and a statement that ran out of time (MariaDB's max_statement_time 1969, MySQL's
+# max_execution_time 3024): the database's trouble, not the statement's.
+_MYSQL_UNAVAILABLE = {
+    *(2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152, 1927, 4031, 1290, 1836, 1205, 1213),
+    *(1969, 3024),
+}
 # SQLite primary result codes that mean the database file cannot be used now: busy or locked past the
 # timeout, disk I/O, full, cannot open, locking protocol, read-only. Everything else (no such table, too
 # many SQL variables, a syntax error, an integer overflow) is a refusal of the statement.
@@ -221,11 +246,15 @@ _SQLITE_UNAVAILABLE = {5, 6, 8, 10, 13, 14, 15}
 # PostgreSQL SQLSTATEs after which the transaction may run again: a deadlock, a serialization failure
 # (another transaction's commit got in the way), a lock not available within lock_timeout.
 _POSTGRES_RETRYABLE = {"40P01", "40001", "55P03"}
+_POSTGRES_LOCK_WAIT = "55P03"
 # ... and those that say the server is away or will not take work now: connection failures (class 08),
 # the server shutting down or starting (57P01-57P03), too many connections (53300), a read-only server (a
-# standby, or a failover in progress: 25006), out of disk or memory (53100, 53200), and the retryable ones
-# still there after every retry. An OperationalError without a SQLSTATE never reached the server.
-_POSTGRES_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300", "53100", "53200", "25006", *_POSTGRES_RETRYABLE}
+# standby, or a failover in progress: 25006), out of disk or memory (53100, 53200), a statement cancelled by
+# statement_timeout or an operator (57014), and the retryable ones still there after every retry. An
+# OperationalError without a SQLSTATE never reached the server — unless psycopg refused to send it (too
+# many parameters: a statement of ours too big, which is our bug, not an outage).
+_POSTGRES_UNAVAILABLE = {"57P01", "57P02", "57P03", "57014", "53300", "53100", "53200", "25006", *_POSTGRES_RETRYABLE}
+_POSTGRES_UNSENDABLE = "number of parameters must be between"
 
 
 def _code(error: DBAPIError) -> int | None:
@@ -277,9 +306,26 @@ def is_unavailable(error: BaseException) -> bool:
     if _is_postgres(error):
         state = _sqlstate(error)
         if state is None:
-            return isinstance(error, OperationalError)
+            return isinstance(error, OperationalError) and _POSTGRES_UNSENDABLE not in str(error.orig)
         return state.startswith("08") or state in _POSTGRES_UNAVAILABLE
     return isinstance(error, OperationalError) and code in _MYSQL_UNAVAILABLE
+
+
+def _is_lock_wait(error: BaseException) -> bool:
+    if not isinstance(error, DBAPIError) or isinstance(error.orig, sqlite3.Error):
+        return False
+    if _is_postgres(error):
+        return _sqlstate(error) == _POSTGRES_LOCK_WAIT
+    return _code(error) == _MYSQL_LOCK_WAIT
+
+
+def _worth_another_try(state: RetryCallState) -> bool:
+    """A retryable error, but a lock wait that timed out only once: each such try already waited the whole
+    lock timeout, and a database that keeps a lock that long is answered as unavailable."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    if error is None or not is_retryable(error):
+        return False
+    return not (_is_lock_wait(error) and state.attempt_number >= 2)
 
 
 def run_transaction(
@@ -301,7 +347,7 @@ def run_transaction(
     if read_only and isinstance(target, Engine):
         target = target.execution_options(**{READ_ONLY: True})
     retrying = Retrying(
-        retry=retry_if_exception(is_retryable),
+        retry=_worth_another_try,
         stop=stop_after_attempt(attempts),
         wait=wait_random_exponential(multiplier=0.01, max=0.5),
         reraise=True,

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from starlette.config import Config
 
-from creditrelay.schema.database import with_driver
+from creditrelay.schema.database import DEFAULT_LOCK_TIMEOUT, with_driver
 from creditrelay.schema.errors import SettingsError as SettingsError  # raised here, defined with the others
 from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
@@ -29,6 +29,7 @@ DEFAULT_BODY_LIMIT = 64 * 1024
 class Settings:
     database_url: URL
     webhook_secrets: tuple[WebhookSecret, ...]
+    database_lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # seconds a statement may wait for a lock
     admin_token: str | None = None
     new_api_base_url: str | None = None
     new_api_admin_token: str | None = None
@@ -156,6 +157,7 @@ def load_settings(
     low = _optional(config, "LOW_BALANCE_AT")
     return Settings(
         database_url=database_url,
+        database_lock_timeout=_number(config, "DATABASE_LOCK_TIMEOUT", "5", minimum=0.1, integer=False),
         webhook_secrets=secrets,
         signing_from=signing_from,
         admin_token=admin_token,

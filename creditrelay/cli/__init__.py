@@ -10,7 +10,7 @@ line on stderr (exit 2 for a mistake in the command line or the settings, 1 for 
 import sys
 from collections.abc import Sequence
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from creditrelay import __version__
 from creditrelay.cli import accounts, cron, outbox, server
@@ -45,8 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(error), 2)
     except DatabaseUnavailable as error:
         return fail(f"database unavailable: {error}")
-    except OperationalError as error:  # the database does not answer (down, wrong host or credentials)
-        return fail(f"database unavailable: {str(error.orig).splitlines()[0][:300]}")
+    except DBAPIError as error:
+        from creditrelay.schema.database import is_unavailable
+
+        said = str(error.orig).splitlines()[0][:300]
+        if is_unavailable(error):  # the database does not answer (down, wrong host or credentials)
+            return fail(f"database unavailable: {said}")
+        return fail(f"the database refused a statement of creditrelay's (a bug: please report it): {said}")
     except CreditRelayError as error:
         return fail(str(error))
     except KeyboardInterrupt:

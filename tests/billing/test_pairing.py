@@ -2,6 +2,7 @@
 on a line — as many pairs as can be, the nearest preferred among those, earlier pairs moved when that pairs
 one more."""
 
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import permutations
@@ -120,7 +121,7 @@ def _maximum(left: list[float], right: list[float]) -> int:
     st.integers(1, 3),
 )
 def test_one_at_a_time_or_in_batches_as_many_pair_as_a_maximum_matching(
-    charged: list[int], arriving: list[int], order: "st.Random", batch: int
+    charged: list[int], arriving: list[int], order: random.Random, batch: int
 ) -> None:
     """Whatever the order and grouping of the arrivals, as many pair as in a maximum matching of all the
     points (everything one path sent charged first, then the other path's usages arriving)."""

@@ -5,8 +5,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.schema.database import DatabaseUnavailable, run_transaction
+from creditrelay.schema.database import DatabaseUnavailable, make_engine, run_transaction
 from tests.support.database import Database
+from tests.support.receiver import add_user
 
 
 def refused(database: Database, sql: str) -> BaseException:
@@ -58,3 +59,59 @@ def test_a_database_away_is_an_outage(database: Database) -> None:
     """The write lock held elsewhere (SQLite) or the connection cut (MySQL): DatabaseUnavailable."""
     with database.fragile_engine() as (engine, outage), outage(), pytest.raises(DatabaseUnavailable):
         run_transaction(engine, lambda connection: connection.exec_driver_sql("SELECT 1"), attempts=1)
+
+
+def test_a_statement_out_of_time_is_an_outage(database: Database) -> None:
+    """A statement the server stopped for running too long (PostgreSQL's statement_timeout, MariaDB's
+    max_statement_time) is the database's trouble, not the statement's: DatabaseUnavailable (503)."""
+    if database.kind == "sqlite":
+        pytest.skip("SQLite has no statement timeout")
+    limit, sleep = (
+        ("SET statement_timeout = 50", "SELECT pg_sleep(1)")
+        if database.kind == "postgresql"
+        else ("SET SESSION max_statement_time = 0.05", "SELECT SLEEP(1)")
+    )
+
+    def work(connection: Connection) -> None:
+        connection.exec_driver_sql(limit)
+        connection.exec_driver_sql(sleep)
+
+    with pytest.raises(DatabaseUnavailable):
+        run_transaction(database.engine, work)
+
+
+def test_too_many_parameters_for_postgresql_is_not_an_outage(database: Database) -> None:
+    """psycopg refuses to send a statement with more than 65,535 parameters: our statement too big, not
+    the database away."""
+    if database.kind != "postgresql":
+        pytest.skip("PostgreSQL's limit")
+
+    def work(connection: Connection) -> None:
+        connection.exec_driver_sql(f"SELECT 1 IN ({','.join(['%s'] * 70_000)})", (1,) * 70_000)
+
+    with pytest.raises(sa.exc.OperationalError, match="number of parameters") as caught:
+        run_transaction(database.engine, work)
+    assert not isinstance(caught.value, DatabaseUnavailable)
+
+
+def test_a_lock_wait_times_out_within_the_lock_timeout_and_is_tried_once_more(database: Database) -> None:
+    """A row locked elsewhere: the statement waits at most the engine's lock timeout, is tried once more,
+    and the transaction is then DatabaseUnavailable (a 503 in seconds, not a request waiting for a day)."""
+    engine = make_engine(database.url, lock_timeout=0.3)
+    user_id = add_user(database.engine)
+    tries = 0
+
+    def work(connection: Connection) -> None:
+        nonlocal tries
+        tries += 1
+        connection.execute(database.sql("UPDATE users SET balance = balance WHERE id = :id"), {"id": user_id})
+
+    with database.engine.connect() as holder:
+        holder.execute(database.sql("UPDATE users SET balance = balance WHERE id = :id"), {"id": user_id})
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                run_transaction(engine, work)
+        finally:
+            holder.rollback()
+            engine.dispose()
+    assert tries == (0 if database.kind == "sqlite" else 2)  # SQLite waits at BEGIN, for its one write lock

@@ -55,9 +55,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("pairedUsedAt", Timestamp, nullable=True))
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("openPollUsages", sa.BigInteger(), nullable=False, server_default="0"))
-    matches, records, keys = sa.table("usage_matches", *map(sa.column, ("usageRecordId", "source", "pairedKey"))), (
-        sa.table("usage_records", sa.column("id"), sa.column("remoteKeyId"))
-    ), sa.table("api_keys", sa.column("remoteKeyId"), sa.column("openPollUsages"))
+    matches, records, keys = (
+        sa.table("usage_matches", *map(sa.column, ("usageRecordId", "source", "pairedKey"))),
+        (sa.table("usage_records", sa.column("id"), sa.column("remoteKeyId"))),
+        sa.table("api_keys", sa.column("remoteKeyId"), sa.column("openPollUsages")),
+    )
     open_polled = (
         sa.select(sa.func.count())
         .select_from(matches.join(records, records.c.id == matches.c.usageRecordId))
