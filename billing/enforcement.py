@@ -94,12 +94,14 @@ class Enforcer:
         *,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.gateway = gateway
         self.config = config
         self.owner = owner or f"{os.getpid()}:{id(self):x}:{socket.gethostname()}"[:64]  # unique part first
-        self.clock = clock
+        self.clock = clock  # the time written to the database
+        self.monotonic = monotonic  # what a push's deadline is measured on
 
     def run_once(self) -> EnforceReport:
         """Push every intent due now that no other enforcer holds."""
@@ -157,10 +159,10 @@ class Enforcer:
             run_transaction(self.engine, lambda c: self._settle(c, user_id, desired, version, [], []))
             report.applied += 1
             return
-        deadline = time.monotonic() + self.config.lease / 2
+        deadline = self.monotonic() + self.config.lease / 2
         calls: list[_Call] = []
         for target in targets:
-            if time.monotonic() > deadline:
+            if self.monotonic() > deadline:
                 calls.append(_Call(target, False, "not called: this push ran out of its lease's time"))
             else:
                 calls.append(self._call(target, enabled))
