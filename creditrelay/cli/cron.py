@@ -155,7 +155,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     engine = ledger(settings)
     access = None
     if settings.gateway_enforcement != "off":
-        from creditrelay.billing.enforcement import gateway_drift
+        from creditrelay.billing.drift import gateway_drift
 
         client = gateway_access(settings, "read the gateway's access back")
         mode, line = settings.gateway_enforcement, settings.suspend_at_balance

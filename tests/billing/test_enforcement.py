@@ -13,7 +13,8 @@ from starlette.routing import Route
 from creditrelay.billing.accounts import NewUser, adjust, create_user, link_key, set_gateway_user, top_up
 from creditrelay.billing.credit_sync import apply_sync
 from creditrelay.billing.deliveries import deliver
-from creditrelay.billing.enforcement import EnforceConfig, Enforcer, EnforceReport, gateway_drift, requeue_drift
+from creditrelay.billing.drift import gateway_drift, requeue_drift
+from creditrelay.billing.enforcement import EnforceConfig, Enforcer, EnforceReport
 from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig
 from creditrelay.billing.reconcile import Reconciler
