@@ -69,7 +69,7 @@ def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_the
     in_transaction(watched, lambda c: top_up(c, alice, 50, "order-1", NOW))  # a duplicate top-up: nothing more
     assert enforcer(watched, api).run_once().calls == 2
     assert statuses(api) == {17: 1, 18: 1, 19: 1}
-    recorded = watched.rows("SELECT target, action, ok FROM gateway_calls WHERE id > 3 ORDER BY id")
+    recorded = watched.rows("SELECT target, action, ok FROM gateway_calls ORDER BY id")[3:]  # after the links'
     assert [tuple(r) for r in recorded] == [
         ("token 17", "suspend", 1), ("token 18", "suspend", 1), ("token 17", "resume", 1), ("token 18", "resume", 1),
     ]  # fmt: skip
