@@ -1,6 +1,9 @@
 """Reading the gateway's access back (``creditrelay reconcile``): each linked key's (or gateway user's)
 state against what its user's balance says, and, with ``--fix``, the intent the balance says queued
 again for the enforcer (``billing.enforcement``) to push.
+
+A requeued intent is a new version, so its push starts over: the gateway changed under us, and what it
+confirmed before no longer says what it does now.
 """
 
 from collections.abc import Sequence

@@ -276,12 +276,12 @@ def test_a_push_that_outlived_its_lease_cannot_leave_the_newer_intent_undone(
     fast = Enforcer(watched.engine, client, EnforceConfig("tokens"), owner="b", clock=lambda: clock[0])
     claimed = in_transaction(watched, partial(slow._claim, user_id=alice))
     assert claimed is not None
-    assert claimed[0] == "suspend"
+    assert claimed.desired == "suspend"
     in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))
     clock[0] += 60  # A's lease is over
     assert fast.run_once().applied == 1  # the resume
     assert statuses(api) == {17: 1}
-    slow._push(alice, *claimed, EnforceReport())  # A's call lands late
+    slow._push(alice, claimed, EnforceReport())  # A's call lands late
     assert statuses(api) == {17: 2}
     assert fast.run_once().applied == 1
     assert statuses(api) == {17: 1}
