@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from creditrelay.billing.accounts import top_up
 from creditrelay.billing.deliveries import deliver
-from creditrelay.billing.enforcement import EnforceConfig, Enforcer
+from creditrelay.billing.enforcement import EnforceConfig, Enforcer, read_progress, write_progress
 from creditrelay.billing.watch import BalanceWatch, watch_balances
 from creditrelay.cli.cron import make_enforcer
 from creditrelay.schema.database import utc
@@ -165,8 +165,8 @@ def test_a_push_that_confirms_some_targets_is_due_at_once_and_one_that_confirms_
     suspended_with_keys(database, range(700, 706))
     gateway = SlowGateway(Clock(), 0.4)
     enforcer = slow_enforcer(database, gateway, EnforceConfig("tokens", lease=2.0, concurrency=1, attempts=1))
-    enforcer.run_once()
-    assert len(gateway.calls) == 3
+    first = enforcer.run_once()
+    assert (first.applied, first.calls, first.failed, first.pending) == (0, 3, 0, 3)
     assert state(database) == (0, utc(gateway.clock()))
     gateway.down = True
     report = enforcer.run_once()  # due at once: no time passed
@@ -178,3 +178,11 @@ def test_a_push_that_confirms_some_targets_is_due_at_once_and_one_that_confirms_
     enforcer.run_once()
     assert sorted(gateway.enabled) == list(range(700, 706))
     assert not waiting(database)
+
+
+def test_progress_is_read_back_as_written_whatever_a_key_id_holds() -> None:
+    """A key id with a newline is one target; a line that is not a JSON string names none."""
+    targets = frozenset({"token 17", "key a\nb", "key ä"})
+    assert read_progress(write_progress(targets)) == targets
+    assert read_progress('"token 17"\nnot json\n42\n') == {"token 17"}
+    assert read_progress(None) == frozenset()
