@@ -93,7 +93,7 @@ def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
     require_enforcement(settings)  # said before the database is opened
     report = make_enforcer(settings, ledger(settings)).run_once()
     print(json.dumps(report.as_json()))
-    return 0 if not report.failed else 1
+    return 0 if not (report.failed or report.pending) else 1  # 1: the gateway does not do what balances say yet
 
 
 def _bar(**options: Any) -> "tqdm[Any]":
@@ -155,7 +155,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     engine = ledger(settings)
     access = None
     if settings.gateway_enforcement != "off":
-        from creditrelay.billing.enforcement import gateway_drift
+        from creditrelay.billing.drift import gateway_drift
 
         client = gateway_access(settings, "read the gateway's access back")
         mode, line = settings.gateway_enforcement, settings.suspend_at_balance
