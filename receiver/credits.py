@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from creditrelay.billing.clients import Client, authenticate
 from creditrelay.billing.credit_sync import (
     MAX_RECORDS,
     SyncOutcome,
@@ -22,7 +23,7 @@ from creditrelay.billing.credit_sync import (
     records_of,
 )
 from creditrelay.receiver.bodies import read_limited, require_json
-from creditrelay.receiver.clients import Client, authenticate, verify_request
+from creditrelay.receiver.clients import verify_request
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import CREDIT_API_ANSWERS, CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_int

@@ -221,7 +221,7 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
-    from creditrelay.receiver import clients
+    from creditrelay.billing import clients
 
     own_secret = not getattr(args, "default_secret", False)
     if args.action in ("add", "rotate") and not own_secret and settings.credit_sync_secret is None:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.accounts import NewUser, create_user
-from creditrelay.receiver.clients import add_client
+from creditrelay.billing.clients import add_client
 from creditrelay.schema.database import run_transaction, utc
 
 TELEGRAM_ID = 123456789
