@@ -1,7 +1,13 @@
 """The credit API's wire format: the sync body, and the HMAC token that signs it.
 
-``token`` = lowercase hex HMAC-SHA256(secret, ``f"{telegram_id}:{amount}:{source}:{timestamp}"``) with the
-secret's UTF-8 bytes as key; ``timestamp`` must be within ±300 s of the server's clock.
+``token`` = lowercase hex HMAC-SHA256 with the secret's UTF-8 bytes as key, of either message:
+
+- v1 (the original): ``f"{telegram_id}:{amount}:{source}:{timestamp}"``;
+- v2: ``f"v2:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}"``, which signs the
+  reference too, so that a copy of a request cannot name another one.
+
+The server accepts either; no field says which. ``timestamp`` must be within ``TOKEN_WINDOW_SECONDS`` of the
+server's clock. A token is used once (``billing.credit_tokens``).
 """
 
 import hashlib
@@ -17,14 +23,28 @@ TOKEN_WINDOW_SECONDS = 300
 MAX_BATCH_ITEMS = 500
 
 
-def sync_token(secret: str, telegram_id: int, amount: int, source: str, timestamp: int) -> str:
-    message = f"{telegram_id}:{amount}:{source}:{timestamp}"
+def _hmac(secret: str, message: str) -> str:
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
+def sync_token(secret: str, telegram_id: int, amount: int, source: str, timestamp: int) -> str:
+    """The v1 token: the reference is not signed."""
+    return _hmac(secret, f"{telegram_id}:{amount}:{source}:{timestamp}")
+
+
+def sync_token_v2(
+    secret: str, telegram_id: int, amount: int, source: str, timestamp: int, external_reference: str | None
+) -> str:
+    """The v2 token: signs the reference too (none is signed as an empty one)."""
+    return _hmac(secret, f"v2:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}")
+
+
 def token_matches(secret: str, body: "SyncBody") -> bool:
-    expected = sync_token(secret, body.telegram_id, body.amount, body.source, body.timestamp)
-    return hmac.compare_digest(expected, body.token.lower())
+    """Whether the body's token is its v1 or its v2 token (both compared, in constant time)."""
+    given = body.token.lower()
+    v1 = sync_token(secret, body.telegram_id, body.amount, body.source, body.timestamp)
+    v2 = sync_token_v2(secret, body.telegram_id, body.amount, body.source, body.timestamp, body.external_reference)
+    return hmac.compare_digest(v1, given) | hmac.compare_digest(v2, given)
 
 
 class SyncBody(BaseModel):

@@ -43,9 +43,14 @@ def signed(
     *,
     at: float | None = None,
     reason: str = "test",
+    version: int = 1,
 ) -> dict[str, Any]:
+    """A sync body signed now (or ``at``) with the token of ``version``: 1 leaves the reference unsigned, 2
+    signs it too."""
     timestamp = int(time.time() if at is None else at)
     message = f"{telegram_id}:{amount}:{creds.source}:{timestamp}"
+    if version == 2:
+        message = f"v2:{message}:{reference or ''}"
     body: dict[str, Any] = {
         "telegram_id": telegram_id,
         "amount": amount,
