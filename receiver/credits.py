@@ -17,7 +17,6 @@ from creditrelay.billing.credit_sync import (
     SyncRefused,
     SyncStatus,
     SyncUnavailable,
-    apply_sync,
     apply_syncs,
     balance_of,
     records_of,
@@ -119,7 +118,7 @@ def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
 def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
     status, message = _ANSWERS[outcome.status]
     data = None
-    if outcome.status is not SyncStatus.UNKNOWN_USER:
+    if outcome.status not in (SyncStatus.UNKNOWN_USER, SyncStatus.REPLAYED):  # nothing was looked up
         data = {
             "telegram_id": outcome.telegram_id,
             "balance": outcome.balance,
@@ -131,7 +130,8 @@ def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
 
 async def _apply(service: CreditService, body: SyncBody) -> SyncOutcome:
     def work(connection: Connection) -> SyncOutcome:
-        return apply_sync(connection, body, utc(service.clock()))
+        [outcome] = apply_syncs(connection, [body], utc(service.clock()))
+        return outcome
 
     outcome: SyncOutcome = await run_in_threadpool(run_transaction, service.engine, work)
     log.info("credit_sync", status=outcome.status.value, telegram_id=body.telegram_id, change=outcome.change)

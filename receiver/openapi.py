@@ -108,7 +108,8 @@ def document() -> dict[str, Any]:
         },
         "/api/credits/sync": {
             "post": {
-                "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference",
+                "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference; a token "
+                "is used once (409 for a replay, whatever its external_reference)",
                 "security": client,
                 "requestBody": _body(SyncBody.model_json_schema()),
                 "responses": _answers(200, 400, 401, 402, 404, 409, 429, 503),

@@ -212,12 +212,14 @@ def _counting(bar: "tqdm[Any]") -> Callable[[int], None]:
 
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
-    from creditrelay.billing.cleanup import delete_old_logs
+    from creditrelay.billing.cleanup import delete_expired_tokens, delete_old_logs
 
+    engine = ledger(settings)
     cutoff = now() - timedelta(days=args.older_than_days)
     with _bar(unit=" logs", desc="deleting old logs") as bar:
-        deleted = delete_old_logs(ledger(settings), cutoff, progress=_counting(bar))
-    return emit({"deleted": deleted, "olderThan": cutoff})
+        deleted = delete_old_logs(engine, cutoff, progress=_counting(bar))
+    tokens = delete_expired_tokens(engine, now())
+    return emit({"deleted": deleted, "tokensDeleted": tokens, "olderThan": cutoff})
 
 
 def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,7 +253,9 @@ def register(commands: Any) -> None:
 
     command(commands, "enforce", cmd_enforce, "push pending suspensions and resumptions to the gateway (one pass)")
 
-    cleanup = command(commands, "cleanup", cmd_cleanup, "delete old processed and ignored webhook logs")
+    cleanup = command(
+        commands, "cleanup", cmd_cleanup, "delete old processed and ignored webhook logs, and expired credit API tokens"
+    )
     cleanup.add_argument(
         "--older-than-days", type=number(0), default=7, metavar="DAYS", help="keep this many days (default: 7)"
     )
