@@ -158,15 +158,14 @@ def balance_of(connection: Connection, telegram_id: int) -> Balance | None:
     return Balance(telegram_id, row.balance, row.name)
 
 
-def records_of(connection: Connection, telegram_id: int, limit: int) -> list[Record] | None:
-    """The user's balance changes, newest first (usage included: its reason is the model)."""
+def records_of(connection: Connection, telegram_id: int, limit: int, source: str | None = None) -> list[Record] | None:
+    """The user's balance changes, newest first: every one (usage included: its reason is the model), or
+    only the credit API syncs of ``source``."""
     user_id = _user_id(connection, telegram_id)
     if user_id is None:
         return None
-    rows = connection.execute(
-        sa.select(credit_transactions)
-        .where(credit_transactions.c.userId == user_id)
-        .order_by(credit_transactions.c.id.desc())
-        .limit(min(max(limit, 1), MAX_RECORDS))
-    )
+    query = sa.select(credit_transactions).where(credit_transactions.c.userId == user_id)
+    if source is not None:
+        query = query.where(credit_transactions.c.type == "sync", credit_transactions.c.source == source)
+    rows = connection.execute(query.order_by(credit_transactions.c.id.desc()).limit(min(max(limit, 1), MAX_RECORDS)))
     return [Record(r.id, r.amount, r.reason, r.balance, r.source, r.type, r.createdAt) for r in rows]

@@ -12,15 +12,41 @@ server's clock. A token is used once (``billing.credit_tokens``).
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from creditrelay.schema.errors import InvalidInput
 from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.wire import BIGINT_MAX, MAX_TIMESTAMP, EnvelopeError, describe
 
 TOKEN_WINDOW_SECONDS = 300
 MAX_BATCH_ITEMS = 500
+
+# What a client may do (``api_clients.rights``, comma-separated): read a member's balance; read the
+# member's records — its own entries only (``sync`` ones with its source), or every entry; add credits (a
+# positive amount); deduct them (a negative amount).
+BALANCE, RECORDS, RECORDS_ALL, CREDIT, DEBIT = "balance", "records", "records:all", "credit", "debit"
+RIGHTS = (BALANCE, RECORDS, RECORDS_ALL, CREDIT, DEBIT)  # in the order they are listed
+DEFAULT_RIGHTS = (BALANCE, RECORDS, CREDIT, DEBIT)  # a new client's: everything but other clients' records
+
+
+def parse_rights(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Right names — a comma-separated list, or several (spaces around a name ignored) — once each and in
+    ``RIGHTS`` order; ``InvalidInput`` naming an unknown one."""
+    items = [names] if isinstance(names, str) else names
+    given = {name.strip() for item in items for name in item.split(",") if name.strip()}
+    unknown = sorted(given.difference(RIGHTS))
+    if unknown:
+        named = f"right{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+        raise InvalidInput(f"unknown {named} (the rights are {', '.join(RIGHTS)})")
+    return tuple(right for right in RIGHTS if right in given)
+
+
+def right_to_change(amount: int) -> str:
+    """The right a sync of ``amount`` needs."""
+    return CREDIT if amount > 0 else DEBIT
 
 
 def _hmac(secret: str, message: str) -> str:

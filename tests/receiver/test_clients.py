@@ -15,7 +15,7 @@ DEFAULT_SECRET = "the-operators-default-credit-sync-secret"
 
 def test_a_client_without_its_own_secret_signs_with_the_default() -> None:
     """CREDIT_SYNC_SECRET verifies for clients registered without a secret; without it, the API is unavailable."""
-    client = Client("shop", None)
+    client = Client("shop", None, frozenset())
     body = parse_sync_body(signed(Credentials("shop", "k", DEFAULT_SECRET), 5))
     verify_request(client, body, time.time(), DEFAULT_SECRET)
     with pytest.raises(SyncRefused):

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,15 @@ class Credentials:
     secret: str
 
 
-def register_client(engine: Engine, source: str = "media_bot") -> Credentials:
-    made = run_transaction(engine, lambda c: add_client(c, source, utc(time.time())))
+def register_client(engine: Engine, source: str = "media_bot", rights: Sequence[str] | None = None) -> Credentials:
+    """A client with its own secret, and ``rights`` (default: a new client's)."""
+
+    def work(connection: Connection) -> dict[str, Any]:
+        if rights is None:
+            return add_client(connection, source, utc(time.time()))
+        return add_client(connection, source, utc(time.time()), rights=rights)
+
+    made = run_transaction(engine, work)
     return Credentials(made["source"], made["api_key"], made["secret"])
 
 
