@@ -1,8 +1,10 @@
-"""Log cleanup: delete old ``processed`` and ``ignored`` webhook logs in small batches.
+"""Cleanup: delete old ``processed`` and ``ignored`` webhook logs, and credit API tokens whose window has
+passed, in small batches.
 
 ``failed`` logs stay until replayed; usage records and transactions are never deleted (usage records are
-what keep a late replay a duplicate). Each batch is its own short transaction, so MySQL never holds a long
-lock on ``webhook_logs`` while the receiver writes to it.
+what keep a late replay a duplicate). A token past its window is refused as too old before it is looked up,
+so it goes (``billing.credit_tokens``). Each batch is its own short transaction, so MySQL never holds a long
+lock on a table while the receiver writes to it.
 """
 
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from functools import partial
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+from creditrelay.billing import credit_tokens
 from creditrelay.schema.database import run_transaction
 from creditrelay.schema.tables import webhook_logs
 
@@ -63,3 +66,14 @@ def delete_old_logs(
             if start is None:
                 break
     return total
+
+
+def delete_expired_tokens(engine: Engine, now: datetime, batch: int = BATCH) -> int:
+    """Delete the credit API tokens whose window ended more than ``credit_tokens.CLEANUP_MARGIN`` before
+    ``now``, a short transaction per batch; how many were deleted."""
+    total = 0
+    while True:
+        deleted = run_transaction(engine, partial(credit_tokens.delete_expired, now=now, batch=batch))
+        total += deleted
+        if deleted < batch:
+            return total

@@ -2,8 +2,12 @@
 
 A sync changes the balance of the user with that ``telegram_id`` through ``ledger.apply_credit``, so it
 lands in the same ledger as usage. The reference is ``sync:<source>:<external_reference>`` — a repeat is
-a duplicate and changes nothing — or, without an external reference, the request's token itself, so a
-replayed token is refused by the same unique constraint. A deduction never overdraws.
+a duplicate and changes nothing — or, without an external reference, ``sync-token:<token>``. A deduction
+never overdraws.
+
+Each request's token is used once (``billing.credit_tokens``), in the same transaction as the change and
+before it: a token seen before is a replay, refused whatever reference it names, unless it is the very
+request again (the same reference, already applied: a client's retry), which is a duplicate.
 """
 
 from collections.abc import Sequence
@@ -14,9 +18,11 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from creditrelay.billing.credit_tokens import TokenUse, use_tokens
 from creditrelay.billing.ledger import CreditChange, CreditStatus, apply_credit
 from creditrelay.billing.rows import lock_balances
-from creditrelay.schema.credit_sync import SyncBody
+from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody
+from creditrelay.schema.database import utc
 from creditrelay.schema.errors import CreditRelayError, Unauthorized
 from creditrelay.schema.tables import credit_transactions, users
 
@@ -81,15 +87,18 @@ def _user_id(connection: Connection, telegram_id: int) -> int | None:
     return None if value is None else int(value)
 
 
+def _reference(body: SyncBody) -> str:
+    if body.external_reference is not None:
+        return f"sync:{body.source}:{body.external_reference}"
+    return f"sync-token:{body.token.lower()}"
+
+
 def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOutcome:
-    """Apply one verified sync, once."""
+    """Apply one verified sync whose token this transaction has just used for the first time."""
     user_id = _user_id(connection, body.telegram_id)
     if user_id is None:
         return SyncOutcome(SyncStatus.UNKNOWN_USER, body.telegram_id)
-    if body.external_reference is not None:
-        reference = f"sync:{body.source}:{body.external_reference}"
-    else:
-        reference = f"sync-token:{body.token.lower()}"
+    reference = _reference(body)
     change = CreditChange(user_id, body.amount, reference, "sync", reason=body.reason or None, source=body.source)
     outcome = apply_credit(connection, change, now)
     if outcome.status is CreditStatus.APPLIED:
@@ -104,11 +113,40 @@ def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOut
     return SyncOutcome(repeated, body.telegram_id, outcome.balance)
 
 
+def _used_before(connection: Connection, body: SyncBody, recorded: str) -> SyncOutcome:
+    """A sync whose token was used before, with ``recorded`` as its reference. Only the same request again —
+    the same external reference, applied to this member and amount — is a duplicate (a client retrying
+    after a timeout); anything else is a replay, refused without looking the member up. Without an external
+    reference a repeat is a replay too: it cannot be told from a second, equal request."""
+    if body.external_reference is None or recorded != _reference(body):
+        return SyncOutcome(SyncStatus.REPLAYED, body.telegram_id)
+    applied = connection.execute(
+        sa.select(credit_transactions.c.amount, users.c.telegramId, users.c.balance)
+        .select_from(credit_transactions.join(users, users.c.id == credit_transactions.c.userId))
+        .where(credit_transactions.c.reference == recorded)
+    ).one_or_none()
+    if applied is None or (applied.telegramId, applied.amount) != (body.telegram_id, body.amount):
+        return SyncOutcome(SyncStatus.REPLAYED, body.telegram_id)
+    return SyncOutcome(SyncStatus.DUPLICATE, body.telegram_id, applied.balance)
+
+
 def apply_syncs(connection: Connection, bodies: Sequence[SyncBody], now: datetime) -> list[SyncOutcome]:
     """Apply verified syncs in order, all in the caller's one transaction: either every outcome here is
-    committed or none is. The users are locked first, in id order (the order every transaction takes)."""
-    lock_balances(connection, [u for u in (_user_id(connection, b.telegram_id) for b in bodies) if u is not None])
-    return [apply_sync(connection, body, now) for body in bodies]
+    committed or none is. A single sync is a batch of one.
+
+    The tokens are used first (in token order), then the users of the new ones are locked in id order
+    (the order every transaction takes), then each sync is applied. A token is used whatever becomes of its
+    sync: a refused change rolls back only to ``apply_credit``'s savepoint, after the token's insert."""
+    earlier = use_tokens(
+        connection,
+        [TokenUse(b.token.lower(), _reference(b), utc(b.timestamp + TOKEN_WINDOW_SECONDS)) for b in bodies],
+    )
+    fresh = [body for body, recorded in zip(bodies, earlier, strict=True) if recorded is None]
+    lock_balances(connection, [u for u in (_user_id(connection, b.telegram_id) for b in fresh) if u is not None])
+    return [
+        apply_sync(connection, body, now) if recorded is None else _used_before(connection, body, recorded)
+        for body, recorded in zip(bodies, earlier, strict=True)
+    ]
 
 
 def balance_of(connection: Connection, telegram_id: int) -> Balance | None:
@@ -120,15 +158,14 @@ def balance_of(connection: Connection, telegram_id: int) -> Balance | None:
     return Balance(telegram_id, row.balance, row.name)
 
 
-def records_of(connection: Connection, telegram_id: int, limit: int) -> list[Record] | None:
-    """The user's balance changes, newest first (usage included: its reason is the model)."""
+def records_of(connection: Connection, telegram_id: int, limit: int, source: str | None = None) -> list[Record] | None:
+    """The user's balance changes, newest first: every one (usage included: its reason is the model), or
+    only the credit API syncs of ``source``."""
     user_id = _user_id(connection, telegram_id)
     if user_id is None:
         return None
-    rows = connection.execute(
-        sa.select(credit_transactions)
-        .where(credit_transactions.c.userId == user_id)
-        .order_by(credit_transactions.c.id.desc())
-        .limit(min(max(limit, 1), MAX_RECORDS))
-    )
+    query = sa.select(credit_transactions).where(credit_transactions.c.userId == user_id)
+    if source is not None:
+        query = query.where(credit_transactions.c.type == "sync", credit_transactions.c.source == source)
+    rows = connection.execute(query.order_by(credit_transactions.c.id.desc()).limit(min(max(limit, 1), MAX_RECORDS)))
     return [Record(r.id, r.amount, r.reason, r.balance, r.source, r.type, r.createdAt) for r in rows]

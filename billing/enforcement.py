@@ -4,15 +4,22 @@ by an enforcer — one pass of ``creditrelay enforce``, or a loop inside every `
 
 Several enforcers share the work safely: a user's intent is claimed with a lease (one ``UPDATE`` that
 only one of them can win), pushed, and settled only by the enforcer holding the lease. A newer intent
-written meanwhile has a newer version, so it is pushed next, and the last intent wins. A failed push is
-retried with backoff (``tenacity``, a few times within the pass; then later passes, further apart);
-every call and its answer is recorded in ``gateway_calls``.
+written meanwhile has a newer version, so it is pushed next, and the last intent wins.
+
+A push makes progress however slow the gateway: it calls a bounded number of targets (a user's keys) at
+once, starts none after half its lease, and the targets the gateway confirmed are kept with the intent
+(``progress``, for its ``progressVersion``), so the next pass — due at once — calls only the others. A
+newer intent starts over. A failed call is retried with backoff (``tenacity``, a few times within the
+pass); a push that confirmed nothing is retried in later passes, further apart. Every call and its answer
+is recorded in ``gateway_calls``.
 """
 
+import json
 import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -23,9 +30,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from creditrelay.billing.comparison import Finding
-from creditrelay.billing.rows import lock_balances
-from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
+from creditrelay.billing.watch import SUSPEND
 from creditrelay.schema.database import run_transaction, utc
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, users
@@ -58,14 +63,16 @@ class EnforceConfig:
     batch: int = 50
     attempts: int = 3  # tries per call within a pass
     wait: float = 0.2  # first wait between those tries (doubling)
+    concurrency: int = 8  # calls of one push in flight at once
 
 
 @dataclass
 class EnforceReport:
-    applied: int = 0
-    failed: int = 0
+    applied: int = 0  # intents the gateway now carries out, every target confirmed
+    failed: int = 0  # pushes with a failed call
     calls: int = 0
     failed_calls: int = 0
+    pending: int = 0  # targets left uncalled when a push's time was up: due again at once
     errors: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -74,8 +81,17 @@ class EnforceReport:
             "failed": self.failed,
             "calls": self.calls,
             "failedCalls": self.failed_calls,
+            "pending": self.pending,
             "errors": self.errors[:20],
         }
+
+
+@dataclass(frozen=True)
+class _Claim:
+    desired: str
+    version: int
+    targets: list[str]
+    confirmed: frozenset[str]  # the targets the gateway already confirmed for this version
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,25 @@ class _Call:
     target: str
     ok: bool
     answer: str
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    calls: list[_Call]  # in the targets' order
+    uncalled: list[str]  # not started: the push's time was up
+    confirmed: frozenset[str]  # for the claimed version, before this push and by it
+
+    @property
+    def failed(self) -> list[_Call]:
+        return [c for c in self.calls if not c.ok]
+
+    @property
+    def done(self) -> bool:
+        return not self.failed and not self.uncalled
+
+    @property
+    def progressed(self) -> bool:
+        return any(c.ok for c in self.calls)
 
 
 class Enforcer:
@@ -94,20 +129,22 @@ class Enforcer:
         *,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.gateway = gateway
         self.config = config
         self.owner = owner or f"{os.getpid()}:{id(self):x}:{socket.gethostname()}"[:64]  # unique part first
-        self.clock = clock
+        self.clock = clock  # the time written to the database
+        self.monotonic = monotonic  # what a push's deadline is measured on
 
     def run_once(self) -> EnforceReport:
         """Push every intent due now that no other enforcer holds."""
         report = EnforceReport()
         for user_id in run_transaction(self.engine, self._due, read_only=True):
-            claimed = run_transaction(self.engine, partial(self._claim, user_id=user_id))
-            if claimed is not None:
-                self._push(user_id, *claimed, report)
+            claim = run_transaction(self.engine, partial(self._claim, user_id=user_id))
+            if claim is not None:
+                self._push(user_id, claim, report)
         return report
 
     def _now(self) -> datetime:
@@ -125,8 +162,10 @@ class Enforcer:
         )
         return list(connection.scalars(query))
 
-    def _claim(self, connection: Connection, user_id: int) -> tuple[str, int, list[str]] | None:
-        """The user's intent, version and targets, if this enforcer won the lease on them."""
+    def _claim(self, connection: Connection, user_id: int) -> _Claim | None:
+        """The user's intent, its targets and what of it the gateway confirmed, if this enforcer won the
+        lease on them. Progress counts only for the version it was recorded for: a newer intent starts
+        over."""
         now = self._now()
         states = gateway_states.c
         won = connection.execute(
@@ -137,10 +176,13 @@ class Enforcer:
         ).rowcount
         if won != 1:
             return None
-        desired, version = connection.execute(
-            sa.select(states.desired, states.version).where(states.userId == user_id)
+        desired, version, progress, progress_version = connection.execute(
+            sa.select(states.desired, states.version, states.progress, states.progressVersion).where(
+                states.userId == user_id
+            )
         ).one()
-        return desired, version, self._targets(connection, user_id)
+        confirmed = read_progress(progress) if progress_version == version else frozenset()
+        return _Claim(desired, version, self._targets(connection, user_id), confirmed)
 
     def _targets(self, connection: Connection, user_id: int) -> list[str]:
         if self.config.mode in (TOKENS, LITELLM):
@@ -149,32 +191,49 @@ class Enforcer:
         gateway_user = connection.execute(sa.select(users.c.gatewayUserId).where(users.c.id == user_id)).scalar()
         return [] if gateway_user is None else [f"user {gateway_user}"]
 
-    def _push(self, user_id: int, desired: str, version: int, targets: Sequence[str], report: EnforceReport) -> None:
-        """Call the gateway for each target, within half the lease (each call is bounded by the client's
-        timeout and ``attempts``): targets left when the time is up fail this pass, and are tried again."""
-        enabled = desired != SUSPEND
-        if self.config.mode == USERS and not targets:  # parked: pushed once the id is known (watch.learn…)
-            run_transaction(self.engine, lambda c: self._settle(c, user_id, desired, version, [], []))
-            report.applied += 1
-            return
-        deadline = time.monotonic() + self.config.lease / 2
-        calls: list[_Call] = []
-        for target in targets:
-            if time.monotonic() > deadline:
-                calls.append(_Call(target, False, "not called: this push ran out of its lease's time"))
-            else:
-                calls.append(self._call(target, enabled))
-        failed = [c for c in calls if not c.ok]
-        report.calls += len(calls)
+    def _push(self, user_id: int, claim: _Claim, report: EnforceReport) -> None:
+        """Call the gateway for each target it has not confirmed for this version yet, and settle."""
+        if self.config.mode == USERS and not claim.targets:  # parked: pushed once the id is known (watch.learn…)
+            pushed = _Pushed([], [], frozenset())
+        else:
+            waiting = [t for t in claim.targets if t not in claim.confirmed]
+            calls, uncalled = self._call_all(waiting, enabled=claim.desired != SUSPEND)
+            confirmed = claim.confirmed.union(c.target for c in calls if c.ok).intersection(claim.targets)
+            pushed = _Pushed(calls, uncalled, confirmed)
+        run_transaction(self.engine, lambda c: self._settle(c, user_id, claim, pushed))
+        failed = pushed.failed
+        report.calls += len(pushed.calls)
         report.failed_calls += len(failed)
-        run_transaction(self.engine, lambda c: self._settle(c, user_id, desired, version, calls, failed))
+        report.pending += len(pushed.uncalled)
+        report.applied += int(pushed.done)
         if failed:
             report.failed += 1
             report.errors.append(f"user {user_id}: {failed[0].target}: {failed[0].answer}")
-            log.warning("gateway_push_failed", user_id=user_id, desired=desired, error=failed[0].answer)
-        else:
-            report.applied += 1
-            log.info("gateway_pushed", user_id=user_id, desired=desired, targets=len(calls))
+            log.warning("gateway_push_failed", user_id=user_id, desired=claim.desired, error=failed[0].answer)
+        if pushed.done:
+            log.info("gateway_pushed", user_id=user_id, desired=claim.desired, targets=len(claim.targets))
+        elif pushed.uncalled:
+            log.info("gateway_push_continues", user_id=user_id, desired=claim.desired, pending=len(pushed.uncalled))
+
+    def _call_all(self, targets: Sequence[str], enabled: bool) -> tuple[list[_Call], list[str]]:
+        """Call the targets, ``concurrency`` at a time, starting none once half the lease has passed: the
+        calls in flight then finish within the other half (each is bounded by the client's timeout and
+        ``attempts``). The calls made, in the targets' order, and the targets not called.
+
+        The gateway clients may be called from several threads at once: each sends through one
+        ``httpx.Client``, which is made to be shared between threads, and keeps no other state."""
+        if not targets:
+            return [], []
+        deadline = self.monotonic() + self.config.lease / 2
+
+        def call(target: str) -> _Call | None:
+            return None if self.monotonic() > deadline else self._call(target, enabled)
+
+        workers = max(1, min(self.config.concurrency, len(targets)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="enforce") as pool:
+            results = list(pool.map(call, targets))
+        calls = [result for result in results if result is not None]
+        return calls, [target for target, result in zip(targets, results, strict=True) if result is None]
 
     def _call(self, target: str, enabled: bool) -> _Call:
         kind, _, ident = target.partition(" ")
@@ -201,27 +260,40 @@ class Enforcer:
             return _Call(target, False, _said(str(error)))
         return _Call(target, True, "ok")
 
-    def _settle(
-        self, connection: Connection, user_id: int, desired: str, version: int, calls: list[_Call], failed: list[_Call]
-    ) -> None:
-        now = self._now()
-        if calls:
+    def _settle(self, connection: Connection, user_id: int, claim: _Claim, pushed: _Pushed) -> None:
+        """Record the calls, and the intent's next state — only while this enforcer holds its lease:
+        applied once every target is confirmed; due again at once, with what was confirmed kept, when this
+        push confirmed some (progress is not failure); else retried later, further apart each time."""
+        now, desired, version = self._now(), claim.desired, claim.version
+        if pushed.calls:
             rows = [
                 {"userId": user_id, "target": c.target, "action": desired, "ok": c.ok, "answer": c.answer, "at": now}
-                for c in calls
+                for c in pushed.calls
             ]
             connection.execute(gateway_calls.insert(), rows)
         states = gateway_states.c
         mine = gateway_states.update().where(states.userId == user_id, states.leaseOwner == self.owner)
-        if not failed:
-            # done: applied, and out of the due index unless a newer intent came meanwhile
+        released = {"leaseOwner": None, "leaseUntil": None}
+        failed = pushed.failed
+        problem = f"{failed[0].target}: {failed[0].answer}" if failed else "not called: the push ran out of time"
+        if pushed.done:
+            # applied, and out of the due index unless a newer intent came meanwhile
             settled = mine.values(
                 applied=version,
                 attempts=0,
-                leaseOwner=None,
-                leaseUntil=None,
                 lastError=None,
+                progress=None,
+                progressVersion=None,
                 nextAttemptAt=sa.case((states.version > version, states.nextAttemptAt), else_=None),
+                **released,
+            )
+        elif pushed.progressed:
+            settled = mine.values(
+                progress=write_progress(pushed.confirmed),
+                progressVersion=version,
+                nextAttemptAt=now,
+                lastError=_said(problem) if failed else None,
+                **released,
             )
         else:
             attempts, current = connection.execute(
@@ -231,13 +303,12 @@ class Enforcer:
             settled = mine.values(
                 attempts=states.attempts + 1 if current == version else 0,
                 nextAttemptAt=now + timedelta(seconds=wait),
-                leaseOwner=None,
-                leaseUntil=None,
-                lastError=_said(f"{failed[0].target}: {failed[0].answer}"),
+                lastError=_said(problem),
+                **released,
             )
-        if connection.execute(settled).rowcount != 1 and calls:
+        if connection.execute(settled).rowcount != 1 and pushed.calls:
             # the lease ran out while calling: another enforcer may have pushed a newer intent that these
-            # late calls just undid, so the current intent is pushed again
+            # late calls just undid, so the current intent is pushed again (a new version: from the start)
             connection.execute(
                 gateway_states.update()
                 .where(states.userId == user_id)
@@ -245,80 +316,22 @@ class Enforcer:
             )
 
 
-class GatewayReader(Protocol):
-    def token_enabled(self, token_id: int) -> bool: ...
-
-    def user_enabled(self, user_id: int) -> bool: ...
-
-
-class KeyReader(Protocol):
-    def key_enabled(self, key: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Drift:
-    """What the gateway says of a user's key (or gateway user) against what the balance says."""
-
-    user_id: int
-    desired: str  # what the balance says: suspend or resume
-    finding: Finding
-
-
-def gateway_drift(engine: Engine, reader: GatewayReader | KeyReader, mode: str, suspend_at: int) -> list[Drift]:
-    """Read back every linked token (``tokens``), key (``litellm``) or gateway user (``users``) and compare
-    it with what each user's balance says; a target the gateway will not describe is a finding too."""
-    if mode in (TOKENS, LITELLM):
-        query = sa.select(users.c.id, users.c.email, users.c.balance, api_keys.c.remoteKeyId.label("target")).join(
-            api_keys, api_keys.c.userId == users.c.id
-        )
-    else:
-        query = sa.select(users.c.id, users.c.email, users.c.balance, users.c.gatewayUserId.label("target")).where(
-            users.c.gatewayUserId.is_not(None)
-        )
-    rows = run_transaction(engine, lambda c: list(c.execute(query.order_by(users.c.id))), read_only=True)
-    found = []
-    kind = {TOKENS: "token", LITELLM: "key"}.get(mode, "user")
-    for row in rows:
-        serve = row.balance > suspend_at
-        desired = RESUME if serve else SUSPEND
-        subject = f"{kind} {row.target}"
+def read_progress(text: str | None) -> frozenset[str]:
+    """The targets a ``progress`` column names: one per line, each a JSON string (a key id may hold any
+    character). A line that is not one names nothing: calling a target again is always safe."""
+    found = set()
+    for line in (text or "").split("\n"):
         try:
-            enabled = _read_back(reader, kind, str(row.target))
-        except UpstreamError as error:
-            found.append(Drift(row.id, desired, Finding("gateway_unreadable", subject, row.email, str(error))))
+            target = json.loads(line)
+        except json.JSONDecodeError:
             continue
-        if enabled != serve:
-            state = "enabled" if enabled else "disabled"
-            detail = f"{state} at the gateway; balance {row.balance} says {'serve' if serve else 'suspend'}"
-            found.append(Drift(row.id, desired, Finding("gateway_drift", subject, row.email, detail)))
-    return found
+        if isinstance(target, str):
+            found.add(target)
+    return frozenset(found)
 
 
-def _read_back(reader: GatewayReader | KeyReader, kind: str, target: str) -> bool:
-    """Whether the gateway serves a target now: a LiteLLM key by its hash, a new-api token or user by id."""
-    if kind == "key":
-        return cast(KeyReader, reader).key_enabled(target)
-    number = plain_int(target)
-    if number is None or number <= 0:
-        raise UpstreamError(f"not a gateway {kind} id")
-    gateway = cast(GatewayReader, reader)
-    return (gateway.token_enabled if kind == "token" else gateway.user_enabled)(number)
-
-
-def requeue_drift(engine: Engine, drift: Sequence[Drift], suspend_at: int, now: datetime) -> int:
-    """Queue, for each drifted user, the intent their balance says now — read under the row lock, not the
-    balance the drift was found with (``reconcile --fix``); how many users."""
-    drifted = sorted({d.user_id for d in drift if d.finding.kind == "gateway_drift"})
-
-    def work(connection: Connection) -> None:
-        balances = lock_balances(connection, drifted)
-        for desired in (SUSPEND, RESUME):
-            chosen = [u for u, b in balances.items() if (b <= suspend_at) == (desired == SUSPEND)]
-            queue_intents(connection, chosen, desired, now)
-
-    if drifted:
-        run_transaction(engine, work)
-    return len(drifted)
+def write_progress(targets: frozenset[str]) -> str:
+    return "\n".join(json.dumps(target) for target in sorted(targets))
 
 
 def _said(text: str) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.comparison import Finding, TokenSummary, compare_upstream
 from creditrelay.billing.deliveries import record_deliveries
-from creditrelay.billing.enforcement import Drift, requeue_drift
+from creditrelay.billing.drift import Drift, requeue_drift
 from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.polling import PollConfig, Poller, bill_logs
 from creditrelay.schema.database import run_transaction, utc

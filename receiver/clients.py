@@ -1,119 +1,28 @@
-"""Client projects of the credit API, and how a request proves it is one: registered by source,
-identified by an API key stored hashed, each request signed with the client's secret (the edge's
-work: billing sees only verified requests).
+"""How a credit API request proves it comes from a registered client (``billing.clients``) — its source is
+the API key's own, its timestamp is fresh, and its token is signed with the client's secret — and whether
+that client may do what it asks. The edge's work: billing sees only verified, permitted requests.
 
-An API key is 32 random bytes, so a plain SHA-256 of it is a safe, indexable stand-in; the HMAC secret
-must be recomputed on every request, so it is stored as given (or left empty: ``CREDIT_SYNC_SECRET``).
+A right is decided from the API key alone, before any member is looked up, so a refusal says nothing about
+which members exist.
 """
 
-import hashlib
 import hmac
-import re
-import secrets
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
-
+from creditrelay.billing.clients import Client
 from creditrelay.billing.credit_sync import SyncRefused, SyncUnavailable
-from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody, token_matches
-from creditrelay.schema.errors import InvalidInput
-from creditrelay.schema.statements import savepoint
-from creditrelay.schema.tables import api_clients
+from creditrelay.schema.credit_sync import (
+    BALANCE,
+    CREDIT,
+    DEBIT,
+    RECORDS,
+    RECORDS_ALL,
+    TOKEN_WINDOW_SECONDS,
+    SyncBody,
+    token_matches,
+)
+from creditrelay.schema.errors import Forbidden
 
-ACTIVE, REVOKED = "active", "revoked"
-_SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,48}")
-
-
-class ClientError(InvalidInput):
-    """A client operation cannot be done as asked."""
-
-
-@dataclass(frozen=True)
-class Client:
-    source: str
-    secret: str | None
-
-
-def hash_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
-
-
-def _new_credentials(own_secret: bool) -> tuple[str, str | None]:
-    return f"crk_{secrets.token_urlsafe(32)}", secrets.token_urlsafe(32) if own_secret else None
-
-
-def add_client(connection: Connection, source: str, now: datetime, *, own_secret: bool = True) -> dict[str, Any]:
-    """Register ``source``; the only time its API key and secret are shown."""
-    if not _SOURCE.fullmatch(source):
-        raise ClientError("a source is 1-48 letters, digits, '_', '.' or '-'")
-    api_key, secret = _new_credentials(own_secret)
-    row = {
-        "source": source,
-        "apiKeyHash": hash_key(api_key),
-        "apiKeyPrefix": api_key[:12],
-        "secret": secret,
-        "status": ACTIVE,
-        "rights": "balance,records,records:all,credit,debit",
-        "createdAt": now,
-        "updatedAt": now,
-    }
-    try:
-        with savepoint(connection, "add_client"):
-            connection.execute(api_clients.insert().values(**row))
-    except IntegrityError:
-        raise ClientError(f"a client {source!r} exists (use `client rotate`)") from None
-    return {"source": source, "api_key": api_key, "secret": secret}
-
-
-def rotate_client(connection: Connection, source: str, now: datetime, *, own_secret: bool = True) -> dict[str, Any]:
-    """New API key (and secret) for ``source``; the old ones stop working at once. Re-activates a revoked client."""
-    api_key, secret = _new_credentials(own_secret)
-    changed = connection.execute(
-        api_clients.update()
-        .where(api_clients.c.source == source)
-        .values(apiKeyHash=hash_key(api_key), apiKeyPrefix=api_key[:12], secret=secret, status=ACTIVE, updatedAt=now)
-    ).rowcount
-    if not changed:
-        raise ClientError(f"no client {source!r}")
-    return {"source": source, "api_key": api_key, "secret": secret}
-
-
-def revoke_client(connection: Connection, source: str, now: datetime) -> dict[str, Any]:
-    changed = connection.execute(
-        api_clients.update().where(api_clients.c.source == source).values(status=REVOKED, updatedAt=now)
-    ).rowcount
-    if not changed:
-        raise ClientError(f"no client {source!r}")
-    return {"source": source, "status": REVOKED}
-
-
-def list_clients(connection: Connection) -> list[dict[str, Any]]:
-    rows = connection.execute(sa.select(api_clients).order_by(api_clients.c.source))
-    return [
-        {
-            "source": row.source,
-            "status": row.status,
-            "apiKeyPrefix": row.apiKeyPrefix,
-            "ownSecret": row.secret is not None,
-            "createdAt": row.createdAt.isoformat() + "Z",
-            "updatedAt": row.updatedAt.isoformat() + "Z",
-        }
-        for row in rows
-    ]
-
-
-def authenticate(connection: Connection, api_key: str) -> Client | None:
-    """The active client holding ``api_key``, if any."""
-    row = connection.execute(
-        sa.select(api_clients.c.source, api_clients.c.secret).where(
-            api_clients.c.apiKeyHash == hash_key(api_key), api_clients.c.status == ACTIVE
-        )
-    ).one_or_none()
-    return None if row is None else Client(row.source, row.secret)
+_DOING = {BALANCE: "read balances", RECORDS: "read records", CREDIT: "add credits", DEBIT: "deduct credits"}
 
 
 def verify_request(client: Client, body: SyncBody, now: float, default_secret: str | None) -> None:
@@ -127,3 +36,18 @@ def verify_request(client: Client, body: SyncBody, now: float, default_secret: s
         raise SyncUnavailable("no secret for this client and CREDIT_SYNC_SECRET is not set")
     if not token_matches(secret, body):
         raise SyncRefused("Invalid token")
+
+
+def require_right(client: Client, right: str) -> None:
+    """Raise ``Forbidden``, naming the right, unless ``client`` holds ``right``."""
+    if right not in client.rights:
+        raise Forbidden(f"This API key may not {_DOING[right]}: it lacks the right {right!r}")
+
+
+def records_source(client: Client) -> str | None:
+    """Whose entries of a member ``client`` may read: everyone's (None) with ``records:all``, else its own
+    source's; ``Forbidden`` with neither right."""
+    if RECORDS_ALL in client.rights:
+        return None
+    require_right(client, RECORDS)
+    return client.source

@@ -10,26 +10,27 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from creditrelay.billing.clients import Client, authenticate
 from creditrelay.billing.credit_sync import (
     MAX_RECORDS,
     SyncOutcome,
     SyncRefused,
     SyncStatus,
     SyncUnavailable,
-    apply_sync,
     apply_syncs,
     balance_of,
     records_of,
 )
 from creditrelay.receiver.bodies import read_limited, require_json
-from creditrelay.receiver.clients import Client, authenticate, verify_request
+from creditrelay.receiver.clients import records_source, require_right, verify_request
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import CREDIT_API_ANSWERS, CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_int
 from creditrelay.receiver.rate_limit import RateLimiter
 from creditrelay.receiver.shapes import snake, to_json
-from creditrelay.schema.credit_sync import MAX_BATCH_ITEMS, SyncBody, parse_sync_body
+from creditrelay.schema.credit_sync import BALANCE, MAX_BATCH_ITEMS, SyncBody, parse_sync_body, right_to_change
 from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.errors import Forbidden
 from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.wire import EnvelopeError, parse_json_object
 
@@ -107,18 +108,20 @@ def _telegram_id(request: Request) -> int:
 
 
 def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
+    """Authentic (401 otherwise), then permitted (403: the client lacks the right to credit, or to debit)."""
     try:
         verify_request(client, body, service.clock(), service.default_secret)
     except SyncRefused as error:
         raise ApiError(401, str(error)) from None
     except SyncUnavailable as error:
         raise ApiError(503, str(error)) from None
+    require_right(client, right_to_change(body.amount))
 
 
 def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
     status, message = _ANSWERS[outcome.status]
     data = None
-    if outcome.status is not SyncStatus.UNKNOWN_USER:
+    if outcome.status not in (SyncStatus.UNKNOWN_USER, SyncStatus.REPLAYED):  # nothing was looked up
         data = {
             "telegram_id": outcome.telegram_id,
             "balance": outcome.balance,
@@ -130,7 +133,8 @@ def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
 
 async def _apply(service: CreditService, body: SyncBody) -> SyncOutcome:
     def work(connection: Connection) -> SyncOutcome:
-        return apply_sync(connection, body, utc(service.clock()))
+        [outcome] = apply_syncs(connection, [body], utc(service.clock()))
+        return outcome
 
     outcome: SyncOutcome = await run_in_threadpool(run_transaction, service.engine, work)
     log.info("credit_sync", status=outcome.status.value, telegram_id=body.telegram_id, change=outcome.change)
@@ -179,8 +183,8 @@ async def batch(request: Request) -> Response:
         try:
             body = parse_sync_body(item, f"items.{index}")
             _verified(client, body, service)
-        except (EnvelopeError, ApiError) as error:
-            status = error.status_code if isinstance(error, ApiError) else 400
+        except (EnvelopeError, ApiError, Forbidden) as error:
+            status = 400 if isinstance(error, EnvelopeError) else error.status_code
             results.append({"index": index, "status": status, "success": False, "message": str(error), "data": None})
             continue
         results.append(None)
@@ -204,7 +208,7 @@ async def batch(request: Request) -> Response:
 
 async def balance(request: Request) -> Response:
     service = _service(request)
-    await _client(request, service)
+    require_right(await _client(request, service), BALANCE)
     telegram_id = _telegram_id(request)
     found = await run_in_threadpool(
         lambda: run_transaction(service.engine, lambda c: balance_of(c, telegram_id), read_only=True)
@@ -216,11 +220,11 @@ async def balance(request: Request) -> Response:
 
 async def records(request: Request) -> Response:
     service = _service(request)
-    await _client(request, service)
+    source = records_source(await _client(request, service))
     telegram_id = _telegram_id(request)
     limit = query_int(request, "limit", 20, maximum=MAX_RECORDS)
     found = await run_in_threadpool(
-        lambda: run_transaction(service.engine, lambda c: records_of(c, telegram_id, limit), read_only=True)
+        lambda: run_transaction(service.engine, lambda c: records_of(c, telegram_id, limit, source), read_only=True)
     )
     if found is None:
         raise ApiError(404, "User not registered")

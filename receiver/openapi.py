@@ -27,14 +27,14 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _answers(*codes: int, ok: str = "Success") -> dict[str, Any]:
+def _answers(*codes: int, ok: str = "Success", forbidden: str = "Disabled on this server") -> dict[str, Any]:
     described = {
         200: ok,
         202: ok,
         400: "Malformed request; the message names the field",
         401: "Missing or wrong credentials or signature",
         402: "Not enough credits",
-        403: "Disabled on this server",
+        403: forbidden,
         404: "Not found",
         409: "Conflicts with an earlier request",
         413: "Body too large",
@@ -66,6 +66,8 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "schema": schema}
 
 
+_NO_CHANGE = "The API key lacks the right `credit` (a positive amount) or `debit` (a negative one)"
+_NO_RECORDS = "The API key has neither the right `records` nor `records:all`"
 _MOMENT = {"type": "string", "description": "Unix seconds or an ISO-8601 time (UTC unless it says otherwise)"}
 
 
@@ -111,15 +113,19 @@ def document() -> dict[str, Any]:
         },
         "/api/credits/sync": {
             "post": {
-                "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference",
+                "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference; a token "
+                "is used once (409 for a replay, whatever its external_reference)",
+                "description": "Needs the right `credit` to add, `debit` to deduct.",
                 "security": client,
                 "requestBody": _body(SyncBody.model_json_schema()),
-                "responses": _answers(200, 400, 401, 402, 404, 409, 429, 503),
+                "responses": _answers(200, 400, 401, 402, 403, 404, 409, 429, 503, forbidden=_NO_CHANGE),
             }
         },
         "/api/credits/batch": {
             "post": {
                 "summary": "Several syncs: each checked on its own, the valid ones applied in one transaction",
+                "description": "Each item needs the right `credit` to add, `debit` to deduct; an item without it is "
+                "answered 403 in its result.",
                 "security": client,
                 "requestBody": _body(
                     {
@@ -134,20 +140,25 @@ def document() -> dict[str, Any]:
         "/api/credits/balance/{telegram_id}": {
             "get": {
                 "summary": "A user's credits",
+                "description": "Needs the right `balance`.",
                 "security": client,
                 "parameters": telegram,
-                "responses": _answers(200, 400, 401, 404, 429, 503),
+                "responses": _answers(
+                    200, 400, 401, 403, 404, 429, 503, forbidden="The API key lacks the right `balance`"
+                ),
             }
         },
         "/api/credits/records/{telegram_id}": {
             "get": {
                 "summary": "A user's balance changes, newest first",
+                "description": "Needs the right `records` (only this client's own syncs are listed) or `records:all` "
+                "(every entry, other clients' and usage included).",
                 "security": client,
                 "parameters": [
                     *telegram,
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
                 ],
-                "responses": _answers(200, 400, 401, 404, 429, 503),
+                "responses": _answers(200, 400, 401, 403, 404, 429, 503, forbidden=_NO_RECORDS),
             }
         },
         "/api/info": {"get": {"summary": "Version, database, what is enabled", "responses": _answers(200)}},

@@ -1,30 +1,76 @@
 """The credit API's wire format: the sync body, and the HMAC token that signs it.
 
-``token`` = lowercase hex HMAC-SHA256(secret, ``f"{telegram_id}:{amount}:{source}:{timestamp}"``) with the
-secret's UTF-8 bytes as key; ``timestamp`` must be within ±300 s of the server's clock.
+``token`` = lowercase hex HMAC-SHA256 with the secret's UTF-8 bytes as key, of either message:
+
+- v1 (the original): ``f"{telegram_id}:{amount}:{source}:{timestamp}"``;
+- v2: ``f"v2:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}"``, which signs the
+  reference too, so that a copy of a request cannot name another one.
+
+The server accepts either; no field says which. ``timestamp`` must be within ``TOKEN_WINDOW_SECONDS`` of the
+server's clock. A token is used once (``billing.credit_tokens``).
 """
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from creditrelay.schema.errors import InvalidInput
 from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.wire import BIGINT_MAX, MAX_TIMESTAMP, EnvelopeError, describe
 
 TOKEN_WINDOW_SECONDS = 300
 MAX_BATCH_ITEMS = 500
 
+# What a client may do (``api_clients.rights``, comma-separated): read a member's balance; read the
+# member's records — its own entries only (``sync`` ones with its source), or every entry; add credits (a
+# positive amount); deduct them (a negative amount).
+BALANCE, RECORDS, RECORDS_ALL, CREDIT, DEBIT = "balance", "records", "records:all", "credit", "debit"
+RIGHTS = (BALANCE, RECORDS, RECORDS_ALL, CREDIT, DEBIT)  # in the order they are listed
+DEFAULT_RIGHTS = (BALANCE, RECORDS, CREDIT, DEBIT)  # a new client's: everything but other clients' records
 
-def sync_token(secret: str, telegram_id: int, amount: int, source: str, timestamp: int) -> str:
-    message = f"{telegram_id}:{amount}:{source}:{timestamp}"
+
+def parse_rights(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Right names — a comma-separated list, or several (spaces around a name ignored) — once each and in
+    ``RIGHTS`` order; ``InvalidInput`` naming an unknown one."""
+    items = [names] if isinstance(names, str) else names
+    given = {name.strip() for item in items for name in item.split(",") if name.strip()}
+    unknown = sorted(given.difference(RIGHTS))
+    if unknown:
+        named = f"right{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+        raise InvalidInput(f"unknown {named} (the rights are {', '.join(RIGHTS)})")
+    return tuple(right for right in RIGHTS if right in given)
+
+
+def right_to_change(amount: int) -> str:
+    """The right a sync of ``amount`` needs."""
+    return CREDIT if amount > 0 else DEBIT
+
+
+def _hmac(secret: str, message: str) -> str:
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
+def sync_token(secret: str, telegram_id: int, amount: int, source: str, timestamp: int) -> str:
+    """The v1 token: the reference is not signed."""
+    return _hmac(secret, f"{telegram_id}:{amount}:{source}:{timestamp}")
+
+
+def sync_token_v2(
+    secret: str, telegram_id: int, amount: int, source: str, timestamp: int, external_reference: str | None
+) -> str:
+    """The v2 token: signs the reference too (none is signed as an empty one)."""
+    return _hmac(secret, f"v2:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}")
+
+
 def token_matches(secret: str, body: "SyncBody") -> bool:
-    expected = sync_token(secret, body.telegram_id, body.amount, body.source, body.timestamp)
-    return hmac.compare_digest(expected, body.token.lower())
+    """Whether the body's token is its v1 or its v2 token (both compared, in constant time)."""
+    given = body.token.lower()
+    v1 = sync_token(secret, body.telegram_id, body.amount, body.source, body.timestamp)
+    v2 = sync_token_v2(secret, body.telegram_id, body.amount, body.source, body.timestamp, body.external_reference)
+    return hmac.compare_digest(v1, given) | hmac.compare_digest(v2, given)
 
 
 class SyncBody(BaseModel):

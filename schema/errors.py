@@ -65,6 +65,12 @@ class Unauthorized(CreditRelayError):
     status_code = 401
 
 
+class Forbidden(CreditRelayError):
+    """The caller is known, but may not do this; the message says which right it lacks."""
+
+    status_code = 403
+
+
 class UpstreamError(CreditRelayError):
     """A gateway did not answer usefully (down, refused, or not the documented shape)."""
 

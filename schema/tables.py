@@ -302,8 +302,8 @@ class GatewayState(SQLModel, table=True):
     lease_owner: str | None = column("leaseOwner", default=None, max_length=64)
     lease_until: datetime | None = column("leaseUntil", default=None, sa_type=Timestamp)
     last_error: str | None = column("lastError", default=None, max_length=255)
-    # the targets the gateway confirmed for the intent at progressVersion, one per line: a push that ran
-    # out of time resumes with the others
+    # the targets the gateway confirmed for the intent at progressVersion, one JSON string per line (a key
+    # id may hold any character): a push that ran out of time resumes with the others
     progress: str | None = Field(default=None, sa_type=LongText)
     progress_version: int | None = column("progressVersion", default=None, sa_type=sa.BigInteger)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)

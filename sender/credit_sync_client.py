@@ -1,9 +1,11 @@
 """Python SDK of the credit API (docs/credit-api.md), also installed as ``credit_sync_client``:
 ``from credit_sync_client import CreditSyncClient``.
 
-Every request is signed afresh (token over ``telegram_id:amount:source:timestamp``). Only idempotent
-requests are retried on network errors — those with a reference, and reads — because only for them can
-the server tell a retry from a second request.
+Every request is signed afresh with a v2 token, which signs the reference too
+(``v2:telegram_id:amount:source:timestamp:reference``), so equal requests with distinct references made in
+the same second have distinct tokens, and a copy of a request cannot name another reference. Only
+idempotent requests are retried on network errors — those with a reference, and reads — because only for
+them can the server tell a retry from a second request.
 """
 
 import time
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from creditrelay.schema.credit_sync import sync_token
+from creditrelay.schema.credit_sync import sync_token_v2
 from creditrelay.schema.errors import CreditRelayError
 
 USER_AGENT = "creditrelay-credit-sdk/0.1"
@@ -81,7 +83,7 @@ class CreditSyncClient:
             "source": self.source,
             "reason": reason,
             "timestamp": timestamp,
-            "token": sync_token(self.secret_key, telegram_id, amount, self.source, timestamp),
+            "token": sync_token_v2(self.secret_key, telegram_id, amount, self.source, timestamp, reference),
         }
         if reference is not None:
             body["external_reference"] = reference

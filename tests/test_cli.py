@@ -120,6 +120,25 @@ def test_client_commands_print_credentials_once(database: Database) -> None:
     assert ok(database, "client", "revoke", "media_bot") == {"source": "media_bot", "status": "revoked"}
 
 
+def test_client_rights_are_given_changed_and_listed(database: Database) -> None:
+    """client add takes --rights (by default every right but records:all), client rights changes them,
+    client list shows them; an unknown right or client is refused, naming it."""
+    ok(database, "migrate")
+    ok(database, "client", "add", "shop")
+    ok(database, "client", "add", "auditor", "--rights", "balance, records:all")
+    listed = {c["source"]: c["rights"] for c in ok(database, "client", "list")["clients"]}
+    assert listed == {"auditor": ["balance", "records:all"], "shop": ["balance", "records", "credit", "debit"]}
+    assert ok(database, "client", "rights", "shop", "credit") == {"source": "shop", "rights": ["credit"]}
+    assert ok(database, "client", "list")["clients"][1]["rights"] == ["credit"]
+    unknown = run(database, "client", "add", "bank", "--rights", "balance,refund")
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert "unknown right 'refund'" in unknown.stderr
+    assert "unknown right 'deduct'" in run(database, "client", "rights", "shop", "deduct").stderr
+    nobody = run(database, "client", "rights", "nobody", "credit")
+    assert (nobody.returncode, nobody.stderr.strip()) == (1, "creditrelay: no client 'nobody'")
+    assert [c["source"] for c in ok(database, "client", "list")["clients"]] == ["auditor", "shop"]
+
+
 def test_serve_builds_its_app_with_startup_objects_frozen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`serve` builds its app with the objects loaded at startup moved out of the collector's reach, so a
     full collection under load does not walk them (the p99 stalls `make bench` measured before)."""

@@ -61,10 +61,16 @@ def test_poll_with_new_api_down_exits_non_zero_and_says_why(database: Database, 
 
 
 def test_cleanup_prints_what_it_deleted(database: Database, api: FakeNewApi) -> None:
-    """cleanup answers with a JSON count."""
+    """cleanup answers with a JSON count of the logs and of the expired credit API tokens it deleted."""
+    database.execute(
+        "INSERT INTO credit_tokens (token, reference, expiresAt) VALUES (:t, 'sync-token:x', '2026-01-01 00:00:00')",
+        t="ab" * 32,
+    )
     result = run(environment(database, api), "cleanup", "--older-than-days", "7")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["deleted"] == 0
+    answer = json.loads(result.stdout)
+    assert (answer["deleted"], answer["tokensDeleted"]) == (0, 1)
+    assert database.count("credit_tokens") == 0
 
 
 def test_serve_polls_in_the_background_when_poll_interval_is_set(

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from creditrelay.billing.reconcile import ReconcileReport
 
 ATTEMPTS = 6  # creditrelay.billing.polling.PollConfig.attempts, checked equal by a test
+RIGHTS_HELP = (
+    "comma-separated rights: balance, records (the client's own entries), records:all (every entry), "
+    "credit, debit (a new client's default: every right but records:all)"
+)
 
 
 def poll_config(settings: Settings, attempts: int = ATTEMPTS) -> "PollConfig":
@@ -93,7 +97,7 @@ def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
     require_enforcement(settings)  # said before the database is opened
     report = make_enforcer(settings, ledger(settings)).run_once()
     print(json.dumps(report.as_json()))
-    return 0 if not report.failed else 1
+    return 0 if not (report.failed or report.pending) else 1  # 1: the gateway does not do what balances say yet
 
 
 def _bar(**options: Any) -> "tqdm[Any]":
@@ -155,7 +159,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     engine = ledger(settings)
     access = None
     if settings.gateway_enforcement != "off":
-        from creditrelay.billing.enforcement import gateway_drift
+        from creditrelay.billing.drift import gateway_drift
 
         client = gateway_access(settings, "read the gateway's access back")
         mode, line = settings.gateway_enforcement, settings.suspend_at_balance
@@ -212,27 +216,43 @@ def _counting(bar: "tqdm[Any]") -> Callable[[int], None]:
 
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
-    from creditrelay.billing.cleanup import delete_old_logs
+    from creditrelay.billing.cleanup import delete_expired_tokens, delete_old_logs
 
+    engine = ledger(settings)
     cutoff = now() - timedelta(days=args.older_than_days)
     with _bar(unit=" logs", desc="deleting old logs") as bar:
-        deleted = delete_old_logs(ledger(settings), cutoff, progress=_counting(bar))
-    return emit({"deleted": deleted, "olderThan": cutoff})
+        deleted = delete_old_logs(engine, cutoff, progress=_counting(bar))
+    tokens = delete_expired_tokens(engine, now())
+    return emit({"deleted": deleted, "tokensDeleted": tokens, "olderThan": cutoff})
 
 
 def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
-    from creditrelay.receiver import clients
+    from creditrelay.billing import clients
+    from creditrelay.schema.credit_sync import DEFAULT_RIGHTS
 
+    granted = DEFAULT_RIGHTS if getattr(args, "rights", None) is None else args.rights  # add without --rights
     own_secret = not getattr(args, "default_secret", False)
     if args.action in ("add", "rotate") and not own_secret and settings.credit_sync_secret is None:
         raise SettingsError("CREDIT_SYNC_SECRET: --default-secret needs it set")
     actions: dict[str, Callable[[Connection], Any]] = {
-        "add": lambda c: clients.add_client(c, args.source, now(), own_secret=own_secret),
+        "add": lambda c: clients.add_client(c, args.source, now(), own_secret=own_secret, rights=granted),
         "rotate": lambda c: clients.rotate_client(c, args.source, now(), own_secret=own_secret),
         "revoke": lambda c: clients.revoke_client(c, args.source, now()),
+        "rights": lambda c: clients.set_rights(c, args.source, granted, now()),
         "list": lambda c: {"clients": clients.list_clients(c)},
     }
     return transaction(settings, actions[args.action])
+
+
+def rights_list(text: str) -> tuple[str, ...]:
+    """An argument type: comma-separated credit API rights, an unknown one refused by name."""
+    from creditrelay.schema.credit_sync import parse_rights
+    from creditrelay.schema.errors import InvalidInput
+
+    try:
+        return parse_rights(text)
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(commands: Any) -> None:
@@ -251,7 +271,9 @@ def register(commands: Any) -> None:
 
     command(commands, "enforce", cmd_enforce, "push pending suspensions and resumptions to the gateway (one pass)")
 
-    cleanup = command(commands, "cleanup", cmd_cleanup, "delete old processed and ignored webhook logs")
+    cleanup = command(
+        commands, "cleanup", cmd_cleanup, "delete old processed and ignored webhook logs, and expired credit API tokens"
+    )
     cleanup.add_argument(
         "--older-than-days", type=number(0), default=7, metavar="DAYS", help="keep this many days (default: 7)"
     )
@@ -267,6 +289,12 @@ def register(commands: Any) -> None:
         sub.add_argument(
             "--default-secret", action="store_true", help="sign with CREDIT_SYNC_SECRET instead of an own secret"
         )
+    add = actions.choices["add"]
+    add.add_argument("--rights", type=rights_list, metavar="LIST", help=RIGHTS_HELP)
     revoke = actions.add_parser("revoke", help="the API key stops working", description="The API key stops working.")
     revoke.add_argument("source", metavar="SOURCE", help="the client project's name")
+    text = "what the client may do from its next request on"
+    given = actions.add_parser("rights", help=text, description=text[:1].upper() + text[1:] + ".")
+    given.add_argument("source", metavar="SOURCE", help="the client project's name")
+    given.add_argument("rights", type=rights_list, metavar="LIST", help=RIGHTS_HELP)
     actions.add_parser("list", help="every client, without keys or secrets", description="Every client.")

@@ -1,10 +1,11 @@
-"""billing/cleanup.py: old processed and ignored logs go; failed and recent logs, usage and money stay."""
+"""billing/cleanup.py: old processed and ignored logs go; failed and recent logs, usage and money stay; credit
+API tokens go once their window has passed."""
 
 from datetime import timedelta
 
-from creditrelay.billing.cleanup import delete_old_logs
+from creditrelay.billing.cleanup import delete_expired_tokens, delete_old_logs
 from creditrelay.billing.deliveries import record_deliveries
-from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.tables import credit_tokens, webhook_logs
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
 from tests.support.ledger import NOW, in_transaction
@@ -51,3 +52,17 @@ def test_cleanup_walks_batches_that_share_a_timestamp(database: Database) -> Non
     assert delete_old_logs(database.engine, NOW - timedelta(days=7), batch=10, progress=told.append) == 100
     assert sum(told) == 100
     assert database.rows("SELECT eventId FROM webhook_logs") == [("young",)]
+
+
+def test_cleanup_deletes_the_tokens_whose_window_has_passed(database: Database) -> None:
+    """Tokens whose window ended over an hour ago are deleted, in batches; tokens still in their window, or
+    only just past it, stay (a request checked a moment ago may still be on its way to the database)."""
+    expiries = [NOW - timedelta(hours=2, seconds=i) for i in range(25)]
+    expiries += [NOW - timedelta(minutes=5), NOW, NOW + timedelta(minutes=4)]
+    rows = [
+        {"token": f"{i:064x}", "reference": f"sync-token:{i:064x}", "expiresAt": at} for i, at in enumerate(expiries)
+    ]
+    with database.engine.begin() as connection:
+        connection.execute(credit_tokens.insert(), rows)
+    assert delete_expired_tokens(database.engine, NOW, batch=10) == 25
+    assert database.rows("SELECT token FROM credit_tokens ORDER BY token") == [(f"{i:064x}",) for i in (25, 26, 27)]

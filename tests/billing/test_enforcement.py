@@ -13,7 +13,8 @@ from starlette.routing import Route
 from creditrelay.billing.accounts import NewUser, adjust, create_user, link_key, set_gateway_user, top_up
 from creditrelay.billing.credit_sync import apply_sync
 from creditrelay.billing.deliveries import deliver
-from creditrelay.billing.enforcement import EnforceConfig, Enforcer, EnforceReport, gateway_drift, requeue_drift
+from creditrelay.billing.drift import gateway_drift, requeue_drift
+from creditrelay.billing.enforcement import EnforceConfig, Enforcer, EnforceReport
 from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig
 from creditrelay.billing.reconcile import Reconciler
@@ -68,7 +69,7 @@ def test_crossing_zero_disables_exactly_that_users_keys_and_a_top_up_enables_the
     in_transaction(watched, lambda c: top_up(c, alice, 50, "order-1", NOW))  # a duplicate top-up: nothing more
     assert enforcer(watched, api).run_once().calls == 2
     assert statuses(api) == {17: 1, 18: 1, 19: 1}
-    recorded = watched.rows("SELECT target, action, ok FROM gateway_calls WHERE id > 3 ORDER BY id")
+    recorded = watched.rows("SELECT target, action, ok FROM gateway_calls ORDER BY id")[3:]  # after the links'
     assert [tuple(r) for r in recorded] == [
         ("token 17", "suspend", 1), ("token 18", "suspend", 1), ("token 17", "resume", 1), ("token 18", "resume", 1),
     ]  # fmt: skip
@@ -275,12 +276,12 @@ def test_a_push_that_outlived_its_lease_cannot_leave_the_newer_intent_undone(
     fast = Enforcer(watched.engine, client, EnforceConfig("tokens"), owner="b", clock=lambda: clock[0])
     claimed = in_transaction(watched, partial(slow._claim, user_id=alice))
     assert claimed is not None
-    assert claimed[0] == "suspend"
+    assert claimed.desired == "suspend"
     in_transaction(watched, lambda c: top_up(c, alice, 100, "order-1", NOW))
     clock[0] += 60  # A's lease is over
     assert fast.run_once().applied == 1  # the resume
     assert statuses(api) == {17: 1}
-    slow._push(alice, *claimed, EnforceReport())  # A's call lands late
+    slow._push(alice, claimed, EnforceReport())  # A's call lands late
     assert statuses(api) == {17: 2}
     assert fast.run_once().applied == 1
     assert statuses(api) == {17: 1}

@@ -8,7 +8,8 @@ import pytest
 
 from creditrelay.billing.accounts import top_up
 from creditrelay.billing.deliveries import deliver
-from creditrelay.billing.enforcement import LITELLM, EnforceConfig, Enforcer, gateway_drift
+from creditrelay.billing.drift import gateway_drift
+from creditrelay.billing.enforcement import LITELLM, EnforceConfig, Enforcer
 from creditrelay.billing.gateways.litellm import LiteLLMClient
 from creditrelay.billing.watch import BalanceWatch, watch_balances
 from creditrelay.schema.errors import UpstreamError

@@ -197,7 +197,7 @@ def test_skewed_twins_polled_first_are_charged_twice_whatever_the_webhooks_order
     """The poll charged both twins first; their webhooks arrive late, newest first or oldest first, one
     request each: both are duplicates (before, the first webhook took the row nearest it and the second
     found none within the tolerance)."""
-    for case, (d, s) in enumerate(SKEWS):
+    for case, (_, s) in enumerate(SKEWS):
         at = T - 1000 + 100 * case
         setup.log(at, 10, prompt=case)
         setup.log(at + s, 10, prompt=case)

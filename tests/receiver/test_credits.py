@@ -113,7 +113,7 @@ def test_unknown_or_revoked_keys_are_401(receiver: Receiver, database: Database,
     """A key nobody holds, no key, and a revoked key are all refused."""
     assert sync(receiver, creds, signed(creds, 10), key="crk_not-a-key").status_code == 401
     assert receiver.client.post("/api/credits/sync", json=signed(creds, 10)).status_code == 401
-    from creditrelay.receiver.clients import revoke_client
+    from creditrelay.billing.clients import revoke_client
     from creditrelay.schema.database import run_transaction, utc
 
     run_transaction(database.engine, lambda c: revoke_client(c, "media_bot", utc(time.time())))
@@ -124,12 +124,15 @@ def test_unknown_or_revoked_keys_are_401(receiver: Receiver, database: Database,
 def test_an_unknown_user_is_404_and_nothing_is_created(
     receiver: Receiver, database: Database, creds: Credentials
 ) -> None:
-    """Syncing for a Telegram id nobody registered creates neither a user nor a transaction."""
+    """Syncing for a Telegram id nobody registered creates neither a user nor a transaction (only its token
+    is recorded as used)."""
     before = database.snapshot()
     reply = sync(receiver, creds, signed(creds, 10, telegram_id=42))
     assert reply.status_code == 404
     assert reply.json() == {"success": False, "message": "User not registered", "data": None}
-    assert database.snapshot() == before
+    after = database.snapshot()
+    assert after["counts"].pop("credit_tokens") == before["counts"].pop("credit_tokens") + 1
+    assert after == before
 
 
 @pytest.mark.parametrize(
@@ -243,14 +246,15 @@ def test_balance_and_records_answer_newest_first(receiver: Receiver, database: D
 def test_twenty_simultaneous_deductions_never_overdraw(
     receiver: Receiver, database: Database, creds: Credentials
 ) -> None:
-    """20 concurrent deductions of 10 against a balance of 100: exactly 10 succeed, the balance ends at 0."""
+    """20 concurrent deductions of 10 against a balance of 100: exactly 10 succeed, the balance ends at 0.
+    (Equal requests signed in the same second: v2 tokens, which sign their distinct references.)"""
 
     async def race() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=receiver.url, timeout=60) as client:
             posts = [
                 client.post(
                     "/api/credits/sync",
-                    json=signed(creds, -10, reference=f"buy-{i}"),
+                    json=signed(creds, -10, reference=f"buy-{i}", version=2),
                     headers={"X-Api-Key": creds.api_key},
                 )
                 for i in range(20)

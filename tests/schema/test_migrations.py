@@ -133,3 +133,18 @@ def test_the_logs_gateway_keys_are_filled_in_from_their_payloads(database: Datab
     assert stored[payloads[-1]] is None
     indexes = {ix["name"] for ix in sa.inspect(database.engine).get_indexes("webhook_logs")}
     assert "ix_webhook_logs_remoteKeyId_status_id" in indexes
+
+
+def test_credit_clients_made_before_rights_keep_every_right(database: Database) -> None:
+    """0012 gives a client registered before rights existed every right it had: balance, all records,
+    credit and debit."""
+    downgrade(database.engine, "0011")
+    database.execute(
+        "INSERT INTO api_clients (source, apiKeyHash, apiKeyPrefix, secret, status, createdAt, updatedAt)"
+        " VALUES ('old_bot', :h, 'crk_old', 's', 'active', '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+        h="0" * 64,
+    )
+    upgrade(database.engine)
+    assert database.rows("SELECT source, rights FROM api_clients") == [
+        ("old_bot", "balance,records,records:all,credit,debit")
+    ]

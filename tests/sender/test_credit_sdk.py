@@ -1,5 +1,11 @@
 """sender/credit_sync_client.py: every SDK call against the real server, and when it retries."""
 
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import httpx
 import pytest
 
 from creditrelay.sender.credit_sync_client import CreditSyncClient, CreditSyncError
@@ -81,3 +87,26 @@ def test_reads_retry_then_raise() -> None:
     with pytest.raises(CreditSyncError, match="network error"):
         offline_client(sleeps).get_balance(TELEGRAM_ID)
     assert len(sleeps) == 2
+
+
+def test_requests_are_signed_with_v2_tokens() -> None:
+    """Every signed request carries a v2 token, which signs its reference too (none: an empty one)."""
+    sent: list[dict[str, Any]] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.extend(body.get("items", [body]))
+        return httpx.Response(200, json={"success": True, "message": "", "data": {}})
+
+    sdk = CreditSyncClient("http://billing.test", "crk_x", "the-secret", "media_bot", clock=lambda: 1767225600.5)
+    sdk.http = httpx.Client(base_url="http://billing.test", transport=httpx.MockTransport(server))
+    sdk.add_credits(TELEGRAM_ID, 10, "x", reference="ref-1")
+    sdk.deduct_credits(TELEGRAM_ID, 3, "y")
+    sdk.batch_sync([{"telegram_id": 42, "amount": 5, "reason": "z", "reference": "ref-2"}])
+    messages = [
+        f"v2:{TELEGRAM_ID}:10:media_bot:1767225600:ref-1",
+        f"v2:{TELEGRAM_ID}:-3:media_bot:1767225600:",
+        "v2:42:5:media_bot:1767225600:ref-2",
+    ]
+    expected = [hmac.new(b"the-secret", m.encode(), hashlib.sha256).hexdigest() for m in messages]
+    assert [body["token"] for body in sent] == expected

@@ -3,13 +3,14 @@
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.accounts import NewUser, create_user
-from creditrelay.receiver.clients import add_client
+from creditrelay.billing.clients import add_client
 from creditrelay.schema.database import run_transaction, utc
 
 TELEGRAM_ID = 123456789
@@ -22,8 +23,15 @@ class Credentials:
     secret: str
 
 
-def register_client(engine: Engine, source: str = "media_bot") -> Credentials:
-    made = run_transaction(engine, lambda c: add_client(c, source, utc(time.time())))
+def register_client(engine: Engine, source: str = "media_bot", rights: Sequence[str] | None = None) -> Credentials:
+    """A client with its own secret, and ``rights`` (default: a new client's)."""
+
+    def work(connection: Connection) -> dict[str, Any]:
+        if rights is None:
+            return add_client(connection, source, utc(time.time()))
+        return add_client(connection, source, utc(time.time()), rights=rights)
+
+    made = run_transaction(engine, work)
     return Credentials(made["source"], made["api_key"], made["secret"])
 
 
@@ -43,9 +51,14 @@ def signed(
     *,
     at: float | None = None,
     reason: str = "test",
+    version: int = 1,
 ) -> dict[str, Any]:
+    """A sync body signed now (or ``at``) with the token of ``version``: 1 leaves the reference unsigned, 2
+    signs it too."""
     timestamp = int(time.time() if at is None else at)
     message = f"{telegram_id}:{amount}:{creds.source}:{timestamp}"
+    if version == 2:
+        message = f"v2:{message}:{reference or ''}"
     body: dict[str, Any] = {
         "telegram_id": telegram_id,
         "amount": amount,

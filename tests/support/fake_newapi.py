@@ -10,9 +10,11 @@ Access, as controller/token.go and controller/user.go answer it: ``PUT /api/toke
 changes only the status of one of the caller's *own* tokens (another account's token is refused with
 HTTP 200 and ``success: false``); ``POST /api/user/manage`` enables or disables a user; ``GET
 /api/token/:id`` and ``GET /api/user/:id`` read them back. ``access_502`` makes the next that many access
-calls answer 502.
+calls answer 502; ``access_delay`` makes each change of a token or user take that many seconds (a slow
+gateway: the calls overlap, and ``most_in_flight`` says how many ever did at once).
 """
 
+import asyncio
 import itertools
 import json
 from collections.abc import Iterator
@@ -46,6 +48,9 @@ class FakeNewApi:
     users: dict[int, int] = field(default_factory=dict)  # id -> status (1 enabled, 2 disabled)
     access_502: int = 0
     access_calls: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, id, status) as applied
+    access_delay: float = 0.0
+    in_flight: int = 0
+    most_in_flight: int = 0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def add(
@@ -128,9 +133,19 @@ class FakeNewApi:
             return JSONResponse({"success": False, "message": "bad gateway"}, 502)
         return None
 
+    async def _slowly(self) -> None:
+        """Take ``access_delay`` seconds, as a slow gateway does (other requests are served meanwhile)."""
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.access_delay)
+        finally:
+            self.in_flight -= 1
+
     async def update_token(self, request: Request) -> Response:
         if (refused := self._refusal(request)) is not None:
             return refused
+        await self._slowly()
         body = await request.json()
         token = self.tokens.get(int(body.get("id", 0)))
         if token is None or token["user_id"] != int(ADMIN_USER):  # model.GetTokenByIds(id, userId)
@@ -151,6 +166,7 @@ class FakeNewApi:
     async def manage_user(self, request: Request) -> Response:
         if (refused := self._refusal(request)) is not None:
             return refused
+        await self._slowly()
         body = await request.json()
         user_id, action = int(body.get("id", 0)), body.get("action")
         if user_id not in self.users:
