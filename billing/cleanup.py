@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from creditrelay.billing import credit_tokens
-from creditrelay.schema.database import run_transaction
 from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.transactions import run_transaction
 
 BATCH = 1000
 CLEANED = ("processed", "ignored")

@@ -35,10 +35,11 @@ from sqlalchemy import Connection, Engine
 from creditrelay.billing.ledger import Usage, UsageOutcome, UsageStatus, apply_usage
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.billing.rows import Shortfall, insert_new
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
 from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.statements import execute_many, fetch_in, fetch_in_each, returns_inserted, savepoint
 from creditrelay.schema.tables import api_keys, usage_matches, webhook_logs
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import Event
 
 RECEIVED, PROCESSED, FAILED, IGNORED = "received", "processed", "failed", "ignored"

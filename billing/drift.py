@@ -18,9 +18,9 @@ from creditrelay.billing.comparison import Finding
 from creditrelay.billing.enforcement import LITELLM, TOKENS
 from creditrelay.billing.rows import lock_balances
 from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
-from creditrelay.schema.database import run_transaction
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.tables import api_keys, users
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import plain_int
 
 

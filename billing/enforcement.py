@@ -31,9 +31,10 @@ from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from creditrelay.billing.watch import SUSPEND
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, users
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import plain_int
 
 log = structlog.get_logger()

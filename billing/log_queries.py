@@ -26,9 +26,9 @@ from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.deliveries import charged_credits, record_deliveries
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
-from creditrelay.schema.database import run_transaction
 from creditrelay.schema.errors import InvalidInput
 from creditrelay.schema.tables import api_keys, users, webhook_logs
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import EnvelopeError, Event, parse_event
 
 STATUSES = ("processed", "failed", "ignored")

@@ -26,10 +26,11 @@ from creditrelay.billing.gateways.newapi import PAGE_SIZE, ConsumeLog, NewApiCli
 from creditrelay.billing.ledger import Usage, UsageStatus, apply_usage
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.billing.rows import insert_new
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
 from creditrelay.schema.tables import poll_state, unbilled_usage
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request
 
 log = structlog.get_logger()

@@ -27,7 +27,7 @@ from creditrelay.billing.deliveries import record_deliveries
 from creditrelay.billing.drift import Drift, requeue_drift
 from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.polling import PollConfig, Poller, bill_logs
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
 from creditrelay.schema.money import exact_sum, summed
 from creditrelay.schema.tables import (
     credit_transactions,
@@ -36,6 +36,7 @@ from creditrelay.schema.tables import (
     users,
     webhook_logs,
 )
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import EnvelopeError, parse_event
 
 CHUNK = 500

@@ -18,7 +18,7 @@ from creditrelay.billing.access import allowance_of
 from creditrelay.receiver.bearer import require_bearer
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.shapes import to_json
-from creditrelay.schema.database import run_transaction
+from creditrelay.schema.transactions import run_transaction
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ from starlette.applications import Starlette
 
 from creditrelay.billing.polling import Poller
 from creditrelay.receiver.metrics import POLL_PASSES
-from creditrelay.schema.database import DatabaseUnavailable
-from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.errors import DatabaseUnavailable, UpstreamError
 
 log = structlog.get_logger()
 

@@ -21,7 +21,7 @@ from creditrelay.receiver.bodies import read_body, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import BATCH_EVENTS, EVENTS, REQUEST_SECONDS
 from creditrelay.receiver.webhooks import WebhookService, render_outcome
-from creditrelay.schema.database import DatabaseUnavailable
+from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.signing import verify_signature
 from creditrelay.schema.wire import EnvelopeError, Event, event_from_item, split_array
 

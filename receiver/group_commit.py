@@ -31,7 +31,7 @@ import structlog
 
 from creditrelay.billing.deliveries import DeliveryOutcome
 from creditrelay.receiver.metrics import BATCH_SIZE, COMMIT_SECONDS, WRITER_FAILURES, WRITER_RESTARTS
-from creditrelay.schema.database import DatabaseUnavailable
+from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.wire import Event
 
 log = structlog.get_logger()

@@ -10,8 +10,9 @@ from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, char
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.receiver.metrics import CREDITS_CHARGED, EVENTS
-from creditrelay.schema.database import connect, run_transaction, utc
+from creditrelay.schema.database import utc
 from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.transactions import connect, run_transaction
 from creditrelay.schema.wire import Event
 
 # an UPDATE that matches no row: it needs what any commit of a delivery needs (SQLite's write lock,

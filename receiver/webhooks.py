@@ -17,7 +17,7 @@ from creditrelay.receiver.bodies import header_map, read_body, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import EVENTS, REQUEST_SECONDS
-from creditrelay.schema.database import DatabaseUnavailable
+from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.signing import WebhookSecret, verify_signature
 from creditrelay.schema.wire import EnvelopeError, parse_event
 

@@ -23,9 +23,10 @@ import sqlalchemy as sa
 
 from creditrelay.billing.accounts import NewUser, create_user, link_key
 from creditrelay.receiver.ingest import Ingestor
-from creditrelay.schema.database import make_engine, run_transaction, utc
+from creditrelay.schema.database import make_engine, utc
 from creditrelay.schema.migrate import upgrade
 from creditrelay.schema.tables import credit_transactions, usage_records, users, webhook_logs
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import parse_event
 from scripts.databases import recreate
 

@@ -32,9 +32,10 @@ import creditrelay
 from creditrelay.billing.accounts import NewUser, create_user, link_key
 from creditrelay.billing.enforcement import EnforceConfig, Enforcer
 from creditrelay.billing.watch import BalanceWatch, watch_balances
-from creditrelay.schema.database import make_engine, run_transaction
+from creditrelay.schema.database import make_engine
 from creditrelay.schema.migrate import upgrade
 from creditrelay.schema.tables import gateway_states
+from creditrelay.schema.transactions import run_transaction
 
 SCENARIOS = ((40, 0.4), (20, 1.0), (6, 3.0))  # the outside tester's: keys, seconds per call
 FIRST_KEY = 500

@@ -21,7 +21,6 @@ from creditrelay.schema.database import (
     insert_ignoring_duplicates,
     make_engine,
     register_exact_collation,
-    run_transaction,
     utc,
 )
 from creditrelay.schema.outbox import DEAD as DEAD
@@ -29,6 +28,7 @@ from creditrelay.schema.outbox import DELIVERED as DELIVERED
 from creditrelay.schema.outbox import EVENT_ID_MAX, outbox_tables
 from creditrelay.schema.outbox import PENDING as PENDING
 from creditrelay.schema.statements import execute_many
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.sender.delivery import Attempt
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"

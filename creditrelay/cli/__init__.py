@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatabaseUnavailable as error:
         return fail(f"database unavailable: {error}")
     except DBAPIError as error:
-        from creditrelay.schema.database import is_unavailable
+        from creditrelay.schema.transactions import is_unavailable
 
         said = str(error.orig).splitlines()[0][:300]
         if is_unavailable(error):  # the database does not answer (down, wrong host or credentials)

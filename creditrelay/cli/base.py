@@ -77,7 +77,7 @@ def ledger(settings: Settings) -> "Engine":
 
 
 def transaction(settings: Settings, work: "Callable[[Connection], Any]") -> int:
-    from creditrelay.schema.database import run_transaction
+    from creditrelay.schema.transactions import run_transaction
 
     return emit(run_transaction(ledger(settings), work))
 

@@ -9,8 +9,9 @@ from sqlalchemy import Connection
 from creditrelay.billing import admin
 from creditrelay.billing.admin import usage_by_day, usage_by_model
 from creditrelay.billing.deliveries import record_deliveries
-from creditrelay.schema.database import make_engine, run_transaction
+from creditrelay.schema.database import make_engine
 from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
 from tests.support.ledger import in_transaction

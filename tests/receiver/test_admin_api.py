@@ -8,7 +8,8 @@ import pytest
 
 from creditrelay.billing.accounts import link_key
 from creditrelay.receiver.app import create_app
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
+from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving

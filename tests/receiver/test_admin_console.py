@@ -15,7 +15,8 @@ from playwright.sync_api import Locator, Page, ViewportSize
 from creditrelay.billing.accounts import NewUser, adjust, create_user, link_key
 from creditrelay.billing.deliveries import deliver
 from creditrelay.receiver.app import create_app
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import parse_event
 from tests.support.browser import chromium, loaded, screenshot, sign_in
 from tests.support.database import Database

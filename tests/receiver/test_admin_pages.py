@@ -125,7 +125,8 @@ def test_failed_events_with_any_id_can_be_replayed(site: str, database: Database
     """Event ids may hold "/", "?", "#" or "%", or be "." or "..": the Replay button (the id in the form)
     and the admin API (in the path, URL-encoded, or in the body) reach every one."""
     from creditrelay.billing.accounts import link_key
-    from creditrelay.schema.database import run_transaction, utc
+    from creditrelay.schema.database import utc
+    from creditrelay.schema.transactions import run_transaction
 
     ids = ("gw/2026/evt-1", "odd?#%-id", ".", "..")
     for event_id in ids:
@@ -201,7 +202,8 @@ def test_a_replay_of_a_filter_takes_failed_events_of_a_real_filter_only(site: st
     """The filter's own event id is replayed; a status other than failed, or no filter at all, is refused
     (a crafted form cannot replay everything); a page cursor goes one way only."""
     from creditrelay.billing.accounts import link_key
-    from creditrelay.schema.database import run_transaction, utc
+    from creditrelay.schema.database import utc
+    from creditrelay.schema.transactions import run_transaction
 
     for event_id in ("f1", "f2"):
         body = encode(usage_event(event_id, key="k-late", cost=4, timestamp=int(time.time())))

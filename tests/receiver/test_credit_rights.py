@@ -9,7 +9,8 @@ import pytest
 from creditrelay.billing.accounts import top_up
 from creditrelay.billing.clients import set_rights
 from creditrelay.schema.credit_sync import RIGHTS
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
+from creditrelay.schema.transactions import run_transaction
 from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, register_client, signed
 from tests.support.database import Database
 from tests.support.receiver import Receiver

@@ -114,7 +114,8 @@ def test_unknown_or_revoked_keys_are_401(receiver: Receiver, database: Database,
     assert sync(receiver, creds, signed(creds, 10), key="crk_not-a-key").status_code == 401
     assert receiver.client.post("/api/credits/sync", json=signed(creds, 10)).status_code == 401
     from creditrelay.billing.clients import revoke_client
-    from creditrelay.schema.database import run_transaction, utc
+    from creditrelay.schema.database import utc
+    from creditrelay.schema.transactions import run_transaction
 
     run_transaction(database.engine, lambda c: revoke_client(c, "media_bot", utc(time.time())))
     assert sync(receiver, creds, signed(creds, 10)).status_code == 401

@@ -13,7 +13,8 @@ from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, reco
 from creditrelay.receiver.app import create_app
 from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.receiver.ingest import Ingestor
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import Event, parse_event
 from tests.support.database import Database
 from tests.support.ledger import assert_ledger_consistent, force_row_counts

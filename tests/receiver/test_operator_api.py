@@ -8,7 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from creditrelay.billing.polling import advance_watermark
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
+from creditrelay.schema.transactions import run_transaction
 from scripts.processes import free_port, start, stop, wait_healthy
 from tests.support.database import Database
 from tests.support.receiver import Receiver, add_user

@@ -6,8 +6,8 @@ import threading
 import pytest
 from sqlalchemy import Connection
 
-from creditrelay.schema.database import run_transaction
 from creditrelay.schema.tables import users
+from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database
 from tests.support.ledger import NOW
 

@@ -10,9 +10,9 @@ from sqlalchemy import Connection
 from creditrelay.billing import rows
 from creditrelay.billing.rows import insert_new
 from creditrelay.schema import statements
-from creditrelay.schema.database import run_transaction
 from creditrelay.schema.statements import execute_many, fetch_in, insert_returning, returns_inserted
 from creditrelay.schema.tables import usage_records, webhook_logs
+from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901)

@@ -5,7 +5,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.schema.database import DatabaseUnavailable, make_engine, run_transaction
+from creditrelay.schema.database import make_engine
+from creditrelay.schema.errors import DatabaseUnavailable
+from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database
 from tests.support.receiver import add_user
 

@@ -33,9 +33,10 @@ from starlette.routing import Route
 
 from creditrelay.billing.accounts import adjust, top_up
 from creditrelay.receiver.app import create_app
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
 from creditrelay.schema.errors import SettingsError
 from creditrelay.schema.signing import WebhookSecret
+from creditrelay.schema.transactions import run_transaction
 from creditrelay.sender import litellm as integration
 from creditrelay.sender.delivery import Signer
 from creditrelay.sender.litellm import CreditRelayLogger, LiteLLMSettings, Skipped, credits_of, event_id_of

@@ -11,7 +11,8 @@ from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.accounts import NewUser, create_user
 from creditrelay.billing.clients import add_client
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
+from creditrelay.schema.transactions import run_transaction
 
 TELEGRAM_ID = 123456789
 

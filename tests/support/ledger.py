@@ -11,7 +11,7 @@ from sqlalchemy import Connection
 
 from creditrelay.billing import deliveries, rows
 from creditrelay.billing.accounts import NewUser, create_user, link_key
-from creditrelay.schema.database import run_transaction
+from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database
 
 T = TypeVar("T")

@@ -7,9 +7,10 @@ import httpx
 from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.accounts import NewUser, create_user, link_key
-from creditrelay.schema.database import run_transaction, utc
+from creditrelay.schema.database import utc
 from creditrelay.schema.settings import Settings
 from creditrelay.schema.signing import parse_secrets
+from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database
 from tests.support.signing import OTHER_SECRET, SECRET, STANDARD_SECRET
 
