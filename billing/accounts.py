@@ -120,9 +120,11 @@ def list_users(
 
 
 def _remote_key(remote_key_id: str) -> str:
+    """A gateway key id as every way in takes it (the command line, the pages, the API): 1 to 64 characters,
+    no white space or control characters inside."""
     key = remote_key_id.strip()
-    if not key or len(key) > 64:
-        raise AccountError("a remote key id is 1 to 64 characters")
+    if not key or len(key) > 64 or not key.isprintable() or any(c.isspace() for c in key):
+        raise AccountError("a gateway key id is 1 to 64 characters, without spaces or control characters")
     return key
 
 

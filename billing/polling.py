@@ -59,7 +59,8 @@ class PollReport:
     duplicates: int = 0
     matched: int = 0  # rows that were a webhook usage without a request id, charged when it came
     unbilled: int = 0
-    unknown_tokens: dict[str, int] = field(default_factory=dict)
+    unknown_tokens: dict[str, int] = field(default_factory=dict)  # rows of tokens linked to nobody, by token
+    refused: list[dict[str, Any]] = field(default_factory=list)  # the first rows kept unbilled for another reason
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -73,7 +74,11 @@ class PollReport:
             "matched": self.matched,
             "unbilled": self.unbilled,
             "unknownTokens": self.unknown_tokens,
+            "refused": self.refused,
         }
+
+
+REFUSED_LISTED = 20  # rows kept unbilled for a reason other than an unlinked token, named in a report
 
 
 def credits_for(quota: int, quota_per_credit: int) -> int:
@@ -158,8 +163,12 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
             unbillable.append((row, f"the balance of user {outcome.user_id} would pass -{MAX_BALANCE} credits"))
         else:
             unbillable.append((row, _unlinked(row)))
-    for row, _ in unbillable:
-        report.unknown_tokens[str(row.token_id)] = report.unknown_tokens.get(str(row.token_id), 0) + 1
+            report.unknown_tokens[str(row.token_id)] = report.unknown_tokens.get(str(row.token_id), 0) + 1
+    report.refused = [
+        {"upstreamId": row.id, "token": str(row.token_id), "reason": reason}
+        for row, reason in unbillable
+        if reason != _unlinked(row)
+    ][:REFUSED_LISTED]
     report.unbilled = len(unbillable)
     insert_new(
         connection,
@@ -284,6 +293,7 @@ class Poller:
             report.unbilled += part.unbilled
             for token, count in part.unknown_tokens.items():
                 report.unknown_tokens[token] = report.unknown_tokens.get(token, 0) + count
+            report.refused = (report.refused + part.refused)[:REFUSED_LISTED]
             report.watermark = max(report.watermark or slice_end, slice_end)
             if self.progress is not None:
                 self.progress(done, len(slices), report)

@@ -4,6 +4,7 @@
 # SQLite's backup API (consistent while the receiver writes). MySQL/MariaDB: mysqldump --single-transaction.
 # PostgreSQL: pg_dump (one snapshot), plain SQL, gzipped: restore with `gunzip -c FILE | psql -d NEWDB`.
 set -euo pipefail
+umask 077  # a dump holds the whole ledger: readable by its owner only
 if [ -z "${DATABASE_URL:-}" ] && [ -f .env ]; then
   DATABASE_URL=$(grep -E '^DATABASE_URL=' .env | tail -n 1 | cut -d= -f2-)
 fi
@@ -12,6 +13,7 @@ dir="${BACKUP_DIR:-backups}"
 keep="${KEEP_DAYS:-7}"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$dir"
+chmod 700 "$dir"
 python="${PYTHON:-$(dirname "$0")/../.venv/bin/python}"
 [ -x "$python" ] || python=python3
 

@@ -1,7 +1,6 @@
 """The admin JSON API (`Authorization: Bearer ADMIN_TOKEN`): users, transactions, webhook logs, replay,
 top-ups and stats — the same billing calls the admin pages are to use."""
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from creditrelay.billing.accounts import AccountError, ReferenceConflict, top_up
 from creditrelay.billing.ledger import CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter, find_logs
 from creditrelay.billing.matching import DEFAULT_TOLERANCE
+from creditrelay.receiver.bearer import require_bearer
 from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import ADMIN_REPLAYS, CREDITS_ADDED, CREDITS_CHARGED
@@ -37,11 +37,7 @@ class AdminService:
     enforcement: str = "off"
 
     def authorize(self, request: Request) -> None:
-        if self.token is None:
-            raise ApiError(403, "Admin API disabled: set ADMIN_TOKEN")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise ApiError(401, "Admin token required (Authorization: Bearer …)")
+        require_bearer(request, self.token, "ADMIN_TOKEN")
 
     async def run(self, work: Callable[[Connection], Any]) -> Any:
         """``work`` in a writing transaction, off the event loop."""

@@ -32,6 +32,7 @@ from creditrelay.receiver.admin_site import (
     service_of,
 )
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.wire import plain_int
 
@@ -117,7 +118,7 @@ def _kind(report: ReplayReport) -> str:
 async def replay_key(request: Request) -> Response:
     """Every failed event of one gateway key, run again (after its key was linked)."""
     service = service_of(request)
-    key = str((await request.form()).get("remote_key_id", "")).strip()
+    key = str((await form_of(request)).get("remote_key_id", "")).strip()
     if not key:
         return back(request, "/admin/logs", "Replay by key needs a gateway key id", kind="error")
     report = await replay(service, LogFilter(key=key))
@@ -127,7 +128,7 @@ async def replay_key(request: Request) -> Response:
 async def replay_filtered(request: Request) -> Response:
     """Every failed event the logs' filter (sent back as the form's hidden fields) selects, run again."""
     service = service_of(request)
-    form = await request.form()
+    form = await form_of(request)
     wanted = await _filter(service, form)
     if wanted.status not in (None, "failed"):
         raise ApiError(400, "status: a replay runs failed events again (failed, or no status)")
@@ -140,7 +141,7 @@ async def replay_filtered(request: Request) -> Response:
 async def replay_one(request: Request) -> Response:
     """The event id comes in the form, not the path: any id works, "." and ".." included."""
     service = service_of(request)
-    event_id = str((await request.form()).get("event_id", ""))
+    event_id = str((await form_of(request)).get("event_id", ""))
     replayed = await service.run(lambda c: admin.replay(c, event_id, now_of(service), service.tolerance))
     if replayed is None:
         return back(request, "/admin/logs", "No such delivery", kind="error")

@@ -23,6 +23,7 @@ from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.admin_site import (
     COOKIE,
     HEADERS,
+    OFF,
     STATIC,
     error_page,
     http_error_page,
@@ -33,21 +34,32 @@ from creditrelay.receiver.admin_site import (
 )
 from creditrelay.receiver.charts import STATUS_COLOURS, Frame, Series, bars, horizontal_bars
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS
+from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import event_counts
+from creditrelay.receiver.rate_limit import RateLimiter
 from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.errors import CreditRelayError
 
 MODELS_CHARTED = 8
 
 
+LOGINS_PER_MINUTE = 10  # sign-in attempts per client address, per process
+
+
 async def login(request: Request) -> Response:
     service = service_of(request)
+    if service.token is None:
+        return render(request, "error.html", 403, message=OFF)
     if request.method == "GET":
         return render(request, "login.html", error="")
-    token = str((await request.form()).get("token", ""))
-    if service.token is None or not hmac.compare_digest(token.encode(), service.token.encode()):
-        message = "Wrong token" if service.token else "The admin pages are off: set ADMIN_TOKEN and restart"
-        return render(request, "login.html", 401, error=message)
+    limiter: RateLimiter = request.app.state.logins
+    if (wait := limiter.wait_needed(request.client.host if request.client else "")) > 0:
+        refused = render(request, "login.html", 429, error=f"Too many sign-in attempts: wait {int(wait) + 1} s")
+        refused.headers["Retry-After"] = str(int(wait) + 1)
+        return refused
+    token = str((await form_of(request)).get("token", ""))
+    if not hmac.compare_digest(token.encode(), service.token.encode()):
+        return render(request, "login.html", 401, error="Wrong token")
     session = await service.run(lambda c: open_session(c, now_of(service)))
     response = RedirectResponse("/admin/", status_code=303, headers=HEADERS)
     response.set_cookie(
@@ -143,4 +155,5 @@ def admin_pages(service: AdminService) -> Starlette:
     handlers = EXCEPTION_HANDLERS | {CreditRelayError: error_page, HTTPException: http_error_page}
     pages = Starlette(routes=routes, exception_handlers=handlers)
     pages.state.admin = service
+    pages.state.logins = RateLimiter(LOGINS_PER_MINUTE)
     return pages

@@ -27,6 +27,7 @@ from creditrelay.billing.log_queries import LogFilter, ReplayReport, replay_fail
 from creditrelay.billing.sessions import Session, find_session
 from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import ADMIN_REPLAYS, CREDITS_CHARGED
 from creditrelay.receiver.params import moment
 from creditrelay.schema.database import utc
@@ -53,6 +54,9 @@ POLICY = (
 HEADERS = {"Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
 
+OFF = "The admin pages are off: set ADMIN_TOKEN and restart"
+
+
 def service_of(request: Request) -> AdminService:
     service: AdminService = request.app.state.admin
     return service
@@ -75,12 +79,14 @@ def page(handler: Page) -> Page:
     """Sign-in required; POSTs must carry the session's CSRF token."""
 
     async def guarded(request: Request) -> Response:
+        if service_of(request).token is None:
+            return render(request, "error.html", 403, message=OFF)
         session = await _session(request)
         if session is None:
             return RedirectResponse("/admin/login", status_code=303)
         request.state.session = session
         if request.method == "POST":
-            form = await request.form()
+            form = await form_of(request)
             given = str(form.get("csrf", ""))
             if not hmac.compare_digest(given.encode(), session.csrf.encode()):
                 return Response(

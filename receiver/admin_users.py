@@ -20,6 +20,7 @@ from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.admin_site import back, link, now_of, outcomes_text, render, replay, service_of
 from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_optional_int
 from creditrelay.receiver.shapes import to_json
@@ -155,7 +156,7 @@ async def topup(request: Request) -> Response:
     service = service_of(request)
     user_id = path_int(request, "user_id")
     here = f"/admin/users/{user_id}"
-    form = await request.form()
+    form = await form_of(request)
     reference, reason = _form_text(form, "reference"), str(form.get("reason", ""))
     text = _form_text(form, "amount")
     credits = plain_int(text)
@@ -178,7 +179,7 @@ async def correct(request: Request) -> Response:
     service = service_of(request)
     user_id = path_int(request, "user_id")
     here = f"/admin/users/{user_id}"
-    form = await request.form()
+    form = await form_of(request)
     reference, reason = _form_text(form, "reference"), _form_text(form, "reason")
     text = _form_text(form, "amount").removeprefix("-")
     credits = plain_int(text)
@@ -202,7 +203,7 @@ async def add_key(request: Request) -> Response:
     service = service_of(request)
     user_id = path_int(request, "user_id")
     here = f"/admin/users/{user_id}"
-    key = _form_text(await request.form(), "remote_key_id")
+    key = _form_text(await form_of(request), "remote_key_id")
     if await service.read(lambda c: user_queries.user_detail(c, user_id)) is None:
         raise ApiError(404, f"No user {user_id}")
     try:
@@ -221,7 +222,7 @@ async def remove_key(request: Request) -> Response:
     service = service_of(request)
     user_id = path_int(request, "user_id")
     here = f"/admin/users/{user_id}"
-    key = _form_text(await request.form(), "remote_key_id")
+    key = _form_text(await form_of(request), "remote_key_id")
 
     def work(connection: Connection) -> str:
         detail = user_queries.user_detail(connection, user_id)
@@ -244,7 +245,7 @@ async def access(request: Request) -> Response:
     service = service_of(request)
     user_id = path_int(request, "user_id")
     here = f"/admin/users/{user_id}"
-    action = _form_text(await request.form(), "action")
+    action = _form_text(await form_of(request), "action")
     if service.enforcement == "off":
         return back(request, here, "Gateway enforcement is off (GATEWAY_ENFORCEMENT)", kind="error")
     if action not in ("suspend", "resume"):

@@ -7,7 +7,6 @@ is a suspension (only ever true with ``GATEWAY_ENFORCEMENT`` on). An unknown key
 (``remoteKeyId``): what tells this 404 from any other, such as a wrong path's.
 """
 
-import hmac
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from creditrelay.billing.access import allowance_of
+from creditrelay.receiver.bearer import require_bearer
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.transactions import run_transaction
@@ -28,11 +28,7 @@ class AllowanceService:
     suspend_at: int
 
     def authorize(self, request: Request) -> None:
-        if self.token is None:
-            raise ApiError(403, "Allowance API disabled: set GATEWAY_TOKEN")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise ApiError(401, "Gateway token required (Authorization: Bearer …)")
+        require_bearer(request, self.token, "GATEWAY_TOKEN")
 
 
 async def allowance(request: Request) -> Response:

@@ -4,12 +4,10 @@ import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl
 
-import openapi_ui_bundles
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from creditrelay.billing.polling import Poller
@@ -110,8 +108,8 @@ def create_app(
         Route("/api/gateway/allowance/{remote_key_id:path}", allowance.allowance, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
+        Route("/docs/static/{name}", openapi.docs_file, methods=["GET"]),
         Mount("/admin", app=admin_pages(admin_service)),
-        Mount("/docs/static", StaticFiles(directory=openapi_ui_bundles.swagger_ui.static_path), name="docs-static"),
         Route("/api/admin/users", admin_api.users, methods=["GET"]),
         Route("/api/admin/users/{user_id}", admin_api.user, methods=["GET"]),
         Route("/api/admin/users/{user_id}/topup", admin_api.topup, methods=["POST"]),
@@ -144,6 +142,7 @@ def create_app(
         ledger=ledger_registry(engine, clock),
         enforcement=settings.gateway_enforcement,
         alerts=settings.alert_webhook_url is not None,
+        metrics_token=settings.metrics_token,
     )
     limiter = RateLimiter(settings.credit_rate_limit) if settings.credit_rate_limit else None
     app.state.credits = credits.CreditService(engine, settings.credit_sync_secret, clock, limiter)

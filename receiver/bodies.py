@@ -31,34 +31,50 @@ def _check_declared(headers: Mapping[str, str], limit: int) -> None:
             raise ApiError(413, f"Body larger than {limit} bytes")
 
 
-def _grown(body: bytes, chunk: bytes, limit: int) -> bytes:
-    body += chunk
-    if len(body) > limit:
-        raise ApiError(413, f"Body larger than {limit} bytes")
-    return body
+class _Chunks:
+    """A body arriving in pieces, kept as a list and joined once: adding each piece to the bytes read so far
+    would copy them all again, quadratic in the number of pieces (a 4 MiB body in 1 KiB pieces, 8 GB
+    copied)."""
+
+    __slots__ = ("limit", "parts", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ApiError(413, f"Body larger than {self.limit} bytes")
+        if chunk:
+            self.parts.append(chunk)
+
+    def body(self) -> bytes:
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The raw body from ASGI ``receive``, refused with 413 as soon as it is known to exceed ``limit``
     bytes."""
     _check_declared(headers, limit)
-    body = b""
+    chunks = _Chunks(limit)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect
-        body = _grown(body, message.get("body", b""), limit)
+        chunks.add(message.get("body", b""))
         if not message.get("more_body", False):
-            return body
+            return chunks.body()
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
     """``read_body`` for a Starlette request (its stream, which knows whether the body was read before)."""
     _check_declared(request.headers, limit)
-    body = b""
+    chunks = _Chunks(limit)
     async for chunk in request.stream():
-        body = _grown(body, chunk, limit)
-    return body
+        chunks.add(chunk)
+    return chunks.body()
 
 
 def require_json(headers: Mapping[str, str]) -> None:

@@ -60,6 +60,18 @@ def ticks(top: int, count: int = 5) -> list[int]:
     return list(range(0, top + step, step))
 
 
+def isolated(text: str) -> str:
+    """``text`` between FIRST STRONG ISOLATE and POP DIRECTIONAL ISOLATE, when it holds a character that
+    changes direction: a right-to-left override in a model name turns its own text around, not the chart's
+    other labels and values."""
+    if any(character in _BIDI for character in text):
+        return f"\u2068{text}\u2069"
+    return text
+
+
+_BIDI = frozenset("\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _number(value: Any) -> str:
     return "" if value is None else f"{value:,.0f}"
 
@@ -142,9 +154,9 @@ def _over_labels(kind: Any, labels: Sequence[str], series: Sequence[Series], fra
         show_minor_x_labels=frame.label_every == 1,
         x_labels_major_every=frame.label_every,
     )
-    chart.x_labels = list(labels)
+    chart.x_labels = [isolated(label) for label in labels]
     for s in series:
-        chart.add(s.name, list(s.values))
+        chart.add(isolated(s.name), list(s.values))
     return _svg(chart)
 
 
@@ -176,7 +188,7 @@ def horizontal_bars(pairs: Sequence[tuple[str, int]], frame: Frame) -> Markup:
         return _empty(frame.empty)
     series = [Series(frame.x_title, [value for _, value in pairs])]
     # pygal draws the first bar at the bottom
-    labels = [f"{label} · {value:,}" for label, value in reversed(pairs)]
+    labels = [f"{isolated(label)} · {value:,}" for label, value in reversed(pairs)]
     chart = pygal.HorizontalBar(
         **_common(frame.title, series, x_title=frame.x_title, height=90 + 30 * len(pairs), labels=labels),
         y_labels=ticks(max(value for _, value in pairs)),

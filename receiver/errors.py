@@ -1,5 +1,6 @@
 """The one place errors are rendered as JSON: every ``CreditRelayError`` by its status and public message,
-a statement the database refused, a client that went away, and (logged with its traceback) a bug."""
+a statement the database refused, a client that went away, and (logged with its traceback, at most once
+a minute) a bug."""
 
 from typing import Any
 
@@ -9,6 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from creditrelay.receiver.logs import Noisy
+from creditrelay.receiver.metrics import UNAUTHENTICATED, UNEXPECTED_ERRORS
 from creditrelay.schema.errors import CreditRelayError, DatabaseUnavailable
 
 log = structlog.get_logger()
@@ -30,12 +33,27 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
     return JSONResponse({"success": False, "message": message, **extra}, status_code=status_code, headers=headers)
 
 
-async def render_error(_request: Request, exc: Exception) -> Response:
+_UNAUTHENTICATED = Noisy("unauthenticated_requests")
+_UNEXPECTED = Noisy("unexpected_errors", level="error")
+_AREAS = ("/api/webhooks", "/api/credits", "/api/gateway", "/api/admin", "/api/portal", "/api/payments", "/metrics")
+
+
+def _area(path: str) -> str:
+    """The part of the API a path belongs to (a metric label of a few values, whatever path was sent)."""
+    return next((area for area in _AREAS if path.startswith(area)), "other")
+
+
+async def render_error(request: Request, exc: Exception) -> Response:
     """Any ``CreditRelayError``: its status, its public message, its headers (and an ``ApiError``'s extra
-    fields). An outage is logged with what the driver said, which the answer does not repeat."""
+    fields). An outage is logged with what the driver said, which the answer does not repeat. A request
+    without valid credentials is counted, and logged at most once a minute: anyone can send them."""
     assert isinstance(exc, CreditRelayError)
     if isinstance(exc, DatabaseUnavailable):
         log.warning("database_unavailable", error=str(exc))
+    elif exc.status_code == 401:
+        area = _area(request.url.path)
+        UNAUTHENTICATED.labels(area).inc()
+        _UNAUTHENTICATED(area=area)
     extra = exc.extra if isinstance(exc, ApiError) else {}
     return error_response(exc.status_code, exc.public_message, exc.headers, **extra)
 
@@ -58,8 +76,10 @@ async def render_disconnect(_request: Request, _exc: Exception) -> Response:
 
 
 async def render_unexpected(_request: Request, exc: Exception) -> Response:
-    """A bug: logged with its traceback, answered in JSON like every other error."""
-    log.error("unexpected_error", error=repr(exc), exc_info=exc)
+    """A bug: answered in JSON like every other error, counted, and logged with its traceback at most once
+    a minute (whoever found it could otherwise repeat it into the log)."""
+    UNEXPECTED_ERRORS.inc()
+    _UNEXPECTED(error=repr(exc), exc_info=exc)
     return error_response(500, "Internal error; nothing was recorded or charged by this request")
 
 

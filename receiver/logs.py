@@ -149,3 +149,23 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         logger_factory=SinkLogger,
         cache_logger_on_first_use=True,
     )
+
+
+class Noisy:
+    """A log line that any client can cause, written at most once per ``every`` seconds with the count
+    since the last one (the count is a metric too, by its caller)."""
+
+    def __init__(self, event: str, every: float = 60.0, *, level: str = "warning") -> None:
+        self.event = event
+        self.every = every
+        self.level = level
+        self._last = float("-inf")
+        self._count = 0
+
+    def __call__(self, **fields: object) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            log = structlog.get_logger()
+            getattr(log, self.level)(self.event, count=self._count, per_seconds=self.every, **fields)
+            self._last, self._count = now, 0

@@ -62,6 +62,15 @@ CREDITS_DEDUCTED = Counter(
 CREDIT_API_ANSWERS = Counter(
     "creditrelay_credit_api_requests", "Credit API answers, by endpoint and HTTP status", ["endpoint", "status"]
 )
+REFUSED_CONNECTIONS = Counter(
+    "creditrelay_http_refused",
+    "Requests refused before they reached the app: head too large or too slow, malformed",
+    ["reason"],
+)
+UNAUTHENTICATED = Counter(
+    "creditrelay_unauthenticated_requests", "Requests refused for a missing or wrong signature or key", ["endpoint"]
+)
+UNEXPECTED_ERRORS = Counter("creditrelay_unexpected_errors", "Requests answered 500 for a bug of ours")
 ADMIN_REPLAYS = Counter(
     "creditrelay_admin_replays", "Failed deliveries run again from the admin pages or API, by outcome", ["outcome"]
 )

@@ -5,11 +5,14 @@ renders the document with Swagger UI 5 (which reads OpenAPI 3.1, the version pyd
 written in) from the ``openapi-ui-bundles`` package — no CDN, works offline.
 """
 
+from pathlib import Path
 from typing import Any
 
+import openapi_ui_bundles
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from creditrelay.receiver.errors import ApiError
 from creditrelay.schema.credit_sync import SyncBody
 from creditrelay.schema.wire import UsageData
 
@@ -266,9 +269,41 @@ DOCS_PAGE = """<!doctype html>
 <link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+<script src="/docs/static/start.js"></script>
 </body></html>"""
+# Swagger UI from the installed package, and only what this page loads: not the package's own index.html,
+# which would have the operator's browser fetch petstore.swagger.io
+_DOCS_FILES = {
+    "swagger-ui.css": ("text/css", Path(openapi_ui_bundles.swagger_ui.static_path) / "swagger-ui.css"),
+    "swagger-ui-bundle.js": (
+        "text/javascript",
+        Path(openapi_ui_bundles.swagger_ui.static_path) / "swagger-ui-bundle.js",
+    ),
+}
+_START = b'SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});\n'
+# scripts and data from here only (no inline script: the start is a file of ours), no framing
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+    " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'none'"
+)
+DOCS_HEADERS = {
+    "Content-Security-Policy": DOCS_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
 
 
 async def docs(_request: Request) -> Response:
-    return HTMLResponse(DOCS_PAGE)
+    return HTMLResponse(DOCS_PAGE, headers=DOCS_HEADERS)
+
+
+async def docs_file(request: Request) -> Response:
+    """The two Swagger UI files the page loads, and its start script; nothing else of the package."""
+    name = request.path_params["name"]
+    if name == "start.js":
+        return Response(_START, media_type="text/javascript", headers=DOCS_HEADERS)
+    if name not in _DOCS_FILES:
+        raise ApiError(404, "Not found")
+    media_type, path = _DOCS_FILES[name]
+    return FileResponse(path, media_type=media_type, headers=DOCS_HEADERS)

@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from creditrelay.receiver.bearer import require_bearer
 from creditrelay.receiver.metrics import exposition
 
 
@@ -20,6 +21,7 @@ class OperatorService:
     ledger: CollectorRegistry
     enforcement: str = "off"
     alerts: bool = False
+    metrics_token: str | None = None  # /metrics asks for it when set
 
 
 def _service(request: Request) -> OperatorService:
@@ -42,5 +44,8 @@ async def info(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    text = await run_in_threadpool(exposition, _service(request).ledger)
+    service = _service(request)
+    if service.metrics_token is not None:
+        require_bearer(request, service.metrics_token, "METRICS_TOKEN")
+    text = await run_in_threadpool(exposition, service.ledger)
     return Response(text, media_type=CONTENT_TYPE_LATEST)

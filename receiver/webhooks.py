@@ -98,7 +98,6 @@ async def _receive_event(service: WebhookService, scope: Scope, receive: Receive
     headers = header_map(scope)
     body = await read_body(receive, headers, service.body_limit)
     if not verify_signature(service.secrets, body, headers, service.clock()):
-        log.info("webhook_rejected", reason="signature")
         raise ApiError(401, "Invalid webhook signature")
     require_json(headers)
     try:

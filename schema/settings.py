@@ -49,6 +49,7 @@ class Settings:
     alert_webhook_url: str | None = None
     alert_webhook_secret: WebhookSecret | None = None  # whsec_…: signs the alerts (Standard Webhooks)
     gateway_token: str | None = None  # bearer token of GET /api/gateway/allowance/{remoteKeyId}
+    metrics_token: str | None = None  # bearer token of /metrics (open when unset: guard it at the proxy)
     litellm_base_url: str | None = None  # GATEWAY_ENFORCEMENT=litellm: the LiteLLM proxy that blocks keys
     litellm_master_key: str | None = None
     log_level: str = "info"
@@ -151,9 +152,10 @@ def load_settings(
         alert_key = WebhookSecret.parse(alert_secret) if alert_secret is not None else None
     except SecretError as error:
         raise SettingsError(f"ALERT_WEBHOOK_SECRET: {error}") from None
-    gateway_token = _optional(config, "GATEWAY_TOKEN")
-    if gateway_token is not None and len(gateway_token) < 32:
-        raise SettingsError("GATEWAY_TOKEN must be at least 32 characters")
+    tokens = {name: _optional(config, name) for name in ("GATEWAY_TOKEN", "METRICS_TOKEN", "CREDIT_SYNC_SECRET")}
+    for name, value in tokens.items():
+        if value is not None and len(value) < 32:
+            raise SettingsError(f"{name} must be at least 32 characters")
     low = _optional(config, "LOW_BALANCE_AT")
     return Settings(
         database_url=database_url,
@@ -164,7 +166,7 @@ def load_settings(
         new_api_base_url=polling["NEW_API_BASE_URL"],
         new_api_admin_token=polling["NEW_API_ADMIN_TOKEN"],
         new_api_user_id=polling["NEW_API_USER_ID"],
-        credit_sync_secret=_optional(config, "CREDIT_SYNC_SECRET"),
+        credit_sync_secret=tokens["CREDIT_SYNC_SECRET"],
         poll_interval=_number(config, "POLL_INTERVAL", "0", minimum=0, integer=False) or None,
         poll_quota_per_credit=int(_number(config, "POLL_QUOTA_PER_CREDIT", "1", minimum=1)),
         poll_overlap_seconds=int(_number(config, "POLL_OVERLAP_SECONDS", "300", minimum=0)),
@@ -177,7 +179,8 @@ def load_settings(
         low_balance_at=None if low is None else _balance(config, "LOW_BALANCE_AT", low),
         alert_webhook_url=alert_url,
         alert_webhook_secret=alert_key,
-        gateway_token=gateway_token,
+        gateway_token=tokens["GATEWAY_TOKEN"],
+        metrics_token=tokens["METRICS_TOKEN"],
         litellm_base_url=litellm["LITELLM_BASE_URL"],
         litellm_master_key=litellm["LITELLM_MASTER_KEY"],
         log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",

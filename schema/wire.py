@@ -198,11 +198,29 @@ def parse_json(body: bytes) -> Any:
         raise
     except ValueError:  # an integer past Python's digit limit
         raise EnvelopeError("body: a number with too many digits") from None
+    _refuse_deep(text, value)
     if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):  # fine as half of a pair, not alone
         raise EnvelopeError("body: an unpaired surrogate escape (\\uD800-\\uDFFF) is not Unicode text")
     if "\\u0000" in text:  # the escape, or a backslash's followed by "u0000": the value says which
         _refuse_nul(value)
     return value
+
+
+MAX_DEPTH = 64  # arrays and objects inside one another; no body of ours needs more than a few
+
+
+def _refuse_deep(text: str, value: Any) -> None:
+    """Refuse JSON nested deeper than ``MAX_DEPTH`` (so no later step that walks it — the strict checks,
+    validation, canonical JSON — can run out of stack). Only a text with that many brackets is walked."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EnvelopeError(f"body: JSON nested deeper than {MAX_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -245,6 +263,7 @@ def split_array(body: bytes, max_items: int) -> list[tuple[bytes, Any]]:
         value: Any
         try:
             value, end = _DECODER.raw_decode(text, index)
+            _refuse_deep(text[index:end], value)
         except (EnvelopeError, ValueError, RecursionError) as error:  # strict rules: this item's own answer
             value, end = _item_error(error), _item_end(text, index)
         items.append((text[index:end].encode("utf-8"), value))
@@ -273,8 +292,32 @@ def _item_end(text: str, index: int) -> int:
         return int(_BOUNDS.raw_decode(text, index)[1])
     except json.JSONDecodeError as error:
         raise EnvelopeError(f"body: not valid JSON ({error.msg} at position {error.pos})") from None
-    except RecursionError:
-        raise EnvelopeError("body: JSON nested too deeply") from None
+    except RecursionError:  # deeper than the decoder goes: found by counting brackets instead
+        return _bracketed_end(text, index)
+
+
+def _bracketed_end(text: str, index: int) -> int:
+    """Where the array or object starting at ``index`` ends, brackets in strings not counted (a loop over
+    the characters: only for an item too deep to decode, already refused for that)."""
+    depth, in_string, escaped = 0, False, False
+    for position in range(index, len(text)):
+        character = text[position]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif character == "\\":
+                escaped = True
+            elif character == '"':
+                in_string = False
+        elif character == '"':
+            in_string = True
+        elif character in "[{":
+            depth += 1
+        elif character in "]}":
+            depth -= 1
+            if depth == 0:
+                return position + 1
+    raise EnvelopeError("body: not valid JSON (an array or object is not closed)")
 
 
 def canonical_hash(value: Any) -> str:

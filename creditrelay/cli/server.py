@@ -110,6 +110,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import structlog
     import uvicorn
 
+    from creditrelay.receiver.http_limits import server_options
     from creditrelay.receiver.logs import uvicorn_log_config
     from creditrelay.schema.database import make_engine
     from creditrelay.schema.migrate import is_current
@@ -136,6 +137,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         workers=args.workers,
         access_log=False,
         server_header=False,
+        **server_options(args.max_connections),
     )
     return 0
 
@@ -147,4 +149,10 @@ def register(commands: Any) -> None:
     serve.add_argument("--port", type=integer(1, 65535), default=4000, help="port to listen on (default: 4000)")
     serve.add_argument(
         "--workers", type=integer(1, 64), default=1, help="worker processes sharing the port (default: 1)"
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=integer(1, 1_000_000),
+        default=1000,
+        help="open connections per worker past which a new request is answered 503 (default: 1000)",
     )

@@ -124,7 +124,8 @@ def test_unlinked_tokens_are_recorded_reported_and_charged_once_linked(setup: Se
     setup.api.add(T - 100, token_id=9, quota=25, request_id="orphan")
     setup.api.add(T - 90, token_id=0, quota=3, request_id="no-token")
     report = setup.poller().run_once()
-    assert report.unknown_tokens == {"9": 1, "0": 1}
+    assert report.unknown_tokens == {"9": 1}  # only tokens that a `key link` would make billable
+    assert [(r["token"], r["reason"]) for r in report.refused] == [("0", "no token id on the log row")]
     assert setup.database.rows("SELECT remoteKeyId, chargedAt FROM unbilled_usage ORDER BY remoteKeyId") == [
         ("0", None),
         ("9", None),
@@ -208,3 +209,16 @@ def test_rows_new_api_would_not_write_are_kept_unbilled_and_never_stop_a_pass(se
     again = setup.poller().run_once()
     assert (again.charged, again.duplicates) == (0, 1)
     assert setup.database.count("unbilled_usage") == 4
+
+
+def test_a_linked_key_skipped_for_another_reason_is_named_with_it(setup: Setup) -> None:
+    """Rows of the linked key 5 kept unbilled — a model name longer than a usage keeps, a negative quota —
+    are listed with their real reason, not as an unknown token."""
+    setup.api.add(T - 100, token_id=5, quota=10, request_id="long-model", model="m" * 200)
+    setup.api.add(T - 90, token_id=5, quota=-4, request_id="refund")
+    report = setup.poller().run_once()
+    assert report.unknown_tokens == {}
+    reasons = sorted(r["reason"] for r in report.refused)
+    assert reasons[0].startswith("model_name is 200 characters")
+    assert reasons[1].startswith("negative quota -4")
+    assert report.as_json()["refused"] == report.refused

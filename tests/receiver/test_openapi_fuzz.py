@@ -80,7 +80,8 @@ def test_admin_query_parameters_are_a_200_or_a_400_naming_them(
 def test_docs_render_offline(receiver: Receiver) -> None:
     """/docs loads Swagger UI from the installed package, not a CDN, and points it at /openapi.json."""
     page = receiver.client.get("/docs").text
-    assert "/openapi.json" in page
+    assert "/docs/static/start.js" in page
+    assert "/openapi.json" in receiver.client.get("/docs/static/start.js").text
     assert "http" not in page.split("<body>")[1]
     assert receiver.client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
     spec = httpx.get(f"{receiver.url}/openapi.json").json()

@@ -10,15 +10,22 @@ from typing import Literal
 import uvicorn
 from starlette.types import ASGIApp
 
+from creditrelay.receiver.http_limits import MAX_CONNECTIONS, server_options
+
 
 @contextmanager
-def serving(app: ASGIApp, port: int = 0, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
+def serving(
+    app: ASGIApp, port: int = 0, lifespan: Literal["on", "off"] = "off", max_connections: int = MAX_CONNECTIONS
+) -> Iterator[str]:
     """Yield the base URL of ``app`` served by uvicorn until the block ends (on ``port``, or any free one)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan))
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan=lifespan, **server_options(max_connections)
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -1,0 +1,149 @@
+"""What one connection may cost before a request exists: the HTTP protocol ``serve`` runs under uvicorn.
+
+uvicorn's httptools protocol puts no bound on the request line and headers (it adds each piece of a URL to
+the bytes before it: a 200 MB URL cost 45 s of CPU) and no time limit on them (a connection that never
+sends, or sends a header line every few seconds, is kept forever). This protocol adds both:
+
+- the request line and the headers together are at most ``HEAD_LIMIT`` bytes (431 past it);
+- they arrive within ``HEAD_TIMEOUT`` seconds of the connection opening, or of the first byte of the next
+  request on a kept-alive connection (408 and the connection closed past it); an idle kept-alive
+  connection is closed after uvicorn's ``timeout_keep_alive``.
+
+A malformed request is still answered 400 and closed, as uvicorn does, but logged at most once a minute
+(``noisy``) with how many there were, so a client cannot fill the log with them.
+"""
+
+import asyncio
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from creditrelay.receiver.logs import Noisy
+
+HEAD_LIMIT = 16 * 1024  # bytes of request line and headers; ours need a few hundred
+MAX_CONNECTIONS = 1000  # per process, past which a new request is answered 503 (serve --max-connections)
+HEAD_TIMEOUT = 10.0  # seconds for them to arrive
+KEEP_ALIVE = 5.0  # seconds an idle kept-alive connection stays open (uvicorn's default)
+LINGER = 1.0  # seconds a refused connection is read and dropped before it is closed
+
+_malformed = Noisy("malformed_requests")
+
+
+def _count_refusal(reason: str) -> None:
+    # imported here: ``serve``'s supervisor process imports this module for its options, and must not
+    # create metric files of its own beside its workers' (PROMETHEUS_MULTIPROC_DIR)
+    from creditrelay.receiver.metrics import REFUSED_CONNECTIONS
+
+    REFUSED_CONNECTIONS.labels(reason).inc()
+
+
+class _HeadRefused(Exception):
+    """The request's head broke a limit; its answer is written, the connection closing."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the head's size and time bounded (see the module)."""
+
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+    _answered = False  # refused and closing: what still arrives is read and dropped
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            if isinstance(error.__context__, _HeadRefused):
+                return
+            self._malformed()
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            self._malformed()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._start_head()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._stop_head()
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > HEAD_LIMIT:
+            _count_refusal("head_too_large")
+            self._refuse(431, f"Request line and headers larger than {HEAD_LIMIT} bytes")
+            raise _HeadRefused
+
+    def _start_head(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
+
+    def _stop_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            _count_refusal("head_too_slow")
+            self._refuse(408, f"Request headers not received within {HEAD_TIMEOUT:g} s")
+
+    def _malformed(self) -> None:
+        _count_refusal("malformed")
+        _malformed(client=self.client[0] if self.client else None)
+        self._refuse(400, "Invalid HTTP request received.")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` in plain text and close the connection: our side at once, the whole of it a
+        moment later — what the client is still sending is read and dropped meanwhile, so its system does
+        not throw the answer away on a reset."""
+        self._stop_head()
+        if self.transport.is_closing() or self._answered:
+            return
+        self._answered = True
+        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        body = message.encode("ascii")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def server_options(max_connections: int = MAX_CONNECTIONS) -> dict[str, Any]:
+    """uvicorn's options for ``serve`` (and for the tests' servers, so they run what operators run)."""
+    return {
+        "http": BoundedHttpToolsProtocol,
+        "timeout_keep_alive": KEEP_ALIVE,
+        "limit_concurrency": max_connections,
+    }
