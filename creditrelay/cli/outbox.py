@@ -6,10 +6,13 @@ import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from creditrelay.cli.base import command, emit, fail, integer, now, number
+from creditrelay.cli.base import command, counting, emit, fail, integer, now, number, progress_bar
 from creditrelay.schema.settings import Settings
+
+if TYPE_CHECKING:
+    from creditrelay.sender.outbox import Outbox
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"  # creditrelay.sender.outbox's, checked equal by a test
 STATUSES = ("pending", "delivered", "dead")
@@ -91,8 +94,15 @@ def cmd_outbox(args: argparse.Namespace, _settings: Settings) -> int:
         return emit({"events": outbox.list_events(args.status, args.limit)})
     if args.action == "retry":
         return emit({"requeued": outbox.requeue(args.event_ids or None, now())})
+    return _purge(args, outbox)
+
+
+def _purge(args: argparse.Namespace, outbox: "Outbox") -> int:
+    """Purge in chunks, with a progress bar on a terminal."""
     statuses = ["delivered", "dead"] if args.dead else ["delivered"]
-    return emit({"purged": outbox.purge(statuses, now() - timedelta(days=args.older_than_days))})
+    with progress_bar(unit=" events", desc="purging the outbox") as bar:
+        purged = outbox.purge(statuses, now() - timedelta(days=args.older_than_days), progress=counting(bar))
+    return emit({"purged": purged})
 
 
 def _outbox_option(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,88 @@
+"""The outbox can always be cleaned: purges in bounded chunks at any size."""
+
+import asyncio
+from datetime import datetime, timedelta
+
+import pytest
+
+from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, PURGE_PAUSE, Outbox, outbox_attempts, outbox_events
+from tests.support.database import Database
+from tests.support.outbox import attempt_rows, bulk_insert, rows
+
+T0 = datetime(2026, 5, 1, 12, 0, 0)
+DAY = timedelta(days=1)
+
+
+def old_status(i: int) -> str:
+    """Among old events, one in a thousand is still pending and one is dead."""
+    return {7: PENDING, 9: DEAD}.get(i % 1000, DELIVERED)
+
+
+@pytest.mark.slow  # hundreds of thousands of rows written, then purged, on each database
+def test_a_purge_of_more_events_than_a_statement_may_name_succeeds(database: Database) -> None:
+    """300,000 delivered events on SQLite, 70,000 on MySQL and PostgreSQL (past SQLite's and PostgreSQL's
+    limits on one statement's parameters) are purged in bounded chunks, progress reported per chunk, with
+    their attempts; pending, dead and young events and their attempts stay."""
+    outbox = Outbox(database.engine)
+    old = {"sqlite": 300_000, "mysql": 70_000, "postgresql": 70_000}[database.kind]
+    bulk_insert(database.engine, outbox_events, rows(0, old, T0 - 10 * DAY, old_status))
+    bulk_insert(database.engine, outbox_events, rows(old, 100, T0 - DAY, lambda i: (DELIVERED, PENDING)[i % 2]))
+    kept = [f"e{i:07}" for i in range(old) if old_status(i) != DELIVERED] + [f"e{i:07}" for i in range(old, old + 100)]
+    gone = [f"e{i:07}" for i in range(0, old, 100)]
+    bulk_insert(database.engine, outbox_attempts, attempt_rows(gone + kept, T0))
+    told: list[int] = []
+
+    purged = outbox.purge([DELIVERED], T0 - 7 * DAY, progress=told.append, pause=0)
+
+    assert purged == old - 2 * old // 1000
+    assert sum(told) == purged
+    assert max(told) <= 1000
+    assert len(told) >= purged // 1000
+    assert outbox.counts() == {PENDING: old // 1000 + 50, DELIVERED: 50, DEAD: old // 1000}
+    assert database.count("outbox_attempts") == len(kept)
+
+
+def test_a_purge_keeps_dead_events_unless_asked_and_never_takes_pending_ones(database: Database) -> None:
+    """Delivered events past the cutoff go in chunks; dead ones only when named; a chunk boundary loses
+    nothing; pending ones are refused outright."""
+    outbox = Outbox(database.engine)
+    bulk_insert(database.engine, outbox_events, rows(0, 25, T0 - 9 * DAY, lambda i: (DELIVERED, DEAD, PENDING)[i % 3]))
+    bulk_insert(database.engine, outbox_events, rows(25, 5, T0))
+    told: list[int] = []
+    assert outbox.purge([DELIVERED], T0 - DAY, chunk=4, progress=told.append, pause=0) == 9
+    assert all(0 <= count <= 4 for count in told)
+    assert outbox.purge([DELIVERED, DEAD], T0 - DAY, chunk=4, pause=0) == 8
+    assert outbox.counts() == {PENDING: 8, DELIVERED: 5, DEAD: 0}
+    with pytest.raises(ValueError, match="never purged"):
+        outbox.purge([DELIVERED, PENDING], T0)
+
+
+def test_a_purge_reads_no_further_than_where_events_become_young(database: Database) -> None:
+    """The walk ends with the first chunk that holds an event younger than the cutoff, so the recent part of
+    a big outbox is never read; an old event enqueued behind a young one waits for a later purge. On SQLite
+    the chunks are a pause apart, for the gateway's enqueues."""
+    outbox = Outbox(database.engine)
+    bulk_insert(database.engine, outbox_events, rows(0, 10, T0 - 9 * DAY))
+    bulk_insert(database.engine, outbox_events, rows(10, 1, T0))
+    bulk_insert(database.engine, outbox_events, rows(11, 9, T0 - 9 * DAY))
+    bulk_insert(database.engine, outbox_events, rows(20, 100, T0))
+    told: list[int] = []
+    naps: list[float] = []
+    assert outbox.purge([DELIVERED], T0 - DAY, chunk=5, progress=told.append, sleep=naps.append) == 14
+    assert told == [5, 5, 4]
+    assert naps == ([PURGE_PAUSE] * 2 if database.kind == "sqlite" else [])  # SQLite's writers take turns
+    assert outbox.counts()[DELIVERED] == 1 + 5 + 100
+    assert outbox.purge([DELIVERED], T0 + DAY, chunk=5, pause=0) == 106
+
+
+def test_purges_running_at_once_are_harmless(database: Database) -> None:
+    """Several relays purging one outbox at the same time delete each event once, and fail on nothing."""
+    outbox = Outbox(database.engine)
+    bulk_insert(database.engine, outbox_events, rows(0, 3000, T0 - 9 * DAY))
+
+    async def together() -> list[int]:
+        purge = lambda: outbox.purge([DELIVERED], T0, chunk=100, pause=0)  # noqa: E731
+        return list(await asyncio.gather(*(asyncio.to_thread(purge) for _ in range(3))))
+
+    assert sum(asyncio.run(together())) == 3000
+    assert outbox.counts()[DELIVERED] == 0
