@@ -5,7 +5,8 @@ Any SQLAlchemy URL works; the default is a SQLite file under ``./data/`` (WAL, `
 outbox's own and are created on open. One relay process drains one outbox: on start it releases the
 claims a killed predecessor left behind.
 
-Delivered events are purged a bounded chunk at a time (``sender.purge``), by ``creditrelay outbox purge``.
+Delivered events are purged a bounded chunk at a time (``sender.purge``), by ``creditrelay outbox
+purge``; a SQLite outbox then gives the freed pages back (``sender.sqlite_space``).
 """
 
 import time
@@ -32,11 +33,13 @@ from creditrelay.schema.outbox import DELIVERED as DELIVERED
 from creditrelay.schema.outbox import EVENT_ID_MAX, outbox_tables
 from creditrelay.schema.outbox import PENDING as PENDING
 from creditrelay.schema.statements import execute_many
+from creditrelay.sender import sqlite_space
 from creditrelay.sender.delivery import Attempt
 from creditrelay.sender.purge import purge_chunk
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"
 PURGE_CHUNK = 1000  # events read per purge transaction: far below any database's limit on parameters
+RECLAIM_PAGES = 256  # SQLite pages given back per transaction (1 MiB of the default 4 KiB pages)
 IN_LIMIT = 500  # ids named in one statement's IN (...)
 # Seconds a purge waits between its transactions on SQLite, where writers take turns: without the gap, a
 # gateway's enqueue waited seconds for a purge's lock (the busy handler's retries kept missing the moments
@@ -88,6 +91,7 @@ class Outbox:
         # SQLite: one writer at a time, so long work pauses between its transactions to let enqueues in
         self.serial_writes = engine.dialect.name == "sqlite"
         if create:
+            sqlite_space.use_incremental_vacuum(engine)  # before the first table: fixed from then on
             metadata.create_all(engine)
             with engine.begin() as connection:  # outboxes made before event ids compared byte for byte on MySQL
                 convert_to_exact_collation(connection, list(metadata.tables), required=False)
@@ -303,3 +307,15 @@ class Outbox:
             after = next_after
             if self.serial_writes:
                 sleep(pause)
+
+    def reclaim_space(self, pages: int = RECLAIM_PAGES) -> int:
+        """Give up to ``pages`` free pages of a SQLite outbox back to the file system, in one short
+        transaction; how many went (``sender.sqlite_space``: nothing to do on other databases)."""
+        return sqlite_space.reclaim_space(self.engine, pages)
+
+    def vacuum(self) -> None:
+        """Rewrite a SQLite outbox at its size, blocking writers while it runs (``sender.sqlite_space``)."""
+        sqlite_space.vacuum(self.engine)
+
+    def file_bytes(self) -> int | None:
+        return sqlite_space.file_bytes(self.engine)

@@ -98,11 +98,18 @@ def cmd_outbox(args: argparse.Namespace, _settings: Settings) -> int:
 
 
 def _purge(args: argparse.Namespace, outbox: "Outbox") -> int:
-    """Purge in chunks, with a progress bar on a terminal."""
+    """Purge in chunks, with a progress bar on a terminal; with ``--vacuum``, then rewrite a SQLite outbox
+    at its new size (the command line's mistake, before anything is purged, on any other database)."""
+    if args.vacuum and outbox.file_bytes() is None:
+        return fail("--vacuum is for a SQLite outbox: MySQL and PostgreSQL reuse the space of purged events", 2)
+    before = outbox.file_bytes()
     statuses = ["delivered", "dead"] if args.dead else ["delivered"]
     with progress_bar(unit=" events", desc="purging the outbox") as bar:
         purged = outbox.purge(statuses, now() - timedelta(days=args.older_than_days), progress=counting(bar))
-    return emit({"purged": purged})
+    if not args.vacuum:
+        return emit({"purged": purged})
+    outbox.vacuum()
+    return emit({"purged": purged, "bytesBefore": before, "bytesAfter": outbox.file_bytes()})
 
 
 def _outbox_option(parser: argparse.ArgumentParser) -> None:
@@ -150,5 +157,10 @@ def register(commands: Any) -> None:
         "--older-than-days", type=number(0), default=7, metavar="DAYS", help="keep this many days (default: 7)"
     )
     purge.add_argument("--dead", action="store_true", help="dead events too")
+    purge.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="then rewrite a SQLite outbox at its new size (writers wait while it runs)",
+    )
     for sub in (status, listing, retry, purge):
         _outbox_option(sub)

@@ -1,10 +1,14 @@
-"""The outbox can always be cleaned: purges in bounded chunks at any size."""
+"""The outbox can always be cleaned: purges in bounded chunks at any size, and the space a SQLite outbox
+gives back."""
 
 import asyncio
+import os
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from creditrelay.schema.database import make_engine
 from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, PURGE_PAUSE, Outbox, outbox_attempts, outbox_events
 from tests.support.database import Database
 from tests.support.outbox import attempt_rows, bulk_insert, rows
@@ -86,3 +90,48 @@ def test_purges_running_at_once_are_harmless(database: Database) -> None:
 
     assert sum(asyncio.run(together())) == 3000
     assert outbox.counts()[DELIVERED] == 0
+
+
+def test_a_new_sqlite_outbox_gives_purged_space_back(tmp_path: Path) -> None:
+    """A new SQLite outbox is made with incremental auto-vacuum; after a purge, its freed pages go back to
+    the file system in steps, and the file shrinks."""
+    path = tmp_path / "outbox.db"
+    outbox = Outbox.open(f"sqlite:///{path}")
+    with outbox.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # incremental
+    bulk_insert(outbox.engine, outbox_events, rows(0, 4000, T0 - 9 * DAY, body="x" * 2000))
+    bulk_insert(outbox.engine, outbox_events, rows(4000, 10, T0))
+    full = outbox.file_bytes()
+    assert full is not None
+    assert full > 4000 * 2000
+    assert outbox.purge([DELIVERED], T0 - DAY, pause=0) == 4000
+    steps = [outbox.reclaim_space(200) for _ in range(200)]
+    assert steps[0] == 200
+    assert steps[-1] == 0
+    assert os.path.getsize(path) < full / 4
+    assert outbox.counts()[DELIVERED] == 10
+
+
+def test_reclaiming_space_elsewhere_is_nothing_to_do(database: Database) -> None:
+    """MySQL and PostgreSQL reuse purged rows' space on their own; a SQLite database made without
+    incremental auto-vacuum (the ledger's) gives nothing back until vacuumed."""
+    outbox = Outbox(database.engine)
+    bulk_insert(database.engine, outbox_events, rows(0, 50, T0 - 9 * DAY))
+    assert outbox.purge([DELIVERED], T0, pause=0) == 50
+    assert outbox.reclaim_space(100) == 0
+
+
+def test_an_outbox_made_before_incremental_vacuum_keeps_working(tmp_path: Path) -> None:
+    """An outbox whose tables exist already is opened as it is (its auto-vacuum changes only with VACUUM)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    from creditrelay.sender.outbox import metadata
+
+    metadata.create_all(engine)
+    engine.dispose()
+    outbox = Outbox.open(url)
+    with outbox.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 0
+    outbox.vacuum()
+    with outbox.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2
