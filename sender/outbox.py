@@ -5,8 +5,8 @@ Any SQLAlchemy URL works; the default is a SQLite file under ``./data/`` (WAL, `
 outbox's own and are created on open. One relay process drains one outbox: on start it releases the
 claims a killed predecessor left behind.
 
-Delivered events are purged a bounded chunk at a time (``sender.purge``), by ``creditrelay outbox
-purge``; a SQLite outbox then gives the freed pages back (``sender.sqlite_space``).
+Delivered events are purged a bounded chunk at a time (``sender.purge``), by the relay on its schedule or
+by ``creditrelay outbox purge``; a SQLite outbox then gives the freed pages back (``sender.sqlite_space``).
 """
 
 import time

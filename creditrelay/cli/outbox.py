@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"  # creditrelay.sender.outbox's, checked equal by a test
 STATUSES = ("pending", "delivered", "dead")
+DAY = 24 * 3600.0
+RETENTION_DAYS = 7  # creditrelay.sender.relay.DEFAULT_RETENTION in days, checked equal by a test
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
@@ -77,7 +79,13 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
 
     secret = settings.require_secrets()[0]
     outbox = Outbox.open(args.outbox)
-    config = RelayConfig(url=args.to, schedule=args.retry_schedule or DEFAULT_SCHEDULE, concurrency=args.concurrency)
+    config = RelayConfig(
+        url=args.to,
+        schedule=args.retry_schedule or DEFAULT_SCHEDULE,
+        concurrency=args.concurrency,
+        retention=args.retention_days * DAY,
+        purge_dead=args.purge_dead,
+    )
     relay = OutboxRelay(outbox, Signer(secret), config)
     host, port = args.listen
     uvicorn.run(create_sidecar(outbox, relay), host=host, port=port, access_log=False, server_header=False)
@@ -141,6 +149,14 @@ def register(commands: Any) -> None:
     relay.add_argument(
         "--concurrency", type=integer(1, 1000), default=16, help="deliveries in flight at once (default: 16)"
     )
+    relay.add_argument(
+        "--retention-days",
+        type=number(0),
+        default=RETENTION_DAYS,
+        metavar="DAYS",
+        help=f"purge delivered events this many days old, hourly (default: {RETENTION_DAYS})",
+    )
+    relay.add_argument("--purge-dead", action="store_true", help="purge dead events past the retention too")
 
     outbox = command(commands, "outbox", cmd_outbox, "see and manage the relay's outbox")
     actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")

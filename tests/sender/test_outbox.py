@@ -135,7 +135,9 @@ def test_the_relay_outlives_an_unreadable_answer_and_a_failing_pass(
     outbox.enqueue(events(2), T0)
     garbled = Reply(200, headers={"Content-Encoding": "gzip"})  # a JSON body that says it is gzip
     with scripted_receiver(garbled, garbled) as receiver:
-        config = RelayConfig(url=receiver.url, schedule=(0,) * 5, poll_interval=0.01, breaker_max=0.05)
+        config = RelayConfig(  # no purge: the events are dated T0, past any retention by the real clock
+            url=receiver.url, schedule=(0,) * 5, poll_interval=0.01, breaker_max=0.05, retention=None
+        )
         relay = OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), config)
         real_claim = outbox.claim_due
         failures = [RuntimeError("a bug in one pass")]

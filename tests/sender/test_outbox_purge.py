@@ -1,20 +1,27 @@
-"""The outbox can always be cleaned: purges in bounded chunks at any size, and the space a SQLite outbox
-gives back."""
+"""The outbox can always be cleaned: purges in bounded chunks at any size, the relay's own scheduled purge,
+and the space a SQLite outbox gives back."""
 
 import asyncio
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from creditrelay.schema.database import make_engine
+from creditrelay.schema.signing import WebhookSecret
+from creditrelay.sender.delivery import Signer
 from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, PURGE_PAUSE, Outbox, outbox_attempts, outbox_events
+from creditrelay.sender.relay import OutboxRelay, RelayConfig
 from tests.support.database import Database
 from tests.support.outbox import attempt_rows, bulk_insert, rows
+from tests.support.scripted_receiver import scripted_receiver
+from tests.support.signing import SECRET
 
 T0 = datetime(2026, 5, 1, 12, 0, 0)
 DAY = timedelta(days=1)
+SIGNER = Signer(WebhookSecret.parse(SECRET))
 
 
 def old_status(i: int) -> str:
@@ -90,6 +97,78 @@ def test_purges_running_at_once_are_harmless(database: Database) -> None:
 
     assert sum(asyncio.run(together())) == 3000
     assert outbox.counts()[DELIVERED] == 0
+
+
+def test_the_relay_purges_on_its_schedule(database: Database) -> None:
+    """The relay purges delivered events past its retention when started and then every ``purge_every``
+    seconds of its clock; dead events stay unless it is told to purge them."""
+    outbox = Outbox(database.engine)
+    bulk_insert(database.engine, outbox_events, rows(0, 3, T0 - 8 * DAY, lambda i: (DELIVERED, DEAD, PENDING)[i]))
+    bulk_insert(database.engine, outbox_events, rows(3, 1, T0 - 7 * DAY + timedelta(minutes=30)))
+    now = [T0.timestamp()]
+    config = RelayConfig(url="http://127.0.0.1:9/", clock=lambda: now[0], purge_pause=0, purge_every=3600)
+    relay = OutboxRelay(outbox, SIGNER, config)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        first = relay.purge_if_due(stop)
+        assert first is not None
+        assert await first == 1
+        now[0] += 40 * 60  # the young one is now past the retention, but a purge is not due
+        assert relay.purge_if_due(stop) is None
+        assert outbox.counts() == {PENDING: 1, DELIVERED: 1, DEAD: 1}
+        now[0] += 21 * 60
+        second = relay.purge_if_due(stop)
+        assert second is not None
+        assert await second == 1
+
+    asyncio.run(scenario())
+    assert outbox.counts() == {PENDING: 1, DELIVERED: 0, DEAD: 1}
+    dead_too = OutboxRelay(outbox, SIGNER, RelayConfig("http://127.0.0.1:9/", purge_dead=True, clock=lambda: now[0]))
+    assert asyncio.run(dead_too.purge_now(asyncio.Event())) == 1
+    assert outbox.counts() == {PENDING: 1, DELIVERED: 0, DEAD: 0}
+
+
+def test_a_failed_purge_is_counted_and_the_relay_goes_on(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A purge that raises is logged and counted; the relay keeps delivering, and the next purge comes on
+    schedule and does its work."""
+    outbox = Outbox(database.engine)
+    outbox.enqueue([(f"e{i}", b'{"eventId": "e%d"}' % i) for i in range(3)], T0)
+    real_chunk = outbox.purge_chunk
+    failures = [RuntimeError("a bug in one purge")]
+
+    def chunk_once_failing(*args: Any, **kwargs: Any) -> tuple[int, int | None]:
+        if failures:
+            raise failures.pop()
+        return real_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "purge_chunk", chunk_once_failing)
+    now = [T0.timestamp() + 1]
+    with scripted_receiver() as receiver:
+        config = RelayConfig(
+            url=receiver.url, clock=lambda: now[0], poll_interval=0.01, retention=0, purge_every=60, purge_pause=0
+        )
+        relay = OutboxRelay(outbox, SIGNER, config)
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(relay.run(stop))
+            for _ in range(500):
+                if outbox.counts()[DELIVERED] == 3 or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            now[0] += 61
+            for _ in range(500):
+                if sum(outbox.counts().values()) == 0 or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            stop.set()
+            await task
+
+        asyncio.run(run())
+    assert relay.failed_purges == 1
+    assert outbox.counts() == {PENDING: 0, DELIVERED: 0, DEAD: 0}
+    assert len(receiver.seen) == 3
 
 
 def test_a_new_sqlite_outbox_gives_purged_space_back(tmp_path: Path) -> None:
