@@ -14,6 +14,8 @@ ATTEMPTS = Counter("creditrelay_relay_attempts", "Delivery attempts by outcome",
 LATENCY = Histogram("creditrelay_relay_request_seconds", "Time from sending a request to its answer")
 BATCH = Histogram("creditrelay_relay_request_events", "Events per request", buckets=(1, 10, 25, 50, 100, 250, 500))
 IN_FLIGHT = Gauge("creditrelay_relay_in_flight", "Events claimed and being delivered")
+PURGED = Counter("creditrelay_relay_purged_events", "Events the relay purged past its retention")
+PURGE_FAILURES = Counter("creditrelay_relay_purge_failures", "The relay's purges that failed (it went on delivering)")
 
 
 class OutboxCollector(Collector):

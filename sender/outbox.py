@@ -4,12 +4,16 @@ Any SQLAlchemy URL works; the default is a SQLite file under ``./data/`` (WAL, `
 ``enqueue`` returning means the event survives ``kill -9`` and power loss). The two tables are the
 outbox's own and are created on open. One relay process drains one outbox: on start it releases the
 claims a killed predecessor left behind.
+
+Delivered events are purged a bounded chunk at a time (``sender.purge``), by the relay on its schedule or
+by ``creditrelay outbox purge``; a SQLite outbox then gives the freed pages back (``sender.sqlite_space``).
 """
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,9 +33,18 @@ from creditrelay.schema.outbox import EVENT_ID_MAX, outbox_tables
 from creditrelay.schema.outbox import PENDING as PENDING
 from creditrelay.schema.statements import execute_many
 from creditrelay.schema.transactions import run_transaction
+from creditrelay.sender import sqlite_space
 from creditrelay.sender.delivery import Attempt
+from creditrelay.sender.purge import purge_chunk
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"
+PURGE_CHUNK = 1000  # events read per purge transaction: far below any database's limit on parameters
+RECLAIM_PAGES = 256  # SQLite pages given back per transaction (1 MiB of the default 4 KiB pages)
+IN_LIMIT = 500  # ids named in one statement's IN (...)
+# Seconds a purge waits between its transactions on SQLite, where writers take turns: without the gap, a
+# gateway's enqueue waited seconds for a purge's lock (the busy handler's retries kept missing the moments
+# between chunks)
+PURGE_PAUSE = 0.05
 
 metadata = sa.MetaData()
 register_exact_collation(metadata, required=False)  # an outbox still opens on MySQL 5.7 (ids minted unique)
@@ -75,7 +88,10 @@ class Outbox:
         """The outbox in ``engine``'s database, its tables made there if missing (``create``); a database
         whose migrations made them (the ledger's) is opened without touching its schema."""
         self.engine = engine
+        # SQLite: one writer at a time, so long work pauses between its transactions to let enqueues in
+        self.serial_writes = engine.dialect.name == "sqlite"
         if create:
+            sqlite_space.use_incremental_vacuum(engine)  # before the first table: fixed from then on
             metadata.create_all(engine)
             with engine.begin() as connection:  # outboxes made before event ids compared byte for byte on MySQL
                 convert_to_exact_collation(connection, list(metadata.tables), required=False)
@@ -128,10 +144,10 @@ class Outbox:
         )
         with self.engine.begin() as connection:
             rows = list(connection.execute(query))
-            if rows:
+            for start in range(0, len(rows), IN_LIMIT):  # a pass may claim more than a statement may name
                 connection.execute(
                     outbox_events.update()
-                    .where(outbox_events.c.id.in_([r.id for r in rows]))
+                    .where(outbox_events.c.id.in_([r.id for r in rows[start : start + IN_LIMIT]]))
                     .values(claimedUntil=now + lease)
                 )
         return [OutboxEvent(r.eventId, r.body.encode(), r.attempts) for r in rows]
@@ -181,8 +197,8 @@ class Outbox:
         with self.engine.begin() as connection:
             connection.execute(outbox_attempts.insert(), attempts)
             # the delivered (nearly all, as a rule) in a few statements: one per request's answer time
-            for start in range(0, len(delivered), 500):
-                part = delivered[start : start + 500]
+            for start in range(0, len(delivered), IN_LIMIT):
+                part = delivered[start : start + IN_LIMIT]
                 for moment in sorted({at for _, at in part}):
                     ids = [event_id for event_id, at in part if at == moment]
                     connection.execute(
@@ -202,10 +218,10 @@ class Outbox:
     def release(self, event_ids: Sequence[str]) -> None:
         """Give claimed events back untried (no attempt counted): due again at once."""
         with self.engine.begin() as connection:
-            for start in range(0, len(event_ids), 500):
+            for start in range(0, len(event_ids), IN_LIMIT):
                 connection.execute(
                     outbox_events.update()
-                    .where(outbox_events.c.eventId.in_(event_ids[start : start + 500]))
+                    .where(outbox_events.c.eventId.in_(event_ids[start : start + IN_LIMIT]))
                     .values(claimedUntil=None)
                 )
 
@@ -241,27 +257,65 @@ class Outbox:
 
     def requeue(self, event_ids: Sequence[str] | None, now: datetime) -> int:
         """Put dead events (all of them, or those named) back in the queue with a fresh schedule."""
-        condition = outbox_events.c.status == DEAD
-        if event_ids is not None:
-            condition = condition & outbox_events.c.eventId.in_(list(event_ids))
-        with self.engine.begin() as connection:
-            result = connection.execute(
-                outbox_events.update()
-                .where(condition)
-                .values(status=PENDING, attempts=0, nextAttemptAt=now, claimedUntil=None)
-            )
-            return int(result.rowcount)
-
-    def purge(self, statuses: Sequence[str], older_than: datetime) -> int:
-        """Delete delivered (or dead) events created before ``older_than``, with their attempts."""
-        if PENDING in statuses:
-            raise ValueError("pending events are never purged")
-        doomed = sa.select(outbox_events.c.eventId).where(
-            outbox_events.c.status.in_(list(statuses)), outbox_events.c.createdAt < older_than
+        revive = (
+            outbox_events.update()
+            .where(outbox_events.c.status == DEAD)
+            .values(status=PENDING, attempts=0, nextAttemptAt=now, claimedUntil=None)
         )
         with self.engine.begin() as connection:
-            ids = [row.eventId for row in connection.execute(doomed)]
-            if not ids:
-                return 0
-            connection.execute(outbox_attempts.delete().where(outbox_attempts.c.eventId.in_(ids)))
-            return int(connection.execute(outbox_events.delete().where(outbox_events.c.eventId.in_(ids))).rowcount)
+            if event_ids is None:
+                return int(connection.execute(revive).rowcount)
+            named, revived = list(event_ids), 0
+            for start in range(0, len(named), IN_LIMIT):  # an operator may name more than a statement may hold
+                part = named[start : start + IN_LIMIT]
+                revived += int(connection.execute(revive.where(outbox_events.c.eventId.in_(part))).rowcount)
+            return revived
+
+    def purge_chunk(
+        self, statuses: Sequence[str], older_than: datetime, after: int = 0, size: int = PURGE_CHUNK
+    ) -> tuple[int, int | None]:
+        """Delete, with their attempts, the events in ``statuses`` created before ``older_than`` among the
+        ``size`` that follow id ``after``, in one short transaction; how many, and the id the next chunk
+        follows (None: done). Harmless beside other purges (``sender.purge``)."""
+        if PENDING in statuses:
+            raise ValueError("pending events are never purged")
+        tables = (outbox_events, outbox_attempts)
+        return run_transaction(self.engine, partial(purge_chunk, tables=tables, statuses=statuses,
+                                                    older_than=older_than, after=after, size=size))  # fmt: skip
+
+    def purge(
+        self,
+        statuses: Sequence[str],
+        older_than: datetime,
+        *,
+        chunk: int = PURGE_CHUNK,
+        progress: Callable[[int], None] | None = None,
+        pause: float = PURGE_PAUSE,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> int:
+        """Delete delivered (or dead) events created before ``older_than``, with their attempts, a chunk per
+        short transaction (``purge_chunk``), ``pause`` seconds apart where writers take turns
+        (``serial_writes``); how many. ``progress`` is told each chunk's count."""
+        total, after = 0, 0
+        while True:
+            deleted, next_after = self.purge_chunk(statuses, older_than, after, chunk)
+            total += deleted
+            if progress is not None:
+                progress(deleted)
+            if next_after is None:
+                return total
+            after = next_after
+            if self.serial_writes:
+                sleep(pause)
+
+    def reclaim_space(self, pages: int = RECLAIM_PAGES) -> int:
+        """Give up to ``pages`` free pages of a SQLite outbox back to the file system, in one short
+        transaction; how many went (``sender.sqlite_space``: nothing to do on other databases)."""
+        return sqlite_space.reclaim_space(self.engine, pages)
+
+    def vacuum(self) -> None:
+        """Rewrite a SQLite outbox at its size, blocking writers while it runs (``sender.sqlite_space``)."""
+        sqlite_space.vacuum(self.engine)
+
+    def file_bytes(self) -> int | None:
+        return sqlite_space.file_bytes(self.engine)

@@ -5,6 +5,10 @@ the event's next state in one transaction: delivered; refused (a final 4xx) → 
 try after the schedule's next delay (or the receiver's ``Retry-After``, clamped, when longer), and dead
 once the schedule is spent. An event in flight when the relay is killed is tried again after a restart,
 so it may reach the receiver twice — the receiver dedupes it by event id.
+
+Beside delivery, the relay purges what it delivered once that is older than the retention (7 days by
+default), when it starts and then hourly, and gives a SQLite outbox's freed pages back; dead events stay
+for an operator to look at unless it is told to purge them too.
 """
 
 import asyncio
@@ -18,15 +22,26 @@ import structlog
 from sqlalchemy.exc import OperationalError
 
 from creditrelay.schema.database import utc
+from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.sender.batching import MAX_EVENTS, UNSUPPORTED, batch_url, chunks, deliver_batch, receiver_down
 from creditrelay.sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
-from creditrelay.sender.metrics import ATTEMPTS, BATCH, IN_FLIGHT, LATENCY
-from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent, Settlement
+from creditrelay.sender.metrics import ATTEMPTS, BATCH, IN_FLIGHT, LATENCY, PURGE_FAILURES, PURGED
+from creditrelay.sender.outbox import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    PURGE_PAUSE,
+    RECLAIM_PAGES,
+    Outbox,
+    OutboxEvent,
+    Settlement,
+)
 
 log = structlog.get_logger()
 
 # Delays after the first try, like the anchors' (Svix): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+DEFAULT_RETENTION = 7 * 24 * 3600.0  # seconds a delivered event is kept: well past the schedule's ~28 h
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,13 @@ class RelayConfig:
     batch_size: int = MAX_EVENTS
     breaker_max: float = 60.0  # the longest wait while the receiver is down
     rediscover: float = 600.0  # seconds before asking a receiver without a batch endpoint again
+    # Delivered events created longer ago than ``retention`` seconds are purged when the relay starts and
+    # every ``purge_every`` seconds (dead ones too with ``purge_dead``); None: never. On SQLite a purge
+    # pauses ``purge_pause`` seconds between its transactions, so the gateway's enqueues get in between.
+    retention: float | None = DEFAULT_RETENTION
+    purge_dead: bool = False
+    purge_every: float = 3600.0
+    purge_pause: float = PURGE_PAUSE
 
 
 def settle(event: OutboxEvent, attempt: Attempt, config: RelayConfig) -> Settlement:
@@ -80,6 +102,9 @@ class OutboxRelay:
         self._singles_until = 0.0  # the receiver had no batch endpoint: one event per request until then
         self.breaker_delay = 0.0  # > 0 while the receiver is down
         self._breaker_until = 0.0
+        self.failed_purges = 0
+        self._next_purge = float("-inf")  # the first when the relay starts
+        self._purging: asyncio.Task[int] | None = None
 
     def notify(self) -> None:
         """New events were enqueued: look now rather than at the next poll (call on the relay's loop)."""
@@ -163,6 +188,56 @@ class OutboxRelay:
         self._breaker_until = self.config.clock() + self.breaker_delay
         log.warning("relay_receiver_down", wait=self.breaker_delay, status=attempt.status_code, error=attempt.snippet)
 
+    def purge_if_due(self, stop: asyncio.Event) -> "asyncio.Task[int] | None":
+        """Start a purge in the background (``purge_now``) if one is due by the clock and none is running."""
+        clock = self.config.clock()
+        if self.config.retention is None or clock < self._next_purge:
+            return None
+        if self._purging is not None and not self._purging.done():
+            return None
+        self._next_purge = clock + self.config.purge_every
+        self._purging = asyncio.create_task(self.purge_now(stop))
+        return self._purging
+
+    async def purge_now(self, stop: asyncio.Event) -> int:
+        """Purge the events past the retention, a short transaction at a time, then give a SQLite outbox's
+        free pages back, a step at a time; until done or ``stop``. How many events went. A failure is
+        logged and counted (``failed_purges``), never raised: delivery goes on whatever becomes of a purge.
+        Relays sharing an outbox may purge at once: each deletes what it locked and skips the rest."""
+        if self.config.retention is None:
+            return 0
+        statuses = [DELIVERED, DEAD] if self.config.purge_dead else [DELIVERED]
+        older_than = utc(self.config.clock() - self.config.retention)
+        purged = freed = 0
+        try:
+            after: int | None = 0
+            while after is not None and not stop.is_set():
+                deleted, after = await asyncio.to_thread(self.outbox.purge_chunk, statuses, older_than, after)
+                purged += deleted
+                PURGED.inc(deleted)
+                if after is not None and self.outbox.serial_writes:
+                    await asyncio.sleep(self.config.purge_pause)
+            while not stop.is_set():
+                step = await asyncio.to_thread(self.outbox.reclaim_space, RECLAIM_PAGES)
+                freed += step
+                if step < RECLAIM_PAGES:
+                    break
+                await asyncio.sleep(self.config.purge_pause)
+        except (OperationalError, DatabaseUnavailable) as error:  # the outbox's database is away: next time
+            self._purge_failed()
+            log.error("relay_purge_failed", error=str(error), purged=purged)
+        except Exception:  # a bug: logged in full, and the relay goes on
+            self._purge_failed()
+            log.error("relay_purge_failed", purged=purged, exc_info=True)
+        else:
+            if purged or freed:
+                log.info("relay_purged", events=purged, pages_freed=freed, older_than=older_than.isoformat())
+        return purged
+
+    def _purge_failed(self) -> None:
+        self.failed_purges += 1
+        PURGE_FAILURES.inc()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set. A failed pass (the outbox's database away, a bug, an answer that
         cannot be read) is logged and counted, and the next pass comes after ``poll_interval``: nothing
@@ -173,6 +248,7 @@ class OutboxRelay:
         limits = httpx.Limits(max_connections=self.config.concurrency)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             while not stop.is_set():
+                self.purge_if_due(stop)
                 try:
                     if not resumed and not self.config.shared:
                         released = await asyncio.to_thread(self.outbox.release_claims)
@@ -193,3 +269,5 @@ class OutboxRelay:
                 await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 for waiting in waits:
                     waiting.cancel()
+        if self._purging is not None:
+            await self._purging  # it stops after its current transaction

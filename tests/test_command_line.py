@@ -13,8 +13,9 @@ from creditrelay import __version__
 from creditrelay.billing.polling import PollConfig
 from creditrelay.cli import build_parser
 from creditrelay.cli.cron import ATTEMPTS
-from creditrelay.cli.outbox import DEFAULT_OUTBOX_URL
+from creditrelay.cli.outbox import DAY, DEFAULT_OUTBOX_URL, RETENTION_DAYS
 from creditrelay.sender import outbox
+from creditrelay.sender.relay import DEFAULT_RETENTION
 from tests.support.cli import ok, run
 from tests.support.database import Database
 from tests.support.signing import SECRET, encode, usage_event
@@ -48,6 +49,7 @@ def test_every_command_and_option_says_what_it_is() -> None:
 def test_the_lightweight_copies_of_defaults_are_the_real_ones() -> None:
     assert PollConfig.attempts == ATTEMPTS
     assert DEFAULT_OUTBOX_URL == outbox.DEFAULT_OUTBOX_URL
+    assert RETENTION_DAYS * DAY == DEFAULT_RETENTION
 
 
 def test_version() -> None:

@@ -17,6 +17,7 @@ from creditrelay.schema.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
+    from tqdm import tqdm
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -44,6 +45,22 @@ def emit(value: Any) -> int:
 
     print(json.dumps(to_json(value)))
     return 0
+
+
+def progress_bar(**options: Any) -> "tqdm[Any]":
+    """A progress bar on a terminal for long runs; silent when stderr is not a terminal (cron, pipes)."""
+    from tqdm import tqdm
+
+    return tqdm(disable=not sys.stderr.isatty(), **options)
+
+
+def counting(bar: "tqdm[Any]") -> Callable[[int], None]:
+    """A ``progress`` callback that moves ``bar`` on by the count it is told."""
+
+    def told(count: int) -> None:
+        bar.update(count)
+
+    return told
 
 
 def command(parent: Any, name: str, handler: Handler, help_text: str) -> Parser:

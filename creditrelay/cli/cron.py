@@ -9,7 +9,18 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from creditrelay.cli.base import command, emit, integer, ledger, moment, now, number, transaction
+from creditrelay.cli.base import (
+    command,
+    counting,
+    emit,
+    integer,
+    ledger,
+    moment,
+    now,
+    number,
+    progress_bar,
+    transaction,
+)
 from creditrelay.schema.errors import DatabaseUnavailable, SettingsError, UpstreamError
 from creditrelay.schema.settings import Settings
 
@@ -100,20 +111,13 @@ def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not (report.failed or report.pending) else 1  # 1: the gateway does not do what balances say yet
 
 
-def _bar(**options: Any) -> "tqdm[Any]":
-    """A progress bar on a terminal for long runs; silent when stderr is not a terminal (cron, pipes)."""
-    from tqdm import tqdm
-
-    return tqdm(disable=not sys.stderr.isatty(), **options)
-
-
 class _PollProgress:
     def __init__(self) -> None:
         self.bar: tqdm[Any] | None = None
 
     def __call__(self, done: int, total: int, report: "PollReport") -> None:
         if self.bar is None:
-            self.bar = _bar(total=total, unit="h", desc="polling new-api")
+            self.bar = progress_bar(total=total, unit="h", desc="polling new-api")
         self.bar.update(done - self.bar.n)
         self.bar.set_postfix(rows=report.rows, charged=report.charged)
         if done == total:
@@ -153,7 +157,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     def progress(what: str, count: int) -> None:
         if what not in bars:
-            bars[what] = _bar(unit=" rows", desc=f"fixing {what}")
+            bars[what] = progress_bar(unit=" rows", desc=f"fixing {what}")
         bars[what].update(count)
 
     engine = ledger(settings)
@@ -208,20 +212,13 @@ def render_table(report: "ReconcileReport") -> str:
     return "\n".join(lines)
 
 
-def _counting(bar: "tqdm[Any]") -> Callable[[int], None]:
-    def told(count: int) -> None:
-        bar.update(count)
-
-    return told
-
-
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.billing.cleanup import delete_expired_tokens, delete_old_logs
 
     engine = ledger(settings)
     cutoff = now() - timedelta(days=args.older_than_days)
-    with _bar(unit=" logs", desc="deleting old logs") as bar:
-        deleted = delete_old_logs(engine, cutoff, progress=_counting(bar))
+    with progress_bar(unit=" logs", desc="deleting old logs") as bar:
+        deleted = delete_old_logs(engine, cutoff, progress=counting(bar))
     tokens = delete_expired_tokens(engine, now())
     return emit({"deleted": deleted, "tokensDeleted": tokens, "olderThan": cutoff})
 

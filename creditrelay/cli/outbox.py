@@ -6,13 +6,18 @@ import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from creditrelay.cli.base import command, emit, fail, integer, now, number
+from creditrelay.cli.base import command, counting, emit, fail, integer, now, number, progress_bar
 from creditrelay.schema.settings import Settings
+
+if TYPE_CHECKING:
+    from creditrelay.sender.outbox import Outbox
 
 DEFAULT_OUTBOX_URL = "sqlite:///data/outbox.db"  # creditrelay.sender.outbox's, checked equal by a test
 STATUSES = ("pending", "delivered", "dead")
+DAY = 24 * 3600.0
+RETENTION_DAYS = 7  # creditrelay.sender.relay.DEFAULT_RETENTION in days, checked equal by a test
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,7 +79,13 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
 
     secret = settings.require_secrets()[0]
     outbox = Outbox.open(args.outbox)
-    config = RelayConfig(url=args.to, schedule=args.retry_schedule or DEFAULT_SCHEDULE, concurrency=args.concurrency)
+    config = RelayConfig(
+        url=args.to,
+        schedule=args.retry_schedule or DEFAULT_SCHEDULE,
+        concurrency=args.concurrency,
+        retention=args.retention_days * DAY,
+        purge_dead=args.purge_dead,
+    )
     relay = OutboxRelay(outbox, Signer(secret), config)
     host, port = args.listen
     uvicorn.run(create_sidecar(outbox, relay), host=host, port=port, access_log=False, server_header=False)
@@ -91,8 +102,22 @@ def cmd_outbox(args: argparse.Namespace, _settings: Settings) -> int:
         return emit({"events": outbox.list_events(args.status, args.limit)})
     if args.action == "retry":
         return emit({"requeued": outbox.requeue(args.event_ids or None, now())})
+    return _purge(args, outbox)
+
+
+def _purge(args: argparse.Namespace, outbox: "Outbox") -> int:
+    """Purge in chunks, with a progress bar on a terminal; with ``--vacuum``, then rewrite a SQLite outbox
+    at its new size (the command line's mistake, before anything is purged, on any other database)."""
+    if args.vacuum and outbox.file_bytes() is None:
+        return fail("--vacuum is for a SQLite outbox: MySQL and PostgreSQL reuse the space of purged events", 2)
+    before = outbox.file_bytes()
     statuses = ["delivered", "dead"] if args.dead else ["delivered"]
-    return emit({"purged": outbox.purge(statuses, now() - timedelta(days=args.older_than_days))})
+    with progress_bar(unit=" events", desc="purging the outbox") as bar:
+        purged = outbox.purge(statuses, now() - timedelta(days=args.older_than_days), progress=counting(bar))
+    if not args.vacuum:
+        return emit({"purged": purged})
+    outbox.vacuum()
+    return emit({"purged": purged, "bytesBefore": before, "bytesAfter": outbox.file_bytes()})
 
 
 def _outbox_option(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +149,14 @@ def register(commands: Any) -> None:
     relay.add_argument(
         "--concurrency", type=integer(1, 1000), default=16, help="deliveries in flight at once (default: 16)"
     )
+    relay.add_argument(
+        "--retention-days",
+        type=number(0),
+        default=RETENTION_DAYS,
+        metavar="DAYS",
+        help=f"purge delivered events this many days old, hourly (default: {RETENTION_DAYS})",
+    )
+    relay.add_argument("--purge-dead", action="store_true", help="purge dead events past the retention too")
 
     outbox = command(commands, "outbox", cmd_outbox, "see and manage the relay's outbox")
     actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -140,5 +173,10 @@ def register(commands: Any) -> None:
         "--older-than-days", type=number(0), default=7, metavar="DAYS", help="keep this many days (default: 7)"
     )
     purge.add_argument("--dead", action="store_true", help="dead events too")
+    purge.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="then rewrite a SQLite outbox at its new size (writers wait while it runs)",
+    )
     for sub in (status, listing, retry, purge):
         _outbox_option(sub)

@@ -49,8 +49,9 @@ def asgi_app() -> "Starlette":
 
 def workers(settings: Settings, engine: "Engine") -> "list[Worker]":
     """What ``serve`` runs beside the requests: the gateway enforcer, about once a second, and the relay
-    that delivers the alerts billing writes into the ledger's outbox. Every instance runs both: claims
-    with leases keep them from doing the same work twice."""
+    that delivers the alerts billing writes into the ledger's outbox (and, as every relay does, purges
+    those delivered more than the default retention ago, hourly; dead ones stay). Every instance runs
+    both: claims with leases keep them from doing the same work twice, and purges at once share theirs."""
     from creditrelay.receiver.background import every
     from creditrelay.receiver.metrics import GATEWAY_CALLS
 

@@ -1,11 +1,16 @@
-"""sender/outbox.py and sender/relay.py on SQLite and MySQL: durable, ordered, leased, settled by schedule."""
+"""sender/outbox.py and sender/relay.py on SQLite, MySQL and PostgreSQL: durable, ordered, leased, settled by
+schedule."""
 
 import asyncio
+import sqlite3
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import event
 
+from creditrelay.schema.database import make_engine
 from creditrelay.schema.signing import WebhookSecret
 from creditrelay.sender.delivery import Attempt, Signer, Verdict
 from creditrelay.sender.events import encode_event, usage_event
@@ -83,7 +88,7 @@ def test_dead_events_can_be_requeued_and_old_delivered_ones_purged(outbox: Outbo
     assert outbox.counts() == {PENDING: 1, DELIVERED: 1, DEAD: 1}
     assert outbox.list_events(DEAD)[0]["lastError"] == "422: snippet"
     assert outbox.requeue(None, T0) == 1
-    assert outbox.purge([DELIVERED], T0 + timedelta(days=1)) == 1
+    assert outbox.purge([DELIVERED], T0 + timedelta(days=1), pause=0) == 1
     with pytest.raises(ValueError, match="never purged"):
         outbox.purge([PENDING], T0)
     assert outbox.counts() == {PENDING: 2, DELIVERED: 0, DEAD: 0}
@@ -130,7 +135,9 @@ def test_the_relay_outlives_an_unreadable_answer_and_a_failing_pass(
     outbox.enqueue(events(2), T0)
     garbled = Reply(200, headers={"Content-Encoding": "gzip"})  # a JSON body that says it is gzip
     with scripted_receiver(garbled, garbled) as receiver:
-        config = RelayConfig(url=receiver.url, schedule=(0,) * 5, poll_interval=0.01, breaker_max=0.05)
+        config = RelayConfig(  # no purge: the events are dated T0, past any retention by the real clock
+            url=receiver.url, schedule=(0,) * 5, poll_interval=0.01, breaker_max=0.05, retention=None
+        )
         relay = OutboxRelay(outbox, Signer(WebhookSecret.parse(SECRET)), config)
         real_claim = outbox.claim_due
         failures = [RuntimeError("a bug in one pass")]
@@ -158,3 +165,21 @@ def test_the_relay_outlives_an_unreadable_answer_and_a_failing_pass(
     verdicts = [a["verdict"] for e in ("e000", "e001") for a in outbox.attempts_of(e)]
     assert verdicts.count("retry") == 2
     assert "DecodingError" in str([a["snippet"] for a in outbox.attempts_of("e000")])
+
+
+def test_no_statement_names_more_ids_than_the_database_takes(tmp_path: Path) -> None:
+    """A SQLite that takes fewer parameters per statement than a pass claims, an operator requeues or a purge
+    deletes: each still works (the ids go in bounded groups, as PostgreSQL's 65,535 needs them)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'outbox.db'}")
+    event.listen(engine, "connect", lambda driver, _: driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 600))
+    outbox = Outbox(engine)
+    outbox.enqueue(events(2000), T0)
+    claimed = outbox.claim_due(T0, 2000, LEASE)
+    assert len(claimed) == 2000
+    refused = [settle(e, _attempt(e.event_id, Verdict.REFUSED, 422), RelayConfig("u")) for e in claimed]
+    outbox.settle(refused)
+    assert outbox.requeue([e.event_id for e in claimed], T0) == 2000
+    delivered = [settle(e, _attempt(e.event_id, Verdict.DELIVERED, 200), RelayConfig("u")) for e in claimed]
+    outbox.settle(delivered)
+    assert outbox.purge([DELIVERED], T0 + timedelta(days=1), chunk=256, pause=0) == 2000
+    assert outbox.counts() == {PENDING: 0, DELIVERED: 0, DEAD: 0}
