@@ -45,7 +45,9 @@ class _HeadRefused(Exception):
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the head's size and time bounded (see the module)."""
 
-    _head_bytes = 0
+    _head_bytes = 0  # of the head being received (counted as it arrives, and again as the parser reports it)
+    _in_head = True  # between requests or in one's head: what arrives is a head until its blank line
+    _tail = b""  # the last bytes of the head so far, to find a blank line split between two reads
     _head_timer: asyncio.TimerHandle | None = None
     _answered = False  # refused and closing: what still arrives is read and dropped
 
@@ -59,6 +61,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
+            return
+        if self._in_head and self._head_arrived(data) > HEAD_LIMIT:
+            self._too_large()
             return
         self._unset_keepalive_if_required()
         try:
@@ -77,7 +82,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
         self._start_head()
 
     def on_url(self, url: bytes) -> None:
@@ -90,14 +94,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_head()
+        self._in_head, self._head_bytes, self._tail = False, 0, b""
         super().on_headers_complete()
 
+    def on_response_complete(self) -> None:
+        self._in_head = True  # what comes next is the next request's head
+        super().on_response_complete()
+
+    def _head_arrived(self, data: bytes) -> int:
+        """Count what of ``data`` belongs to the head (up to its blank line): the head's size so far. Counted
+        before the parser sees it, which keeps a long header value whole until it ends."""
+        seen = self._tail + data
+        end = seen.find(b"\r\n\r\n")
+        self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+        self._tail = seen[-3:]
+        return self._head_bytes
+
     def _count(self, size: int) -> None:
-        self._head_bytes += size
+        """The parser's count, for a head that arrived behind another request's (pipelined)."""
+        if not self._in_head:
+            self._head_bytes += size
         if self._head_bytes > HEAD_LIMIT:
-            _count_refusal("head_too_large")
-            self._refuse(431, f"Request line and headers larger than {HEAD_LIMIT} bytes")
+            self._too_large()
             raise _HeadRefused
+
+    def _too_large(self) -> None:
+        _count_refusal("head_too_large")
+        self._refuse(431, f"Request line and headers larger than {HEAD_LIMIT} bytes")
 
     def _start_head(self) -> None:
         if self._head_timer is None:

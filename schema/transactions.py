@@ -32,6 +32,7 @@ _MYSQL_LOCK_WAIT = 1205  # each try waits the whole lock timeout: tried once mor
 _MYSQL_UNAVAILABLE = {
     *(2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152, 1927, 4031, 1290, 1836, 1205, 1213),
     *(1969, 3024),
+    *(1044, 1045, 1049, 2059),  # access denied, no such database, an auth plugin missing: cannot connect as set
 }
 # SQLite primary result codes that mean the database file cannot be used now: busy or locked past the
 # timeout, disk I/O, full, cannot open, locking protocol, read-only. Everything else (no such table, too
@@ -47,7 +48,10 @@ _POSTGRES_LOCK_WAIT = "55P03"
 # statement_timeout or an operator (57014), and the retryable ones still there after every retry. An
 # OperationalError without a SQLSTATE never reached the server — unless psycopg refused to send it (too
 # many parameters: a statement of ours too big, which is our bug, not an outage).
-_POSTGRES_UNAVAILABLE = {"57P01", "57P02", "57P03", "57014", "53300", "53100", "53200", "25006", *_POSTGRES_RETRYABLE}
+_POSTGRES_UNAVAILABLE = {
+    *("57P01", "57P02", "57P03", "57014", "53300", "53100", "53200", "25006", *_POSTGRES_RETRYABLE),
+    *("28000", "28P01", "3D000"),  # authentication refused, no such database: cannot connect as set
+}
 _POSTGRES_UNSENDABLE = "number of parameters must be between"
 
 

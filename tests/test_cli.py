@@ -154,3 +154,35 @@ def test_serve_builds_its_app_with_startup_objects_frozen(tmp_path: Path, monkey
         assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("database", ["mysql", "postgresql"], indirect=True)
+def test_a_wrong_password_is_the_database_unavailable_not_a_bug_of_ours(database: Database) -> None:
+    """Credentials the server refuses: 'database unavailable', naming what it said, exit 1."""
+    url = database.url.set(password="not-the-password", username="nobody_here")
+    done = run(None, "user", "list", DATABASE_URL=url.render_as_string(hide_password=False))
+    assert done.returncode == 1
+    assert done.stderr.startswith("creditrelay: database unavailable:"), done.stderr
+
+
+def test_a_statement_too_big_is_called_our_bug_not_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite's 'too many SQL variables' (a statement of ours too big) is not 'database unavailable'."""
+    from creditrelay.cli import accounts, main
+    from creditrelay.schema.database import make_engine
+    from creditrelay.schema.transactions import run_transaction
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+
+    def too_big(*_args: object) -> int:
+        variables = ",".join("?" * 300_000)
+        run_transaction(engine, lambda c: c.exec_driver_sql(f"SELECT 1 IN ({variables})", (1,) * 300_000))
+        return 0
+
+    monkeypatch.setattr(accounts, "cmd_user_list", too_big)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    assert main(["user", "list"]) == 1
+    said = capsys.readouterr().err
+    assert "database unavailable" not in said
+    assert "a bug" in said

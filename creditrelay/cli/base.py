@@ -86,8 +86,13 @@ def ledger(settings: Settings) -> "Engine":
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT version_num FROM alembic_version")).all()
     except (sa.exc.OperationalError, sa.exc.ProgrammingError) as error:  # SQLite / MySQL, PostgreSQL
-        text = str(error.orig).lower()
-        if not any(words in text for words in ("no such table", "doesn't exist", "does not exist")):
+        orig = error.orig
+        missing = (
+            getattr(orig, "sqlstate", None) == "42P01"  # PostgreSQL: undefined table
+            or (orig is not None and bool(orig.args) and orig.args[0] == 1146)  # MySQL: no such table
+            or "no such table" in str(orig)  # SQLite
+        )
+        if not missing:
             raise
         raise CommandError(f"the database has no creditrelay tables: {hint}") from None
     return engine
