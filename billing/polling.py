@@ -23,11 +23,10 @@ from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from creditrelay.billing.gateways.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
-from creditrelay.billing.ledger import Usage, UsageStatus, apply_usage
-from creditrelay.billing.matching import DEFAULT_TOLERANCE
-from creditrelay.billing.rows import insert_new
+from creditrelay.billing.usage import Usage, UsageStatus, apply_usage
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
 from creditrelay.schema.tables import poll_state, unbilled_usage
 from creditrelay.schema.transactions import run_transaction
@@ -45,7 +44,6 @@ class PollConfig:
     slice_seconds: int = 3600
     attempts: int = 6
     backoff_max: float = 60.0
-    match_seconds: float = DEFAULT_TOLERANCE  # how far apart a log row and its webhook's timestamp may be
 
 
 @dataclass
@@ -147,7 +145,7 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
     unbillable = [(row, reason) for row in rows if (reason := refusal(row, config)) is not None]
     billable = [row for row in rows if refusal(row, config) is None]
     usages = [usage_from_log(r, config) for r in billable]
-    outcomes = apply_usage(connection, usages, now, tolerance=config.match_seconds)
+    outcomes = apply_usage(connection, usages, now)
     charged_keys = []
     for row, usage, outcome in zip(billable, usages, outcomes, strict=True):
         if outcome.status is UsageStatus.CHARGED:

@@ -162,7 +162,7 @@ def failed_findings(connection: Connection) -> tuple[list[Finding], int]:
     return findings, total - len(findings)
 
 
-def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime, tolerance: float) -> Counter[str]:
+def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> Counter[str]:
     """Run stored failed deliveries through billing again; how many ended how."""
     events = []
     for row in rows:
@@ -170,7 +170,7 @@ def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime, toler
             events.append(parse_event(row.payload.encode()))
         except EnvelopeError:
             continue
-    outcomes = record_deliveries(connection, events, now, tolerance=tolerance)
+    outcomes = record_deliveries(connection, events, now)
     return Counter(f"failed webhooks now {o.status.value}" for o in outcomes)
 
 
@@ -243,9 +243,7 @@ class Reconciler:
         fixed: Counter[str] = Counter({"missing upstream usages charged": charged} if missing else {})
         after = None
         while rows := run_transaction(self.engine, partial(failed_deliveries, after=after), read_only=True):
-            fixed += run_transaction(
-                self.engine, partial(_redeliver, rows=rows, now=now, tolerance=self.config.match_seconds)
-            )
+            fixed += run_transaction(self.engine, partial(_redeliver, rows=rows, now=now))
             after = (rows[-1].createdAt, rows[-1].id)
             self._told("failed deliveries", len(rows))
         return dict(sorted(fixed.items()))

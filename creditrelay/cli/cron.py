@@ -22,7 +22,7 @@ from creditrelay.cli.base import (
     transaction,
 )
 from creditrelay.schema.errors import DatabaseUnavailable, SettingsError, UpstreamError
-from creditrelay.schema.settings import Settings
+from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -49,7 +49,6 @@ def poll_config(settings: Settings, attempts: int = ATTEMPTS) -> "PollConfig":
         overlap_seconds=settings.poll_overlap_seconds,
         lookback_hours=settings.poll_lookback_hours,
         attempts=attempts,
-        match_seconds=settings.usage_match_seconds,
     )
 
 
@@ -69,8 +68,8 @@ def make_poller(
     attempts: int = ATTEMPTS,
     committed: "Callable[[PollReport], None] | None" = None,
 ) -> "Poller":
+    from creditrelay.app import open_ledger
     from creditrelay.billing.polling import Poller
-    from creditrelay.billing.watch import open_ledger
 
     client = new_api(settings)
     config = poll_config(settings, attempts)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+from creditrelay.billing.rules import LedgerRules, with_rules
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.tables import metadata
 from scripts.tcp_proxy import TcpProxy
@@ -36,6 +37,10 @@ class Database:
     url: URL
     engine: Engine
     _extra: list[Engine] = field(default_factory=list)
+
+    def rule(self, rules: LedgerRules) -> None:
+        """From now on, the ledger's transactions on ``engine`` follow ``rules`` (as ``serve`` opens it)."""
+        self.engine = with_rules(self.engine, rules)
 
     def sql(self, text: str) -> sa.TextClause:
         """Ad-hoc SQL as written for any database (camelCase names quoted where PostgreSQL needs it)."""
