@@ -28,6 +28,7 @@ from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.tables import poll_state, unbilled_usage
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request
@@ -59,21 +60,6 @@ class PollReport:
     unbilled: int = 0
     unknown_tokens: dict[str, int] = field(default_factory=dict)  # rows of tokens linked to nobody, by token
     refused: list[dict[str, Any]] = field(default_factory=list)  # the first rows kept unbilled for another reason
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "windowStart": self.window_start,
-            "windowEnd": self.window_end,
-            "watermark": self.watermark,
-            "rows": self.rows,
-            "charged": self.charged,
-            "creditsCharged": self.credits_charged,
-            "duplicates": self.duplicates,
-            "matched": self.matched,
-            "unbilled": self.unbilled,
-            "unknownTokens": self.unknown_tokens,
-            "refused": self.refused,
-        }
 
 
 REFUSED_LISTED = 20  # rows kept unbilled for a reason other than an unlinked token, named in a report
@@ -295,5 +281,5 @@ class Poller:
             report.watermark = max(report.watermark or slice_end, slice_end)
             if self.progress is not None:
                 self.progress(done, len(slices), report)
-        log.info("poll_pass", **report.as_json())
+        log.info("poll_pass", **to_json(report))
         return report

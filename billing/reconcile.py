@@ -14,7 +14,7 @@ idempotent); it never touches a balance that does not add up — that calls for 
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -29,6 +29,7 @@ from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.polling import PollConfig, Poller, bill_logs
 from creditrelay.schema.database import utc
 from creditrelay.schema.money import exact_sum, summed
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.tables import (
     credit_transactions,
     reconcile_runs,
@@ -53,6 +54,7 @@ class ReconcileReport:
     fixed: dict[str, int] = field(default_factory=dict)  # what --fix did, counted
     unlisted: dict[str, int] = field(default_factory=dict)  # findings of a kind past the first ``LISTED``
     access_checked: bool = False  # the gateway's blocks read back against the balances (enforcement on)
+    json_properties = ("ok", "discrepancies")
 
     def add(self, findings: Iterable[Finding]) -> None:
         """Keep the first ``LISTED`` findings of each kind by name, and count the rest (a report stays small
@@ -74,20 +76,6 @@ class ReconcileReport:
     @property
     def ok(self) -> bool:
         return self.discrepancies == 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "windowStart": self.window_start,
-            "windowEnd": self.window_end,
-            "upstreamChecked": self.upstream_checked,
-            "accessChecked": self.access_checked,
-            "discrepancies": self.discrepancies,
-            "unlisted": self.unlisted,
-            "findings": [asdict(f) for f in self.findings],
-            "tokens": [asdict(t) for t in self.tokens],
-            "fixed": self.fixed,
-        }
 
 
 def ledger_findings(connection: Connection) -> list[Finding]:
@@ -222,7 +210,7 @@ class Reconciler:
                     windowEnd=window[1],
                     fixed=fix,
                     discrepancies=report.discrepancies,
-                    report=json.dumps(report.as_json()),
+                    report=json.dumps(to_json(report)),
                 )
             )
 

@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 
 from creditrelay.billing.rules import LedgerRules, rules_of
 from creditrelay.schema.outbox import PENDING
+from creditrelay.schema.shapes import iso
 from creditrelay.schema.tables import gateway_states, outbox_events, users
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def write_alerts(
     for user_id, kind, threshold in alerts:
         body = {
             "type": kind,
-            "timestamp": now.isoformat(timespec="seconds") + "Z",
+            "timestamp": iso(now, "seconds"),
             "data": {"userId": user_id, "email": emails[user_id], "balance": balances[user_id], "threshold": threshold},
         }
         rows.append(

@@ -19,8 +19,8 @@ from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import ADMIN_REPLAYS, CREDITS_ADDED, CREDITS_CHARGED
 from creditrelay.receiver.params import path_int, query_int, query_moment, query_optional_int
-from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import utc
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import EnvelopeError, parse_json_object, plain_int
 

@@ -33,7 +33,7 @@ from creditrelay.receiver.admin_site import (
 )
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
-from creditrelay.receiver.shapes import to_json
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.wire import plain_int
 
 PAGE = 200

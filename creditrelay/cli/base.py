@@ -41,7 +41,7 @@ def fail(message: str, code: int = 1) -> int:
 
 def emit(value: Any) -> int:
     """Print one JSON object on stdout (billing's types shaped as the API shapes them)."""
-    from creditrelay.receiver.shapes import to_json
+    from creditrelay.schema.shapes import to_json
 
     print(json.dumps(to_json(value)))
     return 0

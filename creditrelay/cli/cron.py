@@ -22,6 +22,7 @@ from creditrelay.cli.base import (
     transaction,
 )
 from creditrelay.schema.errors import DatabaseUnavailable, SettingsError, UpstreamError
+from creditrelay.schema.shapes import to_json
 from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
 def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
     require_enforcement(settings)  # said before the database is opened
     report = make_enforcer(settings, ledger(settings)).run_once()
-    print(json.dumps(report.as_json()))
+    print(json.dumps(to_json(report)))
     return 0 if not (report.failed or report.pending) else 1  # 1: the gateway does not do what balances say yet
 
 
@@ -130,7 +131,7 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
     poller = make_poller(settings, _PollProgress(), args.attempts)
     while True:
         try:
-            print(json.dumps(poller.run_once(args.since).as_json()), flush=True)
+            print(json.dumps(to_json(poller.run_once(args.since))), flush=True)
         except (UpstreamError, DatabaseUnavailable) as error:
             if args.every is None:
                 print(
@@ -175,7 +176,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     for bar in bars.values():
         bar.close()
-    print(json.dumps(report.as_json()) if args.json else render_table(report))
+    print(json.dumps(to_json(report)) if args.json else render_table(report))
     return 0 if report.ok else 1
 
 
@@ -188,8 +189,8 @@ def _checked(report: "ReconcileReport") -> str:
 
 def render_table(report: "ReconcileReport") -> str:
     """The report as an operator reads it in a terminal."""
-    from creditrelay.receiver.shapes import iso
     from creditrelay.schema.database import utc
+    from creditrelay.schema.shapes import iso
 
     lines = [
         f"reconcile {iso(utc(report.window_start))} .. {iso(utc(report.window_end))}  ({_checked(report)})",

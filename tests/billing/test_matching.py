@@ -1,5 +1,5 @@
-"""billing/matching.py: a usage without a request id is charged once across webhook and polling, on both
-databases — either order, twins and triples counted exactly, nearest first, re-reads and replays no-ops."""
+"""billing/matching.py: a usage without a request id is charged once across webhook and polling, on every
+database — either order, twins and triples counted exactly, nearest first, re-reads and replays no-ops."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass

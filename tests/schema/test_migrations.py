@@ -1,4 +1,4 @@
-"""The alembic migrations build exactly the schema the models describe, on both databases."""
+"""The alembic migrations build exactly the schema the models describe, on SQLite, MariaDB and PostgreSQL."""
 
 import json
 from datetime import datetime

@@ -18,7 +18,7 @@ from scripts.tcp_proxy import TcpProxy
 
 TABLES = tuple(t.name for t in reversed(metadata.sorted_tables))  # children before parents
 # The tables' camelCase column names: PostgreSQL folds an unquoted name to lower case, so the tests' SQL
-# (written as an operator writes it for SQLite and MySQL) has them quoted there.
+# (written as an operator writes it for SQLite and MySQL, unquoted) has them quoted there.
 CAMEL = sorted({c.name for t in metadata.tables.values() for c in t.columns if c.name != c.name.lower()}, key=len)
 _NAMES = re.compile(r"(?<![\w\"`])(" + "|".join(reversed(CAMEL)) + r")(?![\w\"`])")
 
