@@ -35,10 +35,10 @@ def snake(name: str) -> str:
 
 def to_json(value: Any, key: Callable[[str], str] = camel) -> Any:
     """``value`` as JSON-ready data: dataclasses become objects, their field names as ``key`` spells them
-    (camelCase; the credit API keeps its snake_case), and the properties a dataclass names in its
-    ``json_properties``, recursively."""
+    (camelCase; the credit API keeps its snake_case), after the properties a dataclass names in its
+    ``json_properties`` (its summary first), recursively."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = [field.name for field in dataclasses.fields(value)] + list(getattr(value, "json_properties", ()))
+        fields = [*getattr(value, "json_properties", ()), *(field.name for field in dataclasses.fields(value))]
         return {key(name): to_json(getattr(value, name), key) for name in fields}
     if isinstance(value, datetime):
         return iso(value)
