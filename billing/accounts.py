@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from creditrelay.billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
 from creditrelay.billing.matching import move_open_polls
 from creditrelay.billing.rows import lock_balances
-from creditrelay.billing.watch import SUSPEND, queue_intents, requeue, watch_of
+from creditrelay.billing.rules import rules_of
+from creditrelay.billing.watch import SUSPEND, queue_intents, requeue
 from creditrelay.schema.database import upsert
 from creditrelay.schema.errors import Conflict, InvalidInput, TransactionConflict
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
@@ -85,8 +86,8 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> User:
         change = CreditChange(user_id, new.opening_credits, f"opening:{user_id}", "opening", reason="opening balance")
         apply_credit(connection, change, now)
     user = find_user(connection, str(user_id))
-    watch = watch_of(connection)
-    if watch is not None and watch.enforce and watch.suspended(user.balance):
+    rules = rules_of(connection)
+    if rules.enforce and rules.suspended(user.balance):
         queue_intents(connection, [user_id], SUSPEND, now)  # starts suspended: its keys are disabled when linked
     return user
 
@@ -141,8 +142,7 @@ def link_key(connection: Connection, remote_key_id: str, user_id: int, now: date
     row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
     connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], ["userId", "updatedAt"]))
     move_open_polls(connection, key, before, user_id)
-    watch = watch_of(connection)
-    if watch is not None and watch.enforce:  # the key takes its new user's state: disabled if suspended
+    if rules_of(connection).enforce:  # the key takes its new user's state: disabled if suspended
         requeue(connection, user_id, now)
     [link] = list_keys(connection, remote_key_id=key)
     return link

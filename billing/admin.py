@@ -12,7 +12,6 @@ from creditrelay.billing import user_queries
 from creditrelay.billing.accounts import User
 from creditrelay.billing.deliveries import DeliveryOutcome, charged_credits, record_deliveries
 from creditrelay.billing.log_queries import STATUSES
-from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.billing.user_queries import Transaction
 from creditrelay.schema.database import utc
 from creditrelay.schema.money import exact_sum, summed
@@ -80,9 +79,7 @@ class Replayed:
     credits: int  # what it charged (0 unless charged now)
 
 
-def replay(
-    connection: Connection, event_id: str, now: datetime, tolerance: float = DEFAULT_TOLERANCE
-) -> Replayed | None:
+def replay(connection: Connection, event_id: str, now: datetime) -> Replayed | None:
     """Run a stored delivery through billing again (a failed one is charged if its key is linked now)."""
     payload = connection.execute(sa.select(webhook_logs.c.payload).where(webhook_logs.c.eventId == event_id)).scalar()
     if payload is None:
@@ -91,7 +88,7 @@ def replay(
         event = parse_event(payload.encode())
     except EnvelopeError:
         return None
-    [outcome] = record_deliveries(connection, [event], now, tolerance=tolerance)
+    [outcome] = record_deliveries(connection, [event], now)
     return Replayed(outcome, charged_credits([event], [outcome]))
 
 

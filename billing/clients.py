@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from creditrelay.schema.credit_sync import DEFAULT_RIGHTS, RIGHTS, parse_rights
 from creditrelay.schema.errors import InvalidInput
+from creditrelay.schema.shapes import iso
 from creditrelay.schema.statements import savepoint
 from creditrelay.schema.tables import api_clients
 
@@ -130,8 +131,8 @@ def list_clients(connection: Connection) -> list[dict[str, Any]]:
             "apiKeyPrefix": row.apiKeyPrefix,
             "ownSecret": row.secret is not None,
             "rights": _granted(row.rights),
-            "createdAt": row.createdAt.isoformat() + "Z",
-            "updatedAt": row.updatedAt.isoformat() + "Z",
+            "createdAt": iso(row.createdAt),
+            "updatedAt": iso(row.updatedAt),
         }
         for row in rows
     ]

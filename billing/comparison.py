@@ -20,6 +20,7 @@ from creditrelay.billing import matching
 from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.pairing import Partner, Slot, place
 from creditrelay.billing.polling import PollConfig, credits_for, refusal
+from creditrelay.billing.rules import rules_of
 from creditrelay.schema.database import utc
 from creditrelay.schema.tables import api_keys, usage_matches, usage_records, users
 from creditrelay.schema.wire import usage_key_for_request
@@ -147,7 +148,8 @@ def compare_upstream(
         missing.append(row)
     # the rows not charged by key may be webhook usages without a request id, charged but not yet paired:
     # placed as the next poll would place them (a maximum matching, whoever owns the key now)
-    reach = timedelta(seconds=3 * config.match_seconds)
+    tolerance = rules_of(connection).match_seconds
+    reach = timedelta(seconds=3 * tolerance)
     slots, named = _webhook_slots(connection, window, reach)
     arrivals = [
         matching.Arrival(
@@ -164,7 +166,7 @@ def compare_upstream(
         for row in missing
         if str(row.token_id) in owners
     ]
-    placement = place(arrivals, slots, config.match_seconds, (window[0] - reach, window[1] + reach), window[1])
+    placement = place(arrivals, slots, tolerance, (window[0] - reach, window[1] + reach), window[1])
     for row in missing:
         key = usage_key_for_request(row.request_key)
         if key in placement.placed:

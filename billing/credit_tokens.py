@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.billing.rows import insert_new
+from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.statements import fetch_in
 from creditrelay.schema.tables import credit_tokens
 

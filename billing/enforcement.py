@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import sqlalchemy as sa
 import structlog
@@ -40,6 +40,7 @@ from creditrelay.schema.wire import plain_int
 log = structlog.get_logger()
 TOKENS, USERS, LITELLM = "tokens", "users", "litellm"
 MAX_BACKOFF = 3600.0
+REPORTED_ERRORS = 20  # a pass's report names its first failures, not all of them
 
 
 class GatewayAccess(Protocol):
@@ -75,16 +76,6 @@ class EnforceReport:
     failed_calls: int = 0
     pending: int = 0  # targets left uncalled when a push's time was up: due again at once
     errors: list[str] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "applied": self.applied,
-            "failed": self.failed,
-            "calls": self.calls,
-            "failedCalls": self.failed_calls,
-            "pending": self.pending,
-            "errors": self.errors[:20],
-        }
 
 
 @dataclass(frozen=True)
@@ -209,7 +200,8 @@ class Enforcer:
         report.applied += int(pushed.done)
         if failed:
             report.failed += 1
-            report.errors.append(f"user {user_id}: {failed[0].target}: {failed[0].answer}")
+            if len(report.errors) < REPORTED_ERRORS:
+                report.errors.append(f"user {user_id}: {failed[0].target}: {failed[0].answer}")
             log.warning("gateway_push_failed", user_id=user_id, desired=claim.desired, error=failed[0].answer)
         if pushed.done:
             log.info("gateway_pushed", user_id=user_id, desired=claim.desired, targets=len(claim.targets))

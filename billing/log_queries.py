@@ -25,7 +25,6 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.deliveries import charged_credits, record_deliveries
-from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.schema.errors import InvalidInput
 from creditrelay.schema.tables import api_keys, users, webhook_logs
 from creditrelay.schema.transactions import run_transaction
@@ -272,7 +271,6 @@ def replay_failed(
     wanted: LogFilter,
     now: datetime,
     *,
-    tolerance: float = DEFAULT_TOLERANCE,
     limit: int = 5000,
 ) -> ReplayReport:
     """Run the failed deliveries ``wanted`` selects through billing again, oldest first, ``CHUNK`` per
@@ -284,7 +282,7 @@ def replay_failed(
 
         def chunk(connection: Connection, after: int = after, size: int = size) -> tuple[list[str], int, int | None]:
             events, following = failed_chunk(connection, wanted, size, after)
-            outcomes = record_deliveries(connection, events, now, tolerance=tolerance) if events else []
+            outcomes = record_deliveries(connection, events, now) if events else []
             return [o.status.value for o in outcomes], charged_credits(events, outcomes), following
 
         statuses, credits, after = run_transaction(engine, chunk)

@@ -39,7 +39,6 @@ from creditrelay.schema.statements import execute_many, fetch_in, fetch_in_each
 from creditrelay.schema.tables import api_keys, usage_matches, usage_records, users
 
 WEBHOOK, POLL = "webhook", "poll"
-DEFAULT_TOLERANCE = 10  # seconds between a log row's created_at and its webhook's timestamp
 
 
 class ClaimLost(TransactionConflict):

@@ -23,12 +23,12 @@ from sqlalchemy import Connection, Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from creditrelay.billing.gateways.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
-from creditrelay.billing.ledger import Usage, UsageStatus, apply_usage
-from creditrelay.billing.matching import DEFAULT_TOLERANCE
-from creditrelay.billing.rows import insert_new
+from creditrelay.billing.usage import Usage, UsageStatus, apply_usage
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.tables import poll_state, unbilled_usage
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_REQUEST_ID, usage_key_for_request
@@ -45,7 +45,6 @@ class PollConfig:
     slice_seconds: int = 3600
     attempts: int = 6
     backoff_max: float = 60.0
-    match_seconds: float = DEFAULT_TOLERANCE  # how far apart a log row and its webhook's timestamp may be
 
 
 @dataclass
@@ -61,21 +60,6 @@ class PollReport:
     unbilled: int = 0
     unknown_tokens: dict[str, int] = field(default_factory=dict)  # rows of tokens linked to nobody, by token
     refused: list[dict[str, Any]] = field(default_factory=list)  # the first rows kept unbilled for another reason
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "windowStart": self.window_start,
-            "windowEnd": self.window_end,
-            "watermark": self.watermark,
-            "rows": self.rows,
-            "charged": self.charged,
-            "creditsCharged": self.credits_charged,
-            "duplicates": self.duplicates,
-            "matched": self.matched,
-            "unbilled": self.unbilled,
-            "unknownTokens": self.unknown_tokens,
-            "refused": self.refused,
-        }
 
 
 REFUSED_LISTED = 20  # rows kept unbilled for a reason other than an unlinked token, named in a report
@@ -147,7 +131,7 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
     unbillable = [(row, reason) for row in rows if (reason := refusal(row, config)) is not None]
     billable = [row for row in rows if refusal(row, config) is None]
     usages = [usage_from_log(r, config) for r in billable]
-    outcomes = apply_usage(connection, usages, now, tolerance=config.match_seconds)
+    outcomes = apply_usage(connection, usages, now)
     charged_keys = []
     for row, usage, outcome in zip(billable, usages, outcomes, strict=True):
         if outcome.status is UsageStatus.CHARGED:
@@ -297,5 +281,5 @@ class Poller:
             report.watermark = max(report.watermark or slice_end, slice_end)
             if self.progress is not None:
                 self.progress(done, len(slices), report)
-        log.info("poll_pass", **report.as_json())
+        log.info("poll_pass", **to_json(report))
         return report

@@ -14,7 +14,7 @@ idempotent); it never touches a balance that does not add up — that calls for 
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -29,6 +29,7 @@ from creditrelay.billing.gateways.newapi import ConsumeLog
 from creditrelay.billing.polling import PollConfig, Poller, bill_logs
 from creditrelay.schema.database import utc
 from creditrelay.schema.money import exact_sum, summed
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.tables import (
     credit_transactions,
     reconcile_runs,
@@ -53,6 +54,7 @@ class ReconcileReport:
     fixed: dict[str, int] = field(default_factory=dict)  # what --fix did, counted
     unlisted: dict[str, int] = field(default_factory=dict)  # findings of a kind past the first ``LISTED``
     access_checked: bool = False  # the gateway's blocks read back against the balances (enforcement on)
+    json_properties = ("ok", "discrepancies")
 
     def add(self, findings: Iterable[Finding]) -> None:
         """Keep the first ``LISTED`` findings of each kind by name, and count the rest (a report stays small
@@ -74,20 +76,6 @@ class ReconcileReport:
     @property
     def ok(self) -> bool:
         return self.discrepancies == 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "windowStart": self.window_start,
-            "windowEnd": self.window_end,
-            "upstreamChecked": self.upstream_checked,
-            "accessChecked": self.access_checked,
-            "discrepancies": self.discrepancies,
-            "unlisted": self.unlisted,
-            "findings": [asdict(f) for f in self.findings],
-            "tokens": [asdict(t) for t in self.tokens],
-            "fixed": self.fixed,
-        }
 
 
 def ledger_findings(connection: Connection) -> list[Finding]:
@@ -162,7 +150,7 @@ def failed_findings(connection: Connection) -> tuple[list[Finding], int]:
     return findings, total - len(findings)
 
 
-def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime, tolerance: float) -> Counter[str]:
+def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime) -> Counter[str]:
     """Run stored failed deliveries through billing again; how many ended how."""
     events = []
     for row in rows:
@@ -170,7 +158,7 @@ def _redeliver(connection: Connection, rows: Sequence[Any], now: datetime, toler
             events.append(parse_event(row.payload.encode()))
         except EnvelopeError:
             continue
-    outcomes = record_deliveries(connection, events, now, tolerance=tolerance)
+    outcomes = record_deliveries(connection, events, now)
     return Counter(f"failed webhooks now {o.status.value}" for o in outcomes)
 
 
@@ -222,7 +210,7 @@ class Reconciler:
                     windowEnd=window[1],
                     fixed=fix,
                     discrepancies=report.discrepancies,
-                    report=json.dumps(report.as_json()),
+                    report=json.dumps(to_json(report)),
                 )
             )
 
@@ -243,9 +231,7 @@ class Reconciler:
         fixed: Counter[str] = Counter({"missing upstream usages charged": charged} if missing else {})
         after = None
         while rows := run_transaction(self.engine, partial(failed_deliveries, after=after), read_only=True):
-            fixed += run_transaction(
-                self.engine, partial(_redeliver, rows=rows, now=now, tolerance=self.config.match_seconds)
-            )
+            fixed += run_transaction(self.engine, partial(_redeliver, rows=rows, now=now))
             after = (rows[-1].createdAt, rows[-1].id)
             self._told("failed deliveries", len(rows))
         return dict(sorted(fixed.items()))

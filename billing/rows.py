@@ -1,12 +1,8 @@
-"""The statements the ledger is made of: find key owners, lock users in id order, insert rows once by their
-unique key (learning which were new), write balances. Rules live in ``billing.ledger``; these only say
-what the database did.
+"""The statements the ledger is made of: find key owners, lock users in id order, write balances (rows are
+inserted once by their unique key with ``schema.inserts``). Rules live in ``billing.ledger``; these only
+say what the database did."""
 
-Which rows are new is decided by inserting them with ``ON CONFLICT DO NOTHING`` / ``INSERT IGNORE`` and
-counting (or returning) what was written — never by reading first.
-"""
-
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -14,22 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.schema.database import insert_ignoring_duplicates
-from creditrelay.schema.statements import (
-    execute_many,
-    fetch_in,
-    insert_returning,
-    padded,
-    placeholders,
-    returns_inserted,
-    run_cached,
-    savepoint,
-)
+from creditrelay.schema.statements import fetch_in, padded, placeholders, run_cached
 from creditrelay.schema.tables import api_keys, users
-
-
-class Shortfall(Exception):
-    """A strict insert wrote fewer rows than it was given: some keys already existed."""
 
 
 def key_owners(connection: Connection, remote_key_ids: Iterable[str]) -> dict[str, int]:
@@ -71,64 +53,6 @@ def lock_users(connection: Connection, user_ids: Collection[int]) -> dict[int, t
         sorted(user_ids),
     )
     return {user_id: (balance, waiting) for user_id, balance, waiting in rows}
-
-
-def insert_new(
-    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str, *, strict: bool = False
-) -> set[Any]:
-    """Insert ``rows`` skipping those whose unique ``key`` exists; return the keys actually inserted.
-
-    Where the database returns what an insert wrote (SQLite, MariaDB), one multi-row ``INSERT … RETURNING``
-    says exactly which rows were new. Otherwise (MySQL) one multi-row statement first; when it wrote fewer
-    rows than given, it is rolled back to a savepoint and the rows are inserted one by one, each
-    statement's row count telling whether that row was new. A ``strict`` insert that writes fewer rows than
-    it was given raises ``Shortfall`` instead (its caller rolls back further up).
-    """
-    if not rows:
-        return set()
-    if returns_inserted(connection.dialect):
-        return set(_written(connection, table, rows, [key], strict))
-
-    def build(dialect: str) -> sa.Insert:
-        return insert_ignoring_duplicates(table, dialect)
-
-    cache_key = ("insert_new", table.name)
-    if strict:
-        if execute_many(connection, cache_key, build, rows) != len(rows):
-            raise Shortfall(table.name)
-        return {row[key] for row in rows}
-    with savepoint(connection, "insert_new") as rollback:
-        if execute_many(connection, cache_key, build, rows) == len(rows):
-            return {row[key] for row in rows}
-        rollback()
-    return {row[key] for row in rows if execute_many(connection, cache_key, build, [row]) == 1}
-
-
-def insert_new_ids(
-    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str, *, strict: bool = False
-) -> dict[Any, int]:
-    """``insert_new``, with the id of each row written (from ``RETURNING``, else read back)."""
-    if not rows:
-        return {}
-    if returns_inserted(connection.dialect):
-        return dict(_written(connection, table, rows, [key, "id"], strict))
-    written = insert_new(connection, table, rows, key, strict=strict)
-    found = fetch_in(
-        connection,
-        ("inserted_ids", table.name),
-        lambda keys: sa.select(table.c[key], table.c.id).where(table.c[key].in_(keys)),
-        sorted(written),
-    )
-    return dict(found)
-
-
-def _written(
-    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], returning: list[str], strict: bool
-) -> list[Any]:
-    written = insert_returning(connection, table, rows, returning)
-    if strict and len(written) != len(rows):
-        raise Shortfall(table.name)
-    return [row[0] if len(returning) == 1 else tuple(row) for row in written]
 
 
 def set_balances(connection: Connection, balances: Mapping[int, int], now: datetime) -> None:

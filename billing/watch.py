@@ -7,78 +7,42 @@ makes it, under the users' row locks. A crossing writes, in that same transactio
 crash after the commit loses neither, and a redelivery, a duplicate or a refused change, which change no
 balance, write nothing.
 
-What to watch comes from the settings of the process that opened the database: ``watch_balances`` ties
-it to the engine (every entry point opens the ledger with ``open_ledger``); an engine nobody watches
-(tests, tools) crosses silently.
+What to watch is the ledger's rules (``billing.rules``), set where its engine was opened; an engine
+opened without rules (tests, tools) crosses silently.
 """
 
 import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
-from creditrelay.schema.database import make_engine
+from creditrelay.billing.rules import LedgerRules, rules_of
 from creditrelay.schema.outbox import PENDING
-from creditrelay.schema.settings import Settings
+from creditrelay.schema.shapes import iso
 from creditrelay.schema.tables import gateway_states, outbox_events, users
 
 if TYPE_CHECKING:
-    from creditrelay.billing.ledger import Usage
+    from creditrelay.billing.usage import Usage
 
 SUSPEND, RESUME = "suspend", "resume"
 ALERT_LOW, ALERT_DEPLETED, ALERT_RESTORED = "balance.low", "balance.depleted", "balance.restored"
 
 
-@dataclass(frozen=True)
-class BalanceWatch:
-    enforce: bool = False  # write gateway intents (GATEWAY_ENFORCEMENT is not off)
-    alerts: bool = False  # write alerts (ALERT_WEBHOOK_URL is set)
-    suspend_at: int = 0
-    low_at: int | None = None
-    learn_users: bool = False  # keep the gateway's user ids it reports (GATEWAY_ENFORCEMENT=users)
-
-    @classmethod
-    def of(cls, settings: Settings) -> "BalanceWatch":
-        return cls(
-            enforce=settings.gateway_enforcement != "off",
-            alerts=settings.alert_webhook_url is not None,
-            suspend_at=settings.suspend_at_balance,
-            low_at=settings.low_balance_at,
-            learn_users=settings.gateway_enforcement == "users",
-        )
-
-    def suspended(self, balance: int) -> bool:
-        return balance <= self.suspend_at
-
-
-_WATCHES: "WeakKeyDictionary[Engine, BalanceWatch]" = WeakKeyDictionary()
-
-
-def watch_balances(engine: Engine, watch: BalanceWatch) -> Engine:
-    _WATCHES[engine] = watch
-    return engine
-
-
-def open_ledger(settings: Settings) -> Engine:
-    """The ledger's database as every entry point opens it: watched as the settings say."""
-    engine = make_engine(settings.database_url, lock_timeout=settings.database_lock_timeout)
-    return watch_balances(engine, BalanceWatch.of(settings))
-
-
-def watch_of(connection: Connection) -> BalanceWatch | None:
-    return _WATCHES.get(connection.engine)
-
-
-def crossed(connection: Connection, before: Mapping[int, int], after: Mapping[int, int], now: datetime) -> None:
-    """Write what the users whose balance went from ``before`` to ``after`` crossed (see the module)."""
-    watch = watch_of(connection)
-    if watch is None or not (watch.enforce or watch.alerts):
+def crossed(
+    connection: Connection,
+    before: Mapping[int, int],
+    after: Mapping[int, int],
+    now: datetime,
+    rules: LedgerRules | None = None,
+) -> None:
+    """Write what the users whose balance went from ``before`` to ``after`` crossed (see the module), by
+    ``rules`` (the connection's, unless the caller read them already)."""
+    watch = rules_of(connection) if rules is None else rules
+    if not (watch.enforce or watch.alerts):
         return
     suspends = [u for u, balance in after.items() if watch.suspended(balance) and not watch.suspended(before[u])]
     resumes = [u for u, balance in after.items() if watch.suspended(before[u]) and not watch.suspended(balance)]
@@ -96,12 +60,16 @@ def crossed(connection: Connection, before: Mapping[int, int], after: Mapping[in
 
 
 def learn_gateway_users(
-    connection: Connection, usages: "Sequence[Usage]", owners: Mapping[str, int], now: datetime
+    connection: Connection,
+    usages: "Sequence[Usage]",
+    owners: Mapping[str, int],
+    now: datetime,
+    rules: LedgerRules | None = None,
 ) -> None:
     """Keep the gateway's user id of each user that has none yet (an operator's, set with ``key link
-    --gateway-user``, is never replaced), as the usages report it; only where the watch asks for it."""
-    watch = watch_of(connection)
-    if watch is None or not watch.learn_users:
+    --gateway-user``, is never replaced), as the usages report it; only where the rules ask for it."""
+    watch = rules_of(connection) if rules is None else rules
+    if not watch.learn_users:
         return
     learned = {
         owners[u.remote_key_id]: u.gateway_user_id for u in usages if u.gateway_user_id and u.remote_key_id in owners
@@ -142,8 +110,8 @@ def queue_intents(connection: Connection, user_ids: Collection[int], desired: st
 
 def requeue(connection: Connection, user_id: int, now: datetime) -> None:
     """Apply the user's current state at the gateway again (a key was linked, an operator asked)."""
-    watch = watch_of(connection)
-    if watch is None or not watch.enforce:
+    watch = rules_of(connection)
+    if not watch.enforce:
         return
     balance = connection.execute(sa.select(users.c.balance).where(users.c.id == user_id)).scalar_one()
     queue_intents(connection, [user_id], SUSPEND if watch.suspended(balance) else RESUME, now)
@@ -161,7 +129,7 @@ def write_alerts(
     for user_id, kind, threshold in alerts:
         body = {
             "type": kind,
-            "timestamp": now.isoformat(timespec="seconds") + "Z",
+            "timestamp": iso(now, "seconds"),
             "data": {"userId": user_id, "email": emails[user_id], "balance": balances[user_id], "threshold": threshold},
         }
         rows.append(

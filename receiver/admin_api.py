@@ -14,14 +14,13 @@ from creditrelay.billing import admin
 from creditrelay.billing.accounts import AccountError, ReferenceConflict, top_up
 from creditrelay.billing.ledger import CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter, find_logs
-from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.receiver.bearer import require_bearer
 from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import ADMIN_REPLAYS, CREDITS_ADDED, CREDITS_CHARGED
 from creditrelay.receiver.params import path_int, query_int, query_moment, query_optional_int
-from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.database import utc
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import EnvelopeError, parse_json_object, plain_int
 
@@ -31,7 +30,6 @@ class AdminService:
     engine: Engine
     token: str | None
     clock: Callable[[], float]
-    tolerance: float = DEFAULT_TOLERANCE  # seconds a usage's webhook and log row may be apart
     suspend_at: int = 0  # balances at or below are suspended (flagged on the pages)
     low_at: int | None = None  # balances below are low (flagged)
     enforcement: str = "off"
@@ -138,7 +136,7 @@ async def replay(request: Request) -> Response:
         event_id = body.get("eventId")
         if not isinstance(event_id, str) or not event_id:
             raise ApiError(400, "eventId: the stored delivery's event id, a string")
-    replayed = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock()), service.tolerance))
+    replayed = await service.run(lambda c: admin.replay(c, event_id, utc(service.clock())))
     if replayed is None:
         raise ApiError(404, f"No stored delivery {event_id}")
     ADMIN_REPLAYS.labels(replayed.outcome.status.value).inc()

@@ -33,7 +33,7 @@ from creditrelay.receiver.admin_site import (
 )
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
-from creditrelay.receiver.shapes import to_json
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.wire import plain_int
 
 PAGE = 200
@@ -142,7 +142,7 @@ async def replay_one(request: Request) -> Response:
     """The event id comes in the form, not the path: any id works, "." and ".." included."""
     service = service_of(request)
     event_id = str((await form_of(request)).get("event_id", ""))
-    replayed = await service.run(lambda c: admin.replay(c, event_id, now_of(service), service.tolerance))
+    replayed = await service.run(lambda c: admin.replay(c, event_id, now_of(service)))
     if replayed is None:
         return back(request, "/admin/logs", "No such delivery", kind="error")
     count_replayed(replayed)

@@ -37,8 +37,8 @@ from creditrelay.receiver.errors import EXCEPTION_HANDLERS
 from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import event_counts
 from creditrelay.receiver.rate_limit import RateLimiter
-from creditrelay.receiver.shapes import to_json
 from creditrelay.schema.errors import CreditRelayError
+from creditrelay.schema.shapes import to_json
 
 MODELS_CHARTED = 8
 

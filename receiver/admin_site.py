@@ -170,9 +170,7 @@ def outcomes_text(counts: dict[str, int]) -> str:
 async def replay(service: AdminService, wanted: LogFilter) -> ReplayReport:
     """The failed deliveries ``wanted`` selects, run again a chunk per transaction (off the event loop),
     their outcomes counted."""
-    report = await run_in_threadpool(
-        lambda: replay_failed(service.engine, wanted, now_of(service), tolerance=service.tolerance)
-    )
+    report = await run_in_threadpool(lambda: replay_failed(service.engine, wanted, now_of(service)))
     for outcome, count in report.outcomes.items():
         ADMIN_REPLAYS.labels(outcome).inc(count)
     if report.credits:

@@ -23,7 +23,7 @@ from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_optional_int
-from creditrelay.receiver.shapes import to_json
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.wire import plain_int
 
 SHOWS = ("all", "below-zero", "low", "suspended")

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from creditrelay.billing.access import allowance_of
 from creditrelay.receiver.bearer import require_bearer
 from creditrelay.receiver.errors import ApiError
-from creditrelay.receiver.shapes import to_json
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.transactions import run_transaction
 
 

@@ -20,7 +20,7 @@ from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import ledger_registry
 from creditrelay.receiver.rate_limit import RateLimiter
 from creditrelay.receiver.webhooks import WebhookService, health, receive_event
-from creditrelay.schema.settings import Settings
+from creditrelay.settings import Settings
 
 EVENTS_PATH = "/api/webhooks/events"
 
@@ -91,7 +91,6 @@ def create_app(
         engine,
         settings.admin_token,
         clock,
-        settings.usage_match_seconds,
         suspend_at=settings.suspend_at_balance,
         low_at=settings.low_balance_at,
         enforcement=settings.gateway_enforcement,
@@ -128,7 +127,7 @@ def create_app(
     app.state.webhooks = WebhookService(
         secrets=settings.require_secrets(),
         body_limit=settings.body_limit,
-        ingestor=Ingestor(engine, clock, tolerance=settings.usage_match_seconds),
+        ingestor=Ingestor(engine, clock),
         engine=engine,
         clock=clock,
     )

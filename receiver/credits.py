@@ -27,11 +27,11 @@ from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import CREDIT_API_ANSWERS, CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_int
 from creditrelay.receiver.rate_limit import RateLimiter
-from creditrelay.receiver.shapes import snake, to_json
 from creditrelay.schema.credit_sync import BALANCE, MAX_BATCH_ITEMS, SyncBody, parse_sync_body, right_to_change
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import Forbidden
 from creditrelay.schema.money import MAX_BALANCE
+from creditrelay.schema.shapes import snake, to_json
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import EnvelopeError, parse_json_object
 

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.deliveries import DeliveryOutcome, DeliveryStatus, charged_credits, deliver
-from creditrelay.billing.matching import DEFAULT_TOLERANCE
 from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.receiver.metrics import CREDITS_CHARGED, EVENTS
 from creditrelay.schema.database import utc
@@ -32,11 +31,9 @@ class Ingestor:
         clock: Callable[[], float],
         *,
         writers: int | None = None,
-        tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         self.engine = engine
         self.clock = clock
-        self.tolerance = tolerance  # seconds a usage's webhook and log row may be apart (billing.matching)
         self._writer = threading.local()  # each writer thread holds one connection
         # SQLite has one writer at a time; MySQL overlaps one batch's round trips with the next batch's work.
         default = 1 if engine.dialect.name == "sqlite" else 2
@@ -46,7 +43,7 @@ class Ingestor:
         """Runs on a writer thread, in that thread's own connection; counts the committed outcomes."""
         now = utc(self.clock())
         connection = self._connection()
-        outcomes = deliver(connection, events, now, tolerance=self.tolerance)
+        outcomes = deliver(connection, events, now)
         for status, count in Counter(o.status for o in outcomes).items():
             _COUNTED[status].inc(count)
         if credits := charged_credits(events, outcomes):

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from creditrelay.schema.settings import SettingsError
+from creditrelay.schema.errors import SettingsError
 
 LEVELS = ("debug", "info", "warning", "error")
 

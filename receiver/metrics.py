@@ -12,18 +12,16 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-import sqlalchemy as sa
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from creditrelay.billing import access
+from creditrelay.billing.gauges import read_gauges
 from creditrelay.billing.polling import PollReport
-from creditrelay.billing.user_queries import count_below
-from creditrelay.schema.database import READ_ONLY
-from creditrelay.schema.tables import poll_state, reconcile_runs
+from creditrelay.schema.errors import DatabaseUnavailable
+from creditrelay.schema.transactions import run_transaction
 
 EVENTS = Counter("creditrelay_webhook_events", "Webhook deliveries by outcome", ["outcome"])
 REQUEST_SECONDS = Histogram(
@@ -91,44 +89,34 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            with self.engine.execution_options(**{READ_ONLY: True}).connect() as connection:
-                watermark = connection.execute(sa.select(sa.func.max(poll_state.c.watermark))).scalar()
-                last = connection.execute(
-                    sa.select(reconcile_runs.c.discrepancies, reconcile_runs.c.startedAt)
-                    .order_by(reconcile_runs.c.id.desc())
-                    .limit(1)
-                ).one_or_none()
-                states = access.counts(connection)
-                below_zero = count_below(connection, 0)
-        except SQLAlchemyError:
+            gauges = run_transaction(self.engine, read_gauges, read_only=True, attempts=1)
+        except (SQLAlchemyError, DatabaseUnavailable):
             return
-        owing = GaugeMetricFamily("creditrelay_users_below_zero", "Users whose balance is below zero")
-        owing.add_metric([], float(below_zero))
-        yield owing
         for name, text, value in (
-            ("creditrelay_users_suspended", "Users whose latest word to the gateway is a suspension", "suspended"),
+            ("creditrelay_users_below_zero", "Users whose balance is below zero", gauges.below_zero),
+            ("creditrelay_users_suspended", "Users whose latest word to the gateway is a suspension", gauges.suspended),
             (
                 "creditrelay_gateway_intents_pending",
                 "Suspensions and resumptions the gateway has not confirmed",
-                "pending",
+                gauges.pending,
             ),
         ):
             gauge = GaugeMetricFamily(name, text)
-            gauge.add_metric([], float(states[value]))
+            gauge.add_metric([], float(value))
             yield gauge
         by_status = GaugeMetricFamily("creditrelay_alerts", "Alerts waiting or given up on", labels=["status"])
-        for status in ("pending", "dead"):
-            by_status.add_metric([status], float(states[f"alerts_{status}"]))
+        by_status.add_metric(["pending"], float(gauges.alerts_pending))
+        by_status.add_metric(["dead"], float(gauges.alerts_dead))
         yield by_status
-        if watermark is not None:
+        if gauges.watermark is not None:
             lag = GaugeMetricFamily("creditrelay_poll_lag_seconds", "Seconds since the last billed upstream log")
-            lag.add_metric([], max(0.0, self.clock() - float(watermark)))
+            lag.add_metric([], max(0.0, self.clock() - float(gauges.watermark)))
             yield lag
-        if last is not None:
+        if gauges.discrepancies is not None:
             found = GaugeMetricFamily(
                 "creditrelay_reconcile_discrepancies", "Discrepancies found by the last reconcile"
             )
-            found.add_metric([], float(last.discrepancies))
+            found.add_metric([], float(gauges.discrepancies))
             yield found
 
 

@@ -18,6 +18,7 @@ from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import EVENTS, REQUEST_SECONDS
 from creditrelay.schema.errors import DatabaseUnavailable
+from creditrelay.schema.shapes import iso
 from creditrelay.schema.signing import WebhookSecret, verify_signature
 from creditrelay.schema.wire import EnvelopeError, parse_event
 
@@ -114,7 +115,7 @@ async def _receive_event(service: WebhookService, scope: Scope, receive: Receive
 async def health(request: Request) -> Response:
     """200 while the webhook writers can commit (``GroupCommitter.check``); else 503."""
     service = _service(request)
-    now = datetime.fromtimestamp(service.clock(), UTC).isoformat().replace("+00:00", "Z")
+    now = iso(datetime.fromtimestamp(service.clock(), UTC))
     committer = service.ingestor.committer
     committer.ensure_writers()
     if committer.stalled():

@@ -2,8 +2,8 @@
 message safe to show the caller and the HTTP status it means at the edge, where it has one.
 
 The receiver renders them all through one handler; the command line prints their message on one line.
-Errors that only steer a retry inside billing (``rows.Shortfall``, ``TransactionConflict``) are not part of
-it: they never leave billing and ``run_transaction``.
+An error that only steers a retry (``TransactionConflict``) is not part of it: it never leaves billing
+and ``run_transaction``.
 """
 
 from typing import ClassVar

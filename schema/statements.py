@@ -226,7 +226,7 @@ def _compile(statement: sa.ClauseElement, dialect: sa.Dialect, keys: Sequence[st
 
 
 def _datetime_text(value: datetime) -> str:
-    """A naive UTC datetime as the text both databases take: MySQL's literal, and on SQLite the very string
+    """A naive UTC datetime as the text the databases take: MySQL's literal, and on SQLite the very string
     SQLAlchemy's default ``DATETIME`` storage format writes (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
     return value.isoformat(" ", "microseconds")
 

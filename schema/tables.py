@@ -3,7 +3,7 @@
 Attributes are snake_case in Python; the column names are the seed's, so its monitoring SQL runs
 unchanged. Credits are BIGINT. Times are naive UTC. Identifier columns compare byte-for-byte on MySQL
 (a binary NO PAD collation) exactly as they do on SQLite, so ``evt-A`` and ``evt-a``, ``R1`` and ``R1 ``
-are two events on both.
+are two events on every database (PostgreSQL tells them apart by itself).
 
 Exactly-once is a fact of these constraints: ``webhook_logs.eventId`` is unique per delivery;
 ``usage_records.usageKey`` (the gateway's request id, else the event id) is unique per usage and those

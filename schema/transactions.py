@@ -6,7 +6,7 @@ statement it refused (the unit of work's own failure).
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -133,6 +133,7 @@ def run_transaction(
     attempts: int = 5,
     sleep: Callable[[float], None] | None = None,
     read_only: bool = False,
+    keep: Callable[[T], bool] | None = None,
 ) -> T:
     """Run ``work`` in one transaction, commit it, and run it again on a deadlock or a lost connection.
 
@@ -140,7 +141,9 @@ def run_transaction(
     writer's own: no checkout, liveness ping or reset per transaction; a lost one reconnects on next use).
     ``work`` must be idempotent by the database's constraints (billing's is). A database that stays out of
     reach becomes ``DatabaseUnavailable``; any other error propagates untouched. ``read_only`` work (an
-    engine's) never takes SQLite's write lock, so a long read does not hold up the writers.
+    engine's) never takes SQLite's write lock, so a long read does not hold up the writers. With ``keep``,
+    a result it does not keep is returned with the transaction rolled back instead of committed (work that
+    found it must start over another way: ``deliveries.deliver``).
     """
     if read_only and isinstance(target, Engine):
         target = target.execution_options(**{READ_ONLY: True})
@@ -153,9 +156,24 @@ def run_transaction(
     )
     with _unavailable_as_such():
         for attempt in retrying:
-            with attempt, _begin(target) as connection:
-                return work(connection)
+            with attempt:
+                try:
+                    with _begin(target) as connection:
+                        result = work(connection)
+                        if keep is not None and not keep(result):
+                            raise _Discarded(result)
+                        return result
+                except _Discarded as discarded:
+                    return cast(T, discarded.result)  # what work returned
     raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+class _Discarded(Exception):
+    """Rolls a transaction back through its context manager, carrying the result not to commit."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__("result not kept")
+        self.result = result
 
 
 def connect(engine: Engine) -> Connection:

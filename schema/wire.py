@@ -9,6 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -367,3 +368,15 @@ def event_of(document: dict[str, Any], body: bytes) -> Event:
         hashlib.sha256(body).hexdigest(),
         document,
     )
+
+
+def web_url(text: str) -> bool:
+    """An http:// or https:// URL with a host, a valid port if any, and no space or control character."""
+    if not text.isprintable() or any(character.isspace() for character in text):
+        return False
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # a port out of range raises too
+    except ValueError:  # a malformed host or port
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

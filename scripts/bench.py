@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from scripts.benchkit import (
     write_requests,
     writer_cost_us,
 )
+from scripts.dbcpu import server_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 SECRET = "bench-secret-bench-secret-bench-secret-0123"  # noqa: S105 - a throwaway secret for local servers
@@ -52,12 +54,18 @@ class Plan:
         return self.connections is None
 
 
-def scenario(plan: Plan, args: argparse.Namespace) -> Result:
-    """A fresh database, creditrelay serve on it under wrk, and the ledger checked afterwards."""
+def scenario(plan: Plan, args: argparse.Namespace, *, pinned: bool = True) -> Result:
+    """A fresh database, creditrelay serve on it under wrk, and the ledger checked afterwards; the database
+    server's CPU per event measured around the load."""
+    cpu, load_cpu = (args.server_cpu, args.load_cpu) if pinned else (None, None)
     make_database(plan.url)
     env = {"DATABASE_URL": plan.url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "warning"}
-    with serve(["serve", "--workers", str(plan.workers)], env, cpu=args.server_cpu) as server:
-        result = run_load(server, plan.requests_file, args, connections=plan.connections)
+    with serve(["serve", "--workers", str(plan.workers)], env, cpu=cpu) as server:
+        before = server_cpu_seconds(plan.url)
+        result = run_load(server, plan.requests_file, args, connections=plan.connections, load_cpu=load_cpu)
+        after = server_cpu_seconds(plan.url)
+    if before is not None and after is not None and result.rps:
+        result.db_cpu_us = (after - before) / (result.rps * args.duration) * 1e6
     result.name = plan.name
     threads = min(args.threads, plan.connections or args.connections)
     result.ledger = check_ledger(plan.url, result, plan.requests_file, threads)
@@ -100,6 +108,7 @@ def main() -> None:
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--server-cpu", default="0" if (os.cpu_count() or 1) > 1 else None)
     parser.add_argument("--load-cpu", default="1" if (os.cpu_count() or 1) > 1 else None)
+    parser.add_argument("--skip-instructions", action="store_true", help="no callgrind count (minutes of it)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("make bench needs wrk (Debian: apt-get install wrk); `make bench` installs it")
@@ -109,9 +118,10 @@ def main() -> None:
     unique = write_requests(work / "unique.tsv", "u", args.events, SECRET, duplicates=False)
     mixed = write_requests(work / "mixed.tsv", "m", args.events, SECRET, duplicates=True)
 
-    def measure_ceiling() -> float:
-        with serve(None, {"WEBHOOK_SECRET": SECRET}, cpu=args.server_cpu, ceiling=True) as server:
-            return run_load(server, unique, args).rps
+    def measure_ceiling(pinned: bool = True) -> float:
+        cpu, load_cpu = (args.server_cpu, args.load_cpu) if pinned else (None, None)
+        with serve(None, {"WEBHOOK_SECRET": SECRET}, cpu=cpu, ceiling=True) as server:
+            return run_load(server, unique, args, load_cpu=load_cpu).rps
 
     # The host's speed drifts within minutes (a shared machine: 11k-26k requests/s for the same ceiling
     # a minute apart), so the ceiling is measured before the first run and after every run, each run's
@@ -130,7 +140,43 @@ def main() -> None:
             rounds.setdefault(plan.name, []).append(result)
             print(f"round {round_number}/{args.repeat}: {plan.name}: {result.rps:.0f} events/s", file=sys.stderr)
     report([summarize(results) for results in rounds.values()], ceilings, args)
+    unpinned(args, work, unique, measure_ceiling)
     writer_alone(args, work, unique)
+    if not args.skip_instructions:
+        instructions()
+
+
+def unpinned(args: argparse.Namespace, work: Path, unique: Path, measure_ceiling: Callable[[bool], float]) -> None:
+    """The same unique-event runs with nothing pinned — the receiver, wrk and the database server share the
+    cores as they do on a real host — against the ceiling measured the same way beside each: the share of
+    the bare rate that counts the database server's own CPU too (pinned, it runs on the core wrk uses)."""
+    ceilings, shares = [measure_ceiling(False)], {}
+    for _ in range(args.repeat):
+        for kind, url in kinds(args, work):
+            result = scenario(Plan(f"{kind}: unique events, unpinned", url, unique), args, pinned=False)
+            ceilings.append(measure_ceiling(False))
+            shares.setdefault(kind, []).append((result.rps / ((ceilings[-2] + ceilings[-1]) / 2), result))
+    print("\nunpinned (receiver, wrk and database server share the cores), unique events, medians:")
+    for kind, runs in shares.items():
+        ratios = [ratio for ratio, _ in runs]
+        cpu = [r.db_cpu_us for _, r in runs if r.db_cpu_us]
+        rps = statistics.median(r.rps for _, r in runs)
+        server = f", database server {statistics.median(cpu):.0f} µs CPU per event" if cpu else ""
+        print(
+            f"  {kind:10} {rps:7.0f} events/s, share of the bare rate {statistics.median(ratios):.2f}"
+            f" ({min(ratios):.2f}-{max(ratios):.2f}){server}"
+        )
+    print(f"  unpinned ceiling {min(ceilings):.0f}-{max(ceilings):.0f} requests/s")
+
+
+def instructions() -> None:
+    """The writer's instructions per event under callgrind (scripts/writer_instructions.py): the figure the
+    host's noise does not move."""
+    from scripts.writer_instructions import ROOT as TREE
+    from scripts.writer_instructions import SETUP, per_event
+
+    count = per_event(TREE, "with requestId") - per_event(TREE, SETUP)
+    print(f"\nthe writer's instructions per event (callgrind, SQLite, batches of 32, with requestId): {count:,}")
 
 
 def writer_alone(args: argparse.Namespace, work: Path, unique: Path) -> None:
@@ -172,6 +218,8 @@ def report(summaries: list[Summary], ceilings: list[float], args: argparse.Names
         if s.duplicate_ms is not None:
             p50, p99 = s.duplicate_ms
             print(f"{'':44} duplicate detected server-side: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        if s.db_cpu_us is not None:
+            print(f"{'':44} the database server's CPU: {s.db_cpu_us:.0f} µs per event")
     print(
         f"\nceiling: the bare Starlette endpoint (HMAC only), measured {len(ceilings)} times, between the runs: "
         f"{min(ceilings):.0f}-{max(ceilings):.0f} requests/s (median {statistics.median(ceilings):.0f}); each "

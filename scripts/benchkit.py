@@ -56,6 +56,7 @@ class Result:
     ceiling_rps: float = 0.0  # the bare ceiling measured beside this run (0: not compared)
     ledger: str = "-"
     duplicate_ms: tuple[float, float] | None = None  # server-side duplicate detection, p50 and p99
+    db_cpu_us: float | None = None  # the database server's CPU per event of the run (None: SQLite)
 
 
 def write_requests(path: Path, prefix: str, count: int, secret: str, *, duplicates: bool) -> Path:
@@ -177,13 +178,17 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_load(server: Server, requests_file: Path, args: Any, *, connections: int | None = None) -> Result:
+def run_load(
+    server: Server, requests_file: Path, args: Any, *, connections: int | None = None, load_cpu: str | None = ""
+) -> Result:
+    """wrk against ``server`` (pinned to ``load_cpu``; by default ``args.load_cpu``, None: unpinned)."""
     conns = connections or args.connections
     threads = min(args.threads, conns)
     script = str(ROOT / "scripts/bench/replay.lua")
     command = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{args.duration}s", "--latency", "-s", script,
                f"{server.url}/api/webhooks/events", "--", str(requests_file), str(threads)]  # fmt: skip
-    output = subprocess.run(_pinned(command, args.load_cpu), capture_output=True, text=True, check=True).stdout
+    cpu = args.load_cpu if load_cpu == "" else load_cpu
+    output = subprocess.run(_pinned(command, cpu), capture_output=True, text=True, check=True).stdout
     result = Result()
     result.rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     result.p50_ms = _ms(re.search(r"\n\s+50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
@@ -335,6 +340,7 @@ class Summary:
     non_200: int
     ledger: str
     duplicate_ms: tuple[float, float] | None
+    db_cpu_us: float | None = None
 
 
 def summarize(results: list[Result]) -> Summary:
@@ -363,4 +369,5 @@ def summarize(results: list[Result]) -> Summary:
             if duplicate
             else None
         ),
+        db_cpu_us=statistics.median(cpu) if (cpu := [r.db_cpu_us for r in results if r.db_cpu_us]) else None,
     )

@@ -19,8 +19,8 @@ from starlette.config import Config
 from creditrelay.billing.accounts import AccountError, NewUser, User, create_user, find_user, link_key, list_keys
 from creditrelay.schema.database import make_engine, utc
 from creditrelay.schema.migrate import upgrade
-from creditrelay.schema.settings import load_settings
 from creditrelay.schema.transactions import run_transaction
+from creditrelay.settings import load_settings
 
 SEED_PAYLOAD = (
     '{"eventId":"test-001","eventType":"usage","timestamp":1702900800,"data":{"remoteKeyId":1,'

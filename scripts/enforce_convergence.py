@@ -31,7 +31,7 @@ import structlog
 import creditrelay
 from creditrelay.billing.accounts import NewUser, create_user, link_key
 from creditrelay.billing.enforcement import EnforceConfig, Enforcer
-from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.billing.rules import LedgerRules, with_rules
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.migrate import upgrade
 from creditrelay.schema.tables import gateway_states
@@ -64,7 +64,7 @@ def suspended_member(folder: Path, keys: int) -> sa.Engine:
     """A ledger with one member at zero credits owning ``keys`` tokens: their suspension waits."""
     engine = make_engine(sa.make_url(f"sqlite:///{folder / 'ledger.db'}"))
     upgrade(engine)
-    watch_balances(engine, BalanceWatch(enforce=True))
+    engine = with_rules(engine, LedgerRules(enforce=True))
     now = datetime.now(UTC).replace(tzinfo=None)
 
     def work(connection: sa.Connection) -> None:

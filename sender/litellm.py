@@ -38,8 +38,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from creditrelay.schema.errors import DatabaseUnavailable, SettingsError
 from creditrelay.schema.money import MAX_AMOUNT
-from creditrelay.schema.settings import web_url
-from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_TIMESTAMP, EnvelopeError, parse_event
+from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_TIMESTAMP, EnvelopeError, parse_event, web_url
 from creditrelay.sender.allowance import Allowance
 from creditrelay.sender.events import encode_event, usage_event
 from creditrelay.sender.outbox import DEFAULT_OUTBOX_URL, Outbox

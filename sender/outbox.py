@@ -31,6 +31,7 @@ from creditrelay.schema.outbox import DEAD as DEAD
 from creditrelay.schema.outbox import DELIVERED as DELIVERED
 from creditrelay.schema.outbox import EVENT_ID_MAX, outbox_tables
 from creditrelay.schema.outbox import PENDING as PENDING
+from creditrelay.schema.shapes import iso
 from creditrelay.schema.statements import execute_many
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.sender import sqlite_space
@@ -69,9 +70,6 @@ class Settlement:
 
 
 def _event_json(row: Any) -> dict[str, Any]:
-    def iso(moment: datetime | None) -> str | None:
-        return None if moment is None else moment.isoformat() + "Z"
-
     return {
         "eventId": row.eventId,
         "status": row.status,

@@ -134,7 +134,7 @@ def test_each_compose_file_points_creditrelay_at_its_database_once_healthy(name:
     accepts and names the compose file's database service, which has a health check creditrelay waits for."""
     import yaml
 
-    from creditrelay.schema.settings import parse_database_url
+    from creditrelay.settings import parse_database_url
 
     compose = yaml.safe_load((DEPLOY / name).read_text())
     app = compose["services"]["creditrelay"]

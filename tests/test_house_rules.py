@@ -1,4 +1,4 @@
-"""STYLE.md's house rules that a checkout enforces on itself (the import arrows are `make lint`'s lint-imports)."""
+"""docs/style.md's house rules that a checkout enforces on itself (the import arrows are `make lint`'s lint-imports)."""
 
 import re
 from pathlib import Path

@@ -1,7 +1,7 @@
 """Seed 004's set-up end to end: the patched new-api sends webhooks without a request id and keeps its log,
 `creditrelay poll` reads the log, and every usage is charged once — through the real server and the real
-`poll` and `reconcile` commands, against a stand-in new-api that follows its wire format, on both
-databases."""
+`poll` and `reconcile` commands, against a stand-in new-api that follows its wire format, on every
+database."""
 
 import json
 import os

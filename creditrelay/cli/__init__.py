@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from creditrelay.receiver.logs import configure_logging
-        from creditrelay.schema.settings import load_settings
+        from creditrelay.settings import load_settings
 
         settings = load_settings()
         configure_logging(settings.log_level)  # JSON lines on stderr; stdout is the answer

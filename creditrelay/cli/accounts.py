@@ -5,7 +5,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from creditrelay.cli.base import MAX_AMOUNT, CommandError, command, integer, now, remote_key, transaction
-from creditrelay.schema.settings import Settings
+from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -92,7 +92,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.billing import admin
 
     def work(connection: "Connection") -> dict[str, Any]:
-        replayed = admin.replay(connection, args.event_id, now(), settings.usage_match_seconds)
+        replayed = admin.replay(connection, args.event_id, now())
         if replayed is None:
             raise CommandError(f"no stored delivery {args.event_id!r}")
         outcome = replayed.outcome

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import CreditRelayError
 from creditrelay.schema.money import MAX_AMOUNT as MAX_AMOUNT
-from creditrelay.schema.settings import Settings
+from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -41,7 +41,7 @@ def fail(message: str, code: int = 1) -> int:
 
 def emit(value: Any) -> int:
     """Print one JSON object on stdout (billing's types shaped as the API shapes them)."""
-    from creditrelay.receiver.shapes import to_json
+    from creditrelay.schema.shapes import to_json
 
     print(json.dumps(to_json(value)))
     return 0
@@ -74,7 +74,7 @@ def ledger(settings: Settings) -> "Engine":
     error naming a table, or a new empty SQLite file made in whatever directory the command ran in)."""
     import sqlalchemy as sa
 
-    from creditrelay.billing.watch import open_ledger
+    from creditrelay.app import open_ledger
 
     url = settings.database_url
     hint = f"run `creditrelay migrate` first (DATABASE_URL={url.render_as_string(hide_password=True)})"

@@ -22,7 +22,8 @@ from creditrelay.cli.base import (
     transaction,
 )
 from creditrelay.schema.errors import DatabaseUnavailable, SettingsError, UpstreamError
-from creditrelay.schema.settings import Settings
+from creditrelay.schema.shapes import to_json
+from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -49,7 +50,6 @@ def poll_config(settings: Settings, attempts: int = ATTEMPTS) -> "PollConfig":
         overlap_seconds=settings.poll_overlap_seconds,
         lookback_hours=settings.poll_lookback_hours,
         attempts=attempts,
-        match_seconds=settings.usage_match_seconds,
     )
 
 
@@ -69,8 +69,8 @@ def make_poller(
     attempts: int = ATTEMPTS,
     committed: "Callable[[PollReport], None] | None" = None,
 ) -> "Poller":
+    from creditrelay.app import open_ledger
     from creditrelay.billing.polling import Poller
-    from creditrelay.billing.watch import open_ledger
 
     client = new_api(settings)
     config = poll_config(settings, attempts)
@@ -107,7 +107,7 @@ def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
 def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
     require_enforcement(settings)  # said before the database is opened
     report = make_enforcer(settings, ledger(settings)).run_once()
-    print(json.dumps(report.as_json()))
+    print(json.dumps(to_json(report)))
     return 0 if not (report.failed or report.pending) else 1  # 1: the gateway does not do what balances say yet
 
 
@@ -131,7 +131,7 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
     poller = make_poller(settings, _PollProgress(), args.attempts)
     while True:
         try:
-            print(json.dumps(poller.run_once(args.since).as_json()), flush=True)
+            print(json.dumps(to_json(poller.run_once(args.since))), flush=True)
         except (UpstreamError, DatabaseUnavailable) as error:
             if args.every is None:
                 print(
@@ -176,7 +176,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     for bar in bars.values():
         bar.close()
-    print(json.dumps(report.as_json()) if args.json else render_table(report))
+    print(json.dumps(to_json(report)) if args.json else render_table(report))
     return 0 if report.ok else 1
 
 
@@ -189,8 +189,8 @@ def _checked(report: "ReconcileReport") -> str:
 
 def render_table(report: "ReconcileReport") -> str:
     """The report as an operator reads it in a terminal."""
-    from creditrelay.receiver.shapes import iso
     from creditrelay.schema.database import utc
+    from creditrelay.schema.shapes import iso
 
     lines = [
         f"reconcile {iso(utc(report.window_start))} .. {iso(utc(report.window_end))}  ({_checked(report)})",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from creditrelay.cli.base import command, counting, emit, fail, integer, now, number, progress_bar
-from creditrelay.schema.settings import Settings
+from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
     from creditrelay.sender.outbox import Outbox

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from creditrelay.cli.base import CommandError, command, emit, integer
-from creditrelay.schema.settings import Settings
+from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -27,12 +27,12 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 def asgi_app() -> "Starlette":
     """The app each uvicorn worker builds from the environment (``serve`` checked it first)."""
-    from creditrelay.billing.watch import open_ledger
+    from creditrelay.app import open_ledger
     from creditrelay.cli.cron import make_poller
     from creditrelay.receiver.app import create_app
     from creditrelay.receiver.logs import configure_logging
     from creditrelay.receiver.metrics import count_polled
-    from creditrelay.schema.settings import load_settings
+    from creditrelay.settings import load_settings
 
     settings = load_settings()
     configure_logging(settings.log_level)

@@ -1,4 +1,4 @@
-"""billing/admin.py's usage figures on both databases (the day grouping is SQL each database spells)."""
+"""billing/admin.py's usage figures on every database (the day grouping is SQL each database spells)."""
 
 import threading
 from datetime import datetime, timedelta

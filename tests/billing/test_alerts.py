@@ -9,7 +9,7 @@ from standardwebhooks import Webhook
 
 from creditrelay.billing.accounts import NewUser, create_user, link_key, top_up
 from creditrelay.billing.deliveries import deliver
-from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.billing.rules import LedgerRules
 from creditrelay.schema.signing import WebhookSecret
 from creditrelay.schema.wire import parse_event
 from creditrelay.sender.delivery import Signer
@@ -22,7 +22,7 @@ from tests.support.signing import STANDARD_SECRET, encode, usage_event
 
 
 def test_each_crossing_alerts_once_and_the_alerts_verify(database: Database) -> None:
-    watch_balances(database.engine, BalanceWatch(alerts=True, low_at=50))
+    database.rule(LedgerRules(alerts=True, low_at=50))
 
     def setup(connection: object) -> int:
         alice = create_user(connection, NewUser("alice@example.com", opening_credits=100), NOW)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from tests.support.database import Database
 from tests.support.ledger import NOW, assert_ledger_consistent, concurrently, in_transaction, make_user
 from tests.support.signing import encode, usage_event
 
-pytestmark = pytest.mark.usefixtures("insert_path")  # every test on both insert paths
+pytestmark = pytest.mark.usefixtures("insert_path")  # every test on both insert paths: RETURNING, and row counts
 
 
 def test_same_event_twice_in_one_batch_is_charged_once(database: Database) -> None:
@@ -81,7 +81,7 @@ def test_a_batch_of_duplicates_writes_nothing_and_takes_no_lock(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redelivered events already logged with a final status are judged from what is read: no statement
-    of the batch writes or locks a row (the seed's duplicate detection is a read), on both paths."""
+    of the batch writes or locks a row (the seed's duplicate detection is a read), on both insert paths."""
     make_user(database, "alice@example.com", 100, "1")
     batch = [parse_event(encode(usage_event(f"e{i}", cost=1))) for i in range(3)]
     in_transaction(database, lambda c: record_deliveries(c, batch, NOW))

@@ -18,7 +18,7 @@ from creditrelay.billing.enforcement import EnforceConfig, Enforcer, EnforceRepo
 from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig
 from creditrelay.billing.reconcile import Reconciler
-from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.billing.rules import LedgerRules
 from creditrelay.schema.credit_sync import SyncBody
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.wire import parse_event
@@ -44,7 +44,7 @@ def statuses(api: FakeNewApi) -> dict[int, int]:
 
 @pytest.fixture
 def watched(database: Database) -> Database:
-    watch_balances(database.engine, BalanceWatch(enforce=True))
+    database.rule(LedgerRules(enforce=True))
     return database
 
 
@@ -208,7 +208,7 @@ def test_reconcile_reads_access_back_reports_drift_and_fix_queues_it_again(watch
 def test_users_mode_learns_the_gateway_user_from_what_the_gateway_says_but_the_operator_wins(
     database: Database, api: FakeNewApi
 ) -> None:
-    watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
+    database.rule(LedgerRules(enforce=True, learn_users=True))
     api.users.update({7: 1, 8: 1, 9: 1})
     alice = make_user(database, "alice@example.com", 5, "17")
     bob = make_user(database, "bob@example.com", 5, "18")
@@ -302,7 +302,7 @@ def test_reconcile_fix_queues_what_the_balance_says_when_it_fixes_not_when_it_lo
 
 
 def test_users_mode_parks_an_intent_until_the_gateway_user_is_known(database: Database, api: FakeNewApi) -> None:
-    watch_balances(database.engine, BalanceWatch(enforce=True, learn_users=True))
+    database.rule(LedgerRules(enforce=True, learn_users=True))
     api.users[7] = 1
     alice = make_user(database, "alice@example.com", 5, "17")
     spend(database, "evt-1", 10, 17)

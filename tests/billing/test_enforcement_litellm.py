@@ -11,7 +11,7 @@ from creditrelay.billing.deliveries import deliver
 from creditrelay.billing.drift import gateway_drift
 from creditrelay.billing.enforcement import LITELLM, EnforceConfig, Enforcer
 from creditrelay.billing.gateways.litellm import LiteLLMClient
-from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.billing.rules import LedgerRules
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.wire import parse_event
 from tests.support import cli
@@ -29,7 +29,7 @@ def proxy() -> Iterator[FakeLiteLLM]:
 
 @pytest.fixture
 def watched(database: Database) -> Database:
-    watch_balances(database.engine, BalanceWatch(enforce=True))
+    database.rule(LedgerRules(enforce=True))
     return database
 
 

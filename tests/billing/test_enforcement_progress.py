@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from creditrelay.billing.accounts import top_up
 from creditrelay.billing.deliveries import deliver
 from creditrelay.billing.enforcement import EnforceConfig, Enforcer, read_progress, write_progress
-from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.billing.rules import LedgerRules
 from creditrelay.cli.cron import make_enforcer
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
@@ -70,7 +70,7 @@ class SlowGateway:
 def suspended_with_keys(database: Database, keys: range) -> int:
     """A user owning ``keys`` whose balance just crossed zero: a suspension to push, nothing pushed yet."""
     user = make_user(database, "alice@example.com", 5, *map(str, keys))  # linked before the watch: no intent
-    watch_balances(database.engine, BalanceWatch(enforce=True))
+    database.rule(LedgerRules(enforce=True))
     deliver(database.engine, [parse_event(encode(usage_event("evt-1", cost=10, key=keys[0])))], NOW)
     return user
 

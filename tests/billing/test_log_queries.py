@@ -228,7 +228,7 @@ def test_an_unlinked_key_keeps_its_deliveries_under_the_key_not_the_user(databas
 
 
 PLANS = {
-    # filter -> the index its page reads (SQLite and MySQL name them alike)
+    # filter -> the index its page reads (the databases name them alike)
     "a key's failed": ("ix_webhook_logs_remoteKeyId_status_id", LogFilter(key="k7", status="failed")),
     "a key's": ("ix_webhook_logs_remoteKeyId_status_id", LogFilter(key="k7")),
     "failed": ("ix_webhook_logs_status_createdAt", LogFilter(status="failed")),

@@ -1,5 +1,5 @@
-"""billing/matching.py: a usage without a request id is charged once across webhook and polling, on both
-databases — either order, twins and triples counted exactly, nearest first, re-reads and replays no-ops."""
+"""billing/matching.py: a usage without a request id is charged once across webhook and polling, on every
+database — either order, twins and triples counted exactly, nearest first, re-reads and replays no-ops."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ from creditrelay.billing.cleanup import delete_old_logs
 from creditrelay.billing.deliveries import DeliveryStatus, record_deliveries
 from creditrelay.billing.gateways.newapi import ConsumeLog, NewApiClient
 from creditrelay.billing.polling import PollConfig, Poller
+from creditrelay.billing.rules import LedgerRules
 from creditrelay.schema.database import utc
 from creditrelay.schema.wire import Event, parse_event
 from tests.support.database import Database
@@ -117,9 +118,11 @@ def test_identical_usages_are_counted_exactly_and_paired_nearest_first(setup: Se
 
 def test_times_further_apart_than_the_tolerance_do_not_pair(setup: Setup) -> None:
     """A log row 8 s from its webhook pairs under the default 10 s, not under a 5 s tolerance."""
+    setup.database.rule(LedgerRules(match_seconds=5))
     setup.webhook(seed_event("e1", T - 100, 3))
     setup.log(T - 108, 3)
-    assert setup.poll(PollConfig(match_seconds=5))["charged"] == 1
+    assert setup.poll()["charged"] == 1
+    setup.database.rule(LedgerRules())
     setup.webhook(seed_event("e2", T - 50, 4))
     setup.log(T - 42, 4)
     assert setup.poll()["matched"] == 1

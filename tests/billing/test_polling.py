@@ -10,6 +10,7 @@ from creditrelay.billing.gateways.newapi import NewApiClient
 from creditrelay.billing.polling import PollConfig, Poller, read_watermark
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.money import MAX_AMOUNT
+from creditrelay.schema.shapes import to_json
 from creditrelay.schema.wire import parse_event
 from tests.support.database import Database
 from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi, fake_newapi
@@ -221,4 +222,4 @@ def test_a_linked_key_skipped_for_another_reason_is_named_with_it(setup: Setup) 
     reasons = sorted(r["reason"] for r in report.refused)
     assert reasons[0].startswith("model_name is 200 characters")
     assert reasons[1].startswith("negative quota -4")
-    assert report.as_json()["refused"] == report.refused
+    assert to_json(report)["refused"] == report.refused

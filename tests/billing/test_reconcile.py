@@ -149,7 +149,7 @@ def test_fix_works_through_a_backlog_past_sqlite_variable_limits(database: Datab
     """140,000 failed deliveries (one IN list of them went past SQLite's 250,000 variables once padded, and
     --fix stopped having fixed nothing): every one is re-run, and the report counts what is still failed."""
     if database.kind != "sqlite":
-        pytest.skip("SQLite's limit; the chunking itself is tested on both databases")
+        pytest.skip("SQLite's limit; the chunking itself is tested on MariaDB and PostgreSQL")
     add_user(database.engine, credits=0, key="5")
     add_failed_deliveries(database, 140_000)
     report = reconciler(database, api).run(*WINDOW, fix=True, now=utc(T))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from creditrelay.billing.watch import BalanceWatch, watch_balances
+from creditrelay.billing.rules import LedgerRules
 from creditrelay.receiver.app import create_app
 from tests.support.browser import chromium, loaded, screenshot, sign_in
 from tests.support.database import Database
@@ -18,7 +18,7 @@ TOKEN = "admin-token-admin-token-admin-token-42"
 
 @pytest.fixture
 def site(database: Database) -> Iterator[str]:
-    watch_balances(database.engine, BalanceWatch(enforce=True, low_at=100))
+    database.rule(LedgerRules(enforce=True, low_at=100))
     add_user(database.engine, "rich@example.com", credits=500, key="1")
     add_user(database.engine, "low@example.com", credits=40, key="2")
     add_user(database.engine, "broke@example.com", credits=0, key="3")

@@ -1,4 +1,4 @@
-"""The credit API over HTTP against the real server, on SQLite and MySQL."""
+"""The credit API over HTTP against the real server, on SQLite, MariaDB and PostgreSQL."""
 
 import asyncio
 import time

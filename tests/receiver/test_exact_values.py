@@ -1,4 +1,4 @@
-"""Values are stored whole and compared byte for byte on both databases, amounts stay within the documented
+"""Values are stored whole and compared byte for byte on every database, amounts stay within the documented
 bounds, and refusals name the field — against the real server."""
 
 import httpx

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -140,22 +141,23 @@ def test_a_delivery_that_races_another_is_sorted_out_in_a_second_transaction(
 ) -> None:
     """Where inserts only count rows (MySQL): the writer's optimistic read misses a row another delivery
     committed just after it (simulated), its insert comes up short, the transaction is rolled back whole,
-    and the claim-first retry finds the duplicate — one charge, nothing half-written."""
+    and the exact retry finds the duplicate — one charge, nothing half-written."""
     force_row_counts(monkeypatch)
     add_user(database.engine)
     ingestor = Ingestor(database.engine, lambda: 1_800_000_000.0)
     [first] = ingestor.ingest_batch(events("raced"))
     assert first.status is DeliveryStatus.CHARGED
-    real_read = deliveries._read
+    real_known = deliveries._known
     stale = [True]
 
-    def read_before_the_other_commit(connection: sa.Connection, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    def read_before_the_other_commit(connection: sa.Connection, batch: Sequence[Event]) -> Any:
+        stored, owners, paired = real_known(connection, batch)
         if stale:
             stale.pop()
-            return {}
-        return real_read(connection, event_ids)
+            return {}, owners, paired
+        return stored, owners, paired
 
-    monkeypatch.setattr(deliveries, "_read", read_before_the_other_commit)
+    monkeypatch.setattr(deliveries, "_known", read_before_the_other_commit)
     outcomes = ingestor.ingest_batch(events("raced", "fresh"))
     assert stale == []
     assert [o.status for o in outcomes] == [DeliveryStatus.DUPLICATE, DeliveryStatus.CHARGED]

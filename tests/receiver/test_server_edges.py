@@ -17,8 +17,8 @@ from creditrelay.receiver import http_limits, logs
 from creditrelay.receiver.app import create_app
 from creditrelay.receiver.bodies import read_body
 from creditrelay.receiver.errors import ApiError
-from creditrelay.schema.settings import SettingsError, load_settings
 from creditrelay.schema.wire import MAX_DEPTH
+from creditrelay.settings import SettingsError, load_settings
 from tests.support.database import Database
 from tests.support.receiver import OPENING, Receiver, add_user, settings_for
 from tests.support.server import serving

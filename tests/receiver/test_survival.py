@@ -1,5 +1,5 @@
 """Nothing outside a batch's own work ends a writer; a dead log sink costs log lines, not requests; slow and
-half-sent bodies are bounded. Against the real server, on both databases."""
+half-sent bodies are bounded. Against the real server, on every database."""
 
 import asyncio
 import socket

@@ -1,4 +1,4 @@
-"""The usage webhook against a real server, on SQLite and MySQL."""
+"""The usage webhook against a real server, on SQLite, MariaDB and PostgreSQL."""
 
 import asyncio
 import json

@@ -1,4 +1,4 @@
-"""The alembic migrations build exactly the schema the models describe, on both databases."""
+"""The alembic migrations build exactly the schema the models describe, on SQLite, MariaDB and PostgreSQL."""
 
 import json
 from datetime import datetime
@@ -128,7 +128,7 @@ def test_the_logs_gateway_keys_are_filled_in_from_their_payloads(database: Datab
         )  # fmt: skip
     upgrade(database.engine)
     stored = dict(database.rows("SELECT payload, remoteKeyId FROM webhook_logs"))
-    expected = {p: _log_row(parse_event(p.encode()), datetime(2026, 1, 1))["remoteKeyId"] for p in payloads}
+    expected = {p: _log_row(parse_event(p.encode()), datetime(2026, 1, 1), None)["remoteKeyId"] for p in payloads}
     assert stored == expected
     assert stored[payloads[-1]] is None
     indexes = {ix["name"] for ix in sa.inspect(database.engine).get_indexes("webhook_logs")}

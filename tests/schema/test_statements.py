@@ -7,9 +7,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.billing import rows
-from creditrelay.billing.rows import insert_new
-from creditrelay.schema import statements
+from creditrelay.schema import inserts, statements
+from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.statements import execute_many, fetch_in, insert_returning, returns_inserted
 from creditrelay.schema.tables import usage_records, webhook_logs
 from creditrelay.schema.transactions import run_transaction
@@ -153,7 +152,7 @@ def test_an_insert_that_would_cut_a_value_is_refused_not_stored(
     ours refuses the statement, with RETURNING (MariaDB) and with row counts (MySQL). PostgreSQL refuses it
     itself. SQLite stores it whole. Duplicates alone are still skipped quietly."""
     if not returning:
-        monkeypatch.setattr(rows, "returns_inserted", lambda _dialect: False)
+        monkeypatch.setattr(inserts, "returns_inserted", lambda _dialect: False)
     row = log("e-long", "p")
     row["eventId"] = "x" * 65  # the column holds 64
 

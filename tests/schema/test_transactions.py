@@ -1,5 +1,5 @@
 """schema/database.py's transactions: only a lost or refused connection is an outage; a refused statement is its own
-unit of work's failure. Errors raised by the real drivers on both databases."""
+unit of work's failure. Errors raised by the real drivers on the three databases."""
 
 import pytest
 import sqlalchemy as sa

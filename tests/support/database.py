@@ -11,13 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+from creditrelay.billing.rules import LedgerRules, with_rules
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.tables import metadata
 from scripts.tcp_proxy import TcpProxy
 
 TABLES = tuple(t.name for t in reversed(metadata.sorted_tables))  # children before parents
 # The tables' camelCase column names: PostgreSQL folds an unquoted name to lower case, so the tests' SQL
-# (written as an operator writes it for SQLite and MySQL) has them quoted there.
+# (written as an operator writes it for SQLite and MySQL, unquoted) has them quoted there.
 CAMEL = sorted({c.name for t in metadata.tables.values() for c in t.columns if c.name != c.name.lower()}, key=len)
 _NAMES = re.compile(r"(?<![\w\"`])(" + "|".join(reversed(CAMEL)) + r")(?![\w\"`])")
 
@@ -36,6 +37,10 @@ class Database:
     url: URL
     engine: Engine
     _extra: list[Engine] = field(default_factory=list)
+
+    def rule(self, rules: LedgerRules) -> None:
+        """From now on, the ledger's transactions on ``engine`` follow ``rules`` (as ``serve`` opens it)."""
+        self.engine = with_rules(self.engine, rules)
 
     def sql(self, text: str) -> sa.TextClause:
         """Ad-hoc SQL as written for any database (camelCase names quoted where PostgreSQL needs it)."""

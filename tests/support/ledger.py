@@ -9,8 +9,8 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import Connection
 
-from creditrelay.billing import deliveries, rows
 from creditrelay.billing.accounts import NewUser, create_user, link_key
+from creditrelay.schema import inserts
 from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database
 
@@ -48,8 +48,7 @@ def concurrently(database: Database, batches: Sequence[B], work: Callable[[Conne
 
 def force_row_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Billing as on MySQL, where inserts only count the rows they wrote (no ``RETURNING``)."""
-    for module in (rows, deliveries):
-        monkeypatch.setattr(module, "returns_inserted", lambda _dialect: False)
+    monkeypatch.setattr(inserts, "returns_inserted", lambda _dialect: False)
 
 
 def make_user(database: Database, email: str, credits: int, *keys: str) -> int:

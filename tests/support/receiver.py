@@ -8,9 +8,9 @@ from sqlalchemy import Connection, Engine
 
 from creditrelay.billing.accounts import NewUser, create_user, link_key
 from creditrelay.schema.database import utc
-from creditrelay.schema.settings import Settings
 from creditrelay.schema.signing import parse_secrets
 from creditrelay.schema.transactions import run_transaction
+from creditrelay.settings import Settings
 from tests.support.database import Database
 from tests.support.signing import OTHER_SECRET, SECRET, STANDARD_SECRET
 

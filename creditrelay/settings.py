@@ -8,7 +8,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -18,6 +17,7 @@ from creditrelay.schema.database import DEFAULT_LOCK_TIMEOUT, with_driver
 from creditrelay.schema.errors import SettingsError as SettingsError  # raised here, defined with the others
 from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
+from creditrelay.schema.wire import web_url
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
 ENFORCEMENT_MODES = ("off", "tokens", "users", "litellm")
@@ -185,18 +185,6 @@ def load_settings(
         litellm_master_key=litellm["LITELLM_MASTER_KEY"],
         log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",
     )
-
-
-def web_url(text: str) -> bool:
-    """An http:// or https:// URL with a host, a valid port if any, and no space or control character."""
-    if not text.isprintable() or any(character.isspace() for character in text):
-        return False
-    try:
-        parts = urlsplit(text)
-        _ = parts.port  # a port out of range raises too
-    except ValueError:  # a malformed host or port
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _balance(config: Config, name: str, default: str) -> int:
