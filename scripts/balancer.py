@@ -32,7 +32,7 @@ class Usage:
     number: int
     event_id: str
     request_id: str | None
-    key: int  # the gateway key, and the benchmark user it bills (benchkit: bench<key>@example.com)
+    key: int  # the gateway key (new-api's token id), and the benchmark user it bills: bench<key>@example.com
     cost: int
     prompt_tokens: int  # unique per usage: it tells the usage apart in the ledger and in the gateway's log
     completion_tokens: int = 40
@@ -56,10 +56,13 @@ class Usage:
 
 
 def make_usages(prefix: str, count: int, first: int = 0) -> list[Usage]:
-    """``count`` usages; even numbers carry a ``requestId``, odd ones are seed 004's payload without."""
+    """``count`` usages; even numbers carry a ``requestId``, odd ones are seed 004's payload without. Keys
+    run from 1 (new-api's token ids do: a log row of token 0 is no token's)."""
+    numbers = range(first, first + count)
+    request_ids = [f"{prefix}-req-{n}" if n % 2 == 0 else None for n in numbers]
     return [
-        Usage(n, f"{prefix}-{n}", f"{prefix}-req-{n}" if n % 2 == 0 else None, n % USERS, 1 + n % 9, 100 + n)
-        for n in range(first, first + count)
+        Usage(n, f"{prefix}-{n}", request_id, 1 + n % (USERS - 1), 1 + n % 9, 100 + n)
+        for n, request_id in zip(numbers, request_ids, strict=True)
     ]
 
 
