@@ -24,9 +24,10 @@ from creditrelay.schema.errors import DatabaseUnavailable, TransactionConflict
 
 T = TypeVar("T")
 
-# MySQL errors after which the whole transaction may simply run again: deadlock, lock wait timeout,
-# and the connection errors that leave a commit's fate unknown (the constraints make a re-run harmless).
-_MYSQL_RETRYABLE = {1213, 1205, 2006, 2013}
+# MySQL errors after which the whole transaction may simply run again: deadlock (Galera's certification
+# conflict is one), lock wait timeout, MySQL Group Replication's certification conflict (3101), and the
+# connection errors that leave a commit's fate unknown (the constraints make a re-run harmless).
+_MYSQL_RETRYABLE = {1213, 1205, 3101, 2006, 2013}
 _MYSQL_LOCK_WAIT = 1205  # each try waits the whole lock timeout: tried once more, not five times
 # Errors that say this server cannot take writes now, whatever the statement: a Galera node that is not
 # ready for clients (1047: it left the cluster's primary component, or is still joining), a read-only server
@@ -44,7 +45,7 @@ _POSTGRES_NOT_WRITABLE = {"25006"}
 # max_execution_time 3024): the database's trouble, not the statement's.
 _MYSQL_UNAVAILABLE = {
     *(2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152, 1927, 4031, 1290, 1836, 1205, 1213),
-    *(1969, 3024, 1047),  # ... and a Galera node not ready for clients
+    *(1969, 3024, 1047, 3101),  # ... a Galera node not ready for clients, a Group Replication conflict
     *(1044, 1045, 1049, 2059),  # access denied, no such database, an auth plugin missing: cannot connect as set
 }
 # SQLite primary result codes that mean the database file cannot be used now: busy or locked past the

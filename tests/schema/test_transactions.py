@@ -9,7 +9,7 @@ from sqlalchemy import Connection
 
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.errors import DatabaseUnavailable
-from creditrelay.schema.transactions import run_transaction
+from creditrelay.schema.transactions import is_not_writable, is_retryable, is_unavailable, run_transaction
 from tests.support.database import Database
 from tests.support.receiver import add_user
 
@@ -186,3 +186,26 @@ def test_a_read_only_session_is_replaced_by_a_writable_one(database: Database) -
     finally:
         engine.dispose()
     assert database.count("users", "id = :id", id=user_id) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "retried", "new_connection"),
+    [
+        (1213, "Deadlock found when trying to get lock; try restarting transaction", True, False),  # Galera
+        (3101, "Plugin instructed the server to rollback the current transaction.", True, False),  # Group Replication
+        (1047, "WSREP has not yet prepared node for application use", True, True),
+        (1290, "The MariaDB server is running with the --read-only option", True, True),
+        (1836, "Running in read-only mode", True, True),
+        (1062, "Duplicate entry 'x' for key 'eventId'", False, False),
+    ],
+)
+def test_what_a_mysql_cluster_answers_is_retried_or_left_for_another_connection(
+    code: int, message: str, retried: bool, new_connection: bool
+) -> None:
+    """A certification conflict (Galera's 1213, Group Replication's 3101) runs the transaction again; a node
+    not ready or read-only does too, on a new connection; each is an outage (503) once the retries are
+    spent. A refused statement is none of these."""
+    error = sa.exc.OperationalError("COMMIT", None, pymysql.err.OperationalError(code, message))
+    assert is_retryable(error) is retried
+    assert is_not_writable(error) is new_connection
+    assert is_unavailable(error) is retried
