@@ -196,12 +196,12 @@ def connect(engine: Engine) -> Connection:
 
 @contextmanager
 def _begin(target: Engine | Connection) -> Iterator[Connection]:
-    if isinstance(target, Engine):
-        with target.begin() as connection, _driver_errors(connection):
+    if isinstance(target, Engine):  # what target.begin() does, with the COMMIT inside _driver_errors too
+        with target.connect() as connection, _driver_errors(connection), connection.begin():
             yield connection
     else:
         try:
-            with target.begin(), _driver_errors(target):
+            with _driver_errors(target), target.begin():
                 yield target
         except BaseException:
             _reset(target)
