@@ -164,7 +164,8 @@ def run_transaction(
     sleep: Callable[[float], None] | None = None,
     read_only: bool = False,
 ) -> T:
-    """Run ``work`` in one transaction, commit it, and run it again on a deadlock or a lost connection.
+    """Run ``work`` in one transaction, commit it, and run it again on a deadlock, a lost connection, or a
+    server that cannot take writes now (once, on a new connection).
 
     ``target`` is an engine (a pooled connection per transaction) or a connection its caller holds (a
     writer's own: no checkout, liveness ping or reset per transaction; a lost one reconnects on next use).
