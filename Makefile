@@ -60,11 +60,19 @@ scale: install
 	$(PY) scripts/scale.py $(SCALE_ARGS)
 
 # Kills and outages while events flow, on MariaDB then PostgreSQL; really restarts each local server once
-# (root only)
+# (root only). Then past one machine (root only, on servers of its own under /var/tmp): three instances on a
+# three-node MariaDB Galera cluster with a node killed and rejoined, and two instances on a PostgreSQL
+# primary killed and its standby promoted, synchronous then asynchronous (galera-4 and rsync installed
+# where missing and installable; a run whose packages are missing says so and is skipped)
 CHAOS_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/creditrelay_chaos
 chaos: install
 	$(PY) scripts/chaos.py --restart-database $(CHAOS_ARGS)
 	$(PY) scripts/chaos.py --restart-database --database-url $(CHAOS_POSTGRES_URL) $(CHAOS_ARGS)
+	test -e /usr/lib/galera/libgalera_smm.so -a -x /usr/bin/rsync || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq galera-4 rsync) || true
+	$(PY) scripts/cluster_chaos.py galera $(CLUSTER_CHAOS_ARGS)
+	$(PY) scripts/cluster_chaos.py failover $(CLUSTER_CHAOS_ARGS)
+	$(PY) scripts/cluster_chaos.py failover --async $(CLUSTER_CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -97,6 +97,24 @@ def convert_to_exact_collation(connection: Connection, tables: Sequence[str], *,
     return converted
 
 
+def add_missing_columns(connection: Connection, table: sa.Table) -> list[str]:
+    """Add to ``table``, which exists, the columns of its definition it lacks (nullable ones: rows already
+    there get NULL); the names added. How a table created outside the migrations (a relay's own outbox)
+    gains the columns it grew since."""
+    present = {found["name"] for found in sa.inspect(connection).get_columns(table.name)}
+    quote = connection.dialect.identifier_preparer.quote
+    added = []
+    for column in table.columns:
+        if column.name in present:
+            continue
+        if not column.nullable:
+            raise UnsupportedDatabase(f"{table.name}.{column.name} is missing and cannot be added empty")
+        kind = column.type.compile(dialect=connection.dialect)
+        connection.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+        added.append(column.name)
+    return added
+
+
 # Strict: a value too long, out of range or NULL where it may not be is an error, in and out of
 # transactions, whatever the server's default mode is; and all of a statement's warnings are kept.
 _MYSQL_SESSION = (

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp
 
 EVENT_ID_MAX = 64
+HOLDER_MAX = 128  # a relay's name, recorded on the events it has claimed
 SNIPPET_LENGTH = 200  # how much of an answer an attempt keeps
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
@@ -23,6 +24,8 @@ def outbox_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("nextAttemptAt", Timestamp, nullable=False),
         sa.Column("claimedUntil", Timestamp, nullable=True),
+        # the relay whose claim that is: a restarted relay frees its predecessor's claims, no one else's
+        sa.Column("claimedBy", sa.String(HOLDER_MAX), nullable=True),
         sa.Column("lastError", sa.String(SNIPPET_LENGTH + 50), nullable=True),
         sa.Column("createdAt", Timestamp, nullable=False),
         sa.Column("deliveredAt", Timestamp, nullable=True),

@@ -305,11 +305,20 @@ def _insert_rows(
     for row in rows:
         values = f"({', '.join([literal(value) for value in row])})"
         if written and size + len(values) > _MYSQL_STATEMENT_BYTES:
-            yield only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
+            yield _checked(connection, f"{head}{', '.join(written)}{tail}", len(written))
             written, size = [], 0
         written.append(values)
         size += len(values) + 2
-    yield only_duplicates_ignored(_run(connection, f"{head}{', '.join(written)}{tail}", None), len(written))
+    yield _checked(connection, f"{head}{', '.join(written)}{tail}", len(written))
+
+
+def _checked(connection: Connection, sql: str, given: int) -> Any:
+    """Run a MySQL ``INSERT IGNORE`` of ``given`` rows and check it skipped nothing but duplicates; the
+    check's ``SHOW WARNINGS`` is a call on the driver's connection, its errors translated as ``_run``'s (a
+    Galera certification conflict can surface there)."""
+    cursor = _run(connection, sql, None)
+    with _translated(connection, "SHOW WARNINGS", None, cursor):
+        return only_duplicates_ignored(cursor, given)
 
 
 @cache
@@ -340,7 +349,7 @@ def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -
         cursor.adapters.register_dumper(int, Int8Dumper)
     else:
         cursor = raw.cursor()
-    try:
+    with _translated(connection, sql, params, cursor):
         if many:
             cursor.executemany(sql, params)
         elif dialect.name == "mysql" and params:
@@ -349,11 +358,21 @@ def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -
             cursor.execute(sql, params, prepare=False)  # planned for its values, each time (the module's note)
         else:
             cursor.execute(sql, params)
+    return cursor
+
+
+@contextmanager
+def _translated(connection: Connection, sql: str, params: Any, cursor: Any) -> Iterator[None]:
+    """Driver errors raised inside come out as SQLAlchemy's exception types, so retries and 503s work as for
+    any other statement, and a connection the driver reports as broken is invalidated rather than
+    returned to the pool."""
+    dialect = connection.dialect
+    try:
+        yield
     except dialect.loaded_dbapi.Error as error:
-        broken = dialect.is_disconnect(error, raw.dbapi_connection, cursor)
+        broken = dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)
         if broken:
             connection.invalidate(error)
         raise sa.exc.DBAPIError.instance(
             sql, params, error, dialect.loaded_dbapi.Error, connection_invalidated=broken, dialect=dialect
         ) from error
-    return cursor

@@ -325,6 +325,19 @@ class GatewayCall(SQLModel, table=True):
     at: datetime = Field(sa_type=Timestamp)
 
 
+class Lease(SQLModel, table=True):
+    """Work that one instance of many does at a time (the poller's passes): ``holder`` does it until
+    ``expiresAt``, renewing as it goes; once that has passed, any instance may take it over
+    (``billing.leases``)."""
+
+    __tablename__ = "leases"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = column("expiresAt", sa_type=Timestamp)
+
+
 outbox_events, outbox_attempts = outbox_tables(metadata)  # what billing sends (alerts), delivered by the relay
 users = metadata.tables["users"]
 api_keys = metadata.tables["api_keys"]
@@ -337,3 +350,4 @@ admin_sessions = metadata.tables["admin_sessions"]
 usage_matches = metadata.tables["usage_matches"]
 gateway_states = metadata.tables["gateway_states"]
 gateway_calls = metadata.tables["gateway_calls"]
+leases = metadata.tables["leases"]

@@ -1,6 +1,11 @@
 """Transactions on the engines of ``schema.database``: one commit per unit of work, the deadlocks and lost
 connections that are safe to retry retried, and a database out of reach (an outage: 503) told apart from a
 statement it refused (the unit of work's own failure).
+
+A cluster's normal behaviour is one of those: a Galera certification conflict is a deadlock (1213), a
+node not ready for clients (1047) and a demoted primary (PostgreSQL's 25006) are servers that cannot take
+writes now, whose connections are left for new ones. Whichever statement raised it, SQLAlchemy's or a
+call on the driver's own connection, it is retried, and a 503 once the retries are spent — never a 500.
 """
 
 import sqlite3
@@ -19,10 +24,19 @@ from creditrelay.schema.errors import DatabaseUnavailable, TransactionConflict
 
 T = TypeVar("T")
 
-# MySQL errors after which the whole transaction may simply run again: deadlock, lock wait timeout,
-# and the connection errors that leave a commit's fate unknown (the constraints make a re-run harmless).
-_MYSQL_RETRYABLE = {1213, 1205, 2006, 2013}
+# MySQL errors after which the whole transaction may simply run again: deadlock (Galera's certification
+# conflict is one), lock wait timeout, MySQL Group Replication's certification conflict (3101), and the
+# connection errors that leave a commit's fate unknown (the constraints make a re-run harmless).
+_MYSQL_RETRYABLE = {1213, 1205, 3101, 2006, 2013}
 _MYSQL_LOCK_WAIT = 1205  # each try waits the whole lock timeout: tried once more, not five times
+# Errors that say this server cannot take writes now, whatever the statement: a Galera node that is not
+# ready for clients (1047: it left the cluster's primary component, or is still joining), a read-only server
+# (MySQL's 1290 and 1836, PostgreSQL's 25006: a replica, or a primary a failover demoted). Asking the same
+# connection again would get the same answer, so it is invalidated, the engine's idle connections are
+# closed, and the work is tried once more on a new connection (with a multi-host URL and
+# ``target_session_attrs=read-write``, one to the server that takes writes now).
+_MYSQL_NOT_WRITABLE = {1047, 1290, 1836}
+_POSTGRES_NOT_WRITABLE = {"25006"}
 # MySQL errors that say the server is away or will not take a connection now, not that it refused our
 # statement: can't connect (2002, 2003, 2005), gone or lost (2006, 2013, 2055), too many connections
 # (1040, 1203), server shutting down (1053), connection killed or aborted (1152, 1927, 4031), read-only
@@ -31,7 +45,7 @@ _MYSQL_LOCK_WAIT = 1205  # each try waits the whole lock timeout: tried once mor
 # max_execution_time 3024): the database's trouble, not the statement's.
 _MYSQL_UNAVAILABLE = {
     *(2002, 2003, 2005, 2006, 2013, 2055, 1040, 1203, 1053, 1152, 1927, 4031, 1290, 1836, 1205, 1213),
-    *(1969, 3024),
+    *(1969, 3024, 1047, 3101),  # ... a Galera node not ready for clients, a Group Replication conflict
     *(1044, 1045, 1049, 2059),  # access denied, no such database, an auth plugin missing: cannot connect as set
 }
 # SQLite primary result codes that mean the database file cannot be used now: busy or locked past the
@@ -76,15 +90,29 @@ def _is_postgres(error: DBAPIError) -> bool:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """A deadlock, a lock wait timeout or a lost connection (MySQL), a deadlock, a serialization failure or
-    a lock timeout (PostgreSQL), a conflict the transaction found itself: it may run again."""
+    """A deadlock (a Galera certification conflict is one), a lock wait timeout or a lost connection
+    (MySQL), a deadlock, a serialization failure or a lock timeout (PostgreSQL), a server that cannot take
+    writes now (``is_not_writable``: on a new connection), a conflict the transaction found itself: it may
+    run again."""
     if isinstance(error, TransactionConflict):
         return True
     if not isinstance(error, DBAPIError) or isinstance(error.orig, sqlite3.Error):
         return False
+    if is_not_writable(error):
+        return True
     if _is_postgres(error):
         return _sqlstate(error) in _POSTGRES_RETRYABLE
     return _code(error) in _MYSQL_RETRYABLE
+
+
+def is_not_writable(error: BaseException) -> bool:
+    """The server this connection reaches cannot take writes now (a Galera node not ready, a read-only
+    server): the connection must be replaced, not asked again."""
+    if not isinstance(error, DBAPIError) or isinstance(error.orig, sqlite3.Error):
+        return False
+    if _is_postgres(error):
+        return _sqlstate(error) in _POSTGRES_NOT_WRITABLE
+    return _code(error) in _MYSQL_NOT_WRITABLE
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -118,12 +146,14 @@ def _is_lock_wait(error: BaseException) -> bool:
 
 
 def _worth_another_try(state: RetryCallState) -> bool:
-    """A retryable error, but a lock wait that timed out only once: each such try already waited the whole
-    lock timeout, and a database that keeps a lock that long is answered as unavailable."""
+    """A retryable error, but a lock wait that timed out, or a server that cannot take writes, only once:
+    each such try already waited the whole lock timeout, and a database that keeps a lock that long is
+    answered as unavailable; a new connection that reaches a server no more writable says the database is
+    not there for us now (503: the load balancer's health check routes around this instance)."""
     error = state.outcome.exception() if state.outcome is not None else None
     if error is None or not is_retryable(error):
         return False
-    return not (_is_lock_wait(error) and state.attempt_number >= 2)
+    return not ((_is_lock_wait(error) or is_not_writable(error)) and state.attempt_number >= 2)
 
 
 def run_transaction(
@@ -135,7 +165,8 @@ def run_transaction(
     read_only: bool = False,
     keep: Callable[[T], bool] | None = None,
 ) -> T:
-    """Run ``work`` in one transaction, commit it, and run it again on a deadlock or a lost connection.
+    """Run ``work`` in one transaction, commit it, and run it again on a deadlock, a lost connection, or a
+    server that cannot take writes now (once, on a new connection).
 
     ``target`` is an engine (a pooled connection per transaction) or a connection its caller holds (a
     writer's own: no checkout, liveness ping or reset per transaction; a lost one reconnects on next use).
@@ -184,16 +215,41 @@ def connect(engine: Engine) -> Connection:
 
 @contextmanager
 def _begin(target: Engine | Connection) -> Iterator[Connection]:
-    if isinstance(target, Engine):
-        with target.begin() as connection:
+    if isinstance(target, Engine):  # what target.begin() does, with the COMMIT inside _driver_errors too
+        with target.connect() as connection, _driver_errors(connection), connection.begin():
             yield connection
     else:
         try:
-            with target.begin():
+            with _driver_errors(target), target.begin():
                 yield target
         except BaseException:
             _reset(target)
             raise
+
+
+@contextmanager
+def _driver_errors(connection: Connection) -> Iterator[None]:
+    """A driver's own error that reached the transaction unwrapped (a call on the driver's connection
+    outside SQLAlchemy) raised as SQLAlchemy's type, which the retries and 503s know; and a server that
+    cannot take writes left: this connection invalidated (a held one reconnects on its next use) and the
+    engine's pool replaced, so no idle connection to that server is handed out again."""
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        yield
+    except DBAPIError as error:
+        _leave_if_not_writable(connection, error)
+        raise
+    except dbapi.Error as error:
+        translated = DBAPIError.instance(None, None, error, dbapi.Error, dialect=connection.dialect)
+        if isinstance(translated, DBAPIError):
+            _leave_if_not_writable(connection, translated)
+        raise translated from error
+
+
+def _leave_if_not_writable(connection: Connection, error: DBAPIError) -> None:
+    if is_not_writable(error) and not connection.invalidated:
+        connection.invalidate(error.orig if isinstance(error.orig, Exception) else None)
+        connection.engine.dispose()  # connections checked out elsewhere are closed when they come back
 
 
 def _reset(connection: Connection) -> None:

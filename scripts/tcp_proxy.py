@@ -1,16 +1,21 @@
-"""A TCP proxy the tests can cut, so a real database server looks stopped to the code under test."""
+"""A TCP proxy the tests can cut, so a real database server looks stopped to the code under test; and
+that can hold what it forwards for a while, as a link to another site would (a standby far away)."""
 
 import contextlib
+import queue
 import socket
 import threading
+import time
 from types import TracebackType
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every connection and refuses new ones. With
+    ``delay``, every byte arrives that many seconds after it was sent, each way (throughput unchanged)."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, delay: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        self.delay = delay
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.cut_off = threading.Event()
@@ -40,6 +45,9 @@ class TcpProxy:
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        if self.delay:
+            self._pump_later(source, sink)
+            return
         try:
             while chunk := source.recv(65536):
                 sink.sendall(chunk)
@@ -47,6 +55,30 @@ class TcpProxy:
             pass
         finally:
             self._drop(source, sink)
+
+    def _pump_later(self, source: socket.socket, sink: socket.socket) -> None:
+        """A delay line: chunks are read as they come and each is sent ``delay`` seconds after it was read."""
+        line: queue.Queue[tuple[float, bytes]] = queue.Queue()
+
+        def send() -> None:
+            try:
+                while chunk := (item := line.get())[1]:
+                    time.sleep(max(0.0, item[0] - time.monotonic()))
+                    sink.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                self._drop(source, sink)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            while chunk := source.recv(65536):
+                line.put((time.monotonic() + self.delay, chunk))
+        except OSError:
+            pass
+        finally:
+            line.put((0.0, b""))
 
     def _drop(self, *sockets: socket.socket) -> None:
         with self.lock:

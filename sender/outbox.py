@@ -2,8 +2,10 @@
 
 Any SQLAlchemy URL works; the default is a SQLite file under ``./data/`` (WAL, ``synchronous=FULL``, so
 ``enqueue`` returning means the event survives ``kill -9`` and power loss). The two tables are the
-outbox's own and are created on open. One relay process drains one outbox: on start it releases the
-claims a killed predecessor left behind.
+outbox's own and are created on open (an outbox made by an earlier version gains the columns it lacks).
+Relays may share an outbox (one per host, on a shared MySQL or PostgreSQL): each claims events under its
+name, with a lease, and a relay starting under a name frees only the claims its killed predecessor of that
+name left behind; the claims of a relay that is gone for good come back when their lease runs out.
 
 Delivered events are purged a bounded chunk at a time (``sender.purge``), by the relay on its schedule or
 by ``creditrelay outbox purge``; a SQLite outbox then gives the freed pages back (``sender.sqlite_space``).
@@ -21,6 +23,7 @@ from sqlalchemy import Engine
 
 from creditrelay.schema.database import (
     Timestamp,
+    add_missing_columns,
     convert_to_exact_collation,
     insert_ignoring_duplicates,
     make_engine,
@@ -91,7 +94,9 @@ class Outbox:
         if create:
             sqlite_space.use_incremental_vacuum(engine)  # before the first table: fixed from then on
             metadata.create_all(engine)
-            with engine.begin() as connection:  # outboxes made before event ids compared byte for byte on MySQL
+            with engine.begin() as connection:
+                add_missing_columns(connection, outbox_events)  # outboxes made before claims named their relay
+                # outboxes made before event ids compared byte for byte on MySQL
                 convert_to_exact_collation(connection, list(metadata.tables), required=False)
 
     @classmethod
@@ -127,8 +132,10 @@ class Outbox:
 
         return run_transaction(self.engine, insert)
 
-    def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[OutboxEvent]:
-        """Take up to ``limit`` due events, oldest due first, and hold them for ``lease``."""
+    def claim_due(self, now: datetime, limit: int, lease: timedelta, holder: str | None = None) -> list[OutboxEvent]:
+        """Take up to ``limit`` due events, oldest due first, and hold them for ``lease`` under ``holder``'s
+        name. Relays claiming at once skip each other's rows (``SKIP LOCKED``; SQLite's writers take turns),
+        and a claim two Galera nodes made at once fails certification on one of them, which runs again."""
         query = (
             sa.select(outbox_events.c.id, outbox_events.c.eventId, outbox_events.c.body, outbox_events.c.attempts)
             .where(
@@ -140,15 +147,18 @@ class Outbox:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        with self.engine.begin() as connection:
+
+        def claim(connection: sa.Connection) -> list[Any]:
             rows = list(connection.execute(query))
             for start in range(0, len(rows), IN_LIMIT):  # a pass may claim more than a statement may name
                 connection.execute(
                     outbox_events.update()
                     .where(outbox_events.c.id.in_([r.id for r in rows[start : start + IN_LIMIT]]))
-                    .values(claimedUntil=now + lease)
+                    .values(claimedUntil=now + lease, claimedBy=holder)
                 )
-        return [OutboxEvent(r.eventId, r.body.encode(), r.attempts) for r in rows]
+            return rows
+
+        return [OutboxEvent(r.eventId, r.body.encode(), r.attempts) for r in run_transaction(self.engine, claim)]
 
     def settle(self, settlements: Iterable[Settlement]) -> None:
         """Record attempts and move their events on, in one transaction."""
@@ -174,6 +184,7 @@ class Outbox:
                 status=sa.bindparam("new_status"),
                 nextAttemptAt=sa.func.coalesce(sa.bindparam("next_at", type_=Timestamp), outbox_events.c.nextAttemptAt),
                 claimedUntil=None,
+                claimedBy=None,
                 lastError=sa.bindparam("error"),
                 deliveredAt=sa.bindparam("delivered_at", type_=Timestamp),
             )
@@ -206,6 +217,7 @@ class Outbox:
                             attempts=outbox_events.c.attempts + 1,
                             status=DELIVERED,
                             claimedUntil=None,
+                            claimedBy=None,
                             lastError=None,
                             deliveredAt=moment,
                         )
@@ -220,18 +232,22 @@ class Outbox:
                 connection.execute(
                     outbox_events.update()
                     .where(outbox_events.c.eventId.in_(event_ids[start : start + IN_LIMIT]))
-                    .values(claimedUntil=None)
+                    .values(claimedUntil=None, claimedBy=None)
                 )
 
-    def release_claims(self) -> int:
-        """Make events a killed relay had in flight due again (they may reach the receiver twice)."""
-        with self.engine.begin() as connection:
+    def release_claims(self, holder: str) -> int:
+        """Make the events a killed relay named ``holder`` had in flight due again (they may reach the
+        receiver twice); other relays' claims stay theirs."""
+
+        def release(connection: sa.Connection) -> int:
             result = connection.execute(
                 outbox_events.update()
-                .where(outbox_events.c.status == PENDING, outbox_events.c.claimedUntil.is_not(None))
-                .values(claimedUntil=None)
+                .where(outbox_events.c.status == PENDING, outbox_events.c.claimedBy == holder)
+                .values(claimedUntil=None, claimedBy=None)
             )
             return int(result.rowcount)
+
+        return run_transaction(self.engine, release)
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as connection:
@@ -258,7 +274,7 @@ class Outbox:
         revive = (
             outbox_events.update()
             .where(outbox_events.c.status == DEAD)
-            .values(status=PENDING, attempts=0, nextAttemptAt=now, claimedUntil=None)
+            .values(status=PENDING, attempts=0, nextAttemptAt=now, claimedUntil=None, claimedBy=None)
         )
         with self.engine.begin() as connection:
             if event_ids is None:

@@ -6,12 +6,19 @@ try after the schedule's next delay (or the receiver's ``Retry-After``, clamped,
 once the schedule is spent. An event in flight when the relay is killed is tried again after a restart,
 so it may reach the receiver twice — the receiver dedupes it by event id.
 
+A relay claims under its name (``RelayConfig.name``), and on start frees the claims left under that name
+alone: a relay restarted under its name gets its killed predecessor's events back at once, and relays
+sharing an outbox under names of their own never free each other's (a relay gone for good leaves claims
+that come back when their lease runs out). Two relays must not run under one name at once.
+
 Beside delivery, the relay purges what it delivered once that is older than the retention (7 days by
 default), when it starts and then hourly, and gives a SQLite outbox's freed pages back; dead events stay
 for an operator to look at unless it is told to purge them too.
 """
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import DatabaseUnavailable
+from creditrelay.schema.outbox import HOLDER_MAX
 from creditrelay.sender.batching import MAX_EVENTS, UNSUPPORTED, batch_url, chunks, deliver_batch, receiver_down
 from creditrelay.sender.delivery import Attempt, Signer, Verdict, attempt_delivery_async
 from creditrelay.sender.metrics import ATTEMPTS, BATCH, IN_FLIGHT, LATENCY, PURGE_FAILURES, PURGED
@@ -54,9 +62,9 @@ class RelayConfig:
     lease: float = 120.0
     retry_after_max: float = 3600.0
     clock: Callable[[], float] = field(default=time.time)
-    # One relay per outbox frees, at start, the claims its killed predecessor left; relays sharing an
-    # outbox (one per serve instance) must not, and wait for those claims' leases to run out instead.
-    shared: bool = False
+    # Recorded on this relay's claims; at start the relay frees those left under this name. None: a name of
+    # this process alone (nothing to free at start; a killed predecessor's claims wait for their lease).
+    name: str | None = None
     batch: bool = True  # many events per request where the receiver has a batch endpoint
     batch_size: int = MAX_EVENTS
     breaker_max: float = 60.0  # the longest wait while the receiver is down
@@ -68,6 +76,12 @@ class RelayConfig:
     purge_dead: bool = False
     purge_every: float = 3600.0
     purge_pause: float = PURGE_PAUSE
+
+
+def process_name(prefix: str) -> str:
+    """A relay name no other process has: ``prefix``, the host and the process id (cut to what a claim
+    records, the unique part first)."""
+    return f"{prefix}:{os.getpid()}:{socket.gethostname()}"[:HOLDER_MAX]
 
 
 def settle(event: OutboxEvent, attempt: Attempt, config: RelayConfig) -> Settlement:
@@ -96,6 +110,7 @@ class OutboxRelay:
         self.outbox = outbox
         self.signer = signer
         self.config = config
+        self.name = (config.name or process_name("relay"))[:HOLDER_MAX]
         self._wakeup: asyncio.Event | None = None
         self.failed_passes = 0
         self.batch_url = batch_url(config.url) if config.batch else None
@@ -122,7 +137,8 @@ class OutboxRelay:
         batching = self._batching()
         size = self.config.batch_size if batching else 4
         lease = timedelta(seconds=self.config.lease)
-        due = await asyncio.to_thread(self.outbox.claim_due, utc(clock), self.config.concurrency * size, lease)
+        most = self.config.concurrency * size
+        due = await asyncio.to_thread(self.outbox.claim_due, utc(clock), most, lease, self.name)
         if not due:
             return 0
         probe = due[:1] if self.breaker_delay else []  # the receiver was down: one event asks first
@@ -250,16 +266,16 @@ class OutboxRelay:
             while not stop.is_set():
                 self.purge_if_due(stop)
                 try:
-                    if not resumed and not self.config.shared:
-                        released = await asyncio.to_thread(self.outbox.release_claims)
+                    if not resumed:  # what a killed predecessor of this name had in flight
+                        released = await asyncio.to_thread(self.outbox.release_claims, self.name)
                         resumed = True
                         if released:
-                            log.info("relay_resumed", in_flight_again=released)
+                            log.info("relay_resumed", name=self.name, in_flight_again=released)
                     if await self.drain_once(client):
                         continue
-                except OperationalError as error:  # the outbox's database is away: wait, then try again
+                except (OperationalError, DatabaseUnavailable) as error:  # the outbox's database is away: wait
                     self.failed_passes += 1
-                    log.error("relay_outbox_unavailable", error=str(error.orig))
+                    log.error("relay_outbox_unavailable", error=str(getattr(error, "orig", None) or error))
                 except Exception:  # one failed pass (a bug, an unreadable answer) never ends the relay
                     self.failed_passes += 1
                     log.error("relay_pass_failed", exc_info=True)

@@ -3,6 +3,7 @@
 development secret, as ``serve`` does)."""
 
 import argparse
+import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -69,6 +70,14 @@ def _listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _relay_name(text: str) -> str:
+    from creditrelay.schema.outbox import HOLDER_MAX
+
+    if not 0 < len(text) <= HOLDER_MAX:
+        raise argparse.ArgumentTypeError(f"1 to {HOLDER_MAX} characters")
+    return text
+
+
 def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -79,7 +88,9 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
 
     secret = settings.require_secrets()[0]
     outbox = Outbox.open(args.outbox)
+    host, port = args.listen
     config = RelayConfig(
+        name=args.name or f"{socket.gethostname()}:{port}",  # the same again after a restart here
         url=args.to,
         schedule=args.retry_schedule or DEFAULT_SCHEDULE,
         concurrency=args.concurrency,
@@ -87,7 +98,6 @@ def cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
         purge_dead=args.purge_dead,
     )
     relay = OutboxRelay(outbox, Signer(secret), config)
-    host, port = args.listen
     uvicorn.run(create_sidecar(outbox, relay), host=host, port=port, access_log=False, server_header=False)
     return 0
 
@@ -157,6 +167,13 @@ def register(commands: Any) -> None:
         help=f"purge delivered events this many days old, hourly (default: {RETENTION_DAYS})",
     )
     relay.add_argument("--purge-dead", action="store_true", help="purge dead events past the retention too")
+    relay.add_argument(
+        "--name",
+        type=_relay_name,
+        metavar="NAME",
+        help="this relay's name on the events it claims; a restart under it resumes what it had in flight,"
+        " and relays sharing an outbox need names of their own (default: HOST:PORT of --listen)",
+    )
 
     outbox = command(commands, "outbox", cmd_outbox, "see and manage the relay's outbox")
     actions = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")

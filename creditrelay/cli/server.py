@@ -50,8 +50,9 @@ def asgi_app() -> "Starlette":
 def workers(settings: Settings, engine: "Engine") -> "list[Worker]":
     """What ``serve`` runs beside the requests: the gateway enforcer, about once a second, and the relay
     that delivers the alerts billing writes into the ledger's outbox (and, as every relay does, purges
-    those delivered more than the default retention ago, hourly; dead ones stay). Every instance runs
-    both: claims with leases keep them from doing the same work twice, and purges at once share theirs."""
+    those delivered more than the default retention ago, hourly; dead ones stay). Every instance (and
+    every worker process of one) runs both: claims with leases keep them from doing the same work twice,
+    and purges at once share theirs. Each worker's relay claims under a name of its own process."""
     from creditrelay.receiver.background import every
     from creditrelay.receiver.metrics import GATEWAY_CALLS
 
@@ -70,11 +71,11 @@ def workers(settings: Settings, engine: "Engine") -> "list[Worker]":
     if settings.alert_webhook_url is not None and settings.alert_webhook_secret is not None:
         from creditrelay.sender.delivery import Signer
         from creditrelay.sender.outbox import Outbox
-        from creditrelay.sender.relay import OutboxRelay, RelayConfig
+        from creditrelay.sender.relay import OutboxRelay, RelayConfig, process_name
 
         signer = Signer(settings.alert_webhook_secret, seed=False, standard=True)
         # the operator's own endpoint: one alert per request, never a creditrelay batch
-        config = RelayConfig(url=settings.alert_webhook_url, shared=True, batch=False)
+        config = RelayConfig(url=settings.alert_webhook_url, batch=False, name=process_name("serve"))
         relay = OutboxRelay(Outbox(engine, create=False), signer, config)
         found.append(relay.run)
     return found

@@ -46,7 +46,7 @@ def test_each_crossing_alerts_once_and_the_alerts_verify(database: Database) -> 
         relay = OutboxRelay(
             Outbox(database.engine),
             Signer(WebhookSecret.parse(STANDARD_SECRET), seed=False, standard=True),
-            RelayConfig(url=receiver.url, schedule=(0,), shared=True),
+            RelayConfig(url=receiver.url, schedule=(0,)),
         )
 
         async def drain() -> None:

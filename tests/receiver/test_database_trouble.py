@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from creditrelay.receiver import webhooks
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import make_engine
-from tests.support.database import Database
+from tests.support.database import Database, conflicting_show_warnings
 from tests.support.receiver import OPENING, add_user, settings_for
 from tests.support.server import serving
 from tests.support.signing import encode, seed_headers, usage_event
@@ -122,3 +122,32 @@ def test_health_answers_from_the_writers_when_no_connection_is_left(
                 assert post(client, "evt-second").status_code == 200
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["mysql"], indirect=True)  # SHOW WARNINGS after an INSERT IGNORE: MySQL's
+def test_a_conflict_raised_by_the_drivers_own_call_is_a_503_never_a_500(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Galera certification conflict that keeps surfacing from SHOW WARNINGS (pymysql's own call, outside
+    SQLAlchemy) through every retry: 503 with Retry-After, as for any deadlock still there after the
+    retries; once it stops, the same event is answered as the duplicate it is."""
+    user_id = add_user(database.engine)
+    conflicting = True
+    conflicting_show_warnings(monkeypatch, lambda: conflicting)
+    engine = make_engine(database.url)
+    try:
+        app = create_app(settings_for(database), engine)
+        with serving(app) as url, httpx.Client(base_url=url, timeout=20) as client:
+            first = encode(usage_event("evt-first", cost=40, request_id="req-1"))
+            again = encode(usage_event("evt-again", cost=40, request_id="req-1"))  # the same usage: a skipped row
+            assert client.post("/api/webhooks/events", content=first, headers=seed_headers(first)).status_code == 200
+            reply = client.post("/api/webhooks/events", content=again, headers=seed_headers(again))
+            assert reply.status_code == 503, reply.text
+            assert reply.headers["retry-after"] == "5"
+            conflicting = False
+            reply = client.post("/api/webhooks/events", content=again, headers=seed_headers(again))
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["duplicate"] is True
+    finally:
+        engine.dispose()
+    assert database.scalar("SELECT balance FROM users WHERE id = :id", id=user_id) == OPENING - 40

@@ -13,15 +13,12 @@ from sqlalchemy import event
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.signing import WebhookSecret
 from creditrelay.sender.delivery import Attempt, Signer, Verdict
-from creditrelay.sender.events import encode_event, usage_event
 from creditrelay.sender.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxEvent
 from creditrelay.sender.relay import OutboxRelay, RelayConfig, settle
 from tests.support.database import Database
+from tests.support.outbox import LEASE, T0, events
 from tests.support.scripted_receiver import Reply, scripted_receiver
 from tests.support.signing import SECRET
-
-T0 = datetime(2026, 5, 1, 12, 0, 0)
-LEASE = timedelta(seconds=60)
 
 
 @pytest.fixture
@@ -29,13 +26,6 @@ def outbox(database: Database) -> Outbox:
     """An outbox in the test's ledger database, which holds its tables (the ledger's alerts use them), emptied
     before each test like the rest."""
     return Outbox(database.engine)
-
-
-def events(count: int, start: int = 0) -> list[tuple[str, bytes]]:
-    made = [
-        usage_event(remote_key_id=1, model="m", credit_cost=1, event_id=f"e{i:03}") for i in range(start, start + count)
-    ]
-    return [(e["eventId"], encode_event(e)) for e in made]
 
 
 def test_enqueue_is_idempotent_by_event_id(outbox: Outbox) -> None:
@@ -49,13 +39,13 @@ def test_claims_are_oldest_due_first_and_leased(outbox: Outbox) -> None:
     """Due events come oldest first; a claimed event is not handed out again until its lease ends or is freed."""
     outbox.enqueue(events(1, start=5), T0 + timedelta(seconds=5))
     outbox.enqueue(events(2), T0)
-    first = outbox.claim_due(T0 + timedelta(seconds=10), 2, LEASE)
+    first = outbox.claim_due(T0 + timedelta(seconds=10), 2, LEASE, "relay-a")
     assert [e.event_id for e in first] == ["e000", "e001"]
-    assert [e.event_id for e in outbox.claim_due(T0 + timedelta(seconds=10), 10, LEASE)] == ["e005"]
-    assert outbox.claim_due(T0 + timedelta(seconds=11), 10, LEASE) == []
-    assert len(outbox.claim_due(T0 + timedelta(seconds=71), 10, LEASE)) == 3
-    assert outbox.release_claims() == 3
-    assert len(outbox.claim_due(T0 + timedelta(seconds=72), 10, LEASE)) == 3
+    assert [e.event_id for e in outbox.claim_due(T0 + timedelta(seconds=10), 10, LEASE, "relay-a")] == ["e005"]
+    assert outbox.claim_due(T0 + timedelta(seconds=11), 10, LEASE, "relay-a") == []
+    assert len(outbox.claim_due(T0 + timedelta(seconds=71), 10, LEASE, "relay-a")) == 3
+    assert outbox.release_claims("relay-a") == 3
+    assert len(outbox.claim_due(T0 + timedelta(seconds=72), 10, LEASE, "relay-a")) == 3
 
 
 def _attempt(event_id: str, verdict: Verdict, status: int | None, retry_after: float | None = None) -> Attempt:

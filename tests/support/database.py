@@ -2,11 +2,13 @@
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymysql
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -116,3 +118,21 @@ def clean(engine: Engine) -> None:
     with engine.begin() as connection:  # DELETE: PostgreSQL's TRUNCATE takes 20 times as long here
         for table in TABLES:
             connection.execute(sa.text(f"DELETE FROM {table}"))
+
+
+def certification_conflict() -> Exception:
+    """The error a Galera node raises when another node's commit certified first: a deadlock (1213)."""
+    return pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock; try restarting transaction")
+
+
+def conflicting_show_warnings(monkeypatch: pytest.MonkeyPatch, conflicting: Callable[[], bool]) -> None:
+    """pymysql's own ``show_warnings`` (called outside SQLAlchemy) raises a certification conflict while
+    ``conflicting()`` says so, and reads the warnings otherwise."""
+    real: Callable[[Any], Any] = pymysql.connections.Connection.show_warnings
+
+    def show_warnings(self: Any) -> Any:
+        if conflicting():
+            raise certification_conflict()
+        return real(self)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "show_warnings", show_warnings)

@@ -2,7 +2,8 @@
 
 ``GET /api/log/``: ``type`` filter, ``start_timestamp``/``end_timestamp`` inclusive, rows ``ORDER BY id
 DESC``, ``p`` 1-based, ``page_size`` capped at 100 (``common.GetPageQuery``); answer
-``{"success", "message", "data": {"page", "page_size", "total", "items"}}``. Wrong credentials are refused
+``{"success", "message", "data": {"page", "page_size", "total", "items"}}`` (rows and pages as
+``scripts.gateway_log`` makes them, which `make chaos` serves too). Wrong credentials are refused
 like new-api's auth middleware (401 with ``success: false``); ``refuse_with_200`` answers HTTP 200 with
 ``success: false``; ``down`` answers 502. Rows can be hidden, to be made visible later out of id order.
 
@@ -16,7 +17,6 @@ gateway: the calls overlap, and ``most_in_flight`` says how many ever did at onc
 
 import asyncio
 import itertools
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from scripts.gateway_log import consume_log_row, log_answer, log_page
 from tests.support.database import Database
 from tests.support.server import serving
 from tests.support.signing import SECRET
@@ -66,29 +67,11 @@ class FakeNewApi:
         completion_tokens: int | None = None,
     ) -> dict[str, Any]:
         row_id = next(self._ids)
-        row = {
-            "id": row_id,
-            "user_id": 1,
-            "created_at": created_at,
-            "type": 2,
-            "content": "模型倍率 1.00，分组倍率 1.00",
-            "username": "gateway-user",
-            "token_name": f"token-{token_id}",
-            "model_name": model,
-            "quota": quota,
-            "prompt_tokens": quota // 3 if prompt_tokens is None else prompt_tokens,
-            "completion_tokens": quota // 5 if completion_tokens is None else completion_tokens,
-            "use_time": 1,
-            "is_stream": False,
-            "channel": 1,
-            "channel_name": "openai",
-            "token_id": token_id,
-            "group": "default",
-            "ip": "",
-            "other": json.dumps({"model_ratio": 1, "group_ratio": 1}),
-        }
-        if request_id:  # new-api omits an empty request_id (and rows from before v0.10 have none)
-            row["request_id"] = request_id
+        row = consume_log_row(
+            row_id, created_at, token_id, quota, request_id, model=model,
+            prompt_tokens=quota // 3 if prompt_tokens is None else prompt_tokens,
+            completion_tokens=quota // 5 if completion_tokens is None else completion_tokens,
+        )  # fmt: skip
         self.rows.append(row)
         if hidden:
             self.hidden.add(row_id)
@@ -102,25 +85,7 @@ class FakeNewApi:
             return JSONResponse({"success": False, "message": "bad gateway"}, 502)
         if self.refuse_with_200:
             return JSONResponse({"success": False, "message": "数据库错误"})
-        q = request.query_params
-        page = max(int(q.get("p") or 1), 1)
-        size = int(q.get("page_size") or 10)
-        size = 10 if size < 1 else min(size, 100)
-        start, end = int(q.get("start_timestamp") or 0), int(q.get("end_timestamp") or 0)
-        log_type = int(q.get("type") or 0)
-        found = [
-            r
-            for r in self.rows
-            if r["id"] not in self.hidden
-            and (log_type == 0 or r["type"] == log_type)
-            and (start == 0 or r["created_at"] >= start)
-            and (end == 0 or r["created_at"] <= end)
-        ]
-        found.sort(key=lambda r: r["id"], reverse=True)
-        items = found[(page - 1) * size : page * size]
-        data = {"page": page, "page_size": size, "total": len(found), "items": items}
-        body = json.dumps({"success": True, "message": "", "data": data})  # non-ASCII escaped: any text survives
-        return Response(body, media_type="application/json")
+        return log_answer(log_page([r for r in self.rows if r["id"] not in self.hidden], request.query_params))
 
     def token(self, token_id: int, owner: int = int(ADMIN_USER), status: int = 1) -> None:
         self.tokens[token_id] = {"user_id": owner, "status": status}

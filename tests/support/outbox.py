@@ -1,5 +1,5 @@
 """Outboxes of any size, written fast: rows as the relay leaves them, inserted in multi-row Core statements
-rather than through the relay."""
+rather than through the relay; and the small batches of events the outbox tests enqueue."""
 
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -9,7 +9,19 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from creditrelay.schema.statements import insert_all
+from creditrelay.sender.events import encode_event, usage_event
 from creditrelay.sender.outbox import DELIVERED
+
+T0 = datetime(2026, 5, 1, 12, 0, 0)
+LEASE = timedelta(seconds=60)
+
+
+def events(count: int, start: int = 0) -> list[tuple[str, bytes]]:
+    """``count`` usage events (id, body) with ids ``e000``, ``e001``, … from ``start``."""
+    made = [
+        usage_event(remote_key_id=1, model="m", credit_cost=1, event_id=f"e{i:03}") for i in range(start, start + count)
+    ]
+    return [(e["eventId"], encode_event(e)) for e in made]
 
 
 def rows(
