@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.billing.rows import insert_new
+from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.tables import leases
 
 

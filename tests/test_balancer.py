@@ -10,8 +10,8 @@ from starlette.routing import Route
 
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import make_engine
-from creditrelay.schema.settings import Settings
 from creditrelay.schema.signing import parse_secrets
+from creditrelay.settings import Settings
 from scripts.balancer import Tally, make_usages, run_load
 from scripts.benchkit import OPENING, make_database
 from scripts.processes import free_port

@@ -8,7 +8,7 @@ import pytest
 
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import make_engine, utc
-from creditrelay.schema.settings import parse_database_url
+from creditrelay.settings import parse_database_url
 from scripts.processes import free_port
 from tests.support.database import Database
 from tests.support.receiver import OPENING, add_user, settings_for

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy import Connection
 
-from creditrelay.billing.rows import insert_new
+from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.tables import users, webhook_logs
 from creditrelay.schema.transactions import run_transaction
 from tests.support.database import Database, certification_conflict, conflicting_show_warnings
