@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from creditrelay import __version__
+from creditrelay.app import ATTEMPTS
 from creditrelay.billing.polling import PollConfig
 from creditrelay.cli import build_parser
-from creditrelay.cli.cron import ATTEMPTS
 from creditrelay.cli.outbox import DAY, DEFAULT_OUTBOX_URL, RETENTION_DAYS
 from creditrelay.sender import outbox
 from creditrelay.sender.relay import DEFAULT_RETENTION

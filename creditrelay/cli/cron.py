@@ -9,6 +9,7 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from creditrelay.app import ATTEMPTS, gateway_access, make_enforcer, make_poller, poll_config, require_enforcement
 from creditrelay.cli.base import (
     command,
     counting,
@@ -26,82 +27,16 @@ from creditrelay.schema.shapes import to_json
 from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Connection
     from tqdm import tqdm
 
-    from creditrelay.billing.enforcement import Enforcer
-    from creditrelay.billing.gateways.litellm import LiteLLMClient
-    from creditrelay.billing.gateways.newapi import NewApiClient
-    from creditrelay.billing.polling import PollConfig, Poller, PollReport
+    from creditrelay.billing.polling import PollReport
     from creditrelay.billing.reconcile import ReconcileReport
 
-ATTEMPTS = 6  # creditrelay.billing.polling.PollConfig.attempts, checked equal by a test
 RIGHTS_HELP = (
     "comma-separated rights: balance, records (the client's own entries), records:all (every entry), "
     "credit, debit (a new client's default: every right but records:all)"
 )
-
-
-def poll_config(settings: Settings, attempts: int = ATTEMPTS) -> "PollConfig":
-    from creditrelay.billing.polling import PollConfig
-
-    return PollConfig(
-        quota_per_credit=settings.poll_quota_per_credit,
-        overlap_seconds=settings.poll_overlap_seconds,
-        lookback_hours=settings.poll_lookback_hours,
-        attempts=attempts,
-    )
-
-
-def new_api(settings: Settings, purpose: str = "poll new-api", timeout: float = 15.0) -> "NewApiClient":
-    from creditrelay.billing.gateways.newapi import NewApiClient
-
-    if not (settings.new_api_base_url and settings.new_api_admin_token and settings.new_api_user_id):
-        raise SettingsError(f"NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID are needed to {purpose}")
-    return NewApiClient(
-        settings.new_api_base_url, settings.new_api_admin_token, settings.new_api_user_id, timeout=timeout
-    )
-
-
-def make_poller(
-    settings: Settings,
-    progress: "Callable[[int, int, PollReport], None] | None" = None,
-    attempts: int = ATTEMPTS,
-    committed: "Callable[[PollReport], None] | None" = None,
-) -> "Poller":
-    from creditrelay.app import open_ledger
-    from creditrelay.billing.polling import Poller
-
-    client = new_api(settings)
-    config = poll_config(settings, attempts)
-    return Poller(open_ledger(settings), client, config, progress=progress, committed=committed)
-
-
-def gateway_access(settings: Settings, purpose: str) -> "NewApiClient | LiteLLMClient":
-    """The gateway the enforcement mode tells to stop and resume: LiteLLM's proxy, or new-api; 5 s a call,
-    so that a push stays well inside its lease (billing.enforcement)."""
-    if settings.gateway_enforcement == "litellm":
-        from creditrelay.billing.gateways.litellm import LiteLLMClient
-
-        if settings.litellm_base_url is None or settings.litellm_master_key is None:
-            raise SettingsError(f"LITELLM_BASE_URL and LITELLM_MASTER_KEY are needed to {purpose}")
-        return LiteLLMClient(settings.litellm_base_url, settings.litellm_master_key, timeout=5.0)
-    return new_api(settings, purpose, timeout=5.0)
-
-
-def require_enforcement(settings: Settings) -> None:
-    if settings.gateway_enforcement == "off":
-        raise SettingsError("GATEWAY_ENFORCEMENT is off: set it to tokens, users or litellm to enforce")
-
-
-def make_enforcer(settings: Settings, engine: "Engine") -> "Enforcer":
-    from creditrelay.billing.enforcement import EnforceConfig, Enforcer
-
-    require_enforcement(settings)
-    client = gateway_access(settings, f"enforce (GATEWAY_ENFORCEMENT={settings.gateway_enforcement})")
-    admin = settings.new_api_user_id
-    config = EnforceConfig(settings.gateway_enforcement, int(admin) if admin and admin.isdigit() else None)
-    return Enforcer(engine, client, config)
 
 
 def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:

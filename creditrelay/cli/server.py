@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from starlette.applications import Starlette
 
-    from creditrelay.receiver.background import Worker
-
 
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.schema.database import make_engine
@@ -27,58 +25,18 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 def asgi_app() -> "Starlette":
     """The app each uvicorn worker builds from the environment (``serve`` checked it first)."""
-    from creditrelay.app import open_ledger
-    from creditrelay.cli.cron import make_poller
-    from creditrelay.receiver.app import create_app
+    from creditrelay.app import build_app
     from creditrelay.receiver.logs import configure_logging
-    from creditrelay.receiver.metrics import count_polled
     from creditrelay.settings import load_settings
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    polls = settings.polling_enabled and settings.poll_interval
-    poller = make_poller(settings, committed=count_polled) if polls else None
-    engine = open_ledger(settings)
-    app = create_app(settings, engine, poller=poller, workers=workers(settings, engine))
+    app = build_app(settings)
     # What is loaded by now (modules, tables, compiled schemas) lives as long as the process: frozen out
     # of the collector's reach, a full collection no longer walks it and stalls requests.
     gc.collect()
     gc.freeze()
     return app
-
-
-def workers(settings: Settings, engine: "Engine") -> "list[Worker]":
-    """What ``serve`` runs beside the requests: the gateway enforcer, about once a second, and the relay
-    that delivers the alerts billing writes into the ledger's outbox (and, as every relay does, purges
-    those delivered more than the default retention ago, hourly; dead ones stay). Every instance (and
-    every worker process of one) runs both: claims with leases keep them from doing the same work twice,
-    and purges at once share theirs. Each worker's relay claims under a name of its own process."""
-    from creditrelay.receiver.background import every
-    from creditrelay.receiver.metrics import GATEWAY_CALLS
-
-    found: list[Worker] = []
-    if settings.gateway_enforcement != "off":
-        from creditrelay.cli.cron import make_enforcer
-
-        enforcer = make_enforcer(settings, engine)
-
-        def enforce() -> None:
-            report = enforcer.run_once()
-            GATEWAY_CALLS.labels("ok").inc(report.calls - report.failed_calls)
-            GATEWAY_CALLS.labels("failed").inc(report.failed_calls)
-
-        found.append(every(1.0, enforce, "enforce"))
-    if settings.alert_webhook_url is not None and settings.alert_webhook_secret is not None:
-        from creditrelay.sender.delivery import Signer
-        from creditrelay.sender.outbox import Outbox
-        from creditrelay.sender.relay import OutboxRelay, RelayConfig, process_name
-
-        signer = Signer(settings.alert_webhook_secret, seed=False, standard=True)
-        # the operator's own endpoint: one alert per request, never a creditrelay batch
-        config = RelayConfig(url=settings.alert_webhook_url, batch=False, name=process_name("serve"))
-        relay = OutboxRelay(Outbox(engine, create=False), signer, config)
-        found.append(relay.run)
-    return found
 
 
 def schema_is_current(engine: "Engine", check: Callable[["Engine"], bool], wait: float = 30.0) -> bool | None:

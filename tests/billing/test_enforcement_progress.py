@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from creditrelay.app import make_enforcer
 from creditrelay.billing.accounts import top_up
 from creditrelay.billing.deliveries import deliver
 from creditrelay.billing.enforcement import EnforceConfig, Enforcer, read_progress, write_progress
 from creditrelay.billing.rules import LedgerRules
-from creditrelay.cli.cron import make_enforcer
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.tables import gateway_states
