@@ -4,6 +4,9 @@
 # `export` lines on stdout, for `make` to source or a shell to `eval "$(scripts/test-services.sh)"`.
 # A URL already set in the environment is kept as is and its server left alone (`skip` included).
 set -euo pipefail
+# the databases' name is this checkout's own, so that two checkouts testing at once on one server (a CI run
+# beside a developer's) never drop each other's tables; the workers add _gw0, _gw1 to it
+TEST_DATABASE="creditrelay_test_$(printf %s "$PWD" | sha1sum | cut -c1-8)"
 
 say() { echo "test-services: $*" >&2; }
 
@@ -57,7 +60,7 @@ start_mysql() {
   # root with an empty password over TCP, as on this kind of machine; otherwise a user of our own made over
   # the socket (a fresh Debian install lets root in through unix_socket only).
   if mariadb -uroot -h127.0.0.1 -e "SELECT 1" >/dev/null 2>&1; then
-    mysql="mysql+pymysql://root@127.0.0.1:3306/creditrelay_test"
+    mysql="mysql+pymysql://root@127.0.0.1:3306/$TEST_DATABASE"
     return
   fi
   if ! mariadb -ucreditrelay -pcreditrelay -h127.0.0.1 -e "SELECT 1" >/dev/null 2>&1; then
@@ -65,7 +68,7 @@ start_mysql() {
       mariadb --protocol=socket -uroot -e "CREATE USER IF NOT EXISTS 'creditrelay'@'127.0.0.1' IDENTIFIED BY 'creditrelay';
         GRANT ALL PRIVILEGES ON *.* TO 'creditrelay'@'127.0.0.1'; FLUSH PRIVILEGES;"
   fi
-  mysql="mysql+pymysql://creditrelay:creditrelay@127.0.0.1:3306/creditrelay_test"
+  mysql="mysql+pymysql://creditrelay:creditrelay@127.0.0.1:3306/$TEST_DATABASE"
 }
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------
@@ -92,7 +95,7 @@ start_postgres() {
   # trust on 127.0.0.1, as on this kind of machine; otherwise a password for postgres, set over the socket
   # (a fresh Debian install lets postgres in through peer authentication only).
   if postgres_login; then
-    postgres="postgresql+psycopg://postgres@127.0.0.1:5432/creditrelay_test"
+    postgres="postgresql+psycopg://postgres@127.0.0.1:5432/$TEST_DATABASE"
     return
   fi
   if ! postgres_login "$PG_PASSWORD"; then
@@ -100,7 +103,7 @@ start_postgres() {
       su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD '$PG_PASSWORD'\""
     postgres_login "$PG_PASSWORD" || { say "cannot log in to PostgreSQL as postgres over TCP"; exit 1; }
   fi
-  postgres="postgresql+psycopg://postgres:$PG_PASSWORD@127.0.0.1:5432/creditrelay_test"
+  postgres="postgresql+psycopg://postgres:$PG_PASSWORD@127.0.0.1:5432/$TEST_DATABASE"
 }
 
 # --- the admin pages' browser -----------------------------------------------------------------------------

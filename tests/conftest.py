@@ -7,6 +7,7 @@ pytest-xdist worker gets a database of its own on each server, migrated once and
 Set either to ``skip`` to leave that server out (``make test-fast`` runs SQLite alone).
 """
 
+import hashlib
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm, wherever it is imported: no download
@@ -28,10 +29,11 @@ from tests.support.fake_newapi import FakeNewApi, fake_newapi
 from tests.support.receiver import Receiver, add_user, settings_for
 from tests.support.server import serving
 
-MYSQL_URL = os.environ.get("CREDITRELAY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/creditrelay_test")
-POSTGRES_URL = os.environ.get(
-    "CREDITRELAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/creditrelay_test"
-)
+# without a URL given, databases named after this checkout (as scripts/test-services.sh names them), so that
+# two checkouts testing at once on one server never drop each other's tables
+_OWN = "creditrelay_test_" + hashlib.sha1(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:8]
+MYSQL_URL = os.environ.get("CREDITRELAY_TEST_MYSQL_URL", f"mysql+pymysql://root@127.0.0.1:3306/{_OWN}")
+POSTGRES_URL = os.environ.get("CREDITRELAY_TEST_POSTGRES_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{_OWN}")
 KINDS = ["sqlite"] + ([] if MYSQL_URL == "skip" else ["mysql"]) + ([] if POSTGRES_URL == "skip" else ["postgresql"])
 
 
