@@ -109,6 +109,9 @@ def main() -> None:
     parser.add_argument("--server-cpu", default="0" if (os.cpu_count() or 1) > 1 else None)
     parser.add_argument("--load-cpu", default="1" if (os.cpu_count() or 1) > 1 else None)
     parser.add_argument("--skip-instructions", action="store_true", help="no callgrind count (minutes of it)")
+    parser.add_argument(
+        "--unpinned-only", action="store_true", help="only the unpinned shares and the database server's CPU"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("make bench needs wrk (Debian: apt-get install wrk); `make bench` installs it")
@@ -123,6 +126,9 @@ def main() -> None:
         with serve(None, {"WEBHOOK_SECRET": SECRET}, cpu=cpu, ceiling=True) as server:
             return run_load(server, unique, args, load_cpu=load_cpu).rps
 
+    if args.unpinned_only:
+        unpinned(args, work, unique, measure_ceiling)
+        return
     # The host's speed drifts within minutes (a shared machine: 11k-26k requests/s for the same ceiling
     # a minute apart), so the ceiling is measured before the first run and after every run, each run's
     # ratio is to the mean of the two ceilings on either side of it, and the rounds interleave every run
