@@ -79,8 +79,8 @@ def main() -> None:
                        capture_output=True)  # fmt: skip
         roots[args.ref] = worktree
     counts: dict[str, dict[str, int]] = {name: {} for name in roots}
-    setup = per_event(ROOT, SETUP)
     for name, root in roots.items():
+        setup = per_event(root, SETUP)  # each tree's own: parsing an event is not the writer's work
         for variant in VARIANTS if name == "this tree" else VARIANTS[:1]:
             counts[name][variant] = per_event(root, variant) - setup
     base = counts["this tree"]["with requestId"]
