@@ -18,7 +18,7 @@ from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter
 from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.admin_site import back, link, now_of, outcomes_text, render, replay, service_of
-from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines
+from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines, top_series
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import CREDITS_ADDED, CREDITS_DEDUCTED
@@ -30,7 +30,6 @@ SHOWS = ("all", "below-zero", "low", "suspended")
 SORTS = {"balance": "lowest balance", "-balance": "highest balance", "email": "email", "newest": "newest"}
 PAGE = 50
 TRANSACTIONS = 50
-MODELS_CHARTED = 8  # the largest models by day; the rest as "other models"
 
 
 def flags(service: AdminService, balance: int) -> list[str]:
@@ -79,17 +78,6 @@ def _day_label(day: date) -> str:
     return day.strftime("%b %d")
 
 
-def _top_models(by_model: dict[str, list[int]], days: int) -> list[Series]:
-    """The largest models, each a series of credits by day, the rest summed as one."""
-    names = list(by_model)
-    series = [Series(name, by_model[name]) for name in names[:MODELS_CHARTED]]
-    rest = names[MODELS_CHARTED:]
-    if rest:
-        summed = [sum(by_model[name][i] for name in rest) for i in range(days)]
-        series.append(Series(f"{len(rest)} other models", summed, "#999999"))
-    return series
-
-
 def activity_charts(service: AdminService, found: user_queries.Activity) -> dict[str, Any]:
     labels = [_day_label(d) for d in found.days]
     every = 5 if len(labels) > 10 else 1
@@ -104,7 +92,7 @@ def activity_charts(service: AdminService, found: user_queries.Activity) -> dict
         ),
         "by_day_chart": bars(
             labels,
-            _top_models(found.by_model, len(labels)),
+            top_series(found.by_model, len(labels)),
             Frame("Credits charged by day and model", "day (UTC)", "credits", no_usage, label_every=every),
         ),
         "by_model_chart": horizontal_bars(

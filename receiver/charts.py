@@ -8,7 +8,7 @@ them.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree
@@ -24,11 +24,26 @@ FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 WIDTH = 760
 
 
+MODELS_CHARTED = 8  # the largest models by day; the rest as "other models"
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
     name: str
     values: Sequence[int]
     colour: str | None = None
+
+
+def top_series(by_model: Mapping[str, Sequence[int]], days: int) -> list[Series]:
+    """The largest models (``by_model`` lists them largest first), each a series of credits by day, the
+    rest summed as one."""
+    names = list(by_model)
+    series = [Series(name, by_model[name]) for name in names[:MODELS_CHARTED]]
+    rest = names[MODELS_CHARTED:]
+    if rest:
+        summed = [sum(by_model[name][i] for name in rest) for i in range(days)]
+        series.append(Series(f"{len(rest)} other models", summed, "#999999"))
+    return series
 
 
 def _style(series: Sequence[Series]) -> Style:

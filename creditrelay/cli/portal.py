@@ -54,10 +54,10 @@ def cmd_statement(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.billing import statement_files
     from creditrelay.billing.accounts import find_user
     from creditrelay.billing.statements import month_of, parse_month
+    from creditrelay.schema.transactions import read_stream
 
     parse_month(args.month)  # a bad month is refused before the database is opened
-    engine = ledger(settings)
-    with engine.connect() as connection, connection.begin():
+    with read_stream(ledger(settings)) as connection:
         month = month_of(connection, args.month)
         if args.user is None:
             parts = (statement_files.summary_csv if args.format == "csv" else statement_files.summary_json)(
