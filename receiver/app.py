@@ -105,6 +105,8 @@ def create_app(
         Route("/api/credits/batch", credits.counted("batch", credits.batch), methods=["POST"]),
         Route("/api/credits/balance/{telegram_id}", credits.counted("balance", credits.balance), methods=["GET"]),
         Route("/api/credits/records/{telegram_id}", credits.counted("records", credits.records), methods=["GET"]),
+        Route("/api/credits/balance", credits.counted("balance", credits.balance), methods=["GET"]),
+        Route("/api/credits/records", credits.counted("records", credits.records), methods=["GET"]),
         Route("/api/info", operator_api.info, methods=["GET"]),
         Route("/api/gateway/allowance/{remote_key_id:path}", allowance.allowance, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
