@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from creditrelay.billing import access as gateway_access
-from creditrelay.billing import user_queries
+from creditrelay.billing import portal, user_queries
 from creditrelay.billing.accounts import AccountError, ReferenceConflict, adjust, link_key, top_up, unlink_key
 from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter
@@ -23,7 +23,8 @@ from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_optional_int
-from creditrelay.schema.shapes import to_json
+from creditrelay.schema.portal_tokens import DEFAULT_DAYS, MAX_DAYS
+from creditrelay.schema.shapes import iso, to_json
 from creditrelay.schema.wire import plain_int
 
 SHOWS = ("all", "below-zero", "low", "suspended")
@@ -243,3 +244,30 @@ async def access(request: Request) -> Response:
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
     return back(request, here, f"{action.capitalize()} sent to the gateway's queue")
+
+
+async def portal_link(request: Request) -> Response:
+    """A new link to the member's portal (``days`` from the form, 30 by default), said in the notice; or,
+    with ``action=revoke``, every link made so far ended."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    form = await form_of(request)
+    if _form_text(form, "action") == "revoke":
+        try:
+            await service.run(lambda c: portal.revoke_links(c, user_id))
+        except AccountError:
+            raise ApiError(404, f"No user {user_id}") from None
+        return back(request, here, "Every portal link of this user made so far stops working", kind="warning")
+    if not service.portal_keys:
+        return back(request, here, "Portal links need PORTAL_SECRET (or WEBHOOK_SECRET) to sign them", kind="error")
+    days = plain_int(_form_text(form, "days") or str(DEFAULT_DAYS))
+    if days is None or not 1 <= days <= MAX_DAYS:
+        return back(request, here, f"A portal link lasts 1 to {MAX_DAYS} days", kind="error")
+    key = service.portal_keys[0]
+    try:
+        made = await service.run(lambda c: portal.issue_link(c, user_id, key, now_of(service), days))
+    except AccountError:
+        raise ApiError(404, f"No user {user_id}") from None
+    where = (service.public_base_url or "") + made.path
+    return back(request, here, f"Portal link (until {iso(made.expires_at)}): {where}")

@@ -95,6 +95,8 @@ def create_app(
         suspend_at=settings.suspend_at_balance,
         low_at=settings.low_balance_at,
         enforcement=settings.gateway_enforcement,
+        portal_keys=settings.portal_keys,
+        public_base_url=settings.public_base_url,
     )
     portal_service = portal_api.PortalService(engine, settings.portal_keys, clock)
     routes = [

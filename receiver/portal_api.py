@@ -5,7 +5,7 @@ or none — is a 404 that says nothing more. What the pages and the API share is
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from creditrelay.billing import portal, user_queries
 from creditrelay.billing.accounts import AccountError
 from creditrelay.receiver.errors import ApiError
-from creditrelay.receiver.params import query_optional_int
+from creditrelay.receiver.params import day_range, query_optional_int
 from creditrelay.schema.database import utc
 from creditrelay.schema.shapes import to_json
 from creditrelay.schema.transactions import run_transaction
@@ -53,25 +53,6 @@ def service_of(request: Request) -> PortalService:
     return service
 
 
-def _day(request: Request, name: str, default: date) -> date:
-    text = request.query_params.get(name)
-    if not text:
-        return default
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, f"{name}: a day as YYYY-MM-DD") from None
-
-
-def usage_range(request: Request, today: date) -> tuple[date, date]:
-    """``from`` and ``to`` (days, UTC, both included): the last 30 days unless given."""
-    end = _day(request, "to", today)
-    start = _day(request, "from", end - timedelta(days=DEFAULT_RANGE_DAYS - 1))
-    if end < start or (end - start).days >= portal.MAX_RANGE_DAYS:
-        raise ApiError(400, f"from, to: from on or before to, at most {portal.MAX_RANGE_DAYS} days apart")
-    return start, end
-
-
 async def _bearer_member(request: Request) -> tuple[PortalService, int]:
     service = service_of(request)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -91,7 +72,7 @@ async def account(request: Request) -> Response:
 
 async def usage(request: Request) -> Response:
     service, user_id = await _bearer_member(request)
-    start, end = usage_range(request, service.today())
+    start, end = day_range(request, service.today(), DEFAULT_RANGE_DAYS, portal.MAX_RANGE_DAYS)
     group_by = request.query_params.get("groupBy") or "day"
     if group_by not in GROUPS:
         raise ApiError(400, "groupBy: day or model")

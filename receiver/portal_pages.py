@@ -22,8 +22,8 @@ from creditrelay.billing.statements import month_of, months_between, parse_month
 from creditrelay.receiver.admin_site import HEADERS, STATIC, link, when
 from creditrelay.receiver.charts import Frame, bars, horizontal_bars, top_series
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS
-from creditrelay.receiver.params import query_optional_int
-from creditrelay.receiver.portal_api import TRANSACTIONS, PortalService, service_of, usage_range
+from creditrelay.receiver.params import day_range, query_optional_int
+from creditrelay.receiver.portal_api import DEFAULT_RANGE_DAYS, TRANSACTIONS, PortalService, service_of
 from creditrelay.schema.errors import CreditRelayError
 from creditrelay.schema.shapes import to_json
 from creditrelay.schema.transactions import read_stream
@@ -62,7 +62,7 @@ async def page(request: Request) -> Response:
     token = str(request.path_params["token"])
     user_id = await service.member(token)
     today = service.today()
-    start, end = usage_range(request, today)
+    start, end = day_range(request, today, DEFAULT_RANGE_DAYS, portal.MAX_RANGE_DAYS)
     before = query_optional_int(request, "before")
     account = await service.read(lambda c: portal.account(c, user_id))
     found = await service.read(lambda c: portal.usage(c, user_id, start, end))

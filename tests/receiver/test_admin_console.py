@@ -34,17 +34,18 @@ ALICE = 100_000
 
 
 def _deliveries(database: Database, count: int, key: str, prefix: str, spread_days: int = 0) -> None:
-    """``count`` usages of ``key`` over the models, spread over the last ``spread_days`` days."""
+    """``count`` usages of ``key`` over the models, charged (and stamped) over the last ``spread_days`` days."""
     now = int(time.time())
-    events = []
+    by_day: dict[int, list[Any]] = {}
     for i in range(count):
-        body = usage_event(
-            f"{prefix}-{i:04d}", cost=1 + i % 9, key=key, timestamp=now - (i // 5 % (spread_days or 1)) * 86400
-        )
+        back = i // 5 % (spread_days or 1)
+        body = usage_event(f"{prefix}-{i:04d}", cost=1 + i % 9, key=key, timestamp=now - back * 86400)
         body["data"]["model"] = MODELS[i % len(MODELS)]
-        events.append(parse_event(encode(body)))
-    for start in range(0, count, 100):
-        deliver(database.engine, events[start : start + 100], utc(now))
+        by_day.setdefault(back, []).append(parse_event(encode(body)))
+    for back in sorted(by_day, reverse=True):  # oldest first, as they would have come
+        events = by_day[back]
+        for start in range(0, len(events), 100):
+            deliver(database.engine, events[start : start + 100], utc(now - back * 86400))
 
 
 @pytest.fixture
@@ -253,7 +254,6 @@ def _check_chart(where: str, svg: Locator) -> None:
     box = svg.evaluate(BOX)
     texts = svg.evaluate(TEXTS)
     words = [t["text"] for t in texts]
-    assert any("title" in t["classes"] for t in texts), (where, words)
     x_ticks = [t for t in texts if "axis x" in t["classes"] and "title" not in t["classes"]]
     y_ticks = [t for t in texts if "axis y" in t["classes"] and "title" not in t["classes"]]
     assert x_ticks, (where, words)
@@ -283,12 +283,30 @@ def test_charts_have_axes_legends_and_every_label_whole_and_apart(site: str, wid
         charts = 0
         for path in ("/admin/", "/admin/usage", "/admin/users/1"):
             page.goto(f"{site}{path}")
-            for svg in page.locator(".chart svg").all():
+            for chart in page.locator(".chart").all():
                 charts += 1
-                _check_chart(path, svg)
-        assert charts == 6
+                assert chart.locator(".chart-title").inner_text().strip(), path
+                _check_chart(path, chart.locator("svg"))
+                _check_opens_at_its_newest_end(path, chart, width)
+        assert charts == 7
         page.goto(f"{site}/admin/usage")
         texts = page.locator("#by-model svg").evaluate(TEXTS)
         assert all(any(t["text"] == f"{m} · {c:,}" for t in texts) for m, c in _totals().items())
-        legend = page.locator("#by-day svg").evaluate(TEXTS)
-        assert set(MODELS) <= {t["text"] for t in legend if "legend" in t["classes"]}
+        assert set(MODELS) <= set(page.locator("#by-day .legend li").all_inner_texts())
+
+
+def _check_opens_at_its_newest_end(where: str, chart: Locator, width: int) -> None:
+    """The title and legend are within the screen; a plot wider than its box (a phone) shows its right,
+    newest, end first (bars by model: their left end, where the models' names are)."""
+    for part in (chart.locator(".chart-title"), *chart.locator(".legend li").all()):
+        box = part.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0, (where, part.inner_text())
+        assert box["x"] + box["width"] <= width + 1, (where, part.inner_text())
+    plot, svg = chart.locator(".plot-box").bounding_box(), chart.locator(".plot-box > svg").bounding_box()
+    assert plot is not None
+    assert svg is not None
+    if "from-start" in (chart.locator(".plot-box").get_attribute("class") or ""):
+        assert abs(svg["x"] - plot["x"]) <= 2, (where, plot, svg)
+    else:
+        assert abs((svg["x"] + svg["width"]) - (plot["x"] + plot["width"])) <= 2, (where, plot, svg)

@@ -130,7 +130,8 @@ def test_balance_and_records_by_any_identifier(receiver: Receiver, creds: Creden
     records = receiver.client.get("/api/credits/records", params={"email": "shop@example.com"}, headers=key).json()
     assert [r["change"] for r in records["data"]["records"]] == [50]
     assert records["data"]["email"] == "shop@example.com"
-    for params in ({}, {"user_id": shop, "email": "shop@example.com"}, {"user_id": "x"}):
+    wrong: list[dict[str, str | int]] = [{}, {"user_id": shop, "email": "shop@example.com"}, {"user_id": "x"}]
+    for params in wrong:
         assert receiver.client.get("/api/credits/balance", params=params, headers=key).status_code == 400
     assert receiver.client.get("/api/credits/balance", params={"user_id": 10**9}, headers=key).status_code == 404
 
