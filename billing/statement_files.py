@@ -28,10 +28,27 @@ def _text(value: str | None) -> str:
     return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
+BATCH = 1000  # rows written per piece yielded: a piece is one write to the terminal or the socket
+
+
 def _csv(row: Iterable[Any]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow(row)
     return out.getvalue()
+
+
+def _batched(rows: Iterable[Iterable[Any]]) -> Iterator[str]:
+    """``rows`` as CSV, ``BATCH`` rows a piece."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    for count, row in enumerate(rows, 1):
+        writer.writerow(row)
+        if count % BATCH == 0:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    if out.tell():
+        yield out.getvalue()
 
 
 def _line_json(line: Line) -> dict[str, Any]:
@@ -50,14 +67,19 @@ def user_csv(connection: Connection, user_id: int, month: Month) -> Iterator[str
     balance = opening(connection, user_id, month)
     yield _csv(LINE_COLUMNS)
     yield _csv([iso(month.start), "opening balance", "", balance, "", "", "", "", "", ""])
-    for line in lines(connection, user_id, month):
-        balance = line.balance
-        yield _csv([
-            iso(line.time), line.type, line.amount, line.balance, _text(line.reference), _text(line.model),
-            *(("" if n is None else n) for n in (line.prompt_tokens, line.completion_tokens, line.total_tokens)),
-            _text(line.reason),
-        ])  # fmt: skip
-    yield _csv([iso(month.end), "closing balance", "", balance, "", "", "", "", "", ""])
+    last = [balance]
+
+    def rows() -> Iterator[list[Any]]:
+        for line in lines(connection, user_id, month):
+            last[0] = line.balance
+            yield [
+                iso(line.time), line.type, line.amount, line.balance, _text(line.reference), _text(line.model),
+                *(("" if n is None else n) for n in (line.prompt_tokens, line.completion_tokens, line.total_tokens)),
+                _text(line.reason),
+            ]  # fmt: skip
+
+    yield from _batched(rows())
+    yield _csv([iso(month.end), "closing balance", "", last[0], "", "", "", "", "", ""])
 
 
 def user_json(connection: Connection, user_id: int, email: str, month: Month) -> Iterator[str]:
@@ -79,10 +101,15 @@ def summary_csv(connection: Connection, month: Month) -> Iterator[str]:
     """One row per user, then a ``totals`` row."""
     totals = [0] * 5
     yield _csv(SUMMARY_COLUMNS)
-    for row in summary(connection, month):
-        values = _summary_values(row)
-        totals = [a + b for a, b in zip(totals, values[2:], strict=True)]
-        yield _csv(values)
+
+    def rows() -> Iterator[list[Any]]:
+        nonlocal totals
+        for row in summary(connection, month):
+            values = _summary_values(row)
+            totals = [a + b for a, b in zip(totals, values[2:], strict=True)]
+            yield values
+
+    yield from _batched(rows())
     yield _csv(["totals", "", *totals])
 
 
