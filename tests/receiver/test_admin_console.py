@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, ViewportSize
+from playwright.sync_api import Locator, Page
 
 from creditrelay.billing.accounts import NewUser, adjust, create_user, link_key
 from creditrelay.billing.deliveries import deliver
@@ -18,7 +18,7 @@ from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import utc
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import parse_event
-from tests.support.browser import chromium, loaded, screenshot, sign_in
+from tests.support.browser import DESKTOP, PHONE, chromium, loaded, shoot_both, sign_in
 from tests.support.database import Database
 from tests.support.receiver import add_user, settings_for
 from tests.support.server import serving
@@ -28,8 +28,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.parametrize("database", ["sqlite"
 
 TOKEN = "admin-token-admin-token-admin-token-42"
 MODELS = ["gpt-4o-mini", "gemini-1.5-pro-002", "claude-3-5-sonnet-20241022", "deepseek-chat", "o1-preview-2024-09-12"]
-DESKTOP: ViewportSize = {"width": 1280, "height": 900}
-PHONE: ViewportSize = {"width": 390, "height": 844}
 ALICE = 100_000
 
 
@@ -77,14 +75,7 @@ def _rows(page: Page, table: str) -> list[list[str]]:
 
 
 def _shoot(page: Page, name: str) -> None:
-    """The page at desktop width, then at phone width (where nothing may stick out sideways), kept."""
-    page.set_viewport_size(DESKTOP)
-    screenshot(page, "console", f"{name}-desktop")
-    page.set_viewport_size(PHONE)
-    wide = page.evaluate("document.documentElement.scrollWidth")
-    assert wide <= PHONE["width"], f"{name}: {wide}px wide on a {PHONE['width']}px screen"
-    screenshot(page, "console", f"{name}-phone")
-    page.set_viewport_size(DESKTOP)
+    shoot_both(page, "console", name)
 
 
 def _model_credits(page: Page) -> dict[str, int]:

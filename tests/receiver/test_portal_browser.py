@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from playwright.sync_api import Page, ViewportSize
+from playwright.sync_api import Page
 
 from creditrelay.billing.accounts import adjust, top_up
 from creditrelay.billing.deliveries import deliver
@@ -15,7 +15,7 @@ from creditrelay.billing.portal import issue_link
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import utc
 from creditrelay.schema.wire import parse_event
-from tests.support.browser import chromium, loaded, screenshot
+from tests.support.browser import DESKTOP, chromium, loaded, shoot_both
 from tests.support.database import Database
 from tests.support.ledger import in_transaction, make_user
 from tests.support.receiver import settings_for
@@ -24,19 +24,11 @@ from tests.support.signing import encode, usage_event
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("database", ["sqlite"], indirect=True)]
 
-DESKTOP: ViewportSize = {"width": 1280, "height": 900}
-PHONE: ViewportSize = {"width": 390, "height": 844}
 MODELS = ["gpt-4o-mini", "claude-3-5-sonnet-20241022", "deepseek-chat", "gemini-1.5-pro-002"]
 
 
 def _shoot(page: Page, name: str) -> None:
-    page.set_viewport_size(DESKTOP)
-    screenshot(page, "portal", f"{name}-desktop")
-    page.set_viewport_size(PHONE)
-    wide = page.evaluate("document.documentElement.scrollWidth")
-    assert wide <= PHONE["width"], f"{name}: {wide}px wide on a {PHONE['width']}px screen"
-    screenshot(page, "portal", f"{name}-phone")
-    page.set_viewport_size(DESKTOP)
+    shoot_both(page, "portal", name)
 
 
 @pytest.fixture
