@@ -303,6 +303,9 @@ def document() -> dict[str, Any]:
             if refused is not None:  # what this part of the API says to a caller without credentials
                 said = _UNAUTHENTICATED[operation["tags"][0]]
                 refused["content"]["application/json"]["example"] = {"success": False, "message": said}
+            unknown = operation["responses"].get("404")
+            if unknown is not None and operation["tags"] == ["credit API"]:
+                unknown["content"]["application/json"]["example"] = {"success": False, "message": "User not registered"}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -80,7 +80,7 @@ def _sync(field: str, value: int | str, reference: str) -> dict[str, Any]:
 
 
 SYNC_EXAMPLES = {
-    "by Telegram id (seeds 000/001)": {"value": _sync("telegram_id", 123456789, "order-1001")},
+    "by Telegram id": {"value": _sync("telegram_id", 123456789, "order-1001")},
     "by user id": {"value": _sync("user_id", 42, "order-1002")},
     "by email": {"value": _sync("email", "ann@example.com", "order-1003")},
 }
