@@ -24,6 +24,7 @@ from creditrelay.receiver.openapi_parts import (
     body,
     portal_paths,
     query,
+    tag_operations,
 )
 from creditrelay.schema.credit_sync import SyncBody
 from creditrelay.schema.wire import UsageData
@@ -296,16 +297,7 @@ def document() -> dict[str, Any]:
         },
     }
     paths |= portal_paths()
-    for path, operations in paths.items():
-        for operation in operations.values():
-            operation.setdefault("tags", [_tag(path)])
-            refused = operation["responses"].get("401")
-            if refused is not None:  # what this part of the API says to a caller without credentials
-                said = _UNAUTHENTICATED[operation["tags"][0]]
-                refused["content"]["application/json"]["example"] = {"success": False, "message": said}
-            unknown = operation["responses"].get("404")
-            if unknown is not None and operation["tags"] == ["credit API"]:
-                unknown["content"]["application/json"]["example"] = {"success": False, "message": "User not registered"}
+    tag_operations(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -326,24 +318,6 @@ def document() -> dict[str, Any]:
             }
         },
     }
-
-
-_TAGGED = (("/api/webhooks", "webhooks"), ("/api/credits", "credit API"), ("/api/portal", "portal"),
-           ("/portal", "portal"), ("/api/gateway", "gateway"))  # fmt: skip
-
-
-_UNAUTHENTICATED = {
-    "webhooks": "Invalid webhook signature",
-    "credit API": "Invalid API key",
-    "admin": "The ADMIN_TOKEN is required (Authorization: Bearer …)",
-    "gateway": "The GATEWAY_TOKEN is required (Authorization: Bearer …)",
-    "portal": "Not found",
-}
-
-
-def _tag(path: str) -> str:
-    """The group an endpoint is listed under in /docs: its part of the API (the operator's by default)."""
-    return next((tag for prefix, tag in _TAGGED if path.startswith(prefix)), "admin")
 
 
 async def openapi_json(_request: Request) -> Response:

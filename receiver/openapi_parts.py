@@ -276,3 +276,36 @@ def portal_paths() -> dict[str, Any]:
             }
         },
     }
+
+
+_TAGGED = (("/api/webhooks", "webhooks"), ("/api/credits", "credit API"), ("/api/portal", "portal"),
+           ("/portal", "portal"), ("/api/gateway", "gateway"))  # fmt: skip
+
+
+_UNAUTHENTICATED = {
+    "webhooks": "Invalid webhook signature",
+    "credit API": "Invalid API key",
+    "admin": "The ADMIN_TOKEN is required (Authorization: Bearer …)",
+    "gateway": "The GATEWAY_TOKEN is required (Authorization: Bearer …)",
+    "portal": "Not found",
+}
+
+
+def _tag(path: str) -> str:
+    """The group an endpoint is listed under in /docs: its part of the API (the operator's by default)."""
+    return next((tag for prefix, tag in _TAGGED if path.startswith(prefix)), "admin")
+
+
+def tag_operations(paths: dict[str, Any]) -> None:
+    """Each operation under its part of the API, its 401 (and the credit API's 404) saying what that part
+    says."""
+    for path, operations in paths.items():
+        for operation in operations.values():
+            operation.setdefault("tags", [_tag(path)])
+            refused = operation["responses"].get("401")
+            if refused is not None:  # what this part of the API says to a caller without credentials
+                said = _UNAUTHENTICATED[operation["tags"][0]]
+                refused["content"]["application/json"]["example"] = {"success": False, "message": said}
+            unknown = operation["responses"].get("404")
+            if unknown is not None and operation["tags"] == ["credit API"]:
+                unknown["content"]["application/json"]["example"] = {"success": False, "message": "User not registered"}
