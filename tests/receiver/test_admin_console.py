@@ -49,7 +49,7 @@ def _deliveries(database: Database, count: int, key: str, prefix: str, spread_da
 @pytest.fixture
 def site(database: Database) -> Iterator[str]:
     """alice (key 1) and bob (key 2) have used credits; carol owes 40; dan has none; 10 events came for
-    k-new, which nobody had linked (failed)."""
+    k-new, which nobody had linked (failed); the last reconcile found 12 discrepancies."""
     alice = add_user(database.engine, "alice@example.com", credits=ALICE, key="1")
     add_user(database.engine, "bob@example.com", credits=5000, key="2")
 
@@ -59,6 +59,13 @@ def site(database: Database) -> Iterator[str]:
         create_user(connection, NewUser("dan@example.com"), utc(time.time()))
 
     run_transaction(database.engine, more)
+    moment = utc(time.time())
+    database.execute(
+        "INSERT INTO reconcile_runs (startedAt, windowStart, windowEnd, fixed, discrepancies, report)"
+        " VALUES (:at, :at, :at, :fixed, 12, '{}')",
+        at=moment,
+        fixed=False,
+    )
     _deliveries(database, 600, "1", "a", spread_days=20)
     _deliveries(database, 390, "2", "b", spread_days=5)
     _deliveries(database, 10, "k-new", "lost")
@@ -91,6 +98,11 @@ def test_an_operator_finds_pages_replays_and_sees_it_charged(site: str, database
         sign_in(page, site, TOKEN)
         assert page.inner_text("#failed-total") == "10"
         _shoot(page, "overview")
+        page.set_viewport_size(PHONE)  # a tile's word ("discrepancies") is written whole, on one line
+        assert page.locator(".figures dd .unit").count() >= 1
+        for unit in page.locator(".figures dd .unit").all():
+            assert unit.evaluate("e => e.getClientRects().length") == 1, unit.inner_text()
+        page.set_viewport_size(DESKTOP)
 
         # users, lowest balance first: carol owes, dan has nothing; then highest first
         page.click("nav >> text=Users")
