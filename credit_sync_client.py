@@ -6,6 +6,13 @@ It is ``creditrelay.sender.credit_sync_client``; this module only re-exports it,
 against those snippets runs unchanged after ``pip install creditrelay``.
 """
 
-from creditrelay.sender.credit_sync_client import CreditSyncClient, CreditSyncError, SyncResult
+from creditrelay.sender.credit_sync_client import (
+    CreditSyncClient,
+    CreditSyncError,
+    Member,
+    SyncResult,
+    by_email,
+    by_user_id,
+)
 
-__all__ = ["CreditSyncClient", "CreditSyncError", "SyncResult"]
+__all__ = ["CreditSyncClient", "CreditSyncError", "Member", "SyncResult", "by_email", "by_user_id"]

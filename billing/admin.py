@@ -1,6 +1,6 @@
-"""What the operator's overview asks of the ledger: the figures of the last hour and the usage charts;
-and the admin API's user search and detail, and single replays. The users list and webhook logs live in
-``user_queries`` and ``log_queries``. Nothing here commits."""
+"""What the operator's overview asks of the ledger: the figures of the last hour (the usage page's are in
+``usage_report``); and the admin API's user search and detail, and single replays. The users list and
+webhook logs live in ``user_queries`` and ``log_queries``. Nothing here commits."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,11 +14,9 @@ from creditrelay.billing.deliveries import DeliveryOutcome, charged_credits, rec
 from creditrelay.billing.log_queries import STATUSES
 from creditrelay.billing.user_queries import Transaction
 from creditrelay.schema.database import utc
-from creditrelay.schema.money import exact_sum, summed
 from creditrelay.schema.tables import (
     poll_state,
     reconcile_runs,
-    usage_records,
     webhook_logs,
 )
 from creditrelay.schema.wire import EnvelopeError, parse_event
@@ -129,35 +127,3 @@ def stats(connection: Connection, now: datetime) -> Stats:
         None if watermark is None else max(0, int((now - utc(watermark)).total_seconds())),
         None if last is None else ReconcileRun(last.startedAt, last.discrepancies, last.fixed),
     )
-
-
-def usage_by_model(connection: Connection, since: datetime) -> list[tuple[str, int]]:
-    """Credits charged per model since ``since``, largest first."""
-    total = exact_sum(usage_records.c.creditCost, connection.dialect.name, "credits")
-    rows = connection.execute(
-        sa.select(usage_records.c.model, *total).where(usage_records.c.usedAt >= since).group_by(usage_records.c.model)
-    )
-    return sorted(((model, summed(parts)) for model, *parts in rows), key=lambda pair: -pair[1])
-
-
-def usage_by_day_and_model(connection: Connection, since: datetime) -> dict[str, dict[str, int]]:
-    """Credits charged per model and day (UTC, ``YYYY-MM-DD``) since ``since``: model -> day -> credits."""
-    day = sa.func.date(usage_records.c.usedAt)
-    total = exact_sum(usage_records.c.creditCost, connection.dialect.name, "credits")
-    rows = connection.execute(
-        sa.select(usage_records.c.model, day, *total)
-        .where(usage_records.c.usedAt >= since)
-        .group_by(usage_records.c.model, day)
-    )
-    found: dict[str, dict[str, int]] = {}
-    for model, moment, *parts in rows:
-        found.setdefault(str(model), {})[str(moment)[:10]] = summed(parts)
-    return found
-
-
-def usage_by_day(connection: Connection, since: datetime) -> list[tuple[str, int]]:
-    """Credits charged per day (UTC) since ``since``, oldest first."""
-    day = sa.func.date(usage_records.c.usedAt)
-    total = exact_sum(usage_records.c.creditCost, connection.dialect.name, "credits")
-    rows = connection.execute(sa.select(day, *total).where(usage_records.c.usedAt >= since).group_by(day).order_by(day))
-    return [(str(d), summed(parts)) for d, *parts in rows]

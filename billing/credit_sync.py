@@ -1,9 +1,9 @@
 """The credit API's rules: check a signed sync request, apply it once, answer balances and records.
 
-A sync changes the balance of the user with that ``telegram_id`` through ``ledger.apply_credit``, so it
-lands in the same ledger as usage. The reference is ``sync:<source>:<external_reference>`` — a repeat is
-a duplicate and changes nothing — or, without an external reference, ``sync-token:<token>``. A deduction
-never overdraws.
+A sync changes the balance of the member it names (by ``telegram_id``, ``user_id`` or ``email``) through
+``ledger.apply_credit``, so it lands in the same ledger as usage. The reference is
+``sync:<source>:<external_reference>`` — a repeat is a duplicate and changes nothing — or, without an
+external reference, ``sync-token:<token>``. A deduction never overdraws.
 
 Each request's token is used once (``billing.credit_tokens``), in the same transaction as the change and
 before it: a token seen before is a replay, refused whatever reference it names, unless it is the very
@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from creditrelay.billing.credit_tokens import TokenUse, use_tokens
 from creditrelay.billing.ledger import CreditChange, CreditStatus, apply_credit
 from creditrelay.billing.rows import lock_balances
-from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody
+from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, Member, SyncBody
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import CreditRelayError, Unauthorized
 from creditrelay.schema.tables import credit_transactions, users
@@ -52,7 +52,7 @@ class SyncStatus(StrEnum):
 @dataclass(frozen=True)
 class SyncOutcome:
     status: SyncStatus
-    telegram_id: int
+    member: Member  # as the request named them
     balance: int | None = None
     change: int = 0
 
@@ -63,7 +63,7 @@ class SyncOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Balance:
-    telegram_id: int
+    member: Member
     credits: int
     nickname: str | None
 
@@ -81,9 +81,18 @@ class Record:
     created_at: datetime
 
 
-def _user_id(connection: Connection, telegram_id: int) -> int | None:
-    query = sa.select(users.c.id).where(users.c.telegramId == telegram_id)
-    value = connection.execute(query).scalar_one_or_none()
+def _named(member: Member) -> sa.ColumnElement[bool]:
+    """The condition on ``users`` that picks the member a request names (an email compared as stored:
+    lower case)."""
+    if member.field == "telegram_id":
+        return users.c.telegramId == member.value
+    if member.field == "user_id":
+        return users.c.id == member.value
+    return users.c.email == str(member.value).strip().lower()
+
+
+def _user_id(connection: Connection, member: Member) -> int | None:
+    value = connection.execute(sa.select(users.c.id).where(_named(member))).scalar_one_or_none()
     return None if value is None else int(value)
 
 
@@ -95,22 +104,22 @@ def _reference(body: SyncBody) -> str:
 
 def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOutcome:
     """Apply one verified sync whose token this transaction has just used for the first time."""
-    user_id = _user_id(connection, body.telegram_id)
+    user_id = _user_id(connection, body.member)
     if user_id is None:
-        return SyncOutcome(SyncStatus.UNKNOWN_USER, body.telegram_id)
+        return SyncOutcome(SyncStatus.UNKNOWN_USER, body.member)
     reference = _reference(body)
     change = CreditChange(user_id, body.amount, reference, "sync", reason=body.reason or None, source=body.source)
     outcome = apply_credit(connection, change, now)
     if outcome.status is CreditStatus.APPLIED:
-        return SyncOutcome(SyncStatus.APPLIED, body.telegram_id, outcome.balance, outcome.change)
+        return SyncOutcome(SyncStatus.APPLIED, body.member, outcome.balance, outcome.change)
     if outcome.status is CreditStatus.INSUFFICIENT:
-        return SyncOutcome(SyncStatus.INSUFFICIENT, body.telegram_id, outcome.balance)
+        return SyncOutcome(SyncStatus.INSUFFICIENT, body.member, outcome.balance)
     if outcome.status is CreditStatus.CONFLICT:
-        return SyncOutcome(SyncStatus.CONFLICT, body.telegram_id, outcome.balance)
+        return SyncOutcome(SyncStatus.CONFLICT, body.member, outcome.balance)
     if outcome.status is CreditStatus.OUT_OF_RANGE:
-        return SyncOutcome(SyncStatus.OUT_OF_RANGE, body.telegram_id, outcome.balance)
+        return SyncOutcome(SyncStatus.OUT_OF_RANGE, body.member, outcome.balance)
     repeated = SyncStatus.DUPLICATE if body.external_reference is not None else SyncStatus.REPLAYED
-    return SyncOutcome(repeated, body.telegram_id, outcome.balance)
+    return SyncOutcome(repeated, body.member, outcome.balance)
 
 
 def _used_before(connection: Connection, body: SyncBody, recorded: str) -> SyncOutcome:
@@ -119,15 +128,15 @@ def _used_before(connection: Connection, body: SyncBody, recorded: str) -> SyncO
     after a timeout); anything else is a replay, refused without looking the member up. Without an external
     reference a repeat is a replay too: it cannot be told from a second, equal request."""
     if body.external_reference is None or recorded != _reference(body):
-        return SyncOutcome(SyncStatus.REPLAYED, body.telegram_id)
+        return SyncOutcome(SyncStatus.REPLAYED, body.member)
     applied = connection.execute(
-        sa.select(credit_transactions.c.amount, users.c.telegramId, users.c.balance)
+        sa.select(credit_transactions.c.amount, users.c.balance)
         .select_from(credit_transactions.join(users, users.c.id == credit_transactions.c.userId))
-        .where(credit_transactions.c.reference == recorded)
+        .where(credit_transactions.c.reference == recorded, _named(body.member))
     ).one_or_none()
-    if applied is None or (applied.telegramId, applied.amount) != (body.telegram_id, body.amount):
-        return SyncOutcome(SyncStatus.REPLAYED, body.telegram_id)
-    return SyncOutcome(SyncStatus.DUPLICATE, body.telegram_id, applied.balance)
+    if applied is None or applied.amount != body.amount:
+        return SyncOutcome(SyncStatus.REPLAYED, body.member)
+    return SyncOutcome(SyncStatus.DUPLICATE, body.member, applied.balance)
 
 
 def apply_syncs(connection: Connection, bodies: Sequence[SyncBody], now: datetime) -> list[SyncOutcome]:
@@ -142,26 +151,24 @@ def apply_syncs(connection: Connection, bodies: Sequence[SyncBody], now: datetim
         [TokenUse(b.token.lower(), _reference(b), utc(b.timestamp + TOKEN_WINDOW_SECONDS)) for b in bodies],
     )
     fresh = [body for body, recorded in zip(bodies, earlier, strict=True) if recorded is None]
-    lock_balances(connection, [u for u in (_user_id(connection, b.telegram_id) for b in fresh) if u is not None])
+    lock_balances(connection, [u for u in (_user_id(connection, b.member) for b in fresh) if u is not None])
     return [
         apply_sync(connection, body, now) if recorded is None else _used_before(connection, body, recorded)
         for body, recorded in zip(bodies, earlier, strict=True)
     ]
 
 
-def balance_of(connection: Connection, telegram_id: int) -> Balance | None:
-    row = connection.execute(
-        sa.select(users.c.balance, users.c.name).where(users.c.telegramId == telegram_id)
-    ).one_or_none()
+def balance_of(connection: Connection, member: Member) -> Balance | None:
+    row = connection.execute(sa.select(users.c.balance, users.c.name).where(_named(member))).one_or_none()
     if row is None:
         return None
-    return Balance(telegram_id, row.balance, row.name)
+    return Balance(member, row.balance, row.name)
 
 
-def records_of(connection: Connection, telegram_id: int, limit: int, source: str | None = None) -> list[Record] | None:
+def records_of(connection: Connection, member: Member, limit: int, source: str | None = None) -> list[Record] | None:
     """The user's balance changes, newest first: every one (usage included: its reason is the model), or
     only the credit API syncs of ``source``."""
-    user_id = _user_id(connection, telegram_id)
+    user_id = _user_id(connection, member)
     if user_id is None:
         return None
     query = sa.select(credit_transactions).where(credit_transactions.c.userId == user_id)

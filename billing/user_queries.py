@@ -171,23 +171,28 @@ def transactions(connection: Connection, user_id: int, limit: int = 50, before: 
     return TransactionPage(found[:limit], found[limit - 1].id if more else None)
 
 
-def first_transaction_since(connection: Connection, user_id: int, since: datetime) -> int | None:
+def first_transaction_since(connection: Connection, user_id: int | None, since: datetime) -> int | None:
     """The id of the user's first transaction at or after ``since`` (None if none is), by bisecting the ids
-    along the ``(userId, id)`` index: a few dozen index lookups however long the user's history.
+    along the ``(userId, id)`` index: a few dozen index lookups however long the user's history. With no
+    user, the first of anyone's, along the primary key.
 
     Ids and ``createdAt`` grow together (each is the inserting transaction's), so once one transaction
     is at or after ``since`` every later one is too.
     """
     ct = credit_transactions.c
+    whose = [] if user_id is None else [ct.userId == user_id]
 
     def first_from(low: int) -> Any:
-        query = sa.select(ct.id, ct.createdAt).where(ct.userId == user_id, ct.id >= low).order_by(ct.userId, ct.id)
+        query = sa.select(ct.id, ct.createdAt).where(*whose, ct.id >= low)
+        if user_id is None:
+            return connection.execute(query.order_by(ct.id).limit(1)).one_or_none()
         # MariaDB would read the user's entries from their first (a "ref" on userId, the id checked on each)
+        query = query.order_by(ct.userId, ct.id)
         query = query.with_hint(credit_transactions, "FORCE INDEX (ix_credit_transactions_userId_id)", "mysql")
         return connection.execute(query.limit(1)).one_or_none()
 
     newest = connection.execute(
-        sa.select(ct.id, ct.createdAt).where(ct.userId == user_id).order_by(ct.id.desc()).limit(1)
+        sa.select(ct.id, ct.createdAt).where(*whose).order_by(ct.id.desc()).limit(1)
     ).one_or_none()
     if newest is None or newest.createdAt < since:
         return None
@@ -206,7 +211,7 @@ def first_transaction_since(connection: Connection, user_id: int, since: datetim
 @dataclass(frozen=True, slots=True)
 class Activity:
     """A user's days from ``days[0]`` to today (UTC): the balance at each day's end, and the credits of
-    the usages made on each day, by model (models by their total, largest first)."""
+    the usages charged on each day, by model (models by their total, largest first)."""
 
     days: list[date]
     balances: list[int]
@@ -230,25 +235,24 @@ def activity(connection: Connection, user_id: int, now: datetime, days: int = 30
     if floor is None:
         return Activity(span, [opening] * days, {})
     # one pass over the window's transactions: the last of each day (for its balance), and the usage
-    # behind them by the day it was used and model
-    day, used = sa.func.date(ct.createdAt), sa.func.date(ur.usedAt)
+    # behind them by the day it was charged (the balance moved that day, whatever the event's own
+    # timestamp said) and model
+    day = sa.func.date(ct.createdAt)
     rows = connection.execute(
-        sa.select(
-            day, sa.func.max(ct.id), ur.model, used, *exact_sum(ur.creditCost, connection.dialect.name, "credits")
-        )
+        sa.select(day, sa.func.max(ct.id), ur.model, *exact_sum(ur.creditCost, connection.dialect.name, "credits"))
         .select_from(credit_transactions.outerjoin(usage_records, ur.id == ct.usageRecordId))
         .where(ct.userId == user_id, ct.id >= floor)
-        .group_by(day, ur.model, used)
+        .group_by(day, ur.model)
     ).all()
     last_of_day: dict[date, int] = {}
     index = {moment: i for i, moment in enumerate(span)}
     by_model: dict[str, list[int]] = {}
-    for charged, last, model, used_on, *parts in rows:
-        last_of_day[_day(charged)] = max(int(last), last_of_day.get(_day(charged), 0))
-        if model is not None and (position := index.get(_day(used_on))) is not None:
+    for charged, last, model, *parts in rows:
+        last_of_day[day_of(charged)] = max(int(last), last_of_day.get(day_of(charged), 0))
+        if model is not None and (position := index.get(day_of(charged))) is not None:
             by_model.setdefault(str(model), [0] * days)[position] += summed(parts)
     balance_at = {
-        _day(created): int(balance)
+        day_of(created): int(balance)
         for created, balance in connection.execute(
             sa.select(ct.createdAt, ct.balance).where(ct.id.in_(list(last_of_day.values())))
         )
@@ -261,7 +265,7 @@ def activity(connection: Connection, user_id: int, now: datetime, days: int = 30
     return Activity(span, balances, dict(ordered))
 
 
-def _day(value: Any) -> date:
+def day_of(value: Any) -> date:
     """A day as each database returns it (a date, a datetime, or ISO text)."""
     if isinstance(value, datetime):
         return value.date()

@@ -16,6 +16,7 @@ from starlette.config import Config
 from creditrelay.schema.database import DEFAULT_LOCK_TIMEOUT, with_driver
 from creditrelay.schema.errors import SettingsError as SettingsError  # raised here, defined with the others
 from creditrelay.schema.money import MAX_BALANCE
+from creditrelay.schema.portal_tokens import portal_key
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
 from creditrelay.schema.wire import web_url
 
@@ -52,12 +53,22 @@ class Settings:
     metrics_token: str | None = None  # bearer token of /metrics (open when unset: guard it at the proxy)
     litellm_base_url: str | None = None  # GATEWAY_ENFORCEMENT=litellm: the LiteLLM proxy that blocks keys
     litellm_master_key: str | None = None
+    portal_secret: str | None = None  # signs members' portal links (else the webhook secrets do)
+    public_base_url: str | None = None  # where members reach creditrelay: portal links are printed as URLs
     log_level: str = "info"
     signing_from: str = "WEBHOOK_SECRET"  # or the development secret's file, when that was used
 
     @property
     def polling_enabled(self) -> bool:
         return self.new_api_base_url is not None
+
+    @property
+    def portal_keys(self) -> tuple[bytes, ...]:
+        """The keys portal links are checked with, the first signing: PORTAL_SECRET's, else one per
+        webhook secret (so links made before a rotation keep working while the old secret is listed)."""
+        if self.portal_secret is not None:
+            return (portal_key(self.portal_secret.encode()),)
+        return tuple(portal_key(secret.seed_key) for secret in self.webhook_secrets)
 
     def require_secrets(self) -> tuple[WebhookSecret, ...]:
         if not self.webhook_secrets:
@@ -152,11 +163,17 @@ def load_settings(
         alert_key = WebhookSecret.parse(alert_secret) if alert_secret is not None else None
     except SecretError as error:
         raise SettingsError(f"ALERT_WEBHOOK_SECRET: {error}") from None
-    tokens = {name: _optional(config, name) for name in ("GATEWAY_TOKEN", "METRICS_TOKEN", "CREDIT_SYNC_SECRET")}
+    tokens = {
+        name: _optional(config, name)
+        for name in ("GATEWAY_TOKEN", "METRICS_TOKEN", "CREDIT_SYNC_SECRET", "PORTAL_SECRET")
+    }
     for name, value in tokens.items():
         if value is not None and len(value) < 32:
             raise SettingsError(f"{name} must be at least 32 characters")
     low = _optional(config, "LOW_BALANCE_AT")
+    public = _optional(config, "PUBLIC_BASE_URL")
+    if public is not None and not web_url(public):
+        raise SettingsError("PUBLIC_BASE_URL must be an http:// or https:// URL with a host")
     return Settings(
         database_url=database_url,
         database_lock_timeout=_number(config, "DATABASE_LOCK_TIMEOUT", "5", minimum=0.1, integer=False),
@@ -183,6 +200,8 @@ def load_settings(
         metrics_token=tokens["METRICS_TOKEN"],
         litellm_base_url=litellm["LITELLM_BASE_URL"],
         litellm_master_key=litellm["LITELLM_MASTER_KEY"],
+        portal_secret=tokens["PORTAL_SECRET"],
+        public_base_url=None if public is None else public.rstrip("/"),
         log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",
     )
 

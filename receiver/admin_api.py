@@ -33,6 +33,8 @@ class AdminService:
     suspend_at: int = 0  # balances at or below are suspended (flagged on the pages)
     low_at: int | None = None  # balances below are low (flagged)
     enforcement: str = "off"
+    portal_keys: tuple[bytes, ...] = ()  # the first signs members' portal links
+    public_base_url: str | None = None
 
     def authorize(self, request: Request) -> None:
         require_bearer(request, self.token, "ADMIN_TOKEN")

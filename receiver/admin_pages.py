@@ -6,6 +6,7 @@ hot path. What the pages share — sign-in, CSRF, notices — is in ``admin_site
 
 import hmac
 from datetime import timedelta
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from creditrelay.billing import admin
 from creditrelay.billing.log_queries import STATUSES
 from creditrelay.billing.sessions import LIFETIME, Session, end_session, open_session
+from creditrelay.billing.usage_report import MAX_RANGE_DAYS, UsageReport, usage_report
 from creditrelay.receiver import admin_logs, admin_users
 from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.admin_site import (
@@ -32,16 +34,14 @@ from creditrelay.receiver.admin_site import (
     render,
     service_of,
 )
-from creditrelay.receiver.charts import STATUS_COLOURS, Frame, Series, bars, horizontal_bars
+from creditrelay.receiver.charts import STATUS_COLOURS, Frame, Series, bars, horizontal_bars, lines, top_series
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS
 from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import event_counts
+from creditrelay.receiver.params import day_range
 from creditrelay.receiver.rate_limit import RateLimiter
 from creditrelay.schema.errors import CreditRelayError
 from creditrelay.schema.shapes import to_json
-
-MODELS_CHARTED = 8
-
 
 LOGINS_PER_MINUTE = 10  # sign-in attempts per client address, per process
 
@@ -108,28 +108,31 @@ async def overview(request: Request) -> Response:
 
 
 async def usage(request: Request) -> Response:
+    """Usage over a range of days (``from``, ``to``; the last 30 by default), dated by when it was charged:
+    totals, credits by day and model, sold against used, by model, the top spenders."""
     service = service_of(request)
-    now = now_of(service)
-    since = (now - timedelta(days=29)).replace(hour=0, minute=0, second=0, microsecond=0)
-    by_model = await service.read(lambda c: admin.usage_by_model(c, since))
-    by_day = await service.read(lambda c: admin.usage_by_day_and_model(c, since))
-    days = [(since + timedelta(days=i)) for i in range(30)]
-    keys = [d.strftime("%Y-%m-%d") for d in days]
-    models = [model for model, _ in by_model]
-    series = [Series(m, [by_day.get(m, {}).get(k, 0) for k in keys]) for m in models[:MODELS_CHARTED]]
-    if rest := models[MODELS_CHARTED:]:
-        others = [sum(by_day.get(m, {}).get(k, 0) for m in rest) for k in keys]
-        series.append(Series(f"{len(rest)} other models", others, "#999999"))
-    empty = "No usage charged in the last 30 days: link a gateway key to a user and send a usage event."
-    daily = Frame("Credits by day and model, last 30 days (UTC)", "day (UTC)", "credits", empty, label_every=5)
-    by_model_frame = Frame("Credits by model, last 30 days", "credits", "", empty)
+    start, end = day_range(request, now_of(service).date(), 30, MAX_RANGE_DAYS)
+    found = await service.read(lambda c: usage_report(c, start, end))
+    charts = await run_in_threadpool(usage_charts, found)  # drawing is CPU: off the event loop
     return render(
-        request,
-        "usage.html",
-        by_model=await run_in_threadpool(horizontal_bars, by_model[:20], by_model_frame),
-        by_day=await run_in_threadpool(bars, [d.strftime("%b %d") for d in days], series, daily),
-        models=by_model,
-    )
+        request, "usage.html", report=found, start=start.isoformat(), end=end.isoformat(),
+        today=now_of(service).date().isoformat(), sold=sum(found.sold), **charts,
+    )  # fmt: skip
+
+
+def usage_charts(found: UsageReport) -> dict[str, Any]:
+    labels = [day.strftime("%b %d") for day in found.days]
+    every = max(1, len(labels) // 6)
+    span = f"{found.days[0]:%b %d} to {found.days[-1]:%b %d, %Y}"
+    empty = "No usage charged in these days: link a gateway key to a user and send a usage event."
+    daily = Frame(f"Credits charged by day and model, {span} (UTC)", "day (UTC)", "credits", empty, label_every=every)
+    flows = Frame(f"Credits sold and used per day, {span} (UTC)", "day (UTC)", "credits", "", label_every=every)
+    money = [Series("sold (top-ups, syncs)", found.sold, "#009E73"), Series("used (usage)", found.used, "#D55E00")]
+    return {
+        "by_day": bars(labels, top_series(found.by_day_and_model, len(labels)), daily),
+        "sold_used": lines(labels, money, flows) if any(found.sold) or any(found.used) else None,
+        "by_model": horizontal_bars(found.by_model[:20], Frame(f"Credits by model, {span}", "credits", "", empty)),
+    }
 
 
 def admin_pages(service: AdminService) -> Starlette:
@@ -145,6 +148,7 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/users/{user_id:int}/keys", page(admin_users.add_key), methods=["POST"]),
         Route("/users/{user_id:int}/keys/unlink", page(admin_users.remove_key), methods=["POST"]),
         Route("/users/{user_id:int}/access", page(admin_users.access), methods=["POST"]),
+        Route("/users/{user_id:int}/portal-link", page(admin_users.portal_link), methods=["POST"]),
         Route("/logs", page(admin_logs.logs)),
         Route("/logs/replay", page(admin_logs.replay_one), methods=["POST"]),
         Route("/logs/replay-key", page(admin_logs.replay_key), methods=["POST"]),

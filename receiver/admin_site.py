@@ -36,12 +36,12 @@ from creditrelay.schema.errors import CreditRelayError
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates") / "admin"))
 
 
-def _when(iso: str | None) -> str:
+def when(iso: str | None) -> str:
     """An ISO time as the pages show it: ``2026-12-04 10:15:02`` (every time on the pages is UTC)."""
     return "" if not iso else iso[:19].replace("T", " ")
 
 
-templates.env.filters["when"] = _when
+templates.env.filters["when"] = when
 STATIC = Path(__file__).with_name("static")
 Page = Callable[[Request], Awaitable[Response]]
 COOKIE = "creditrelay_admin"

@@ -12,25 +12,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from creditrelay.billing import access as gateway_access
-from creditrelay.billing import user_queries
+from creditrelay.billing import portal, user_queries
 from creditrelay.billing.accounts import AccountError, ReferenceConflict, adjust, link_key, top_up, unlink_key
 from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter
 from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.admin_site import back, link, now_of, outcomes_text, render, replay, service_of
-from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines
+from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines, top_series
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_optional_int
-from creditrelay.schema.shapes import to_json
+from creditrelay.schema.portal_tokens import DEFAULT_DAYS, MAX_DAYS
+from creditrelay.schema.shapes import iso, to_json
 from creditrelay.schema.wire import plain_int
 
 SHOWS = ("all", "below-zero", "low", "suspended")
 SORTS = {"balance": "lowest balance", "-balance": "highest balance", "email": "email", "newest": "newest"}
 PAGE = 50
 TRANSACTIONS = 50
-MODELS_CHARTED = 8  # the largest models by day; the rest as "other models"
 
 
 def flags(service: AdminService, balance: int) -> list[str]:
@@ -79,17 +79,6 @@ def _day_label(day: date) -> str:
     return day.strftime("%b %d")
 
 
-def _top_models(by_model: dict[str, list[int]], days: int) -> list[Series]:
-    """The largest models, each a series of credits by day, the rest summed as one."""
-    names = list(by_model)
-    series = [Series(name, by_model[name]) for name in names[:MODELS_CHARTED]]
-    rest = names[MODELS_CHARTED:]
-    if rest:
-        summed = [sum(by_model[name][i] for name in rest) for i in range(days)]
-        series.append(Series(f"{len(rest)} other models", summed, "#999999"))
-    return series
-
-
 def activity_charts(service: AdminService, found: user_queries.Activity) -> dict[str, Any]:
     labels = [_day_label(d) for d in found.days]
     every = 5 if len(labels) > 10 else 1
@@ -104,7 +93,7 @@ def activity_charts(service: AdminService, found: user_queries.Activity) -> dict
         ),
         "by_day_chart": bars(
             labels,
-            _top_models(found.by_model, len(labels)),
+            top_series(found.by_model, len(labels)),
             Frame("Credits charged by day and model", "day (UTC)", "credits", no_usage, label_every=every),
         ),
         "by_model_chart": horizontal_bars(
@@ -255,3 +244,30 @@ async def access(request: Request) -> Response:
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
     return back(request, here, f"{action.capitalize()} sent to the gateway's queue")
+
+
+async def portal_link(request: Request) -> Response:
+    """A new link to the member's portal (``days`` from the form, 30 by default), said in the notice; or,
+    with ``action=revoke``, every link made so far ended."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    form = await form_of(request)
+    if _form_text(form, "action") == "revoke":
+        try:
+            await service.run(lambda c: portal.revoke_links(c, user_id))
+        except AccountError:
+            raise ApiError(404, f"No user {user_id}") from None
+        return back(request, here, "Every portal link of this user made so far stops working", kind="warning")
+    if not service.portal_keys:
+        return back(request, here, "Portal links need PORTAL_SECRET (or WEBHOOK_SECRET) to sign them", kind="error")
+    days = plain_int(_form_text(form, "days") or str(DEFAULT_DAYS))
+    if days is None or not 1 <= days <= MAX_DAYS:
+        return back(request, here, f"A portal link lasts 1 to {MAX_DAYS} days", kind="error")
+    key = service.portal_keys[0]
+    try:
+        made = await service.run(lambda c: portal.issue_link(c, user_id, key, now_of(service), days))
+    except AccountError:
+        raise ApiError(404, f"No user {user_id}") from None
+    where = (service.public_base_url or "") + made.path
+    return back(request, here, f"Portal link (until {iso(made.expires_at)}): {where}")

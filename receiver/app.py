@@ -11,13 +11,14 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from creditrelay.billing.polling import Poller
-from creditrelay.receiver import admin_api, allowance, batches, credits, openapi, operator_api
+from creditrelay.receiver import admin_api, allowance, batches, credits, openapi, operator_api, portal_api
 from creditrelay.receiver.admin_pages import admin_pages
 from creditrelay.receiver.background import Worker, background_lifespan, polling
 from creditrelay.receiver.bodies import BodyDeadline
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS, error_response
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import ledger_registry
+from creditrelay.receiver.portal_pages import portal_pages
 from creditrelay.receiver.rate_limit import RateLimiter
 from creditrelay.receiver.webhooks import WebhookService, health, receive_event
 from creditrelay.settings import Settings
@@ -94,7 +95,10 @@ def create_app(
         suspend_at=settings.suspend_at_balance,
         low_at=settings.low_balance_at,
         enforcement=settings.gateway_enforcement,
+        portal_keys=settings.portal_keys,
+        public_base_url=settings.public_base_url,
     )
+    portal_service = portal_api.PortalService(engine, settings.portal_keys, clock)
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
         Route("/api/webhooks/batch", batches.receive_batch, methods=["POST"]),
@@ -103,12 +107,18 @@ def create_app(
         Route("/api/credits/batch", credits.counted("batch", credits.batch), methods=["POST"]),
         Route("/api/credits/balance/{telegram_id}", credits.counted("balance", credits.balance), methods=["GET"]),
         Route("/api/credits/records/{telegram_id}", credits.counted("records", credits.records), methods=["GET"]),
+        Route("/api/credits/balance", credits.counted("balance", credits.balance), methods=["GET"]),
+        Route("/api/credits/records", credits.counted("records", credits.records), methods=["GET"]),
         Route("/api/info", operator_api.info, methods=["GET"]),
         Route("/api/gateway/allowance/{remote_key_id:path}", allowance.allowance, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
         Route("/docs/static/{name}", openapi.docs_file, methods=["GET"]),
         Mount("/admin", app=admin_pages(admin_service)),
+        Mount("/portal", app=portal_pages(portal_service)),
+        Route("/api/portal/account", portal_api.account, methods=["GET"]),
+        Route("/api/portal/usage", portal_api.usage, methods=["GET"]),
+        Route("/api/portal/transactions", portal_api.transactions, methods=["GET"]),
         Route("/api/admin/users", admin_api.users, methods=["GET"]),
         Route("/api/admin/users/{user_id}", admin_api.user, methods=["GET"]),
         Route("/api/admin/users/{user_id}/topup", admin_api.topup, methods=["POST"]),
@@ -132,6 +142,7 @@ def create_app(
         clock=clock,
     )
     app.state.admin = admin_service
+    app.state.portal = portal_service
     app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance)
     app.state.operator = operator_api.OperatorService(
         database=engine.dialect.name,

@@ -1,6 +1,8 @@
 """The admin pages' charts, drawn on the server by pygal as inline SVG: axes with titles and whole-number
-ticks, a legend, one colour per series, labels never cut short (and thinned out, not overlapped, where
-there are many), each bar's value in its tooltip (an SVG ``<title>``).
+ticks, one colour per series, labels never cut short (and thinned out, not overlapped, where there are
+many), each bar's value in its tooltip (an SVG ``<title>``). The chart's title and its legend are HTML
+around the SVG, not in it: on a phone the plot scrolls sideways inside its box (opening at its newest
+end), and a title or legend drawn in the SVG would scroll out of sight with it.
 
 pygal puts a ``<script>`` in every chart (its tooltips' configuration); it is taken out, so the pages run
 no script at all. Labels come from the database; pygal writes them through ElementTree, which escapes
@@ -8,7 +10,7 @@ them.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree
@@ -24,11 +26,26 @@ FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 WIDTH = 760
 
 
+MODELS_CHARTED = 8  # the largest models by day; the rest as "other models"
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
     name: str
     values: Sequence[int]
     colour: str | None = None
+
+
+def top_series(by_model: Mapping[str, Sequence[int]], days: int) -> list[Series]:
+    """The largest models (``by_model`` lists them largest first), each a series of credits by day, the
+    rest summed as one."""
+    names = list(by_model)
+    series = [Series(name, by_model[name]) for name in names[:MODELS_CHARTED]]
+    rest = names[MODELS_CHARTED:]
+    if rest:
+        summed = [sum(by_model[name][i] for name in rest) for i in range(days)]
+        series.append(Series(f"{len(rest)} other models", summed, "#999999"))
+    return series
 
 
 def _style(series: Sequence[Series]) -> Style:
@@ -85,52 +102,50 @@ def _svg(chart: Any) -> Markup:
     return Markup(ElementTree.tostring(tree, encoding="unicode"))  # noqa: S704 - ElementTree escaped every value
 
 
+def _figure(title: str, chart: Any, series: Sequence[Series], *, newest_right: bool = True) -> Markup:
+    """The title, the plot (its own scrolling box, opening at its right end when that is the newest), and a
+    legend of swatches where there are several series."""
+    legend = Markup("")
+    if len(series) > 1:
+        items = Markup("").join(
+            Markup('<li><span class="swatch" style="background:{}"></span>{}</li>').format(
+                s.colour or PALETTE[i % len(PALETTE)], isolated(s.name)
+            )
+            for i, s in enumerate(series)
+        )
+        legend = Markup('<ul class="legend">{}</ul>').format(items)
+    box = "plot-box" if newest_right else "plot-box from-start"
+    return Markup('<p class="chart-title">{}</p><div class="{}">{}</div>{}').format(title, box, _svg(chart), legend)
+
+
 def _empty(message: str) -> Markup:
     return Markup('<p class="empty">{}</p>').format(message)
 
 
 CHAR = 8  # pixels a character of the 12 px labels takes at most, about
-LEGEND_ROW = 28  # pixels a row of the legend takes
 
 
-def _width(series: Sequence[Series], labels: Sequence[str] = ()) -> int:
-    """Wide enough for the longest legend entry on a row of its own, and for the plot beside the longest
-    label on the left (horizontal bars): pygal shrinks the plot for them, and with no room left for an
-    axis title its title splitting never ends."""
-    legend = max((len(s.name) for s in series), default=0) * CHAR + 80
+def _width(labels: Sequence[str] = ()) -> int:
+    """Wide enough for the plot beside the longest label on the left (horizontal bars): pygal shrinks the
+    plot for them, and with no room left for an axis title its title splitting never ends."""
     left = max((len(label) for label in labels), default=0) * CHAR + 420
-    return max(WIDTH, legend, left)
+    return max(WIDTH, left)
 
 
-def _legend_columns(series: Sequence[Series], width: int) -> int:
-    """As many legend columns as the longest name leaves room for (pygal gives each the same width)."""
-    longest = max((len(s.name) for s in series), default=1)
-    return max(1, min(len(series), int(width // (longest * CHAR + 40))))
-
-
-def _common(
-    title: str, series: Sequence[Series], *, height: int, labels: Sequence[str] = (), **options: Any
-) -> dict[str, Any]:
-    """pygal's options for a chart of ``series``: a legend of as many rows as it needs, each row adding to
-    the height (pygal leaves room for one), and a width that leaves the plot room beside long labels."""
-    width = _width(series, labels)
-    columns = _legend_columns(series, width)
-    extra = LEGEND_ROW * (math.ceil(len(series) / columns) - 1) if len(series) > 1 else 0
+def _common(series: Sequence[Series], *, height: int, labels: Sequence[str] = (), **options: Any) -> dict[str, Any]:
+    """pygal's options for a chart of ``series`` (no title, no legend: they are HTML, ``_figure``), and a
+    width that leaves the plot room beside long labels."""
     return {
-        "title": title,
         "style": _style(series),
         "js": [],
         "disable_xml_declaration": True,
         "truncate_label": -1,
         "truncate_legend": -1,
-        "legend_at_bottom": True,
-        "legend_at_bottom_columns": columns,
-        "show_legend": len(series) > 1,
+        "show_legend": False,
         "value_formatter": _number,
-        "width": width,
-        "height": height + extra,
+        "width": _width(labels),
+        "height": height,
         "margin": 12,
-        "margin_bottom": 12 + extra,
         "spacing": 10,
         **options,
     }
@@ -150,14 +165,14 @@ class Frame:
 
 def _over_labels(kind: Any, labels: Sequence[str], series: Sequence[Series], frame: Frame, **options: Any) -> Markup:
     chart = kind(
-        **_common(frame.title, series, x_title=frame.x_title, y_title=frame.y_title, **options),
+        **_common(series, x_title=frame.x_title, y_title=frame.y_title, **options),
         show_minor_x_labels=frame.label_every == 1,
         x_labels_major_every=frame.label_every,
     )
     chart.x_labels = [isolated(label) for label in labels]
     for s in series:
         chart.add(isolated(s.name), list(s.values))
-    return _svg(chart)
+    return _figure(frame.title, chart, series)
 
 
 def bars(labels: Sequence[str], series: Sequence[Series], frame: Frame, *, height: int = 320) -> Markup:
@@ -190,9 +205,9 @@ def horizontal_bars(pairs: Sequence[tuple[str, int]], frame: Frame) -> Markup:
     # pygal draws the first bar at the bottom
     labels = [f"{isolated(label)} · {value:,}" for label, value in reversed(pairs)]
     chart = pygal.HorizontalBar(
-        **_common(frame.title, series, x_title=frame.x_title, height=90 + 30 * len(pairs), labels=labels),
+        **_common(series, x_title=frame.x_title, height=60 + 30 * len(pairs), labels=labels),
         y_labels=ticks(max(value for _, value in pairs)),
     )
     chart.x_labels = labels
     chart.add(frame.x_title, [value for _, value in reversed(pairs)])
-    return _svg(chart)
+    return _figure(frame.title, chart, series, newest_right=False)  # its labels are on the left

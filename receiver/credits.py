@@ -25,11 +25,20 @@ from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.clients import records_source, require_right, verify_request
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.metrics import CREDIT_API_ANSWERS, CREDITS_ADDED, CREDITS_DEDUCTED
-from creditrelay.receiver.params import path_int, query_int
+from creditrelay.receiver.params import path_int, positive_int, query_int
 from creditrelay.receiver.rate_limit import RateLimiter
-from creditrelay.schema.credit_sync import BALANCE, MAX_BATCH_ITEMS, SyncBody, parse_sync_body, right_to_change
+from creditrelay.schema.credit_sync import (
+    BALANCE,
+    IDENTIFIERS,
+    MAX_BATCH_ITEMS,
+    Member,
+    SyncBody,
+    member_of,
+    parse_sync_body,
+    right_to_change,
+)
 from creditrelay.schema.database import utc
-from creditrelay.schema.errors import Forbidden
+from creditrelay.schema.errors import Forbidden, InvalidInput
 from creditrelay.schema.money import MAX_BALANCE
 from creditrelay.schema.shapes import snake, to_json
 from creditrelay.schema.transactions import run_transaction
@@ -104,8 +113,19 @@ async def _client(request: Request, service: CreditService) -> Client:
     return client
 
 
-def _telegram_id(request: Request) -> int:
-    return path_int(request, "telegram_id")
+def _member(request: Request) -> Member:
+    """Whom a read names: the path's telegram id (``/balance/{telegram_id}``), or exactly one of the
+    query's ``telegram_id``, ``user_id`` and ``email``."""
+    if "telegram_id" in request.path_params:
+        return Member("telegram_id", path_int(request, "telegram_id"))
+    query = request.query_params
+    try:
+        member = member_of({name: query.get(name) or None for name in IDENTIFIERS})
+    except InvalidInput as error:
+        raise ApiError(400, str(error)) from None
+    if member.field == "email":
+        return member
+    return Member(member.field, positive_int(str(member.value), member.field))
 
 
 def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
@@ -124,7 +144,7 @@ def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
     data = None
     if outcome.status not in (SyncStatus.UNKNOWN_USER, SyncStatus.REPLAYED):  # nothing was looked up
         data = {
-            "telegram_id": outcome.telegram_id,
+            outcome.member.field: outcome.member.value,
             "balance": outcome.balance,
             "change": outcome.change,
             "duplicate": outcome.duplicate,
@@ -138,7 +158,8 @@ async def _apply(service: CreditService, body: SyncBody) -> SyncOutcome:
         return outcome
 
     outcome: SyncOutcome = await run_in_threadpool(run_transaction, service.engine, work)
-    log.info("credit_sync", status=outcome.status.value, telegram_id=body.telegram_id, change=outcome.change)
+    member = body.member
+    log.info("credit_sync", status=outcome.status.value, **{member.field: member.value}, change=outcome.change)
     return outcome
 
 
@@ -210,25 +231,26 @@ async def batch(request: Request) -> Response:
 async def balance(request: Request) -> Response:
     service = _service(request)
     require_right(await _client(request, service), BALANCE)
-    telegram_id = _telegram_id(request)
+    member = _member(request)
     found = await run_in_threadpool(
-        lambda: run_transaction(service.engine, lambda c: balance_of(c, telegram_id), read_only=True)
+        lambda: run_transaction(service.engine, lambda c: balance_of(c, member), read_only=True)
     )
     if found is None:
         raise ApiError(404, "User not registered")
-    return JSONResponse({"success": True, "message": "", "data": to_json(found, snake)})
+    data = {member.field: member.value, "credits": found.credits, "nickname": found.nickname}
+    return JSONResponse({"success": True, "message": "", "data": data})
 
 
 async def records(request: Request) -> Response:
     service = _service(request)
     source = records_source(await _client(request, service))
-    telegram_id = _telegram_id(request)
+    member = _member(request)
     limit = query_int(request, "limit", 20, maximum=MAX_RECORDS)
     found = await run_in_threadpool(
-        lambda: run_transaction(service.engine, lambda c: records_of(c, telegram_id, limit, source), read_only=True)
+        lambda: run_transaction(service.engine, lambda c: records_of(c, member, limit, source), read_only=True)
     )
     if found is None:
         raise ApiError(404, "User not registered")
     return JSONResponse(
-        {"success": True, "message": "", "data": {"telegram_id": telegram_id, "records": to_json(found, snake)}}
+        {"success": True, "message": "", "data": {member.field: member.value, "records": to_json(found, snake)}}
     )

@@ -13,36 +13,21 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.openapi_parts import (
+    API_KEY_HEADER,
+    SEED_EVENT,
+    SIGNATURE_HEADERS,
+    SYNC_ANSWER,
+    SYNC_EXAMPLES,
+    TAGS,
+    answers,
+    body,
+    portal_paths,
+    query,
+    tag_operations,
+)
 from creditrelay.schema.credit_sync import SyncBody
 from creditrelay.schema.wire import UsageData
-
-ANSWER = {
-    "type": "object",
-    "required": ["success", "message"],
-    "properties": {"success": {"type": "boolean"}, "message": {"type": "string"}},
-}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _answers(*codes: int, ok: str = "Success", forbidden: str = "Disabled on this server") -> dict[str, Any]:
-    described = {
-        200: ok,
-        202: ok,
-        400: "Malformed request; the message names the field",
-        401: "Missing or wrong credentials or signature",
-        402: "Not enough credits",
-        403: forbidden,
-        404: "Not found",
-        409: "Conflicts with an earlier request",
-        413: "Body too large",
-        422: "Valid but cannot be billed",
-        429: "Rate limited",
-        503: "Database unavailable; retry",
-    }
-    return {str(code): _json(ANSWER, described[code]) for code in codes}
 
 
 def _event_schema() -> dict[str, Any]:
@@ -58,12 +43,7 @@ def _event_schema() -> dict[str, Any]:
     }
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "schema": schema}
+_answers, _body, _query = answers, body, query
 
 
 _NO_CHANGE = "The API key lacks the right `credit` (a positive amount) or `debit` (a negative one)"
@@ -72,8 +52,21 @@ _MOMENT = {"type": "string", "description": "Unix seconds or an ISO-8601 time (U
 
 
 def document() -> dict[str, Any]:
-    telegram = [{"name": "telegram_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
-    user_id = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+    telegram = [
+        {"name": "telegram_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1},
+         "example": 123456789},
+        API_KEY_HEADER,
+    ]  # fmt: skip
+    members = [
+        _query("telegram_id", {"type": "integer", "minimum": 1}),
+        _query("user_id", {"type": "integer", "minimum": 1}, 42),
+        _query("email", {"type": "string"}),
+        API_KEY_HEADER,
+    ]
+    one_of = " Names the member by exactly one of `telegram_id`, `user_id` or `email` (a 400 otherwise)."
+    user_id = {
+        "name": "user_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}, "example": 42
+    }  # fmt: skip
     before = _query("before", {"type": "integer", "minimum": 1})
     webhook: list[dict[str, list[str]]] = [{"webhookSignature": []}, {"standardWebhooks": []}]
     client: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -81,23 +74,42 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/api/webhooks/events": {
             "post": {
+                "tags": ["webhooks"],
                 "summary": "A signed usage event from the gateway (charged once)",
                 "security": webhook,
-                "requestBody": _body(_event_schema()),
-                "responses": _answers(200, 400, 401, 409, 413, 422, 503, ok="Charged, duplicate, or ignored"),
+                "parameters": SIGNATURE_HEADERS,
+                "requestBody": _body(_event_schema(), SEED_EVENT),
+                "responses": _answers(
+                    200,
+                    400,
+                    401,
+                    409,
+                    413,
+                    422,
+                    503,
+                    ok="Charged, duplicate, or ignored",
+                    example={"success": True, "message": "Event processed successfully", "eventId": "test-001"},
+                ),
             }
         },
         "/api/webhooks/batch": {
             "post": {
+                "tags": ["webhooks"],
                 "summary": "Up to 500 signed usage events in one request, each answered as /events would alone",
                 "security": webhook,
-                "requestBody": _body({"type": "array", "minItems": 1, "maxItems": 500, "items": _event_schema()}),
+                "parameters": SIGNATURE_HEADERS,
+                "requestBody": _body(
+                    {"type": "array", "minItems": 1, "maxItems": 500, "items": _event_schema()}, [SEED_EVENT]
+                ),
                 "responses": _answers(200, 400, 401, 413, 503, ok="One result per event, in order"),
             }
         },
-        "/api/webhooks/health": {"get": {"summary": "Whether the database answers", "responses": _answers(200, 503)}},
+        "/api/webhooks/health": {
+            "get": {"tags": ["webhooks"], "summary": "Whether the database answers", "responses": _answers(200, 503)}
+        },
         "/api/gateway/allowance/{remoteKeyId}": {
             "get": {
+                "tags": ["gateway"],
                 "summary": "May the gateway serve this key now (allowed, balance, suspended)",
                 "security": [{"gatewayToken": []}],
                 "parameters": [
@@ -115,10 +127,15 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "Add (positive amount) or deduct (negative) credits, once per external_reference; a token "
                 "is used once (409 for a replay, whatever its external_reference)",
-                "description": "Needs the right `credit` to add, `debit` to deduct.",
+                "description": "Needs the right `credit` to add, `debit` to deduct. Names the member by exactly one "
+                "of `telegram_id`, `user_id` or `email`; the token signs that identifier as sent.",
+                "tags": ["credit API"],
                 "security": client,
-                "requestBody": _body(SyncBody.model_json_schema()),
-                "responses": _answers(200, 400, 401, 402, 403, 404, 409, 429, 503, forbidden=_NO_CHANGE),
+                "parameters": [API_KEY_HEADER],
+                "requestBody": _body(SyncBody.model_json_schema(), examples=SYNC_EXAMPLES),
+                "responses": _answers(
+                    200, 400, 401, 402, 403, 404, 409, 429, 503, forbidden=_NO_CHANGE, example=SYNC_ANSWER
+                ),
             }
         },
         "/api/credits/batch": {
@@ -126,13 +143,16 @@ def document() -> dict[str, Any]:
                 "summary": "Several syncs: each checked on its own, the valid ones applied in one transaction",
                 "description": "Each item needs the right `credit` to add, `debit` to deduct; an item without it is "
                 "answered 403 in its result.",
+                "tags": ["credit API"],
                 "security": client,
+                "parameters": [API_KEY_HEADER],
                 "requestBody": _body(
                     {
                         "type": "object",
                         "required": ["items"],
                         "properties": {"items": {"type": "array", "items": SyncBody.model_json_schema()}},
-                    }
+                    },
+                    {"items": [example["value"] for example in SYNC_EXAMPLES.values()]},
                 ),
                 "responses": _answers(200, 400, 401, 429, 503),
             }
@@ -158,6 +178,38 @@ def document() -> dict[str, Any]:
                     *telegram,
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
                 ],
+                "responses": _answers(200, 400, 401, 403, 404, 429, 503, forbidden=_NO_RECORDS),
+            }
+        },
+        "/api/credits/balance": {
+            "get": {
+                "summary": "A member's credits, by Telegram id, user id or email",
+                "description": "Needs the right `balance`." + one_of,
+                "security": client,
+                "parameters": members,
+                "responses": _answers(
+                    200,
+                    400,
+                    401,
+                    403,
+                    404,
+                    429,
+                    503,
+                    forbidden="The API key lacks the right `balance`",
+                    example={
+                        "success": True,
+                        "message": "",
+                        "data": {"user_id": 42, "credits": 150, "nickname": "Ann"},
+                    },
+                ),
+            }
+        },
+        "/api/credits/records": {
+            "get": {
+                "summary": "A member's balance changes, newest first, by Telegram id, user id or email",
+                "description": "Needs the right `records` or `records:all`." + one_of,
+                "security": client,
+                "parameters": [*members, _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, 20)],
                 "responses": _answers(200, 400, 401, 403, 404, 429, 503, forbidden=_NO_RECORDS),
             }
         },
@@ -244,9 +296,16 @@ def document() -> dict[str, Any]:
             }
         },
     }
+    paths |= portal_paths()
+    tag_operations(paths)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "creditrelay", "version": "0.1.0", "description": "Usage webhooks, credit API, admin API."},
+        "info": {
+            "title": "creditrelay",
+            "version": "0.1.0",
+            "description": "Usage webhooks, credit API, members' portal, admin API.",
+        },
+        "tags": TAGS,
         "paths": paths,
         "components": {
             "securitySchemes": {
@@ -255,6 +314,7 @@ def document() -> dict[str, Any]:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
                 "adminToken": {"type": "http", "scheme": "bearer"},
                 "gatewayToken": {"type": "http", "scheme": "bearer"},
+                "portalToken": {"type": "http", "scheme": "bearer", "description": "the token of a portal link"},
             }
         },
     }

@@ -5,7 +5,7 @@ overflows a column); times are Unix seconds or ISO-8601, turned into the naive U
 refused when they fall outside what a datetime can hold once moved to UTC.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from starlette.requests import Request
 
@@ -51,3 +51,23 @@ def moment(text: str, name: str) -> datetime:
 def query_moment(request: Request, name: str) -> datetime | None:
     text = request.query_params.get(name)
     return None if text is None else moment(text, name)
+
+
+def query_day(request: Request, name: str, default: date) -> date:
+    text = request.query_params.get(name)
+    if not text:
+        return default
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: a day as YYYY-MM-DD") from None
+
+
+def day_range(request: Request, today: date, default_days: int, most_days: int) -> tuple[date, date]:
+    """``from`` and ``to`` (days, UTC, both included): the last ``default_days`` days unless given; a 400
+    naming them when ``from`` is after ``to`` or they span more than ``most_days`` days."""
+    end = query_day(request, "to", today)
+    start = query_day(request, "from", end - timedelta(days=default_days - 1))
+    if end < start or (end - start).days >= most_days:
+        raise ApiError(400, f"from, to: from on or before to, at most {most_days} days apart")
+    return start, end

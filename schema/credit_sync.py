@@ -1,9 +1,11 @@
 """The credit API's wire format: the sync body, and the HMAC token that signs it.
 
-``token`` = lowercase hex HMAC-SHA256 with the secret's UTF-8 bytes as key, of either message:
+A request names its member by exactly one of ``telegram_id`` (seeds 000/001), ``user_id`` (creditrelay's
+own id) or ``email``. ``token`` = lowercase hex HMAC-SHA256 with the secret's UTF-8 bytes as key, of
+either message, ``member`` being the identifier sent (the telegram id, the user id, or the email as sent):
 
-- v1 (the original): ``f"{telegram_id}:{amount}:{source}:{timestamp}"``;
-- v2: ``f"v2:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}"``, which signs the
+- v1 (the original): ``f"{member}:{amount}:{source}:{timestamp}"``;
+- v2: ``f"v2:{member}:{amount}:{source}:{timestamp}:{external_reference or ''}"``, which signs the
   reference too, so that a copy of a request cannot name another one.
 
 The server accepts either; no field says which. ``timestamp`` must be within ``TOKEN_WINDOW_SECONDS`` of the
@@ -12,10 +14,11 @@ server's clock. A token is used once (``billing.credit_tokens``).
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from creditrelay.schema.errors import InvalidInput
 from creditrelay.schema.money import MAX_AMOUNT
@@ -53,13 +56,14 @@ def _hmac(secret: str, message: str) -> str:
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
-def sync_token(secret: str, telegram_id: int, amount: int, source: str, timestamp: int) -> str:
-    """The v1 token: the reference is not signed."""
+def sync_token(secret: str, telegram_id: int | str, amount: int, source: str, timestamp: int) -> str:
+    """The v1 token: the reference is not signed. ``telegram_id``: the member's identifier as sent (a
+    telegram id, a user id or an email)."""
     return _hmac(secret, f"{telegram_id}:{amount}:{source}:{timestamp}")
 
 
 def sync_token_v2(
-    secret: str, telegram_id: int, amount: int, source: str, timestamp: int, external_reference: str | None
+    secret: str, telegram_id: int | str, amount: int, source: str, timestamp: int, external_reference: str | None
 ) -> str:
     """The v2 token: signs the reference too (none is signed as an empty one)."""
     return _hmac(secret, f"v2:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}")
@@ -68,9 +72,34 @@ def sync_token_v2(
 def token_matches(secret: str, body: "SyncBody") -> bool:
     """Whether the body's token is its v1 or its v2 token (both compared, in constant time)."""
     given = body.token.lower()
-    v1 = sync_token(secret, body.telegram_id, body.amount, body.source, body.timestamp)
-    v2 = sync_token_v2(secret, body.telegram_id, body.amount, body.source, body.timestamp, body.external_reference)
+    member = body.member.value
+    v1 = sync_token(secret, member, body.amount, body.source, body.timestamp)
+    v2 = sync_token_v2(secret, member, body.amount, body.source, body.timestamp, body.external_reference)
     return hmac.compare_digest(v1, given) | hmac.compare_digest(v2, given)
+
+
+IDENTIFIERS = ("telegram_id", "user_id", "email")
+Email = Annotated[str, StringConstraints(min_length=3, max_length=191, pattern=r"^[^\s@]+@[^\s@]+$")]
+Identifier = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """How a request names its member: ``field`` (one of ``IDENTIFIERS``) and its value as sent."""
+
+    field: str
+    value: int | str
+
+
+ONE_MEMBER = "exactly one of telegram_id, user_id or email names the member"
+
+
+def member_of(fields: Mapping[str, Any]) -> Member:
+    """The one identifier ``fields`` holds; ``InvalidInput`` naming them unless exactly one is there."""
+    given = [name for name in IDENTIFIERS if fields.get(name) is not None]
+    if len(given) != 1:
+        raise InvalidInput(ONE_MEMBER)
+    return Member(given[0], fields[given[0]])
 
 
 class SyncBody(BaseModel):
@@ -78,7 +107,9 @@ class SyncBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    telegram_id: Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+    telegram_id: Identifier | None = None
+    user_id: Identifier | None = None
+    email: Email | None = None
     amount: Annotated[int, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
     source: Annotated[str, StringConstraints(min_length=1, max_length=48)]
     reason: Annotated[str, StringConstraints(max_length=255)]
@@ -93,11 +124,23 @@ class SyncBody(BaseModel):
             raise ValueError("must not be zero")
         return value
 
+    @model_validator(mode="after")
+    def _one_member(self) -> "SyncBody":
+        if sum(getattr(self, name) is not None for name in IDENTIFIERS) != 1:
+            raise ValueError(ONE_MEMBER)
+        return self
+
+    @property
+    def member(self) -> Member:
+        return member_of(self.__dict__)
+
 
 def parse_sync_body(value: Any, where: str = "") -> SyncBody:
     """A checked sync body, or ``EnvelopeError`` naming the field (prefixed with ``where``)."""
     if not isinstance(value, dict):
         raise EnvelopeError(f"{where or 'body'}: must be a JSON object")
+    if sum(value.get(name) is not None for name in IDENTIFIERS) != 1:
+        raise EnvelopeError(f"{where or 'body'}: {ONE_MEMBER}")
     try:
         return SyncBody.model_validate(value)
     except ValidationError as error:

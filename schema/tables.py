@@ -53,6 +53,8 @@ class User(SQLModel, table=True):
     # the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users: set by the operator, or learned
     # from what the gateway sends while unset
     gateway_user_id: int | None = column("gatewayUserId", default=None, sa_type=sa.BigInteger)
+    # the generation of the user's portal links: a link names the one it was made in; revoking moves it on
+    portal_epoch: int = column("portalEpoch", default=0, sa_type=sa.BigInteger)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 

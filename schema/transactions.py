@@ -278,3 +278,13 @@ def _unavailable_as_such() -> Iterator[None]:
 def ping(engine: Engine) -> None:
     """Raise ``DatabaseUnavailable`` unless the database takes a write transaction now."""
     run_transaction(engine, lambda connection: connection.execute(sa.text("SELECT 1")), attempts=1)
+
+
+@contextmanager
+def read_stream(engine: Engine) -> Iterator[Connection]:
+    """One read-only transaction held open while its caller streams what it reads (a statement of a
+    million lines): never SQLite's write lock; not retried, as what was streamed cannot be taken back; an
+    outage is ``DatabaseUnavailable``."""
+    reading = engine.execution_options(**{READ_ONLY: True})
+    with _unavailable_as_such(), reading.connect() as connection, connection.begin():
+        yield connection

@@ -6,7 +6,9 @@ gateway keys, three of them a user's), 100,000 users and one of them with 100,00
 after); every list of the admin console is timed as the browser gets it (the page, rendered: first,
 middle and last pages, each filter); webhooks are timed alone and while stats are asked in a loop (a
 read must not hold them up); the same figures are counted the way they were before (rows loaded into
-Python); and ``creditrelay cleanup`` deletes the old half. Prints figures; asserts nothing about timing.
+Python); ``creditrelay cleanup`` deletes the old half; and a member with a million transactions in one
+month gets that month's statement, from the command line and from the portal (``scale_statement``).
+Prints figures; asserts nothing about timing.
 """
 
 import argparse
@@ -31,6 +33,7 @@ from creditrelay.schema.database import make_engine, utc
 from creditrelay.schema.tables import api_keys, credit_transactions, usage_records, webhook_logs
 from creditrelay.schema.tables import users as users_table
 from scripts.benchkit import _rss_kb, make_database, serve
+from scripts.scale_statement import measure_statement
 
 SECRET = "scale-secret-scale-secret-scale-secret-01"  # noqa: S105 - a throwaway secret for a local server
 ADMIN = "scale-admin-token-scale-admin-token-0123"
@@ -249,23 +252,30 @@ def measure(kind: str, url: str, args: argparse.Namespace) -> dict[str, str]:
         finally:
             stop.set()
             asker.join()
+        statement = measure_statement(
+            url, dict(os.environ) | env, server.url, server.process.pid, SECRET, args.statement_rows, now
+        )
     loaded = loaded_stats_seconds(url, now)
     engine = make_engine(url)
     started = time.monotonic()
     deleted = delete_old_logs(engine, utc(now) - timedelta(days=7))
     cleanup_s = time.monotonic() - started
     engine.dispose()
-    return {
-        "database": kind,
-        "rows (filled in)": f"{args.recent + args.old:,} ({filled:.0f} s)",
-        "stats, median of runs": f"{statistics.median(stats_s) * 1000:.0f} ms (counted {counted:,})",
-        "stats, rows loaded (before)": f"{loaded * 1000:.0f} ms",
-        "ratio": f"{loaded / statistics.median(stats_s):.1f}x",
-        "server RSS before/after stats": f"{rss_before:.0f} / {rss_after:.0f} MB",
-        "webhook p50/p99 alone": f"{p(alone, 0.5):.1f} / {p(alone, 0.99):.1f} ms",
-        "webhook p50/p99 beside stats": f"{p(beside, 0.5):.1f} / {p(beside, 0.99):.1f} ms",
-        "cleanup": f"{deleted:,} rows in {cleanup_s:.1f} s ({deleted / cleanup_s:,.0f}/s)",
-    } | {f"console: {name}": f"{ms:.0f} ms" for name, ms in console.items()}
+    return (
+        {
+            "database": kind,
+            "rows (filled in)": f"{args.recent + args.old:,} ({filled:.0f} s)",
+            "stats, median of runs": f"{statistics.median(stats_s) * 1000:.0f} ms (counted {counted:,})",
+            "stats, rows loaded (before)": f"{loaded * 1000:.0f} ms",
+            "ratio": f"{loaded / statistics.median(stats_s):.1f}x",
+            "server RSS before/after stats": f"{rss_before:.0f} / {rss_after:.0f} MB",
+            "webhook p50/p99 alone": f"{p(alone, 0.5):.1f} / {p(alone, 0.99):.1f} ms",
+            "webhook p50/p99 beside stats": f"{p(beside, 0.5):.1f} / {p(beside, 0.99):.1f} ms",
+            "cleanup": f"{deleted:,} rows in {cleanup_s:.1f} s ({deleted / cleanup_s:,.0f}/s)",
+        }
+        | statement
+        | {f"console: {name}": f"{ms:.0f} ms" for name, ms in console.items()}
+    )
 
 
 def main() -> None:
@@ -275,6 +285,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="stats calls (and each console page) timed")
     parser.add_argument("--users", type=int, default=100_000, help="users in the users list")
     parser.add_argument("--webhooks", type=int, default=200, help="webhooks timed alone and beside stats")
+    parser.add_argument(
+        "--statement-rows", type=int, default=1_000_000, help="transactions in one month of the statement's member"
+    )
     parser.add_argument("--skip-mysql", action="store_true")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument(

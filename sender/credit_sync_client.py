@@ -1,11 +1,14 @@
 """Python SDK of the credit API (docs/credit-api.md), also installed as ``credit_sync_client``:
 ``from credit_sync_client import CreditSyncClient``.
 
+A member is named by their Telegram id (an ``int``, as seed 001 does) or by ``Member("user_id", 42)`` /
+``Member("email", "ann@example.com")`` (``by_user_id``, ``by_email``) wherever a call takes ``telegram_id``.
+
 Every request is signed afresh with a v2 token, which signs the reference too
-(``v2:telegram_id:amount:source:timestamp:reference``), so equal requests with distinct references made in
-the same second have distinct tokens, and a copy of a request cannot name another reference. Only
-idempotent requests are retried on network errors — those with a reference, and reads — because only for
-them can the server tell a retry from a second request.
+(``v2:member:amount:source:timestamp:reference``, the member's identifier as sent), so equal requests
+with distinct references made in the same second have distinct tokens, and a copy of a request cannot name
+another reference. Only idempotent requests are retried on network errors — those with a reference, and
+reads — because only for them can the server tell a retry from a second request.
 """
 
 import time
@@ -16,10 +19,24 @@ from typing import Any
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from creditrelay.schema.credit_sync import sync_token_v2
+from creditrelay.schema.credit_sync import Member, sync_token_v2
 from creditrelay.schema.errors import CreditRelayError
 
 USER_AGENT = "creditrelay-credit-sdk/0.1"
+MemberRef = int | Member  # a Telegram id, or a Member naming the user id or email
+__all__ = ["CreditSyncClient", "CreditSyncError", "Member", "SyncResult", "by_email", "by_user_id"]
+
+
+def by_email(email: str) -> Member:
+    return Member("email", email)
+
+
+def by_user_id(user_id: int) -> Member:
+    return Member("user_id", user_id)
+
+
+def _member(member: MemberRef) -> Member:
+    return member if isinstance(member, Member) else Member("telegram_id", member)
 
 
 class CreditSyncError(CreditRelayError):
@@ -75,15 +92,16 @@ class CreditSyncClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _signed(self, telegram_id: int, amount: int, reason: str, reference: str | None) -> dict[str, Any]:
+    def _signed(self, telegram_id: MemberRef, amount: int, reason: str, reference: str | None) -> dict[str, Any]:
         timestamp = int(self.clock())
+        member = _member(telegram_id)
         body: dict[str, Any] = {
-            "telegram_id": telegram_id,
+            member.field: member.value,
             "amount": amount,
             "source": self.source,
             "reason": reason,
             "timestamp": timestamp,
-            "token": sync_token_v2(self.secret_key, telegram_id, amount, self.source, timestamp, reference),
+            "token": sync_token_v2(self.secret_key, member.value, amount, self.source, timestamp, reference),
         }
         if reference is not None:
             body["external_reference"] = reference
@@ -109,7 +127,7 @@ class CreditSyncClient:
             bool(answer.get("success")), str(answer.get("message", "")), answer.get("data"), response.status_code
         )
 
-    def sync(self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
+    def sync(self, telegram_id: MemberRef, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
         """Change the balance by ``amount`` (negative deducts), once per ``reference``."""
 
         def post() -> httpx.Response:
@@ -120,25 +138,28 @@ class CreditSyncClient:
         except httpx.TransportError as error:
             return SyncResult(False, f"network error: {type(error).__name__}: {error}")
 
-    def add_credits(self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
+    def add_credits(
+        self, telegram_id: MemberRef, amount: int, reason: str = "", reference: str | None = None
+    ) -> SyncResult:
         if amount <= 0:
             raise ValueError("add_credits takes a positive amount")
         return self.sync(telegram_id, amount, reason, reference)
 
     def deduct_credits(
-        self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None
+        self, telegram_id: MemberRef, amount: int, reason: str = "", reference: str | None = None
     ) -> SyncResult:
         if amount <= 0:
             raise ValueError("deduct_credits takes a positive amount (it is deducted)")
         return self.sync(telegram_id, -amount, reason, reference)
 
     def batch_sync(self, items: Sequence[dict[str, Any]]) -> SyncResult:
-        """Items ``{"telegram_id", "amount", "reason", "reference"?}``; ``.data`` has success/failed/results."""
+        """Items ``{"telegram_id" | "user_id" | "email", "amount", "reason", "reference"?}``; ``.data`` has
+        success/failed/results."""
         references = [item.get("reference", item.get("external_reference")) for item in items]
 
         def post() -> httpx.Response:
             signed = [
-                self._signed(int(item["telegram_id"]), int(item["amount"]), str(item.get("reason", "")), reference)
+                self._signed(_item_member(item), int(item["amount"]), str(item.get("reason", "")), reference)
                 for item, reference in zip(items, references, strict=True)
             ]
             return self.http.post("/api/credits/batch", json={"items": signed})
@@ -148,7 +169,7 @@ class CreditSyncClient:
         except httpx.TransportError as error:
             return SyncResult(False, f"network error: {type(error).__name__}: {error}")
 
-    def _read(self, path: str, params: dict[str, int] | None = None) -> dict[str, Any] | None:
+    def _read(self, path: str, params: dict[str, int | str] | None = None) -> dict[str, Any] | None:
         try:
             response = self._send(lambda: self.http.get(path, params=params), idempotent=True)
         except httpx.TransportError as error:
@@ -160,10 +181,27 @@ class CreditSyncClient:
             raise CreditSyncError(f"HTTP {response.status_code}: {result.message}")
         return result.data
 
-    def get_balance(self, telegram_id: int) -> dict[str, Any] | None:
-        """``{"telegram_id", "credits", "nickname"}``, or None when the user is not registered."""
-        return self._read(f"/api/credits/balance/{telegram_id}")
+    def get_balance(self, telegram_id: MemberRef) -> dict[str, Any] | None:
+        """``{"telegram_id" (or "user_id", "email"), "credits", "nickname"}``, or None when the user is not
+        registered."""
+        member = _member(telegram_id)
+        if member.field == "telegram_id":
+            return self._read(f"/api/credits/balance/{member.value}")
+        return self._read("/api/credits/balance", {member.field: member.value})
 
-    def get_records(self, telegram_id: int, limit: int = 20) -> dict[str, Any] | None:
-        """`{"telegram_id", "records": [{"change", "reason", "balance", "source", "created_at", …}]}`, newest first."""
-        return self._read(f"/api/credits/records/{telegram_id}", {"limit": limit})
+    def get_records(self, telegram_id: MemberRef, limit: int = 20) -> dict[str, Any] | None:
+        """`{"telegram_id" (or "user_id", "email"), "records": [{"change", "reason", "balance", "source",
+        "created_at", …}]}`, newest first."""
+        member = _member(telegram_id)
+        if member.field == "telegram_id":
+            return self._read(f"/api/credits/records/{member.value}", {"limit": limit})
+        return self._read("/api/credits/records", {member.field: member.value, "limit": limit})
+
+
+def _item_member(item: dict[str, Any]) -> MemberRef:
+    """The member a batch item names (``telegram_id``, ``user_id`` or ``email``)."""
+    if item.get("user_id") is not None:
+        return by_user_id(int(item["user_id"]))
+    if item.get("email") is not None:
+        return by_email(str(item["email"]))
+    return int(item["telegram_id"])

@@ -31,7 +31,10 @@ from tests.support.server import serving
 
 # without a URL given, databases named after this checkout (as scripts/test-services.sh names them), so that
 # two checkouts testing at once on one server never drop each other's tables
-_OWN = "creditrelay_test_" + hashlib.sha1(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:8]
+_OWN = (
+    "creditrelay_test_"
+    + hashlib.sha1(str(Path(__file__).resolve().parents[1]).encode(), usedforsecurity=False).hexdigest()[:8]
+)
 MYSQL_URL = os.environ.get("CREDITRELAY_TEST_MYSQL_URL", f"mysql+pymysql://root@127.0.0.1:3306/{_OWN}")
 POSTGRES_URL = os.environ.get("CREDITRELAY_TEST_POSTGRES_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{_OWN}")
 KINDS = ["sqlite"] + ([] if MYSQL_URL == "skip" else ["mysql"]) + ([] if POSTGRES_URL == "skip" else ["postgresql"])

@@ -47,6 +47,7 @@ COMMAND_TIMEOUT = 60.0
 SETTINGS = (
     *("DATABASE_", "WEBHOOK_", "ADMIN_", "NEW_API_", "CREDIT", "POLL_", "LOG_LEVEL", "USAGE_MATCH_"),
     *("BODY_READ_", "PROMETHEUS_", "FORWARDED_ALLOW_IPS", "BACKUP_DIR", "KEEP_DAYS", "VIRTUAL_ENV"),
+    *("PORTAL_", "PUBLIC_BASE_URL"),
 )
 
 # Commands a page shows in a console block that this test does not run, with the reason. Keep it short:

@@ -112,6 +112,9 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--credits", type=integer(0, MAX_AMOUNT), default=0, help="opening balance, recorded as a transaction"
     )
+    from creditrelay.cli import portal
+
+    portal.register(commands, user)
     command(user, "show", cmd_user_show, "show a user").add_argument("user", metavar=USER, help="email or numeric id")
     listing = command(user, "list", cmd_user_list, "list users in id order")
     listing.add_argument("--limit", type=integer(1, 1000), default=50, help="how many (default: 50, at most 1000)")

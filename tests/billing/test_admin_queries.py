@@ -1,14 +1,15 @@
-"""billing/admin.py's usage figures on every database (the day grouping is SQL each database spells)."""
+"""billing/admin.py's and billing/usage_report.py's figures on every database (the day grouping is SQL each
+database spells)."""
 
 import threading
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from creditrelay.billing import admin
-from creditrelay.billing.admin import usage_by_day, usage_by_model
 from creditrelay.billing.deliveries import record_deliveries
+from creditrelay.billing.usage_report import usage_report
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.transactions import run_transaction
@@ -21,26 +22,31 @@ from tests.support.signing import encode, usage_event
 NOW = datetime(2026, 5, 10, 12, 0, 0)
 
 
-def test_usage_by_model_and_day(database: Database) -> None:
-    """Credits add up per model (largest first) and per UTC day (oldest first), within the window."""
+def test_usage_by_model_and_day_of_charge(database: Database) -> None:
+    """Credits add up per model (largest first) and per UTC day of their charge, within the range: a
+    usage stamped 40 days ago but charged today is today's; sold and used per day; the top spender."""
     add_user(database.engine)
     stamp = int((NOW - datetime(1970, 1, 1)).total_seconds())
-    events = [
-        usage_event("a", cost=10, timestamp=stamp - 86400)
-        | {"data": usage_event("a", cost=10)["data"] | {"model": "gpt-4o"}},
-        usage_event("b", cost=5, timestamp=stamp),
-        usage_event("c", cost=7, timestamp=stamp),
-        usage_event("old", cost=99, timestamp=stamp - 40 * 86400),
-    ]
-    in_transaction(database, lambda c: record_deliveries(c, [parse_event(encode(e)) for e in events], NOW))
-    since = NOW - timedelta(days=30)
-    assert in_transaction(database, lambda c: usage_by_model(c, since)) == [("gpt-4", 12), ("gpt-4o", 10)]
-    assert in_transaction(database, lambda c: usage_by_day(c, since)) == [("2026-05-09", 10), ("2026-05-10", 12)]
+    gpt4o = usage_event("a", cost=10, timestamp=stamp - 86400)
+    gpt4o["data"]["model"] = "gpt-4o"
+    yesterday = [gpt4o]
+    today = [usage_event("b", cost=5, timestamp=stamp), usage_event("old", cost=7, timestamp=stamp - 40 * 86400)]
+    for events, at in ((yesterday, NOW - timedelta(days=1)), (today, NOW)):
+        in_transaction(database, lambda c, e=events, a=at: record_deliveries(c, [parse_event(encode(x)) for x in e], a))  # type: ignore[misc]
+    found = in_transaction(database, lambda c: usage_report(c, date(2026, 5, 9), date(2026, 5, 10)))
+    assert found.by_model == [("gpt-4", 12), ("gpt-4o", 10)]
+    assert found.by_day_and_model == {"gpt-4": [0, 12], "gpt-4o": [10, 0]}
+    assert (found.credits, found.usages, found.tokens) == (22, 3, 450)
+    assert (found.sold, found.used) == ([0, 0], [10, 12])
+    assert [(s.email, s.credits) for s in found.top_spenders] == [("alice@example.com", 22)]
+    earlier = in_transaction(database, lambda c: usage_report(c, date(2026, 3, 1), date(2026, 4, 1)))
+    assert earlier.credits == 0  # the opening balance was charged at no time in this range either
+    assert earlier.top_spenders == []
 
 
 def test_usage_sums_are_exact_past_bigint(database: Database) -> None:
     """Three usages of 2^62 credits (written by hand: no path of ours takes so much) add up to 3 * 2^62 in
-    the usage charts, on SQLite too, where SUM would raise "integer overflow"."""
+    the usage report, on SQLite too, where SUM would raise "integer overflow"."""
     user_id = add_user(database.engine)
     for i in range(3):
         database.execute(
@@ -52,9 +58,17 @@ def test_usage_sums_are_exact_past_bigint(database: Database) -> None:
             cost=2**62,
             now=NOW,
         )
-    since = NOW - timedelta(days=1)
-    assert in_transaction(database, lambda c: usage_by_model(c, since)) == [("gpt-4", 3 * 2**62)]
-    assert [credits for _, credits in in_transaction(database, lambda c: usage_by_day(c, since))] == [3 * 2**62]
+        database.execute(
+            "INSERT INTO credit_transactions (userId, type, amount, balance, reference, usageRecordId, createdAt)"
+            " SELECT :user, 'usage', 0, 0, :reference, id, :now FROM usage_records WHERE usageKey = :key",
+            key=f"evt:{i}",
+            reference=f"evt:{i}",
+            user=user_id,
+            now=NOW,
+        )
+    found = in_transaction(database, lambda c: usage_report(c, NOW.date(), NOW.date()))
+    assert found.by_model == [("gpt-4", 3 * 2**62)]
+    assert found.top_spenders[0].credits == 3 * 2**62
 
 
 def test_stats_count_each_clock_minute_of_the_last_hour_by_status(database: Database) -> None:

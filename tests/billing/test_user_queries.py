@@ -160,7 +160,8 @@ def test_the_bisection_finds_the_first_transaction_at_or_after_a_moment(database
 
 def test_the_last_days_balances_carry_over_and_usage_adds_up_by_model(database: Database) -> None:
     """30 days to NOW's: the balance at each day's end (a day without transactions keeps the day before's),
-    starting from the balance before the window; usage per model and day, older usage left out."""
+    starting from the balance before the window; usage per model and day of its charge: usages stamped
+    yesterday or 35 days ago but charged today are today's."""
     user_id = _history(database, 40)
     in_transaction(database, lambda c: link_key(c, "k", user_id, NOW))
     stamp = int((NOW - datetime(1970, 1, 1)).total_seconds())
@@ -180,7 +181,7 @@ def test_the_last_days_balances_carry_over_and_usage_adds_up_by_model(database: 
     assert found.balances[0] == before_window + 3
     assert found.balances[-2] == 3 * 40
     assert found.balances[-1] == 3 * 40 - 118
-    assert found.by_model == {"gpt-4": [0] * 28 + [9, 5], "o1": [0] * 29 + [4]}
+    assert found.by_model == {"gpt-4": [0] * 29 + [114], "o1": [0] * 29 + [4]}
 
 
 def test_a_user_without_transactions_has_flat_days(database: Database) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, ViewportSize
+from playwright.sync_api import Locator, Page
 
 from creditrelay.billing.accounts import NewUser, adjust, create_user, link_key
 from creditrelay.billing.deliveries import deliver
@@ -18,7 +18,7 @@ from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import utc
 from creditrelay.schema.transactions import run_transaction
 from creditrelay.schema.wire import parse_event
-from tests.support.browser import chromium, loaded, screenshot, sign_in
+from tests.support.browser import DESKTOP, PHONE, chromium, loaded, shoot_both, sign_in
 from tests.support.database import Database
 from tests.support.receiver import add_user, settings_for
 from tests.support.server import serving
@@ -28,29 +28,28 @@ pytestmark = [pytest.mark.browser, pytest.mark.parametrize("database", ["sqlite"
 
 TOKEN = "admin-token-admin-token-admin-token-42"
 MODELS = ["gpt-4o-mini", "gemini-1.5-pro-002", "claude-3-5-sonnet-20241022", "deepseek-chat", "o1-preview-2024-09-12"]
-DESKTOP: ViewportSize = {"width": 1280, "height": 900}
-PHONE: ViewportSize = {"width": 390, "height": 844}
 ALICE = 100_000
 
 
 def _deliveries(database: Database, count: int, key: str, prefix: str, spread_days: int = 0) -> None:
-    """``count`` usages of ``key`` over the models, spread over the last ``spread_days`` days."""
+    """``count`` usages of ``key`` over the models, charged (and stamped) over the last ``spread_days`` days."""
     now = int(time.time())
-    events = []
+    by_day: dict[int, list[Any]] = {}
     for i in range(count):
-        body = usage_event(
-            f"{prefix}-{i:04d}", cost=1 + i % 9, key=key, timestamp=now - (i // 5 % (spread_days or 1)) * 86400
-        )
+        back = i // 5 % (spread_days or 1)
+        body = usage_event(f"{prefix}-{i:04d}", cost=1 + i % 9, key=key, timestamp=now - back * 86400)
         body["data"]["model"] = MODELS[i % len(MODELS)]
-        events.append(parse_event(encode(body)))
-    for start in range(0, count, 100):
-        deliver(database.engine, events[start : start + 100], utc(now))
+        by_day.setdefault(back, []).append(parse_event(encode(body)))
+    for back in sorted(by_day, reverse=True):  # oldest first, as they would have come
+        events = by_day[back]
+        for start in range(0, len(events), 100):
+            deliver(database.engine, events[start : start + 100], utc(now - back * 86400))
 
 
 @pytest.fixture
 def site(database: Database) -> Iterator[str]:
     """alice (key 1) and bob (key 2) have used credits; carol owes 40; dan has none; 10 events came for
-    k-new, which nobody had linked (failed)."""
+    k-new, which nobody had linked (failed); the last reconcile found 12 discrepancies."""
     alice = add_user(database.engine, "alice@example.com", credits=ALICE, key="1")
     add_user(database.engine, "bob@example.com", credits=5000, key="2")
 
@@ -60,6 +59,13 @@ def site(database: Database) -> Iterator[str]:
         create_user(connection, NewUser("dan@example.com"), utc(time.time()))
 
     run_transaction(database.engine, more)
+    moment = utc(time.time())
+    database.execute(
+        "INSERT INTO reconcile_runs (startedAt, windowStart, windowEnd, fixed, discrepancies, report)"
+        " VALUES (:at, :at, :at, :fixed, 12, '{}')",
+        at=moment,
+        fixed=False,
+    )
     _deliveries(database, 600, "1", "a", spread_days=20)
     _deliveries(database, 390, "2", "b", spread_days=5)
     _deliveries(database, 10, "k-new", "lost")
@@ -76,14 +82,7 @@ def _rows(page: Page, table: str) -> list[list[str]]:
 
 
 def _shoot(page: Page, name: str) -> None:
-    """The page at desktop width, then at phone width (where nothing may stick out sideways), kept."""
-    page.set_viewport_size(DESKTOP)
-    screenshot(page, "console", f"{name}-desktop")
-    page.set_viewport_size(PHONE)
-    wide = page.evaluate("document.documentElement.scrollWidth")
-    assert wide <= PHONE["width"], f"{name}: {wide}px wide on a {PHONE['width']}px screen"
-    screenshot(page, "console", f"{name}-phone")
-    page.set_viewport_size(DESKTOP)
+    shoot_both(page, "console", name)
 
 
 def _model_credits(page: Page) -> dict[str, int]:
@@ -99,6 +98,11 @@ def test_an_operator_finds_pages_replays_and_sees_it_charged(site: str, database
         sign_in(page, site, TOKEN)
         assert page.inner_text("#failed-total") == "10"
         _shoot(page, "overview")
+        page.set_viewport_size(PHONE)  # a tile's word ("discrepancies") is written whole, on one line
+        assert page.locator(".figures dd .unit").count() >= 1
+        for unit in page.locator(".figures dd .unit").all():
+            assert unit.evaluate("e => e.getClientRects().length") == 1, unit.inner_text()
+        page.set_viewport_size(DESKTOP)
 
         # users, lowest balance first: carol owes, dan has nothing; then highest first
         page.click("nav >> text=Users")
@@ -253,7 +257,6 @@ def _check_chart(where: str, svg: Locator) -> None:
     box = svg.evaluate(BOX)
     texts = svg.evaluate(TEXTS)
     words = [t["text"] for t in texts]
-    assert any("title" in t["classes"] for t in texts), (where, words)
     x_ticks = [t for t in texts if "axis x" in t["classes"] and "title" not in t["classes"]]
     y_ticks = [t for t in texts if "axis y" in t["classes"] and "title" not in t["classes"]]
     assert x_ticks, (where, words)
@@ -283,12 +286,30 @@ def test_charts_have_axes_legends_and_every_label_whole_and_apart(site: str, wid
         charts = 0
         for path in ("/admin/", "/admin/usage", "/admin/users/1"):
             page.goto(f"{site}{path}")
-            for svg in page.locator(".chart svg").all():
+            for chart in page.locator(".chart").all():
                 charts += 1
-                _check_chart(path, svg)
-        assert charts == 6
+                assert chart.locator(".chart-title").inner_text().strip(), path
+                _check_chart(path, chart.locator("svg"))
+                _check_opens_at_its_newest_end(path, chart, width)
+        assert charts == 7
         page.goto(f"{site}/admin/usage")
         texts = page.locator("#by-model svg").evaluate(TEXTS)
         assert all(any(t["text"] == f"{m} · {c:,}" for t in texts) for m, c in _totals().items())
-        legend = page.locator("#by-day svg").evaluate(TEXTS)
-        assert set(MODELS) <= {t["text"] for t in legend if "legend" in t["classes"]}
+        assert set(MODELS) <= set(page.locator("#by-day .legend li").all_inner_texts())
+
+
+def _check_opens_at_its_newest_end(where: str, chart: Locator, width: int) -> None:
+    """The title and legend are within the screen; a plot wider than its box (a phone) shows its right,
+    newest, end first (bars by model: their left end, where the models' names are)."""
+    for part in (chart.locator(".chart-title"), *chart.locator(".legend li").all()):
+        box = part.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0, (where, part.inner_text())
+        assert box["x"] + box["width"] <= width + 1, (where, part.inner_text())
+    plot, svg = chart.locator(".plot-box").bounding_box(), chart.locator(".plot-box > svg").bounding_box()
+    assert plot is not None
+    assert svg is not None
+    if "from-start" in (chart.locator(".plot-box").get_attribute("class") or ""):
+        assert abs(svg["x"] - plot["x"]) <= 2, (where, plot, svg)
+    else:
+        assert abs((svg["x"] + svg["width"]) - (plot["x"] + plot["width"])) <= 2, (where, plot, svg)

@@ -249,3 +249,34 @@ def test_notices_are_what_a_form_said_and_refusals_are_pages(site: str) -> None:
             assert missing.status_code in (404, 405)
             assert missing.headers["content-type"].startswith("text/html")
             assert "script-src 'none'" in missing.headers["content-security-policy"]
+
+
+def test_the_user_page_makes_and_ends_portal_links(site: str, database: Database) -> None:
+    """The "Make a portal link" form (with its CSRF token) says a link that opens the member's portal; "End
+    every portal link" ends it; a form without the CSRF token changes nothing; days out of range are refused."""
+    alice = database.scalar("SELECT id FROM users WHERE email = 'alice@example.com'")
+    here = f"/admin/users/{alice}/portal-link"
+    client, csrf = _signed_in(site)
+    with closing(client):
+        assert client.post(here, data={"days": "7"}).status_code == 403
+        made = client.post(here, data={"csrf": csrf, "days": "7"})
+        kind, text = _notice(client, made)
+        assert kind == "ok"
+        path = "/portal/" + text.split("/portal/")[1]
+        assert "alice@example.com" in httpx.get(f"{site}{path}").text
+        assert _notice(client, client.post(here, data={"csrf": csrf, "days": "400"}))[0] == "error"
+        ended = client.post(here, data={"csrf": csrf, "action": "revoke"})
+        assert _notice(client, ended)[0] == "warning"
+        assert httpx.get(f"{site}{path}").status_code == 404
+        assert client.post("/admin/users/99999/portal-link", data={"csrf": csrf}).status_code == 404
+
+
+def test_the_usage_page_takes_a_range(site: str) -> None:
+    client, _ = _signed_in(site)
+    with closing(client):
+        page = client.get("/admin/usage", params={"from": "2026-01-01", "to": "2026-01-31"})
+        assert page.status_code == 200
+        assert "Usage, 2026-01-01 to 2026-01-31" in page.text
+        assert 'id="total-credits">0<' in page.text
+        for wrong in ({"from": "2026-02-01", "to": "2026-01-01"}, {"to": "soon"}):
+            assert client.get("/admin/usage", params=wrong).status_code == 400

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # Debian's, from PATH
@@ -28,6 +28,22 @@ def screenshot(page: Page, folder: str, name: str) -> None:
     """Keep what the page looked like in test-artifacts/<folder>/<name>.png."""
     (ARTIFACTS / folder).mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / folder / f"{name}.png"), full_page=True)
+
+
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+
+def shoot_both(page: Page, folder: str, name: str) -> None:
+    """The page at desktop width, then at phone width (where nothing may stick out sideways), kept in
+    test-artifacts/<folder>/<name>-desktop.png and -phone.png."""
+    page.set_viewport_size(DESKTOP)
+    screenshot(page, folder, f"{name}-desktop")
+    page.set_viewport_size(PHONE)
+    wide = page.evaluate("document.documentElement.scrollWidth")
+    assert wide <= PHONE["width"], f"{name}: {wide}px wide on a {PHONE['width']}px screen"
+    screenshot(page, folder, f"{name}-phone")
+    page.set_viewport_size(DESKTOP)
 
 
 def sign_in(page: Page, site: str, token: str) -> None:
