@@ -65,12 +65,14 @@ class FakeNewApi:
         model: str = "gpt-4o",
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
+        user_id: int = int(ADMIN_USER),
     ) -> dict[str, Any]:
         row_id = next(self._ids)
         row = consume_log_row(
             row_id, created_at, token_id, quota, request_id, model=model,
             prompt_tokens=quota // 3 if prompt_tokens is None else prompt_tokens,
             completion_tokens=quota // 5 if completion_tokens is None else completion_tokens,
+            user_id=user_id,
         )  # fmt: skip
         self.rows.append(row)
         if hidden:
