@@ -20,14 +20,14 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from sqlalchemy import Connection, Engine
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from creditrelay.billing import autolink
 from creditrelay.billing.gateways.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
 from creditrelay.billing.log_queries import LogFilter, replay_failed
 from creditrelay.billing.usage import Usage, UsageStatus, apply_usage
 from creditrelay.schema.database import utc
-from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.errors import GatewaySetupError, UpstreamError
 from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
 from creditrelay.schema.shapes import to_json
@@ -190,6 +190,12 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
     return report
 
 
+def passing(error: BaseException) -> bool:
+    """Whether a gateway's failure may pass by retrying: not a wrong set-up (refused connection, unknown
+    host, 401/403, 404: ``GatewaySetupError``), which is reported at once."""
+    return isinstance(error, UpstreamError) and not isinstance(error, GatewaySetupError)
+
+
 def read_watermark(connection: Connection) -> int | None:
     query = sa.select(poll_state.c.watermark).where(poll_state.c.name == STATE_NAME)
     value = connection.execute(query).scalar_one_or_none()
@@ -229,7 +235,7 @@ class Poller:
 
     def _page(self, start: int, end: int, page: int) -> Any:
         retrying = Retrying(
-            retry=retry_if_exception_type(UpstreamError),
+            retry=retry_if_exception(passing),
             stop=stop_after_attempt(self.config.attempts),
             wait=wait_random_exponential(multiplier=1, max=self.config.backoff_max),
             sleep=self.sleep,

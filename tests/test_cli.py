@@ -198,7 +198,10 @@ def test_users_are_mapped_to_gateway_users_and_the_account_creditrelay_calls_as_
     assert ok(database, "user", "show", "alice@example.com")["gatewayUserId"] == "42"
     ok(database, "user", "create", "--email", "bob@example.com")
     taken = run(database, "user", "set-gateway-user", "bob@example.com", "42")
-    assert (taken.returncode, taken.stderr.strip()) == (1, "creditrelay: gateway user 42 already bills alice@example.com")
+    assert (taken.returncode, taken.stderr.strip()) == (
+        1,
+        "creditrelay: gateway user 42 already bills alice@example.com",
+    )
     refused = run(database, "user", "set-gateway-user", "bob@example.com", "1", env=gateway)
     assert refused.returncode == 1
     assert "NEW_API_USER_ID" in refused.stderr
