@@ -2,6 +2,7 @@
 calls, whether a key may be served now, and the counts of suspensions, pending intents and alerts; and the
 operator's "suspend now" / "resume now". Nothing here calls the gateway (``billing.enforcement`` does)."""
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,16 @@ from creditrelay.schema.tables import api_keys, gateway_calls, gateway_states, o
 
 
 @dataclass(frozen=True)
+class Standing:
+    """A user's latest word to the gateway: the intent, whether the gateway has not confirmed it yet, and
+    what it last refused."""
+
+    desired: str  # suspend | resume
+    pending: bool
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class UserAccess:
     """What the admin pages show of a user's enforcement."""
 
@@ -24,6 +35,21 @@ class UserAccess:
     pending: bool
     last_error: str | None
     calls: list[dict[str, Any]]
+    standing: Standing | None = None  # None: the gateway was never told anything about the user
+
+
+def standings(connection: Connection, user_ids: Collection[int]) -> dict[int, Standing]:
+    """The standing of each of these users the gateway was ever told about (the users list's page)."""
+    if not user_ids:
+        return {}
+    states = gateway_states.c
+    query = sa.select(states.userId, states.desired, states.version, states.applied, states.lastError).where(
+        states.userId.in_(sorted(user_ids))
+    )
+    return {
+        int(row.userId): Standing(row.desired, row.version > row.applied, row.lastError)
+        for row in connection.execute(query)
+    }
 
 
 def access_of(connection: Connection, user_id: int, limit: int = 20) -> UserAccess:
@@ -39,6 +65,7 @@ def access_of(connection: Connection, user_id: int, limit: int = 20) -> UserAcce
         pending=state is not None and state.version > state.applied,
         last_error=None if state is None else state.lastError,
         calls=[{"target": c.target, "action": c.action, "ok": c.ok, "answer": c.answer, "at": c.at} for c in calls],
+        standing=None if state is None else Standing(state.desired, state.version > state.applied, state.lastError),
     )
 
 

@@ -35,6 +35,7 @@ class NewUser:
     name: str | None = None
     telegram_id: int | None = None
     opening_credits: int = 0
+    gateway_user_id: str | None = None  # everything this gateway user spends bills the new user
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +46,11 @@ class User:
     telegram_id: int | None
     balance: int
     created_at: datetime
+    gateway_user_id: str | None
 
     @classmethod
     def of(cls, row: sa.Row[Any]) -> "User":
-        return cls(row.id, row.email, row.name, row.telegramId, row.balance, row.createdAt)
+        return cls(row.id, row.email, row.name, row.telegramId, row.balance, row.createdAt, row.gatewayUserId)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class KeyLink:
     remote_key_id: str
     user_id: int
     email: str
+    automatic: bool = False  # linked by a usage of the user's gateway user, not by `key link`
 
 
 def create_user(connection: Connection, new: NewUser, now: datetime) -> User:
@@ -71,6 +74,7 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> User:
         raise AccountError(f"telegram id must be a positive integer up to {BIGINT_MAX}")
     if not 0 <= new.opening_credits <= MAX_AMOUNT:
         raise AccountError(f"opening credits must be 0 to {MAX_AMOUNT}")
+    gateway_user = None if new.gateway_user_id is None else gateway_user_text(connection, new.gateway_user_id)
     try:
         with savepoint(connection, "create_user"):
             row = {"email": email, "name": new.name, "telegramId": new.telegram_id, "balance": 0}
@@ -82,6 +86,8 @@ def create_user(connection: Connection, new: NewUser, now: datetime) -> User:
         raise AccountError(f"a user with {taken} exists") from None
     assert created is not None
     user_id = int(created[0])
+    if gateway_user is not None:
+        set_gateway_user(connection, user_id, gateway_user, now)
     if new.opening_credits:
         change = CreditChange(user_id, new.opening_credits, f"opening:{user_id}", "opening", reason="opening balance")
         apply_credit(connection, change, now)
@@ -139,8 +145,9 @@ def link_key(connection: Connection, remote_key_id: str, user_id: int, now: date
     lock_balances(connection, {user_id} | ({before} if before is not None else set()))
     if connection.execute(owner.with_for_update()).scalar_one_or_none() != before:
         raise TransactionConflict(f"key {key} was linked by another transaction meanwhile")
-    row = {"remoteKeyId": key, "userId": user_id, "createdAt": now, "updatedAt": now}
-    connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], ["userId", "updatedAt"]))
+    row = {"remoteKeyId": key, "userId": user_id, "automatic": False, "createdAt": now, "updatedAt": now}
+    update = ["userId", "automatic", "updatedAt"]  # an automatic link becomes the operator's
+    connection.execute(upsert(api_keys, connection.dialect.name, row, ["remoteKeyId"], update))
     move_open_polls(connection, key, before, user_id)
     if rules_of(connection).enforce:  # the key takes its new user's state: disabled if suspended
         requeue(connection, user_id, now)
@@ -148,14 +155,42 @@ def link_key(connection: Connection, remote_key_id: str, user_id: int, now: date
     return link
 
 
-def set_gateway_user(connection: Connection, user_id: int, gateway_user_id: int, now: datetime) -> None:
-    """The user's id at the gateway, as the operator says (what GATEWAY_ENFORCEMENT=users disables); the
-    user's current state is pushed to it."""
-    if not 0 < gateway_user_id <= BIGINT_MAX:
-        raise AccountError(f"a gateway user id is a positive integer up to {BIGINT_MAX}")
-    lock_balances(connection, [user_id])
-    connection.execute(users.update().where(users.c.id == user_id).values(gatewayUserId=gateway_user_id))
-    requeue(connection, user_id, now)
+def gateway_user_text(connection: Connection, gateway_user_id: str) -> str:
+    """A gateway user id as every way in takes it: 1 to 64 characters without spaces (new-api's are
+    numbers, LiteLLM's any text), and not the gateway account creditrelay calls as (NEW_API_USER_ID: in
+    ``tokens`` mode it owns every key, so it is nobody's in particular)."""
+    text = gateway_user_id.strip()
+    if not text or len(text) > 64 or not text.isprintable() or any(c.isspace() for c in text):
+        raise AccountError("a gateway user id is 1 to 64 characters, without spaces or control characters")
+    number = plain_int(text)
+    if number is not None and not 0 < number <= BIGINT_MAX:
+        raise AccountError(f"a numeric gateway user id is a positive integer up to {BIGINT_MAX}")
+    admin = rules_of(connection).admin_gateway_user
+    if admin is not None and (text == admin or (number is not None and str(number) == admin)):
+        raise AccountError(
+            f"gateway user {text} is NEW_API_USER_ID, the account creditrelay calls new-api as: it cannot bill"
+            " one user (link its keys one by one with `creditrelay key link`)"
+        )
+    return str(number) if number is not None else text
+
+
+def set_gateway_user(connection: Connection, user_id: int, gateway_user_id: str | None, now: datetime) -> User:
+    """Map the user to a gateway user (``None``: clear it): everything that gateway user spends with keys
+    nobody linked bills this user from now on (``billing.autolink``), and GATEWAY_ENFORCEMENT=users
+    disables it while the user is suspended; the user's current state is pushed to it. Keys linked
+    automatically before stay linked. One gateway user bills one user: the unique column refuses a second."""
+    text = None if gateway_user_id is None else gateway_user_text(connection, gateway_user_id)
+    if user_id not in lock_balances(connection, [user_id]):
+        raise AccountError(f"no user {user_id}")
+    try:
+        with savepoint(connection, "set_gateway_user"):
+            connection.execute(users.update().where(users.c.id == user_id).values(gatewayUserId=text, updatedAt=now))
+    except IntegrityError:
+        holder = connection.execute(sa.select(users.c.email).where(users.c.gatewayUserId == text)).scalar()
+        raise AccountError(f"gateway user {text} already bills {holder or 'another user'}") from None
+    if text is not None:
+        requeue(connection, user_id, now)
+    return find_user(connection, str(user_id))
 
 
 def unlink_key(connection: Connection, remote_key_id: str) -> KeyLink:
@@ -172,7 +207,7 @@ def unlink_key(connection: Connection, remote_key_id: str) -> KeyLink:
 def list_keys(connection: Connection, *, user_id: int | None = None, remote_key_id: str | None = None) -> list[KeyLink]:
     """Linked gateway keys, by user then key."""
     query = (
-        sa.select(api_keys.c.remoteKeyId, api_keys.c.userId, users.c.email)
+        sa.select(api_keys.c.remoteKeyId, api_keys.c.userId, users.c.email, api_keys.c.automatic)
         .join(users, users.c.id == api_keys.c.userId)
         .order_by(api_keys.c.userId, api_keys.c.remoteKeyId)
     )
@@ -180,7 +215,7 @@ def list_keys(connection: Connection, *, user_id: int | None = None, remote_key_
         query = query.where(api_keys.c.userId == user_id)
     if remote_key_id is not None:
         query = query.where(api_keys.c.remoteKeyId == remote_key_id)
-    return [KeyLink(row.remoteKeyId, row.userId, row.email) for row in connection.execute(query)]
+    return [KeyLink(row.remoteKeyId, row.userId, row.email, bool(row.automatic)) for row in connection.execute(query)]
 
 
 def top_up(

@@ -67,7 +67,15 @@ def user_detail(connection: Connection, user_id: int, limit: int = 50, before: i
     page = user_queries.transactions(connection, user_id, limit, before)
     keys = [link.remote_key_id for link in found.keys]
     return UserDetail(
-        found.id, found.email, found.name, found.telegram_id, found.balance, found.created_at, keys, page.transactions
+        found.id,
+        found.email,
+        found.name,
+        found.telegram_id,
+        found.balance,
+        found.created_at,
+        found.gateway_user_id,
+        keys,
+        page.transactions,
     )
 
 

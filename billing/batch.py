@@ -2,7 +2,7 @@
 whether its inserts must learn exactly which rows were new, and what its first read already found."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from creditrelay.billing.rules import LedgerRules
@@ -27,3 +27,7 @@ class Batch:
     exact: bool = True  # inserts learn which rows were new whatever it costs (see schema.inserts)
     owners: Mapping[str, int] | None = None  # the batch's gateway keys' users, when read in this transaction
     paired: set[str] | None = None  # which of its webhook usage keys paired before, when read
+    # of its keys nobody owned, the users their mapped gateway user makes them bill (billing.autolink),
+    # when read with ``owners`` (which then holds them too)
+    automatic: Mapping[str, int] | None = None
+    linked: set[str] = field(default_factory=set)  # the keys the batch linked automatically

@@ -36,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+from creditrelay.billing import autolink
 from creditrelay.billing.batch import RACED, Batch, Raced
 from creditrelay.billing.rules import rules_of
 from creditrelay.billing.usage import Usage, UsageOutcome, UsageStatus, charge
@@ -129,7 +130,10 @@ def _in_order(
 
 def _record(connection: Connection, events: Sequence[Event], batch: Batch) -> dict[str, DeliveryOutcome] | Raced:
     """The steps of the module's docstring, for events of distinct ids."""
-    stored, batch.owners, batch.paired = _known(connection, events)
+    stored, owners, batch.paired = _known(connection, events)
+    said = ((str(e.usage.remoteKeyId), _gateway_user(e.usage.userId)) for e in events if e.usage is not None)
+    batch.automatic = autolink.candidates(connection, autolink.unowned(said, owners), batch.rules)
+    batch.owners = {**owners, **batch.automatic} if batch.automatic else owners
     fresh = [e for e in events if e.event_id not in stored]
     expected = {e.event_id: _expected(e, batch.owners) for e in fresh}
     rows = [_log_row(e, batch.now, expected[e.event_id]) for e in fresh]
@@ -296,8 +300,13 @@ def usage_of(event: Event) -> Usage:
         prompt_tokens=data.promptTokens,
         completion_tokens=data.completionTokens,
         total_tokens=data.totalTokens,
-        gateway_user_id=data.userId if isinstance(data.userId, int) and data.userId > 0 else None,
+        gateway_user_id=_gateway_user(data.userId),
     )
+
+
+def _gateway_user(said: int | str | None) -> str | None:
+    """A webhook's ``data.userId`` as the gateway user it names (an integer's digits); 0 names nobody."""
+    return None if said is None or said == 0 else str(said)
 
 
 def _unknown_key(event: Event) -> DeliveryOutcome:

@@ -28,8 +28,9 @@ from typing import Protocol, cast
 import sqlalchemy as sa
 import structlog
 from sqlalchemy import Connection, Engine
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from creditrelay.billing.polling import passing
 from creditrelay.billing.watch import SUSPEND
 from creditrelay.schema.database import utc
 from creditrelay.schema.errors import UpstreamError
@@ -242,7 +243,7 @@ class Enforcer:
             gateway = cast(GatewayAccess, self.gateway)
             change = partial(gateway.set_token_status if kind == "token" else gateway.set_user_enabled, number, enabled)
         retrying = Retrying(
-            retry=retry_if_exception_type(UpstreamError),
+            retry=retry_if_exception(passing),
             stop=stop_after_attempt(self.config.attempts),
             wait=wait_exponential(multiplier=self.config.wait, max=5),
             reraise=True,

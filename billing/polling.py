@@ -20,12 +20,14 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from sqlalchemy import Connection, Engine
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from creditrelay.billing import autolink
 from creditrelay.billing.gateways.newapi import PAGE_SIZE, ConsumeLog, NewApiClient
+from creditrelay.billing.log_queries import LogFilter, replay_failed
 from creditrelay.billing.usage import Usage, UsageStatus, apply_usage
 from creditrelay.schema.database import utc
-from creditrelay.schema.errors import UpstreamError
+from creditrelay.schema.errors import GatewaySetupError, UpstreamError
 from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.money import MAX_AMOUNT, MAX_BALANCE
 from creditrelay.schema.shapes import to_json
@@ -59,6 +61,8 @@ class PollReport:
     matched: int = 0  # rows that were a webhook usage without a request id, charged when it came
     unbilled: int = 0
     unknown_tokens: dict[str, int] = field(default_factory=dict)  # rows of tokens linked to nobody, by token
+    linked: list[str] = field(default_factory=list)  # keys linked automatically: their gateway user is mapped
+    replayed: int = 0  # failed webhook deliveries of those keys run through billing again
     refused: list[dict[str, Any]] = field(default_factory=list)  # the first rows kept unbilled for another reason
 
 
@@ -83,7 +87,7 @@ def usage_from_log(row: ConsumeLog, config: PollConfig) -> Usage:
         prompt_tokens=max(row.prompt_tokens, 0),
         completion_tokens=max(row.completion_tokens, 0),
         total_tokens=max(row.prompt_tokens, 0) + max(row.completion_tokens, 0),
-        gateway_user_id=row.user_id if row.user_id > 0 else None,
+        gateway_user_id=str(row.user_id) if row.user_id > 0 else None,
     )
 
 
@@ -131,7 +135,10 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
     unbillable = [(row, reason) for row in rows if (reason := refusal(row, config)) is not None]
     billable = [row for row in rows if refusal(row, config) is None]
     usages = [usage_from_log(r, config) for r in billable]
-    outcomes = apply_usage(connection, usages, now)
+    autolink.learn_keys(connection, {u.remote_key_id: u.gateway_user_id for u in usages if u.gateway_user_id}, now)
+    linked: set[str] = set()
+    outcomes = apply_usage(connection, usages, now, linked)
+    report.linked = sorted(linked)
     charged_keys = []
     for row, usage, outcome in zip(billable, usages, outcomes, strict=True):
         if outcome.status is UsageStatus.CHARGED:
@@ -183,6 +190,12 @@ def bill_logs(connection: Connection, rows: Sequence[ConsumeLog], config: PollCo
     return report
 
 
+def passing(error: BaseException) -> bool:
+    """Whether a gateway's failure may pass by retrying: not a wrong set-up (refused connection, unknown
+    host, 401/403, 404: ``GatewaySetupError``), which is reported at once."""
+    return isinstance(error, UpstreamError) and not isinstance(error, GatewaySetupError)
+
+
 def read_watermark(connection: Connection) -> int | None:
     query = sa.select(poll_state.c.watermark).where(poll_state.c.name == STATE_NAME)
     value = connection.execute(query).scalar_one_or_none()
@@ -222,7 +235,7 @@ class Poller:
 
     def _page(self, start: int, end: int, page: int) -> Any:
         retrying = Retrying(
-            retry=retry_if_exception_type(UpstreamError),
+            retry=retry_if_exception(passing),
             stop=stop_after_attempt(self.config.attempts),
             wait=wait_random_exponential(multiplier=1, max=self.config.backoff_max),
             sleep=self.sleep,
@@ -267,6 +280,8 @@ class Poller:
                 return part
 
             part = run_transaction(self.engine, bill)
+            for key in part.linked:  # its webhooks that came before the key was known are charged now
+                part.replayed += replay_failed(self.engine, LogFilter(key=key), utc(self.clock())).replayed
             if self.committed is not None:
                 self.committed(part)
             report.rows += part.rows
@@ -275,6 +290,8 @@ class Poller:
             report.matched += part.matched
             report.duplicates += part.duplicates
             report.unbilled += part.unbilled
+            report.linked += part.linked
+            report.replayed += part.replayed
             for token, count in part.unknown_tokens.items():
                 report.unknown_tokens[token] = report.unknown_tokens.get(token, 0) + count
             report.refused = (report.refused + part.refused)[:REFUSED_LISTED]

@@ -23,6 +23,7 @@ class LedgerRules:
     suspend_at: int = 0  # a balance at or below this is suspended
     low_at: int | None = None  # a balance dropping below this is low
     learn_users: bool = False  # keep the gateway's user ids the usages report (GATEWAY_ENFORCEMENT=users)
+    admin_gateway_user: str | None = None  # NEW_API_USER_ID: the gateway account that is nobody's
     match_seconds: float = DEFAULT_TOLERANCE  # how far apart a usage's two paths may be (billing.matching)
 
     def suspended(self, balance: int) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from creditrelay.billing import matching
+from creditrelay.billing import autolink, matching
 from creditrelay.billing.batch import RACED, Batch, Raced
 from creditrelay.billing.rows import key_owners, lock_users, set_balances
 from creditrelay.billing.rules import rules_of
@@ -65,7 +65,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    gateway_user_id: int | None = None  # the user's id at the gateway, when the gateway says it
+    gateway_user_id: str | None = None  # the user's id at the gateway, when the gateway says it
 
 
 @dataclass(slots=True)
@@ -80,9 +80,15 @@ class UsageOutcome:
         return self.balance is not None and self.balance < 0
 
 
-def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) -> list[UsageOutcome]:
-    """Charge each usage once, inside the caller's transaction, by the rules of the connection's ledger."""
-    outcomes = charge(connection, usages, Batch(now, rules_of(connection)))
+def apply_usage(
+    connection: Connection, usages: Sequence[Usage], now: datetime, linked: set[str] | None = None
+) -> list[UsageOutcome]:
+    """Charge each usage once, inside the caller's transaction, by the rules of the connection's ledger;
+    the keys linked automatically on the way are added to ``linked``."""
+    batch = Batch(now, rules_of(connection))
+    outcomes = charge(connection, usages, batch)
+    if linked is not None:
+        linked |= batch.linked
     assert not isinstance(outcomes, Raced)  # an exact batch always knows what it wrote
     return outcomes
 
@@ -90,9 +96,11 @@ def apply_usage(connection: Connection, usages: Sequence[Usage], now: datetime) 
 def charge(connection: Connection, usages: Sequence[Usage], batch: Batch) -> list[UsageOutcome] | Raced:
     """One outcome per usage, in order (the steps of the module's docstring). ``RACED`` only from a batch
     whose inserts are optimistic, when a usage key was charged meanwhile."""
-    owners = batch.owners if batch.owners is not None else key_owners(connection, (u.remote_key_id for u in usages))
+    owners, automatic = _owners(connection, usages, batch)
     charging = _candidates(usages, owners)
     locked = lock_users(connection, charging.users)
+    if automatic:
+        batch.linked |= autolink.link(connection, automatic, batch.now, batch.rules)
     settled = _settle(connection, charging, locked, batch)
     records = _insert_records(connection, usages, charging, settled, batch)
     if records is None:
@@ -100,6 +108,23 @@ def charge(connection: Connection, usages: Sequence[Usage], batch: Batch) -> lis
     plan = _plan(usages, charging, settled, records, {user: balance for user, (balance, _) in locked.items()})
     _write(connection, usages, charging, settled, plan, records, batch)
     return plan.outcomes
+
+
+def _owners(
+    connection: Connection, usages: Sequence[Usage], batch: Batch
+) -> tuple[Mapping[str, int], Mapping[str, int]]:
+    """The user each usage's key bills, and of those the keys to link automatically (``billing.autolink``),
+    as the batch read them or read now."""
+    if batch.owners is not None:
+        automatic = batch.automatic or {}
+        if automatic:
+            keys = {u.remote_key_id for u in usages}
+            automatic = {key: user for key, user in automatic.items() if key in keys}
+        return batch.owners, automatic
+    owners = key_owners(connection, (u.remote_key_id for u in usages))
+    wanted = autolink.unowned(((u.remote_key_id, u.gateway_user_id) for u in usages), owners)
+    automatic = autolink.candidates(connection, wanted, batch.rules)
+    return ({**owners, **automatic} if automatic else owners), automatic
 
 
 @dataclass(slots=True)

@@ -119,7 +119,9 @@ def user_detail(connection: Connection, user_id: int) -> UserDetail | None:
         return None
     user = User.of(row)
     keys = list_keys(connection, user_id=user_id)
-    return UserDetail(user.id, user.email, user.name, user.telegram_id, user.balance, user.created_at, keys)
+    return UserDetail(
+        user.id, user.email, user.name, user.telegram_id, user.balance, user.created_at, user.gateway_user_id, keys
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from creditrelay.billing.rules import LedgerRules, rules_of
 from creditrelay.schema.outbox import PENDING
 from creditrelay.schema.shapes import iso
+from creditrelay.schema.statements import savepoint
 from creditrelay.schema.tables import gateway_states, outbox_events, users
 
 if TYPE_CHECKING:
@@ -66,20 +68,28 @@ def learn_gateway_users(
     now: datetime,
     rules: LedgerRules | None = None,
 ) -> None:
-    """Keep the gateway's user id of each user that has none yet (an operator's, set with ``key link
-    --gateway-user``, is never replaced), as the usages report it; only where the rules ask for it."""
+    """Keep the gateway's user id of each user that has none yet (an operator's, set with ``user
+    set-gateway-user``, is never replaced), as the usages report it; only where the rules ask for it. The
+    gateway account creditrelay calls as is nobody's, and a gateway user another user has is left to them
+    (one gateway user bills one user: the column is unique)."""
     watch = rules_of(connection) if rules is None else rules
     if not watch.learn_users:
         return
     learned = {
-        owners[u.remote_key_id]: u.gateway_user_id for u in usages if u.gateway_user_id and u.remote_key_id in owners
+        owners[u.remote_key_id]: u.gateway_user_id
+        for u in usages
+        if u.gateway_user_id and u.gateway_user_id != watch.admin_gateway_user and u.remote_key_id in owners
     }
     for user_id, gateway_user_id in sorted(learned.items()):
-        found = connection.execute(
-            users.update()
-            .where(users.c.id == user_id, users.c.gatewayUserId.is_(None))
-            .values(gatewayUserId=gateway_user_id)
-        ).rowcount
+        try:
+            with savepoint(connection, "learn_gateway_user"):
+                found = connection.execute(
+                    users.update()
+                    .where(users.c.id == user_id, users.c.gatewayUserId.is_(None))
+                    .values(gatewayUserId=gateway_user_id)
+                ).rowcount
+        except IntegrityError:  # another user has that gateway user
+            continue
         if found:  # an intent parked for want of the id goes out now
             requeue(connection, user_id, now)
 

@@ -36,6 +36,7 @@ def ledger_rules(settings: Settings) -> LedgerRules:
         suspend_at=settings.suspend_at_balance,
         low_at=settings.low_balance_at,
         learn_users=settings.gateway_enforcement == "users",
+        admin_gateway_user=settings.new_api_user_id,
         match_seconds=settings.usage_match_seconds,
     )
 

@@ -147,6 +147,7 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/users/{user_id:int}/correct", page(admin_users.correct), methods=["POST"]),
         Route("/users/{user_id:int}/keys", page(admin_users.add_key), methods=["POST"]),
         Route("/users/{user_id:int}/keys/unlink", page(admin_users.remove_key), methods=["POST"]),
+        Route("/users/{user_id:int}/gateway-user", page(admin_users.gateway_user), methods=["POST"]),
         Route("/users/{user_id:int}/access", page(admin_users.access), methods=["POST"]),
         Route("/users/{user_id:int}/portal-link", page(admin_users.portal_link), methods=["POST"]),
         Route("/logs", page(admin_logs.logs)),

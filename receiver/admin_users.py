@@ -1,6 +1,6 @@
 """The admin pages of users: the list (sorted, filtered, searched, paged), a user's page (keys, charts,
-transactions back to the first) and its forms (top-up, correction, link and unlink a key, suspend or
-resume at the gateway). Each route parses, calls billing, renders or redirects back with a notice."""
+transactions back to the first) and its forms (top-up, correction, link and unlink a key, the gateway
+user, suspend or resume at the gateway). Each route parses, calls billing, renders or redirects back with a notice."""
 
 from datetime import date
 from typing import Any
@@ -13,9 +13,18 @@ from starlette.responses import Response
 
 from creditrelay.billing import access as gateway_access
 from creditrelay.billing import portal, user_queries
-from creditrelay.billing.accounts import AccountError, ReferenceConflict, adjust, link_key, top_up, unlink_key
+from creditrelay.billing.accounts import (
+    AccountError,
+    ReferenceConflict,
+    adjust,
+    link_key,
+    set_gateway_user,
+    top_up,
+    unlink_key,
+)
 from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter
+from creditrelay.receiver.access_words import FLAG_TEXT, access_flag, access_sentence
 from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.admin_site import back, link, now_of, outcomes_text, render, replay, service_of
 from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines, top_series
@@ -33,9 +42,11 @@ PAGE = 50
 TRANSACTIONS = 50
 
 
-def flags(service: AdminService, balance: int) -> list[str]:
+def flags(service: AdminService, balance: int, standing: gateway_access.Standing | None) -> list[str]:
+    """A user's flags: below zero, their standing at the gateway (``access_words``), low."""
     low = service.low_at is not None and balance < service.low_at
-    return ["below-zero"] * (balance < 0) + ["suspended"] * (balance <= service.suspend_at) + ["low"] * low
+    access = access_flag(service.enforcement, balance <= service.suspend_at, standing)
+    return ["below-zero"] * (balance < 0) + ([access] if access else []) + ["low"] * low
 
 
 async def users(request: Request) -> Response:
@@ -56,13 +67,16 @@ async def users(request: Request) -> Response:
     else:
         query = user_queries.UserQuery(sort=sort, text=text, below=below)
         found = await service.read(lambda c: user_queries.users_page(c, query, PAGE, after))
-    rows = [to_json(u) | {"flags": flags(service, u.balance)} for u in found.users]
+    standing = await service.read(lambda c: gateway_access.standings(c, [u.id for u in found.users]))
+    rows = [to_json(u) | {"flags": flags(service, u.balance, standing.get(u.id))} for u in found.users]
     keep = {"q": text, "show": show if show != "all" else "", "sort": sort if sort != "balance" else ""}
     return render(
         request,
         "users.html",
         query=text,
         users=rows,
+        flag_text=FLAG_TEXT,
+        line_text="below the line",  # the filter is by balance: what the gateway was told is in the flags
         total=found.total,
         show=show,
         shows=SHOWS,
@@ -116,12 +130,18 @@ async def user(request: Request) -> Response:
         found = await service.read(lambda c: user_queries.activity(c, user_id, now_of(service)))
         charts = await run_in_threadpool(activity_charts, service, found)  # drawing is CPU: off the event loop
     here = f"/admin/users/{user_id}"
+    below = detail.balance <= service.suspend_at
+    targets = detail.gateway_user_id is not None if service.enforcement == "users" else bool(detail.keys)
     return render(
         request,
         "user.html",
         user=to_json(detail),
-        flags=flags(service, detail.balance),
+        flags=flags(service, detail.balance, access.standing),
+        flag_text=FLAG_TEXT,
         access=to_json(access),
+        access_sentence=access_sentence(
+            service.enforcement, below, service.suspend_at, access.standing, has_targets=targets
+        ),
         enforcement=service.enforcement,
         transactions=to_json(page.transactions),
         older=None if page.older is None else link(here, before=page.older),
@@ -203,6 +223,24 @@ async def add_key(request: Request) -> Response:
     ran = f"; its failed events ran again: {outcomes_text(dict(report.outcomes))}" if report.replayed else ""
     more = " (more remain: replay this key from the webhook logs)" if report.more else ""
     return back(request, here, f"Gateway key {key} now bills this user{ran}{more}")
+
+
+async def gateway_user(request: Request) -> Response:
+    """Map the user to a gateway user (an empty field clears it): that gateway user's keys that no `key
+    link` names bill this user."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    text = _form_text(await form_of(request), "gateway_user_id") or None
+    try:
+        user = await service.run(lambda c: set_gateway_user(c, user_id, text, now_of(service)))
+    except AccountError as error:
+        if await service.read(lambda c: user_queries.user_detail(c, user_id)) is None:
+            raise ApiError(404, f"No user {user_id}") from None
+        return back(request, here, f"Gateway user not changed: {error}", kind="error")
+    if user.gateway_user_id is None:
+        return back(request, here, "No gateway user bills this user now (keys linked before stay linked)")
+    return back(request, here, f"Gateway user {user.gateway_user_id}'s keys that no key link names now bill this user")
 
 
 async def remove_key(request: Request) -> Response:

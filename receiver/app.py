@@ -146,7 +146,7 @@ def create_app(
     app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance)
     app.state.operator = operator_api.OperatorService(
         database=engine.dialect.name,
-        polling=settings.polling_enabled,
+        polling=poller is not None and bool(settings.poll_interval),  # what runs: serve polls with POLL_INTERVAL
         admin=settings.admin_token is not None,
         rate_limit=settings.credit_rate_limit,
         ledger=ledger_registry(engine, clock),

@@ -77,6 +77,12 @@ class UpstreamError(CreditRelayError):
     status_code = 502
 
 
+class GatewaySetupError(UpstreamError):
+    """The gateway cannot work as configured — nothing listens at its address, the name does not resolve,
+    the credentials are refused, the API is not at that path: retrying does not help, so it is reported at
+    once; the message names the setting to fix."""
+
+
 class TransactionConflict(Exception):
     """A transaction found a row changed under it, in a race it checks for itself (``matching.ClaimLost``):
     ``run_transaction`` runs it again, like a deadlock the database reports."""

@@ -40,7 +40,7 @@ class User(SQLModel, table=True):
     __tablename__ = "users"
     # no index by balance: it would cost every charge (docs/decisions/0023); the users list and the
     # metrics read the table, which holds one row per user
-    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+    __table_args__ = (sa.Index("uq_users_gatewayUserId", "gatewayUserId", unique=True), MYSQL_TABLE_OPTIONS)
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     email: str = Field(max_length=191, unique=True)
@@ -50,9 +50,11 @@ class User(SQLModel, table=True):
     # usages charged from the gateway's log still waiting for their webhook, of the keys the user has now
     # (billing.matching): while there are none, a webhook without a request id has nothing to look for
     open_poll_usages: int = column("openPollUsages", default=0, sa_type=sa.BigInteger)
-    # the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users: set by the operator, or learned
-    # from what the gateway sends while unset
-    gateway_user_id: int | None = column("gatewayUserId", default=None, sa_type=sa.BigInteger)
+    # the user's id at the gateway (a new-api user id, a LiteLLM user id): every key of that gateway user
+    # that no `key link` names bills this user (billing.autolink), and GATEWAY_ENFORCEMENT=users disables
+    # it. Set by the operator, or learnt in users mode from the user's linked keys while unset. One gateway
+    # user bills one user: unique where set.
+    gateway_user_id: str | None = column("gatewayUserId", default=None, max_length=64)
     # the generation of the user's portal links: a link names the one it was made in; revoking moves it on
     portal_epoch: int = column("portalEpoch", default=0, sa_type=sa.BigInteger)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
@@ -68,10 +70,25 @@ class ApiKey(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     remote_key_id: str = column("remoteKeyId", max_length=64, unique=True)
     user_id: int = column("userId", foreign_key="users.id", index=True, sa_type=Id)
+    # linked by a usage of its user's gateway user (billing.autolink), not by `key link`; a `key link` of
+    # the key makes it the operator's (false)
+    automatic: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     # this key's share of its user's openPollUsages: moved with the key when it is linked to another user
     open_poll_usages: int = column("openPollUsages", default=0, sa_type=sa.BigInteger)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
+
+
+class GatewayKey(SQLModel, table=True):
+    """Whose a gateway key is at the gateway, as its log said (polling): lets a usage that does not say it
+    (seed 004's webhook) find the key's gateway user, and so the user it bills (``billing.autolink``)."""
+
+    __tablename__ = "gateway_keys"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    remote_key_id: str = column("remoteKeyId", primary_key=True, max_length=64)
+    gateway_user_id: str = column("gatewayUserId", max_length=64)
+    seen_at: datetime = column("seenAt", sa_type=Timestamp)
 
 
 class UsageRecord(SQLModel, table=True):
@@ -353,3 +370,4 @@ usage_matches = metadata.tables["usage_matches"]
 gateway_states = metadata.tables["gateway_states"]
 gateway_calls = metadata.tables["gateway_calls"]
 leases = metadata.tables["leases"]
+gateway_keys = metadata.tables["gateway_keys"]

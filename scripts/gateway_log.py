@@ -35,11 +35,12 @@ def consume_log_row(
     model: str = "gpt-4o",
     prompt_tokens: int,
     completion_tokens: int,
+    user_id: int = 1,
 ) -> dict[str, Any]:
-    """One consume log row as new-api returns it."""
+    """One consume log row as new-api returns it (``user_id``: the token's owner, a member or the admin)."""
     row = {
         "id": row_id,
-        "user_id": 1,
+        "user_id": user_id,
         "created_at": created_at,
         "type": CONSUME,
         "content": "模型倍率 1.00，分组倍率 1.00",  # noqa: RUF001 - new-api's own text, full-width comma included

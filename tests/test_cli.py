@@ -36,6 +36,7 @@ def test_account_commands_print_json(database: Database) -> None:
         "remoteKeyId": "7",
         "userId": created["id"],
         "email": "ops@example.com",
+        "automatic": False,
     }
     first = ok(database, "topup", "ops@example.com", "250", "--reference", "order-9", "--reason", "paid")
     again = ok(database, "topup", "ops@example.com", "250", "--reference", "order-9")
@@ -186,3 +187,26 @@ def test_a_statement_too_big_is_called_our_bug_not_an_outage(
     said = capsys.readouterr().err
     assert "database unavailable" not in said
     assert "a bug" in said
+
+
+def test_users_are_mapped_to_gateway_users_and_the_account_creditrelay_calls_as_is_refused(database: Database) -> None:
+    """`user create --gateway-user`, `user set-gateway-user ID|--clear`, shown by `user show`; a gateway user
+    bills one user; NEW_API_USER_ID is nobody's."""
+    gateway = {"NEW_API_BASE_URL": "http://127.0.0.1:9", "NEW_API_ADMIN_TOKEN": "t", "NEW_API_USER_ID": "1"}
+    alice = ok(database, "user", "create", "--email", "alice@example.com", "--gateway-user", "42", **gateway)
+    assert alice["gatewayUserId"] == "42"
+    assert ok(database, "user", "show", "alice@example.com")["gatewayUserId"] == "42"
+    ok(database, "user", "create", "--email", "bob@example.com")
+    taken = run(database, "user", "set-gateway-user", "bob@example.com", "42")
+    assert (taken.returncode, taken.stderr.strip()) == (
+        1,
+        "creditrelay: gateway user 42 already bills alice@example.com",
+    )
+    refused = run(database, "user", "set-gateway-user", "bob@example.com", "1", env=gateway)
+    assert refused.returncode == 1
+    assert "NEW_API_USER_ID" in refused.stderr
+    assert ok(database, "user", "set-gateway-user", "alice@example.com", "--clear")["gatewayUserId"] is None
+    bob = ok(database, "user", "set-gateway-user", "bob@example.com", "litellm-user-7")
+    assert bob["gatewayUserId"] == "litellm-user-7"
+    neither = run(database, "user", "set-gateway-user", "bob@example.com")
+    assert (neither.returncode, "--clear" in neither.stderr) == (1, True)

@@ -116,7 +116,7 @@ def test_everyday_commands(database: Database) -> None:
     ok(database, "key", "link", "17", "--user", "a@example.com")
     ok(database, "key", "link", "18", "--user", "b@example.com")
     assert ok(database, "key", "list", "--user", "a@example.com")["keys"] == [
-        {"remoteKeyId": "17", "userId": first["id"], "email": "a@example.com"}
+        {"remoteKeyId": "17", "userId": first["id"], "email": "a@example.com", "automatic": False}
     ]
     assert ok(database, "key", "unlink", "18")["remoteKeyId"] == "18"
     assert [k["remoteKeyId"] for k in ok(database, "key", "list")["keys"]] == ["17"]

@@ -2,6 +2,7 @@
 new-api, the `enforce` command, and the allowance a gateway can ask."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import time
@@ -58,6 +59,10 @@ def test_serve_instances_push_each_intent_once_and_a_change_made_while_down_at_s
         eventually(lambda: api.tokens[17]["status"] == 2)
         info = httpx.get(f"http://127.0.0.1:{ports[1]}/api/info").json()["data"]["enabled"]
         assert info["enforcement"] == "tokens"
+        assert info["polling"] is False  # NEW_API_* set, but no POLL_INTERVAL: serve does not poll
+        logged = [line for line in (tmp_path / f"serve-{ports[0]}.log").read_text().splitlines() if "gateway_" in line]
+        checked = [json.loads(line) for line in logged if line.startswith("{")]
+        assert {"event": "gateway_checked", "ok": True}.items() <= checked[-1].items()  # serve checked at start
     finally:
         for server in servers:
             stop(server)

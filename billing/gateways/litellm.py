@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from creditrelay.billing.gateways.answers import LITELLM, refused, unreachable
 from creditrelay.schema.errors import UpstreamError
 
 # what LiteLLM takes as a key (its is_valid_api_key): "sk-" and URL-safe characters, or a SHA-256 in hex
@@ -34,14 +35,18 @@ class LiteLLMClient:
         try:
             response = self.http.request(method, path, **options)
         except httpx.TransportError as error:
-            raise UpstreamError(f"LiteLLM unreachable: {type(error).__name__}") from None
+            raise unreachable(LITELLM, self.http.base_url, error) from None
         try:
             answer = response.json()
         except (ValueError, RecursionError):
             answer = None
         if response.status_code != 200:
-            message = _message(answer) or "no message"
-            raise UpstreamError(f"LiteLLM answered HTTP {response.status_code}: {message[:200]}")
+            message = _message(answer)
+            # a 404 of LiteLLM's own (a key it does not know) says so; a route that is not there says only
+            # "Not Found": the base URL is wrong
+            if response.status_code in (401, 403) or (response.status_code == 404 and message in (None, "Not Found")):
+                raise refused(LITELLM, response, message)
+            raise UpstreamError(f"LiteLLM answered HTTP {response.status_code}: {(message or 'no message')[:200]}")
         if not isinstance(answer, dict):
             raise UpstreamError("LiteLLM answered something that is not a JSON object")
         return answer
@@ -57,6 +62,22 @@ class LiteLLMClient:
     def set_key_enabled(self, key: str, enabled: bool) -> None:
         """Unblock (``enabled``) or block a virtual key: a blocked key's every request is refused."""
         self._call("POST", "/key/unblock" if enabled else "/key/block", json={"key": self._key(key)})
+
+    def can_read_keys(self) -> int:
+        """``GET /key/list`` (page 1, one key): whether the master key may read the proxy's keys; how many
+        keys there are."""
+        answer = self._call("GET", "/key/list", params={"page": 1, "size": 1})
+        total = answer.get("total_count")
+        return total if isinstance(total, int) else len(answer.get("keys") or [])
+
+    def alive(self) -> None:
+        """``GET /health/liveliness`` (no credentials): the proxy answers."""
+        try:
+            response = self.http.get("/health/liveliness")
+        except httpx.TransportError as error:
+            raise unreachable(LITELLM, self.http.base_url, error) from None
+        if response.status_code != 200:
+            raise refused(LITELLM, response)
 
     def key_enabled(self, key: str) -> bool:
         """Whether LiteLLM serves the key now (it is not blocked). A deleted key (LiteLLM describes it from

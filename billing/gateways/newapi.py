@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from creditrelay.billing.gateways.answers import NEW_API, refused, unreachable
 from creditrelay.schema.errors import UpstreamError
 from creditrelay.schema.wire import MAX_TIMESTAMP
 
@@ -148,9 +149,9 @@ class NewApiClient:
         try:
             response = self.http.request(method, path, **options)
         except httpx.TransportError as error:
-            raise UpstreamError(f"new-api unreachable: {type(error).__name__}") from None
+            raise unreachable(NEW_API, self.http.base_url, error) from None
         if response.status_code != 200:
-            raise UpstreamError(f"new-api answered HTTP {response.status_code}")
+            raise refused(NEW_API, response)
         try:
             answer = response.json()
         except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, a number too long
@@ -167,6 +168,21 @@ class NewApiClient:
         if not isinstance(data, dict) or not isinstance(data.get("items"), list):
             raise UpstreamError("log page without data.items")
         return LogPage(int(data.get("total") or 0), [_row(item) for item in data["items"]])
+
+    def status(self) -> dict[str, Any]:
+        """``GET /api/status`` (no credentials): the instance's version, ``quota_per_unit`` and the rest."""
+        data = self._get("/api/status")
+        if not isinstance(data, dict):
+            raise UpstreamError("status without data")
+        return data
+
+    def own_account(self) -> dict[str, Any]:
+        """``GET /api/user/self``: the account the access token belongs to (``id``, ``username``, ``role``:
+        1 common, 10 admin, 100 root)."""
+        data = self._get("/api/user/self")
+        if not isinstance(data, dict) or type(data.get("id")) is not int:
+            raise UpstreamError("user/self without data.id")
+        return data
 
     def quota_per_unit(self) -> int:
         data = self._get("/api/status")

@@ -11,14 +11,30 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 USER = "EMAIL_OR_ID"
+GATEWAY_USER_HELP = (
+    "the user's id at the gateway (new-api's numeric user id, LiteLLM's user_id): that gateway user's keys"
+    " bill this user without `key link`, and GATEWAY_ENFORCEMENT=users disables it"
+)
 MAX_ID = 2**63 - 1
 
 
 def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.billing.accounts import NewUser, create_user
 
-    new = NewUser(args.email, args.name, args.telegram_id, args.credits)
+    new = NewUser(args.email, args.name, args.telegram_id, args.credits, args.gateway_user)
     return transaction(settings, lambda c: create_user(c, new, now()))
+
+
+def cmd_user_set_gateway_user(args: argparse.Namespace, settings: Settings) -> int:
+    from creditrelay.billing.accounts import find_user, set_gateway_user
+
+    if (args.gateway_user is None) == (not args.clear):
+        raise CommandError("give the gateway user's id, or --clear (not both)")
+
+    def work(connection: "Connection") -> Any:
+        return set_gateway_user(connection, find_user(connection, args.user).id, args.gateway_user, now())
+
+    return transaction(settings, work)
 
 
 def cmd_user_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -42,7 +58,7 @@ def cmd_key_link(args: argparse.Namespace, settings: Settings) -> int:
     def work(connection: "Connection") -> Any:
         user = find_user(connection, args.user)
         if args.gateway_user is not None:
-            set_gateway_user(connection, user.id, args.gateway_user, now())
+            set_gateway_user(connection, user.id, str(args.gateway_user), now())
         return link_key(connection, args.remote_key_id, user.id, now())
 
     return transaction(settings, work)
@@ -112,6 +128,13 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--credits", type=integer(0, MAX_AMOUNT), default=0, help="opening balance, recorded as a transaction"
     )
+    create.add_argument("--gateway-user", metavar="ID", help=GATEWAY_USER_HELP)
+    mapping = command(
+        user, "set-gateway-user", cmd_user_set_gateway_user, "map a user to a gateway user, or --clear the mapping"
+    )
+    mapping.add_argument("user", metavar=USER, help="email or numeric id")
+    mapping.add_argument("gateway_user", nargs="?", metavar="ID", help=GATEWAY_USER_HELP)
+    mapping.add_argument("--clear", action="store_true", help="bill no gateway user's unlinked keys to this user")
     from creditrelay.cli import portal
 
     portal.register(commands, user)
@@ -133,7 +156,7 @@ def register(commands: Any) -> None:
         "--gateway-user",
         type=integer(1, MAX_ID),
         metavar="ID",
-        help="the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users; wins over a learned one",
+        help="also map the user to this gateway user (as `user set-gateway-user`)",
     )
     unlink = command(key, "unlink", cmd_key_unlink, "the gateway key bills nobody (its usages fail until linked)")
     unlink.add_argument("remote_key_id", type=remote_key, metavar="REMOTE_KEY_ID", help="the gateway's key id")

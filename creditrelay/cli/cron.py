@@ -40,8 +40,16 @@ RIGHTS_HELP = (
 
 
 def cmd_enforce(_args: argparse.Namespace, settings: Settings) -> int:
+    from creditrelay.cli.gateway import enforcement_gateway
+
     require_enforcement(settings)  # said before the database is opened
-    report = make_enforcer(settings, ledger(settings)).run_once()
+    engine = ledger(settings)
+    checked = enforcement_gateway(settings)
+    if not checked.ok:  # a gateway nobody can reach is not "nothing to do"
+        failed = next(c for c in checked.checks if c.ok is False)
+        print(f"creditrelay: enforce: the gateway cannot be told anything: {failed.detail}", file=sys.stderr)
+        return 1
+    report = make_enforcer(settings, engine).run_once()
     print(json.dumps(to_json(report)))
     return 0 if not (report.failed or report.pending) else 1  # 1: the gateway does not do what balances say yet
 

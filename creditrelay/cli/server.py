@@ -85,6 +85,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     if schema_is_current(make_engine(settings.database_url), is_current) is False:
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
+    log_gateway_check(settings)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # every worker writes its metrics here and /metrics adds them up, whichever worker is scraped
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditrelay-metrics-")
@@ -100,6 +101,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         **server_options(args.max_connections),
     )
     return 0
+
+
+def log_gateway_check(settings: Settings) -> None:
+    """At start, when a gateway is configured: what `creditrelay gateway check` says, one log line per
+    check (a warning for a failed one); serve starts either way (the gateway may come up later)."""
+    import structlog
+
+    from creditrelay.cli.gateway import check_gateways, configured
+
+    if not configured(settings):
+        return
+    log = structlog.get_logger()
+    report = check_gateways(settings)
+    for check in report.checks:
+        (log.info if check.ok else log.warning)("gateway_check", check=check.name, ok=check.ok, detail=check.detail)
+    log.info("gateway_checked", ok=report.ok)
 
 
 def register(commands: Any) -> None:

@@ -171,12 +171,12 @@ def test_a_token_of_another_account_is_refused_and_recorded(watched: Database, a
 def test_users_mode_disables_the_gateway_user_and_never_its_own_account(watched: Database, api: FakeNewApi) -> None:
     api.users.update({7: 1, int(ADMIN_USER): 1})
     alice = make_user(watched, "alice@example.com", 5, "17")
-    in_transaction(watched, lambda c: set_gateway_user(c, alice, 7, NOW))
+    in_transaction(watched, lambda c: set_gateway_user(c, alice, "7", NOW))
     spend(watched, "evt-1", 10, 17)
     assert enforcer(watched, api, "users").run_once().applied == 1
     assert api.users[7] == 2
     mallory = make_user(watched, "mallory@example.com", 5, "18")
-    in_transaction(watched, lambda c: set_gateway_user(c, mallory, int(ADMIN_USER), NOW))
+    in_transaction(watched, lambda c: set_gateway_user(c, mallory, ADMIN_USER, NOW))
     spend(watched, "evt-2", 10, 18)
     report = enforcer(watched, api, "users", attempts=1).run_once()
     assert report.failed == 1
@@ -215,12 +215,12 @@ def test_users_mode_learns_the_gateway_user_from_what_the_gateway_says_but_the_o
     told = usage_event("evt-1", cost=1, key=17)
     told["data"]["userId"] = 7
     deliver(database.engine, [parse_event(encode(told))], NOW)
-    in_transaction(database, lambda c: set_gateway_user(c, bob, 9, NOW))
+    in_transaction(database, lambda c: set_gateway_user(c, bob, "9", NOW))
     other = usage_event("evt-2", cost=1, key=18)
     other["data"]["userId"] = 8  # the gateway says 8; the operator said 9
     deliver(database.engine, [parse_event(encode(other))], NOW)
     learned = dict(database.rows("SELECT id, gatewayUserId FROM users ORDER BY id"))
-    assert learned == {alice: 7, bob: 9}
+    assert learned == {alice: "7", bob: "9"}
     spend(database, "evt-3", 10, 17)
     spend(database, "evt-4", 10, 18)
     enforcer(database, api, "users").run_once()
@@ -313,7 +313,7 @@ def test_users_mode_parks_an_intent_until_the_gateway_user_is_known(database: Da
     deliver(database.engine, [parse_event(encode(told))], NOW)  # the gateway says who alice is
     assert enforcer(database, api, "users").run_once().calls == 1
     assert api.users[7] == 2
-    assert database.scalar("SELECT gatewayUserId FROM users WHERE id = :u", u=alice) == 7
+    assert database.scalar("SELECT gatewayUserId FROM users WHERE id = :u", u=alice) == "7"
 
 
 def test_an_answer_that_is_not_json_is_an_upstream_error() -> None:

@@ -68,14 +68,16 @@ def test_refusals_are_recorded_and_tried_again_not_taken_for_done(watched: Datab
     watched.execute("UPDATE gateway_states SET nextAttemptAt = :t", t=NOW)
     report = enforcer(watched, proxy, master=MEMBER_KEY).run_once()  # a key that is no admin: FastAPI's words
     assert report.errors[0].endswith(
-        f"{known}: LiteLLM answered HTTP 403: Only proxy admins, team admins, or org admins can call /key/block."
+        f"{known}: LiteLLM refused the credentials (HTTP 403: Only proxy admins, team admins, or org admins can"
+        " call /key/block.) — check LITELLM_MASTER_KEY"
     )
     watched.execute("DELETE FROM gateway_calls WHERE answer LIKE :a", a="%HTTP 403%")
     make_user(watched, "dan@example.com", 0, "f" * 64)  # a hash LiteLLM does not know
     make_user(watched, "erin@example.com", 0, "erins-alias")
     answers = dict(watched.rows("SELECT target, answer FROM gateway_calls WHERE ok = :no", no=False))
     assert answers == {
-        f"key {known}": "LiteLLM answered HTTP 401: Authentication Error, Invalid proxy server token passed."
+        f"key {known}": "LiteLLM refused the credentials (HTTP 401: Authentication Error, Invalid proxy server token"
+        " passed.) — check LITELLM_MASTER_KEY"
     }
     watched.execute("UPDATE gateway_states SET nextAttemptAt = :t", t=NOW)  # due again now
     report = enforcer(watched, proxy).run_once()

@@ -1,5 +1,6 @@
 """`/api/info` and `/metrics`: what operators read, parsed the way Prometheus parses it."""
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -7,12 +8,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from creditrelay.billing.polling import advance_watermark
+from creditrelay.billing.gateways.newapi import NewApiClient
+from creditrelay.billing.polling import PollConfig, Poller, advance_watermark
+from creditrelay.receiver.app import create_app
 from creditrelay.schema.database import utc
 from creditrelay.schema.transactions import run_transaction
 from scripts.processes import free_port, start, stop, wait_healthy
 from tests.support.database import Database
-from tests.support.receiver import Receiver, add_user
+from tests.support.fake_newapi import ADMIN_TOKEN, ADMIN_USER, FakeNewApi
+from tests.support.receiver import Receiver, add_user, settings_for
+from tests.support.server import serving
 from tests.support.signing import SECRET, encode, seed_headers, usage_event
 
 
@@ -83,6 +88,22 @@ def test_info_says_what_is_enabled(receiver: Receiver, database: Database) -> No
     assert data["enabled"] == {
         "polling": False, "creditApi": True, "admin": False, "rateLimit": None, "enforcement": "off", "alerts": False,
     }  # fmt: skip
+
+
+def test_info_says_polling_only_when_serve_polls(database: Database, api: FakeNewApi) -> None:
+    """NEW_API_* alone is what `poll` and `reconcile` read: serve polls only with POLL_INTERVAL, and says so."""
+    for interval, polls in ((None, False), (60.0, True)):
+        settings = dataclasses.replace(
+            settings_for(database),
+            poll_interval=interval,
+            new_api_base_url=api.url,
+            new_api_admin_token=ADMIN_TOKEN,
+            new_api_user_id=ADMIN_USER,
+        )
+        poller = Poller(database.engine, NewApiClient(api.url, ADMIN_TOKEN, ADMIN_USER), PollConfig())
+        app = create_app(settings, database.engine, poller=poller if interval else None)
+        with serving(app) as url:
+            assert httpx.get(f"{url}/api/info").json()["data"]["enabled"]["polling"] is polls
 
 
 @pytest.mark.slow

@@ -148,3 +148,32 @@ def test_credit_clients_made_before_rights_keep_every_right(database: Database) 
     assert database.rows("SELECT source, rights FROM api_clients") == [
         ("old_bot", "balance,records,records:all,credit,debit")
     ]
+
+
+def test_gateway_user_ids_become_text_and_a_shared_one_is_cleared(database: Database) -> None:
+    """0014 keeps each user's numeric gateway user id as text, clears one several users held (it names
+    nobody in particular), marks existing key links as the operator's, and goes down again."""
+    downgrade(database.engine, "0013")
+    for i, gateway_user in enumerate([42, 7, 7, None]):
+        database.execute(
+            "INSERT INTO users (email, balance, openPollUsages, gatewayUserId, createdAt, updatedAt)"
+            " VALUES (:e, 0, 0, :g, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+            e=f"u{i}@example.com", g=gateway_user,
+        )  # fmt: skip
+    user = database.scalar("SELECT id FROM users WHERE email = 'u0@example.com'")
+    database.execute(
+        "INSERT INTO api_keys (remoteKeyId, userId, openPollUsages, createdAt, updatedAt)"
+        " VALUES ('5', :u, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+        u=user,
+    )
+    upgrade(database.engine)
+    assert database.rows("SELECT email, gatewayUserId FROM users ORDER BY email") == [
+        ("u0@example.com", "42"), ("u1@example.com", None), ("u2@example.com", None), ("u3@example.com", None)
+    ]  # fmt: skip
+    assert database.rows("SELECT remoteKeyId, automatic FROM api_keys") in ([("5", False)], [("5", 0)])
+    database.execute("UPDATE users SET gatewayUserId = 'litellm-user' WHERE email = 'u1@example.com'")
+    downgrade(database.engine, "0013")
+    assert database.rows("SELECT email, gatewayUserId FROM users WHERE gatewayUserId IS NOT NULL") == [
+        ("u0@example.com", 42)
+    ]
+    upgrade(database.engine)

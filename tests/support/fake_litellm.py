@@ -105,7 +105,21 @@ def _app(fake: FakeLiteLLM) -> Starlette:
         row["status"] = "deleted" if live is None else ("blocked" if row.get("blocked") else "active")
         return JSONResponse({"key": key, "info": row})
 
+    async def listing(request: Request) -> Response:
+        """/key/list: a proxy admin sees every key, another caller its own (none here)."""
+        if not _authorized(request):
+            return _error("Authentication Error, Invalid proxy server token passed.", "auth_error", "None", 401)
+        tokens = sorted(fake.keys) if request.headers.get("authorization") == f"Bearer {MASTER_KEY}" else []
+        size = int(request.query_params.get("size") or 10)
+        answer = {"keys": tokens[:size], "total_count": len(tokens), "current_page": 1, "total_pages": 1}
+        return JSONResponse(answer)
+
+    async def alive(_request: Request) -> Response:
+        return JSONResponse("I'm alive!")
+
     routes = [
+        Route("/health/liveliness", alive, methods=["GET"]),
+        Route("/key/list", listing, methods=["GET"]),
         Route("/key/block", changing(True), methods=["POST"]),
         Route("/key/unblock", changing(False), methods=["POST"]),
         Route("/key/info", info, methods=["GET"]),

@@ -50,6 +50,7 @@ class FakeNewApi:
     access_502: int = 0
     access_calls: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, id, status) as applied
     access_delay: float = 0.0
+    role: int = 100  # the access token's account: 1 common, 10 admin, 100 root
     in_flight: int = 0
     most_in_flight: int = 0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -65,12 +66,14 @@ class FakeNewApi:
         model: str = "gpt-4o",
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
+        user_id: int = int(ADMIN_USER),
     ) -> dict[str, Any]:
         row_id = next(self._ids)
         row = consume_log_row(
             row_id, created_at, token_id, quota, request_id, model=model,
             prompt_tokens=quota // 3 if prompt_tokens is None else prompt_tokens,
             completion_tokens=quota // 5 if completion_tokens is None else completion_tokens,
+            user_id=user_id,
         )  # fmt: skip
         self.rows.append(row)
         if hidden:
@@ -150,6 +153,14 @@ class FakeNewApi:
             return JSONResponse({"success": False, "message": "用户不存在"})
         return JSONResponse({"success": True, "message": "", "data": {"id": user_id, "status": self.users[user_id]}})
 
+    async def own_account(self, request: Request) -> Response:
+        """``GET /api/user/self`` (controller/user.go GetSelf): the access token's own account."""
+        if request.headers.get("authorization") != ADMIN_TOKEN:
+            return JSONResponse({"success": False, "message": "无权进行此操作，access token 无效"}, 401)
+        # New-Api-User is ignored here, as new-api does since mid-2026: the answer says whose token it is
+        account = {"id": int(ADMIN_USER), "username": "root", "role": self.role, "status": 1, "quota": 0}
+        return JSONResponse({"success": True, "message": "", "data": account})
+
     async def status(self, _request: Request) -> Response:
         return JSONResponse({"success": True, "message": "", "data": {"quota_per_unit": 500000, "version": "v0.9"}})
 
@@ -161,6 +172,7 @@ def fake_newapi() -> Iterator[FakeNewApi]:
         routes=[
             Route("/api/log/", api.logs, methods=["GET"]),
             Route("/api/status", api.status, methods=["GET"]),
+            Route("/api/user/self", api.own_account, methods=["GET"]),
             Route("/api/token/", api.update_token, methods=["PUT"]),
             Route("/api/token/{token_id:int}", api.get_token, methods=["GET"]),
             Route("/api/user/manage", api.manage_user, methods=["POST"]),

@@ -5,7 +5,7 @@ revoke`` moves the epoch on, so every link made before stops working at once. No
 link: a link is a signed, expiring token (``schema.portal_tokens``).
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-06
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -26,5 +26,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("portalEpoch")
+    if op.get_bind().dialect.name == "sqlite":  # in place: a batch would copy users, which others refer to
+        op.execute('ALTER TABLE users DROP COLUMN "portalEpoch"')
+        return
+    op.drop_column("users", "portalEpoch")
