@@ -297,6 +297,7 @@ def usage_of(event: Event) -> Usage:
         completion_tokens=data.completionTokens,
         total_tokens=data.totalTokens,
         gateway_user_id=data.userId if isinstance(data.userId, int) and data.userId > 0 else None,
+        hold_id=data.holdId,
     )
 
 

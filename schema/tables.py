@@ -53,6 +53,10 @@ class User(SQLModel, table=True):
     # the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users: set by the operator, or learned
     # from what the gateway sends while unset
     gateway_user_id: int | None = column("gatewayUserId", default=None, sa_type=sa.BigInteger)
+    # the user's live credit grants (billing.grants): while there are none, a charge reads no grant
+    live_grants: int = column("liveGrants", default=0, sa_type=sa.BigInteger)
+    # the user's open credit holds (billing.holds): while there are none, a usage settles no hold
+    open_holds: int = column("openHolds", default=0, sa_type=sa.BigInteger)
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 
@@ -338,6 +342,55 @@ class Lease(SQLModel, table=True):
     expires_at: datetime = column("expiresAt", sa_type=Timestamp)
 
 
+class CreditGrant(SQLModel, table=True):
+    """Credits a top-up gave with an expiry, a priority or as a promotion: a share of the balance spent
+    before the credits without expiry (``billing.grants``), ``live`` until spent, expired or voided.
+    ``remaining`` never exceeds the balance; what is left at the end leaves as an ``expiry`` transaction."""
+
+    __tablename__ = "credit_grants"
+    __table_args__ = (sa.Index(None, "userId", "state"), sa.Index(None, "state", "expiresAt"), MYSQL_TABLE_OPTIONS)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    user_id: int = column("userId", foreign_key="users.id", sa_type=Id)
+    reference: str = Field(max_length=191, unique=True)  # the top-up's credit_transactions reference
+    kind: str = Field(max_length=8)  # paid | promo
+    priority: int | None = Field(default=None)  # a lower number is spent first; none: after all that have one
+    expires_at: datetime | None = column("expiresAt", default=None, sa_type=Timestamp)
+    amount: int = Field(sa_type=sa.BigInteger)  # what the top-up gave
+    remaining: int = Field(sa_type=sa.BigInteger)
+    used: int = Field(default=0, sa_type=sa.BigInteger)  # spent by usage, deductions and corrections
+    state: str = Field(max_length=16)  # live | spent | expired | voided
+    reason: str | None = Field(default=None, max_length=255)  # why it was voided
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+    closed_at: datetime | None = column("closedAt", default=None, sa_type=Timestamp)
+
+
+class CreditHold(SQLModel, table=True):
+    """Credits set aside before a request (``billing.holds``): ``open`` until a usage settles it, the
+    client captures or voids it, or it expires. A hold moves no balance; it only lowers what is available."""
+
+    __tablename__ = "credit_holds"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "requestId"),
+        sa.Index(None, "userId", "state", "expiresAt"),
+        sa.Index(None, "state", "expiresAt"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    user_id: int = column("userId", foreign_key="users.id", sa_type=Id)
+    remote_key_id: str | None = column("remoteKeyId", default=None, max_length=64)
+    source: str = Field(max_length=64)  # gateway | credit_api:<client source>
+    request_id: str | None = column("requestId", default=None, max_length=128)
+    amount: int = Field(sa_type=sa.BigInteger)
+    settled: int | None = Field(default=None, sa_type=sa.BigInteger)  # what the usage or capture charged
+    settled_by: str | None = column("settledBy", default=None, max_length=191)  # that transaction's reference
+    state: str = Field(max_length=16)  # open | settled | captured | voided | expired
+    expires_at: datetime = column("expiresAt", sa_type=Timestamp)
+    created_at: datetime = column("createdAt", sa_type=Timestamp)
+    closed_at: datetime | None = column("closedAt", default=None, sa_type=Timestamp)
+
+
 outbox_events, outbox_attempts = outbox_tables(metadata)  # what billing sends (alerts), delivered by the relay
 users = metadata.tables["users"]
 api_keys = metadata.tables["api_keys"]
@@ -351,3 +404,5 @@ usage_matches = metadata.tables["usage_matches"]
 gateway_states = metadata.tables["gateway_states"]
 gateway_calls = metadata.tables["gateway_calls"]
 leases = metadata.tables["leases"]
+credit_grants = metadata.tables["credit_grants"]
+credit_holds = metadata.tables["credit_holds"]
