@@ -27,13 +27,14 @@ from sqlalchemy.exc import IntegrityError
 from creditrelay.billing.grants import close_due, live_grants
 from creditrelay.billing.rows import lock_accounts
 from creditrelay.schema.errors import Conflict, InvalidInput, NotFound
+from creditrelay.schema.holds import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.statements import savepoint
 from creditrelay.schema.tables import credit_holds, users
 
 OPEN, SETTLED, CAPTURED, VOIDED, EXPIRED = "open", "settled", "captured", "voided", "expired"
 GATEWAY = "gateway"
-DEFAULT_TTL, MAX_TTL = 600, 86_400
+DEFAULT_TTL, MAX_TTL = DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 
 
 class HoldError(InvalidInput):

@@ -11,7 +11,7 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from creditrelay.billing.polling import Poller
-from creditrelay.receiver import admin_api, allowance, batches, credits, openapi, operator_api
+from creditrelay.receiver import admin_api, allowance, batches, credits, holds, openapi, operator_api
 from creditrelay.receiver.admin_pages import admin_pages
 from creditrelay.receiver.background import Worker, background_lifespan, polling
 from creditrelay.receiver.bodies import BodyDeadline
@@ -105,6 +105,8 @@ def create_app(
         Route("/api/credits/records/{telegram_id}", credits.counted("records", credits.records), methods=["GET"]),
         Route("/api/info", operator_api.info, methods=["GET"]),
         Route("/api/gateway/allowance/{remote_key_id:path}", allowance.allowance, methods=["GET"]),
+        Route("/api/gateway/holds", holds.place, methods=["POST"]),
+        Route("/api/gateway/holds/{hold_id}", holds.void, methods=["DELETE"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
         Route("/docs/static/{name}", openapi.docs_file, methods=["GET"]),
@@ -132,7 +134,7 @@ def create_app(
         clock=clock,
     )
     app.state.admin = admin_service
-    app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance)
+    app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance, clock)
     app.state.operator = operator_api.OperatorService(
         database=engine.dialect.name,
         polling=settings.polling_enabled,
