@@ -42,12 +42,13 @@ def request(i: int) -> dict[str, Any]:
     return {"model": MODEL, "messages": messages, "max_tokens": MAX_TOKENS, "litellm_call_id": f"call-{i}"}
 
 
-WORST = worst_case_credits(request(0), RATE)
+PRICED = worst_case_credits(request(0), RATE)
+assert PRICED is not None
+WORST: int = PRICED
 
 
 @pytest.fixture
 def site(database: Database) -> Iterator[str]:
-    assert WORST is not None
     add_user(database.engine, credits=10 * WORST + WORST // 2, key=KEY)  # ten worst-case calls, not eleven
     app = create_app(dataclasses.replace(settings_for(database), gateway_token=GATEWAY), database.engine)
     with serving(app) as url:
