@@ -81,7 +81,7 @@ class Record:
     created_at: datetime
 
 
-def _user_id(connection: Connection, telegram_id: int) -> int | None:
+def user_of(connection: Connection, telegram_id: int) -> int | None:
     query = sa.select(users.c.id).where(users.c.telegramId == telegram_id)
     value = connection.execute(query).scalar_one_or_none()
     return None if value is None else int(value)
@@ -95,7 +95,7 @@ def _reference(body: SyncBody) -> str:
 
 def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOutcome:
     """Apply one verified sync whose token this transaction has just used for the first time."""
-    user_id = _user_id(connection, body.telegram_id)
+    user_id = user_of(connection, body.telegram_id)
     if user_id is None:
         return SyncOutcome(SyncStatus.UNKNOWN_USER, body.telegram_id)
     reference = _reference(body)
@@ -142,7 +142,7 @@ def apply_syncs(connection: Connection, bodies: Sequence[SyncBody], now: datetim
         [TokenUse(b.token.lower(), _reference(b), utc(b.timestamp + TOKEN_WINDOW_SECONDS)) for b in bodies],
     )
     fresh = [body for body, recorded in zip(bodies, earlier, strict=True) if recorded is None]
-    lock_balances(connection, [u for u in (_user_id(connection, b.telegram_id) for b in fresh) if u is not None])
+    lock_balances(connection, [u for u in (user_of(connection, b.telegram_id) for b in fresh) if u is not None])
     return [
         apply_sync(connection, body, now) if recorded is None else _used_before(connection, body, recorded)
         for body, recorded in zip(bodies, earlier, strict=True)
@@ -161,7 +161,7 @@ def balance_of(connection: Connection, telegram_id: int) -> Balance | None:
 def records_of(connection: Connection, telegram_id: int, limit: int, source: str | None = None) -> list[Record] | None:
     """The user's balance changes, newest first: every one (usage included: its reason is the model), or
     only the credit API syncs of ``source``."""
-    user_id = _user_id(connection, telegram_id)
+    user_id = user_of(connection, telegram_id)
     if user_id is None:
         return None
     query = sa.select(credit_transactions).where(credit_transactions.c.userId == user_id)

@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from creditrelay.billing.grants import close_due, live_grants
+from creditrelay.billing.ledger import CreditChange, apply_credit
 from creditrelay.billing.rows import lock_accounts
 from creditrelay.schema.errors import Conflict, InvalidInput, NotFound
 from creditrelay.schema.holds import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
@@ -255,6 +256,26 @@ def expire_holds(connection: Connection, now: datetime, limit: int = 500) -> int
         ended[row.userId] = ended.get(row.userId, 0) - 1
     _count_open(connection, ended)
     return len(rows)
+
+
+def capture(connection: Connection, hold_id: int, source: str, amount: int, now: datetime) -> Hold:
+    """Charge up to the held amount, once, and release the rest: a ``capture`` transaction (the credits
+    were held for it, so it may take a balance that usage took down meanwhile below zero). A hold
+    captured before is answered as it is; one that ended otherwise is a conflict."""
+    hold = find_hold(connection, hold_id, source)
+    if amount > hold.amount:
+        raise HoldError(f"amount: at most the {hold.amount} credits held")
+    lock_accounts(connection, [hold.user_id])
+    hold = _hold(connection, hold_id)
+    if hold.state == CAPTURED:
+        return hold
+    if hold.state != OPEN:
+        raise HoldConflict(f"hold {hold_id} is {hold.state}: nothing to capture")
+    reference = f"hold:{hold_id}:capture"
+    if amount:
+        change = CreditChange(hold.user_id, -amount, reference, "capture", source=source, allow_overdraft=True)
+        apply_credit(connection, change, now)
+    return end_hold(connection, hold_id, source, CAPTURED, now, amount, reference if amount else None)
 
 
 def open_holds(connection: Connection, user_id: int, now: datetime) -> list[Hold]:

@@ -84,14 +84,15 @@ class CreditService:
     default_secret: str | None
     clock: Callable[[], float]
     limiter: RateLimiter | None = None
+    suspend_at: int = 0  # SUSPEND_AT_BALANCE: not available to a hold
 
 
-def _service(request: Request) -> CreditService:
+def service_of(request: Request) -> CreditService:
     service: CreditService = request.app.state.credits
     return service
 
 
-async def _client(request: Request, service: CreditService) -> Client:
+async def client_of(request: Request, service: CreditService) -> Client:
     api_key = request.headers.get("x-api-key", "")
     client = await run_in_threadpool(
         lambda: run_transaction(service.engine, lambda c: authenticate(c, api_key), read_only=True)
@@ -142,7 +143,7 @@ async def _apply(service: CreditService, body: SyncBody) -> SyncOutcome:
     return outcome
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     body = await read_limited(request, BODY_LIMIT)
     require_json(request.headers)
     try:
@@ -153,10 +154,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 async def sync(request: Request) -> Response:
     structlog.contextvars.clear_contextvars()
-    service = _service(request)
-    client = await _client(request, service)
+    service = service_of(request)
+    client = await client_of(request, service)
     try:
-        body = parse_sync_body(await _json_body(request))
+        body = parse_sync_body(await json_body(request))
     except EnvelopeError as error:
         raise ApiError(400, str(error)) from None
     _verified(client, body, service)
@@ -171,9 +172,9 @@ async def batch(request: Request) -> Response:
     in one transaction, so a batch is all-or-nothing: an outage or a refused statement applies none of
     it (503 / 500, retry the whole batch), and a 200 means every item answered ``applied`` is committed."""
     structlog.contextvars.clear_contextvars()
-    service = _service(request)
-    client = await _client(request, service)
-    items = (await _json_body(request)).get("items")
+    service = service_of(request)
+    client = await client_of(request, service)
+    items = (await json_body(request)).get("items")
     if not isinstance(items, list) or not items:
         raise ApiError(400, "items: must be a non-empty list")
     if len(items) > MAX_BATCH_ITEMS:
@@ -208,8 +209,8 @@ async def batch(request: Request) -> Response:
 
 
 async def balance(request: Request) -> Response:
-    service = _service(request)
-    require_right(await _client(request, service), BALANCE)
+    service = service_of(request)
+    require_right(await client_of(request, service), BALANCE)
     telegram_id = _telegram_id(request)
     found = await run_in_threadpool(
         lambda: run_transaction(service.engine, lambda c: balance_of(c, telegram_id), read_only=True)
@@ -220,8 +221,8 @@ async def balance(request: Request) -> Response:
 
 
 async def records(request: Request) -> Response:
-    service = _service(request)
-    source = records_source(await _client(request, service))
+    service = service_of(request)
+    source = records_source(await client_of(request, service))
     telegram_id = _telegram_id(request)
     limit = query_int(request, "limit", 20, maximum=MAX_RECORDS)
     found = await run_in_threadpool(

@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from creditrelay.schema.credit_holds import capture_token, hold_token, void_token
 from creditrelay.schema.credit_sync import sync_token_v2
 from creditrelay.schema.errors import CreditRelayError
+from creditrelay.schema.holds import DEFAULT_TTL_SECONDS
 
 USER_AGENT = "creditrelay-credit-sdk/0.1"
 
@@ -147,6 +149,36 @@ class CreditSyncClient:
             return self._result(self._send(post, idempotent=all(r is not None for r in references)))
         except httpx.TransportError as error:
             return SyncResult(False, f"network error: {type(error).__name__}: {error}")
+
+    def _post(self, path: str, body: dict[str, Any], idempotent: bool) -> SyncResult:
+        try:
+            return self._result(self._send(lambda: self.http.post(path, json=body), idempotent=idempotent))
+        except httpx.TransportError as error:
+            return SyncResult(False, f"network error: {type(error).__name__}: {error}")
+
+    def hold(self, telegram_id: int, amount: int, reference: str, ttl: int = DEFAULT_TTL_SECONDS) -> SyncResult:
+        """Set ``amount`` credits aside for ``ttl`` seconds (a long job about to start), once per
+        ``reference``; ``.data["hold_id"]``, or ``success`` false (402) when the member's available credits
+        do not cover it."""
+        timestamp = int(self.clock())
+        token = hold_token(self.secret_key, telegram_id, amount, self.source, timestamp, reference, ttl)
+        body = {"telegram_id": telegram_id, "amount": amount, "source": self.source, "timestamp": timestamp,
+                "token": token, "reference": reference, "ttl": ttl}  # fmt: skip
+        return self._post("/api/credits/holds", body, idempotent=True)
+
+    def capture(self, hold_id: int, amount: int) -> SyncResult:
+        """Charge what the job cost, at most what was held, once; the rest is released."""
+        timestamp = int(self.clock())
+        token = capture_token(self.secret_key, hold_id, amount, self.source, timestamp)
+        body = {"amount": amount, "source": self.source, "timestamp": timestamp, "token": token}
+        return self._post(f"/api/credits/holds/{hold_id}/capture", body, idempotent=True)
+
+    def void(self, hold_id: int) -> SyncResult:
+        """Give the held credits back (the job did not run)."""
+        timestamp = int(self.clock())
+        token = void_token(self.secret_key, hold_id, self.source, timestamp)
+        body = {"source": self.source, "timestamp": timestamp, "token": token}
+        return self._post(f"/api/credits/holds/{hold_id}/void", body, idempotent=True)
 
     def _read(self, path: str, params: dict[str, int] | None = None) -> dict[str, Any] | None:
         try:
