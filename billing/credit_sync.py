@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from creditrelay.billing.credit_tokens import TokenUse, use_tokens
+from creditrelay.billing.grants import GrantError, GrantTerms
 from creditrelay.billing.ledger import CreditChange, CreditStatus, apply_credit
 from creditrelay.billing.rows import lock_balances
 from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, SyncBody
@@ -45,6 +46,7 @@ class SyncStatus(StrEnum):
     REPLAYED = "replayed"
     CONFLICT = "conflict"
     INSUFFICIENT = "insufficient"
+    BAD_TERMS = "bad_terms"  # the grant terms cannot be (an expiry already past)
     OUT_OF_RANGE = "out_of_range"
     UNKNOWN_USER = "unknown_user"
 
@@ -99,7 +101,17 @@ def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOut
     if user_id is None:
         return SyncOutcome(SyncStatus.UNKNOWN_USER, body.telegram_id)
     reference = _reference(body)
-    change = CreditChange(user_id, body.amount, reference, "sync", reason=body.reason or None, source=body.source)
+    terms = None
+    if body.grant != (None, None, None):
+        expires = None if body.expires_at is None else utc(body.expires_at)
+        terms = GrantTerms(body.kind or "paid", body.priority, expires)
+        try:
+            terms.check(now)
+        except GrantError:
+            return SyncOutcome(SyncStatus.BAD_TERMS, body.telegram_id)
+    change = CreditChange(
+        user_id, body.amount, reference, "sync", reason=body.reason or None, source=body.source, grant=terms
+    )
     outcome = apply_credit(connection, change, now)
     if outcome.status is CreditStatus.APPLIED:
         return SyncOutcome(SyncStatus.APPLIED, body.telegram_id, outcome.balance, outcome.change)

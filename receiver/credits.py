@@ -44,6 +44,7 @@ _ANSWERS: dict[SyncStatus, tuple[int, str]] = {
     SyncStatus.REPLAYED: (409, "This token was already used: sign a new request"),
     SyncStatus.CONFLICT: (409, "This external_reference was already used for another user or amount"),
     SyncStatus.INSUFFICIENT: (402, "Insufficient credits"),
+    SyncStatus.BAD_TERMS: (400, "expires_at: must be in the future"),
     SyncStatus.OUT_OF_RANGE: (422, f"amount: the balance would pass the maximum of ±{MAX_BALANCE} credits"),
     SyncStatus.UNKNOWN_USER: (404, "User not registered"),
 }
@@ -123,7 +124,7 @@ def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
 def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
     status, message = _ANSWERS[outcome.status]
     data = None
-    if outcome.status not in (SyncStatus.UNKNOWN_USER, SyncStatus.REPLAYED):  # nothing was looked up
+    if outcome.status not in (SyncStatus.UNKNOWN_USER, SyncStatus.REPLAYED, SyncStatus.BAD_TERMS):
         data = {
             "telegram_id": outcome.telegram_id,
             "balance": outcome.balance,

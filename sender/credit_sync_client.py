@@ -17,11 +17,12 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from creditrelay.schema.credit_holds import capture_token, hold_token, void_token
-from creditrelay.schema.credit_sync import sync_token_v2
+from creditrelay.schema.credit_sync import GrantFields, sync_token_v2, sync_token_v3
 from creditrelay.schema.errors import CreditRelayError
 from creditrelay.schema.holds import DEFAULT_TTL_SECONDS
 
 USER_AGENT = "creditrelay-credit-sdk/0.1"
+NO_GRANT: GrantFields = (None, None, None)
 
 
 class CreditSyncError(CreditRelayError):
@@ -77,18 +78,26 @@ class CreditSyncClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _signed(self, telegram_id: int, amount: int, reason: str, reference: str | None) -> dict[str, Any]:
+    def _signed(
+        self, telegram_id: int, amount: int, reason: str, reference: str | None, grant: GrantFields = NO_GRANT
+    ) -> dict[str, Any]:
         timestamp = int(self.clock())
+        token = (
+            sync_token_v2(self.secret_key, telegram_id, amount, self.source, timestamp, reference)
+            if grant == NO_GRANT
+            else sync_token_v3(self.secret_key, telegram_id, amount, self.source, timestamp, reference, grant)
+        )
         body: dict[str, Any] = {
             "telegram_id": telegram_id,
             "amount": amount,
             "source": self.source,
             "reason": reason,
             "timestamp": timestamp,
-            "token": sync_token_v2(self.secret_key, telegram_id, amount, self.source, timestamp, reference),
+            "token": token,
         }
         if reference is not None:
             body["external_reference"] = reference
+        body |= {name: value for name, value in zip(("expires_at", "priority", "kind"), grant, strict=True) if value}
         return body
 
     def _send(self, request: Callable[[], httpx.Response], idempotent: bool) -> httpx.Response:
@@ -111,21 +120,42 @@ class CreditSyncClient:
             bool(answer.get("success")), str(answer.get("message", "")), answer.get("data"), response.status_code
         )
 
-    def sync(self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
-        """Change the balance by ``amount`` (negative deducts), once per ``reference``."""
+    def sync(
+        self,
+        telegram_id: int,
+        amount: int,
+        reason: str = "",
+        reference: str | None = None,
+        grant: GrantFields = NO_GRANT,
+    ) -> SyncResult:
+        """Change the balance by ``amount`` (negative deducts), once per ``reference``; a top-up may carry
+        grant terms ``(expires_at Unix seconds, priority, kind)``, signed with the rest (v3)."""
 
         def post() -> httpx.Response:
-            return self.http.post("/api/credits/sync", json=self._signed(telegram_id, amount, reason, reference))
+            body = self._signed(telegram_id, amount, reason, reference, grant)
+            return self.http.post("/api/credits/sync", json=body)
 
         try:
             return self._result(self._send(post, idempotent=reference is not None))
         except httpx.TransportError as error:
             return SyncResult(False, f"network error: {type(error).__name__}: {error}")
 
-    def add_credits(self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
+    def add_credits(
+        self,
+        telegram_id: int,
+        amount: int,
+        reason: str = "",
+        reference: str | None = None,
+        *,
+        expires_at: int | None = None,
+        priority: int | None = None,
+        kind: str | None = None,
+    ) -> SyncResult:
+        """Add credits; with ``expires_at`` (Unix seconds), ``priority`` or ``kind`` (paid, promo) they are a
+        grant, spent before the credits without expiry (docs/grants-and-holds.md)."""
         if amount <= 0:
             raise ValueError("add_credits takes a positive amount")
-        return self.sync(telegram_id, amount, reason, reference)
+        return self.sync(telegram_id, amount, reason, reference, (expires_at, priority, kind))
 
     def deduct_credits(
         self, telegram_id: int, amount: int, reason: str = "", reference: str | None = None

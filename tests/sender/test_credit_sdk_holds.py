@@ -82,3 +82,23 @@ def test_a_hold_request_is_refused_by_name(receiver: Receiver, creds: Credential
         reply = client.post("/api/credits/holds", json={"amount": 5})
         assert (reply.status_code, "source" in reply.json()["message"]) == (400, True), reply.text
         assert client.post("/api/credits/holds", json={}, headers={"X-Api-Key": "wrong"}).status_code == 401
+
+
+def test_a_top_up_with_grant_terms_is_a_grant_signed_with_them(
+    receiver: Receiver, creds: Credentials, sdk: CreditSyncClient, database: Database
+) -> None:
+    """add_credits with an expiry, a priority and a kind: a grant (v3 token); the same terms under a v2
+    token, which does not sign them, are refused; an expiry already past is a 400."""
+    later = int(time.time()) + 86_400
+    added = sdk.add_credits(TELEGRAM_ID, 50, "welcome", reference="promo-1", expires_at=later, priority=2, kind="promo")
+    assert (added.success, added.balance) == (True, 150)
+    row = database.rows("SELECT kind, priority, remaining FROM credit_grants")[0]
+    assert tuple(row) == ("promo", 2, 50)
+    forged = sdk._signed(TELEGRAM_ID, 50, "x", "promo-2") | {"kind": "promo"}
+    reply = httpx.post(f"{receiver.url}/api/credits/sync", json=forged, headers={"X-Api-Key": creds.api_key})
+    assert reply.status_code == 401
+    past = sdk.add_credits(TELEGRAM_ID, 5, "late", reference="promo-3", expires_at=1_000_000)
+    assert (past.success, past.status_code) == (False, 400)
+    deduct = sdk._signed(TELEGRAM_ID, -5, "x", "d-1") | {"priority": 1}
+    reply = httpx.post(f"{receiver.url}/api/credits/sync", json=deduct, headers={"X-Api-Key": creds.api_key})
+    assert (reply.status_code, "top-up" in reply.json()["message"]) == (400, True)
