@@ -203,3 +203,16 @@ def test_a_user_without_grants_reads_none(database: Database, monkeypatch: pytes
 def _fail(calls: list[object], *args: object) -> object:
     calls.append(args)
     raise AssertionError("grants read for a user without any")
+
+
+def test_reconcile_notices_grants_and_counts_that_do_not_add_up(database: Database) -> None:
+    """A grant holding more than the balance, and a count of live grants that is not the rows'."""
+    from creditrelay.billing.reconcile import ledger_findings
+
+    alice = make_user(database, "alice@example.com", 0, "k1")
+    grant(database, alice, 30, "trial", expires_at=LATER)
+    assert in_transaction(database, ledger_findings) == []
+    database.execute("UPDATE credit_grants SET remaining = 31")
+    database.execute("UPDATE users SET liveGrants = 2")
+    kinds = sorted(f.kind for f in in_transaction(database, ledger_findings))
+    assert kinds == ["grant_hold_counts", "grants_past_balance"]
