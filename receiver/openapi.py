@@ -13,7 +13,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from creditrelay.receiver.errors import ApiError
+from creditrelay.schema.credit_holds import CaptureBody, HoldBody, VoidBody
 from creditrelay.schema.credit_sync import SyncBody
+from creditrelay.schema.holds import GatewayHoldBody
 from creditrelay.schema.wire import UsageData
 
 ANSWER = {
@@ -30,6 +32,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _answers(*codes: int, ok: str = "Success", forbidden: str = "Disabled on this server") -> dict[str, Any]:
     described = {
         200: ok,
+        201: "Created",
         202: ok,
         400: "Malformed request; the message names the field",
         401: "Missing or wrong credentials or signature",
@@ -67,6 +70,7 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _NO_CHANGE = "The API key lacks the right `credit` (a positive amount) or `debit` (a negative one)"
+_NO_DEBIT = "The API key lacks the right `debit`"
 _NO_RECORDS = "The API key has neither the right `records` nor `records:all`"
 _MOMENT = {"type": "string", "description": "Unix seconds or an ISO-8601 time (UTC unless it says otherwise)"}
 
@@ -74,6 +78,7 @@ _MOMENT = {"type": "string", "description": "Unix seconds or an ISO-8601 time (U
 def document() -> dict[str, Any]:
     telegram = [{"name": "telegram_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
     user_id = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+    hold_id = {"name": "holdId", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
     before = _query("before", {"type": "integer", "minimum": 1})
     webhook: list[dict[str, list[str]]] = [{"webhookSignature": []}, {"standardWebhooks": []}]
     client: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -109,6 +114,52 @@ def document() -> dict[str, Any]:
                     }
                 ],
                 "responses": _answers(200, 400, 401, 403, 404, 503),
+            }
+        },
+        "/api/gateway/holds": {
+            "post": {
+                "summary": "Hold credits before a request: 201 with holdId when available covers amount, else 200 "
+                "allowed false",
+                "security": [{"gatewayToken": []}],
+                "requestBody": _body(GatewayHoldBody.model_json_schema()),
+                "responses": _answers(200, 201, 400, 401, 403, 404, 409, 503, ok="Refused: not enough available"),
+            }
+        },
+        "/api/gateway/holds/{holdId}": {
+            "delete": {
+                "summary": "Void a hold (a hold that ended is answered with its state)",
+                "security": [{"gatewayToken": []}],
+                "parameters": [hold_id],
+                "responses": _answers(200, 400, 401, 403, 404, 503),
+            }
+        },
+        "/api/credits/holds": {
+            "post": {
+                "summary": "Hold a member's credits (signed v2:hold:…); the same reference again is the same hold",
+                "description": "Needs the right `debit`.",
+                "security": client,
+                "requestBody": _body(HoldBody.model_json_schema()),
+                "responses": _answers(201, 400, 401, 402, 403, 404, 409, 429, 503, forbidden=_NO_DEBIT),
+            }
+        },
+        "/api/credits/holds/{holdId}/capture": {
+            "post": {
+                "summary": "Charge at most the held amount, once; the rest is released (signed v2:capture:…)",
+                "description": "Needs the right `debit`.",
+                "security": client,
+                "parameters": [hold_id],
+                "requestBody": _body(CaptureBody.model_json_schema()),
+                "responses": _answers(200, 400, 401, 403, 404, 409, 429, 503, forbidden=_NO_DEBIT),
+            }
+        },
+        "/api/credits/holds/{holdId}/void": {
+            "post": {
+                "summary": "Release a hold (signed v2:void:…)",
+                "description": "Needs the right `debit`.",
+                "security": client,
+                "parameters": [hold_id],
+                "requestBody": _body(VoidBody.model_json_schema()),
+                "responses": _answers(200, 400, 401, 403, 404, 409, 429, 503, forbidden=_NO_DEBIT),
             }
         },
         "/api/credits/sync": {

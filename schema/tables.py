@@ -53,10 +53,8 @@ class User(SQLModel, table=True):
     # the user's id at the gateway (new-api), for GATEWAY_ENFORCEMENT=users: set by the operator, or learned
     # from what the gateway sends while unset
     gateway_user_id: int | None = column("gatewayUserId", default=None, sa_type=sa.BigInteger)
-    # the user's live credit grants (billing.grants): while there are none, a charge reads no grant
-    live_grants: int = column("liveGrants", default=0, sa_type=sa.BigInteger)
-    # the user's open credit holds (billing.holds): while there are none, a usage settles no hold
-    open_holds: int = column("openHolds", default=0, sa_type=sa.BigInteger)
+    live_grants: int = column("liveGrants", default=0, sa_type=sa.BigInteger)  # none: a charge reads no grant
+    open_holds: int = column("openHolds", default=0, sa_type=sa.BigInteger)  # none: a usage settles no hold
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 
@@ -343,9 +341,8 @@ class Lease(SQLModel, table=True):
 
 
 class CreditGrant(SQLModel, table=True):
-    """Credits a top-up gave with an expiry, a priority or as a promotion: a share of the balance spent
-    before the credits without expiry (``billing.grants``), ``live`` until spent, expired or voided.
-    ``remaining`` never exceeds the balance; what is left at the end leaves as an ``expiry`` transaction."""
+    """A top-up with an expiry, a priority or of kind promo: a share of the balance, spent first, ``live``
+    until spent, expired or voided; its remainder then leaves as an ``expiry`` transaction (billing.grants)."""
 
     __tablename__ = "credit_grants"
     __table_args__ = (sa.Index(None, "userId", "state"), sa.Index(None, "state", "expiresAt"), MYSQL_TABLE_OPTIONS)
@@ -366,16 +363,11 @@ class CreditGrant(SQLModel, table=True):
 
 
 class CreditHold(SQLModel, table=True):
-    """Credits set aside before a request (``billing.holds``): ``open`` until a usage settles it, the
-    client captures or voids it, or it expires. A hold moves no balance; it only lowers what is available."""
+    """Credits set aside before a request, ``open`` until settled, captured, voided or expired (billing.holds)."""
 
     __tablename__ = "credit_holds"
-    __table_args__ = (
-        sa.UniqueConstraint("source", "requestId"),
-        sa.Index(None, "userId", "state", "expiresAt"),
-        sa.Index(None, "state", "expiresAt"),
-        MYSQL_TABLE_OPTIONS,
-    )
+    __table_args__ = (sa.UniqueConstraint("source", "requestId"), sa.Index(None, "userId", "state", "expiresAt"),
+                      sa.Index(None, "state", "expiresAt"), MYSQL_TABLE_OPTIONS)  # fmt: skip
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     user_id: int = column("userId", foreign_key="users.id", sa_type=Id)
