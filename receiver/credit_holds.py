@@ -2,6 +2,7 @@
 authenticate as ``sync`` does (``X-Api-Key``, a signed token used once), hand to billing, render. Holding and
 capturing need the client's ``debit`` right, as a deduction does."""
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -84,24 +85,22 @@ async def hold(request: Request) -> Response:
 
 
 async def capture(request: Request) -> Response:
-    hold_id = path_int(request, "hold_id")
-    body: CaptureBody = await _verified(request, CaptureBody, hold_id)
-    service = service_of(request)
-    now = utc(service.clock())
-
-    def work(connection: Connection) -> CreditHoldOutcome:
-        return capture_hold(connection, hold_id, body, now)
-
-    return _answer(await run_in_threadpool(run_transaction, service.engine, work))
+    return await _end(request, CaptureBody, capture_hold)
 
 
 async def void(request: Request) -> Response:
+    return await _end(request, VoidBody, void_hold)
+
+
+async def _end(request: Request, model: type[Any], end: Callable[..., CreditHoldOutcome]) -> Response:
+    """Capture or void the path's hold: the body verified against that hold's id, then ``end`` in one
+    transaction."""
     hold_id = path_int(request, "hold_id")
-    body: VoidBody = await _verified(request, VoidBody, hold_id)
+    body = await _verified(request, model, hold_id)
     service = service_of(request)
     now = utc(service.clock())
 
     def work(connection: Connection) -> CreditHoldOutcome:
-        return void_hold(connection, hold_id, body, now)
+        return end(connection, hold_id, body, now)
 
     return _answer(await run_in_threadpool(run_transaction, service.engine, work))

@@ -11,13 +11,13 @@ hex HMAC-SHA256 with the client's secret, as ``sync``'s token; used once.
 
 import hashlib
 import hmac
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from creditrelay.schema.holds import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+from creditrelay.schema.holds import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, M, parse_body
 from creditrelay.schema.money import MAX_AMOUNT
-from creditrelay.schema.wire import BIGINT_MAX, MAX_TIMESTAMP, EnvelopeError, describe
+from creditrelay.schema.wire import BIGINT_MAX, MAX_TIMESTAMP
 
 Source = Annotated[str, StringConstraints(min_length=1, max_length=48)]
 Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP)]
@@ -75,14 +75,6 @@ def expected_token(secret: str, body: "HoldBody | CaptureBody | VoidBody", hold_
     return void_token(secret, hold_id, body.source, body.timestamp)
 
 
-M = TypeVar("M", bound=_Signed)
-
-
 def parse_signed(model: type[M], value: Any) -> M:
     """A checked body, or ``EnvelopeError`` naming the field."""
-    if not isinstance(value, dict):
-        raise EnvelopeError("body: must be a JSON object")
-    try:
-        return model.model_validate(value)
-    except ValidationError as error:
-        raise EnvelopeError(describe(error)) from None
+    return parse_body(model, value)

@@ -1,7 +1,7 @@
 """The wire format of credit holds (docs/grants-and-holds.md): the gateway's ``POST /api/gateway/holds``
 body, checked strictly, every failure naming the field."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -23,11 +23,18 @@ class GatewayHoldBody(BaseModel):
     requestId: Annotated[str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID)] | None = None
 
 
-def parse_gateway_hold(value: Any) -> GatewayHoldBody:
-    """A checked hold request, or ``EnvelopeError`` naming the field."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], value: Any) -> M:
+    """A checked request body of ``model``, or ``EnvelopeError`` naming the field."""
     if not isinstance(value, dict):
         raise EnvelopeError("body: must be a JSON object")
     try:
-        return GatewayHoldBody.model_validate(value)
+        return model.model_validate(value)
     except ValidationError as error:
         raise EnvelopeError(describe(error)) from None
+
+
+def parse_gateway_hold(value: Any) -> GatewayHoldBody:
+    return parse_body(GatewayHoldBody, value)
