@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from creditrelay.billing.holds import due_grants, held
 from creditrelay.billing.ledger import UnknownUser
 from creditrelay.billing.rows import lock_balances
 from creditrelay.billing.watch import RESUME, SUSPEND, queue_intents
@@ -89,12 +90,14 @@ class Allowance:
     allowed: bool
     balance: int
     suspended: bool
+    available: int  # balance - open holds - SUSPEND_AT_BALANCE (billing.holds)
 
 
-def allowance_of(connection: Connection, remote_key_id: str, suspend_at: int) -> Allowance | None:
-    """One indexed read (the key, its user, their state); None for a key nobody has."""
+def allowance_of(connection: Connection, remote_key_id: str, suspend_at: int, now: datetime) -> Allowance | None:
+    """One indexed read (the key, its user, their state); None for a key nobody has. A user with open
+    holds or live grants costs a read of those too (what is held; a grant past expiry not yet ended)."""
     query = (
-        sa.select(users.c.balance, gateway_states.c.desired)
+        sa.select(users.c.id, users.c.balance, users.c.liveGrants, users.c.openHolds, gateway_states.c.desired)
         .select_from(api_keys.join(users, users.c.id == api_keys.c.userId))
         .outerjoin(gateway_states, gateway_states.c.userId == users.c.id)
         .where(api_keys.c.remoteKeyId == remote_key_id)
@@ -102,7 +105,12 @@ def allowance_of(connection: Connection, remote_key_id: str, suspend_at: int) ->
     row = connection.execute(query).one_or_none()
     if row is None:
         return None
-    return Allowance(row.balance > suspend_at, int(row.balance), row.desired == SUSPEND)
+    available = int(row.balance) - suspend_at
+    if row.openHolds:
+        available -= held(connection, [row.id], now)[row.id]
+    if row.liveGrants:
+        available -= due_grants(connection, row.id, now)
+    return Allowance(row.balance > suspend_at, int(row.balance), row.desired == SUSPEND, available)
 
 
 def counts(connection: Connection) -> dict[str, int]:

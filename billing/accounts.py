@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from creditrelay.billing.grants import GrantTerms
 from creditrelay.billing.ledger import CreditChange, CreditOutcome, CreditStatus, apply_credit
 from creditrelay.billing.matching import move_open_polls
 from creditrelay.billing.rows import lock_balances
@@ -219,16 +220,26 @@ def list_keys(connection: Connection, *, user_id: int | None = None, remote_key_
 
 
 def top_up(
-    connection: Connection, user_id: int, amount: int, reference: str, now: datetime, reason: str | None = None
+    connection: Connection,
+    user_id: int,
+    amount: int,
+    reference: str,
+    now: datetime,
+    reason: str | None = None,
+    terms: GrantTerms | None = None,
 ) -> CreditOutcome:
-    """Add credits to a user once per reference (an order id, a ticket): a repeat is a duplicate.
+    """Add credits to a user once per reference (an order id, a ticket): a repeat is a duplicate. With
+    ``terms`` (an expiry, a priority, kind ``promo``) the credits are a grant (``billing.grants``).
 
     Raises ``AccountError`` for a bad amount or reference, ``ReferenceConflict`` when the reference was
     used for another user or amount, ``UnknownUser`` when there is no such user.
     """
     if not 0 < amount <= MAX_AMOUNT:
         raise AccountError(f"amount must be a positive integer up to {MAX_AMOUNT}")
-    return _apply(connection, CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=reason or None), now)
+    if terms is not None:
+        terms.check(now)
+    change = CreditChange(user_id, amount, f"topup:{reference}", "topup", reason=reason or None, grant=terms)
+    return _apply(connection, change, now)
 
 
 def adjust(

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from creditrelay.billing.credit_tokens import TokenUse, use_tokens
+from creditrelay.billing.grants import GrantError, GrantTerms
 from creditrelay.billing.ledger import CreditChange, CreditStatus, apply_credit
 from creditrelay.billing.rows import lock_balances
 from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, Member, SyncBody
@@ -45,6 +46,7 @@ class SyncStatus(StrEnum):
     REPLAYED = "replayed"
     CONFLICT = "conflict"
     INSUFFICIENT = "insufficient"
+    BAD_TERMS = "bad_terms"  # the grant terms cannot be (an expiry already past)
     OUT_OF_RANGE = "out_of_range"
     UNKNOWN_USER = "unknown_user"
 
@@ -91,7 +93,7 @@ def _named(member: Member) -> sa.ColumnElement[bool]:
     return users.c.email == str(member.value).strip().lower()
 
 
-def _user_id(connection: Connection, member: Member) -> int | None:
+def user_of(connection: Connection, member: Member) -> int | None:
     value = connection.execute(sa.select(users.c.id).where(_named(member))).scalar_one_or_none()
     return None if value is None else int(value)
 
@@ -104,11 +106,21 @@ def _reference(body: SyncBody) -> str:
 
 def apply_sync(connection: Connection, body: SyncBody, now: datetime) -> SyncOutcome:
     """Apply one verified sync whose token this transaction has just used for the first time."""
-    user_id = _user_id(connection, body.member)
+    user_id = user_of(connection, body.member)
     if user_id is None:
         return SyncOutcome(SyncStatus.UNKNOWN_USER, body.member)
     reference = _reference(body)
-    change = CreditChange(user_id, body.amount, reference, "sync", reason=body.reason or None, source=body.source)
+    terms = None
+    if body.grant != (None, None, None):
+        expires = None if body.expires_at is None else utc(body.expires_at)
+        terms = GrantTerms(body.kind or "paid", body.priority, expires)
+        try:
+            terms.check(now)
+        except GrantError:
+            return SyncOutcome(SyncStatus.BAD_TERMS, body.member)
+    change = CreditChange(
+        user_id, body.amount, reference, "sync", reason=body.reason or None, source=body.source, grant=terms
+    )
     outcome = apply_credit(connection, change, now)
     if outcome.status is CreditStatus.APPLIED:
         return SyncOutcome(SyncStatus.APPLIED, body.member, outcome.balance, outcome.change)
@@ -151,7 +163,7 @@ def apply_syncs(connection: Connection, bodies: Sequence[SyncBody], now: datetim
         [TokenUse(b.token.lower(), _reference(b), utc(b.timestamp + TOKEN_WINDOW_SECONDS)) for b in bodies],
     )
     fresh = [body for body, recorded in zip(bodies, earlier, strict=True) if recorded is None]
-    lock_balances(connection, [u for u in (_user_id(connection, b.member) for b in fresh) if u is not None])
+    lock_balances(connection, [u for u in (user_of(connection, b.member) for b in fresh) if u is not None])
     return [
         apply_sync(connection, body, now) if recorded is None else _used_before(connection, body, recorded)
         for body, recorded in zip(bodies, earlier, strict=True)
@@ -168,7 +180,7 @@ def balance_of(connection: Connection, member: Member) -> Balance | None:
 def records_of(connection: Connection, member: Member, limit: int, source: str | None = None) -> list[Record] | None:
     """The user's balance changes, newest first: every one (usage included: its reason is the model), or
     only the credit API syncs of ``source``."""
-    user_id = _user_id(connection, member)
+    user_id = user_of(connection, member)
     if user_id is None:
         return None
     query = sa.select(credit_transactions).where(credit_transactions.c.userId == user_id)

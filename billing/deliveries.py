@@ -301,6 +301,7 @@ def usage_of(event: Event) -> Usage:
         completion_tokens=data.completionTokens,
         total_tokens=data.totalTokens,
         gateway_user_id=_gateway_user(data.userId),
+        hold_id=data.holdId,
     )
 
 

@@ -15,7 +15,8 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from creditrelay.billing.rows import lock_balances, set_balances
+from creditrelay.billing import grants
+from creditrelay.billing.rows import lock_accounts, set_balances
 from creditrelay.billing.watch import crossed
 from creditrelay.schema.errors import NotFound
 from creditrelay.schema.inserts import insert_new
@@ -47,6 +48,7 @@ class CreditChange:
     reason: str | None = None
     source: str | None = None
     allow_overdraft: bool = False
+    grant: grants.GrantTerms | None = None  # a top-up's expiry, priority, kind (billing.grants)
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,15 @@ def apply_credit(connection: Connection, change: CreditChange, now: datetime) ->
     A repeated reference is a duplicate (or a conflict when it names another user or amount) and changes
     nothing. A deduction that would take the balance below zero is refused unless ``allow_overdraft`` (a
     top-up of an overdrawn balance is not: it may leave it below zero), and any change that would take it
-    past ``±MAX_BALANCE`` always.
+    past ``±MAX_BALANCE`` always. A user's live grants past their expiry end first; a deduction takes
+    from the live grants in order, and a top-up with ``grant`` terms opens one (``billing.grants``).
     """
-    balance = lock_balances(connection, [change.user_id]).get(change.user_id)
-    if balance is None:
+    locked = lock_accounts(connection, [change.user_id]).get(change.user_id)
+    if locked is None:
         raise UnknownUser(change.user_id)
+    balance, live = locked
+    if live:
+        balance = grants.close_due(connection, {change.user_id: balance}, now)[change.user_id]
     new_balance = balance + change.amount
     row = {
         "userId": change.user_id,
@@ -91,6 +97,10 @@ def apply_credit(connection: Connection, change: CreditChange, now: datetime) ->
     set_balances(connection, {change.user_id: new_balance}, now)
     if change.type != "opening":  # a new user's first balance crosses nothing (create_user says where it starts)
         crossed(connection, {change.user_id: balance}, {change.user_id: new_balance}, now)
+    if change.amount < 0 and live:
+        grants.consume(connection, {change.user_id: -change.amount}, now)
+    elif change.grant is not None and not change.grant.plain:
+        grants.open_grant(connection, change.user_id, change.reference, change.amount, new_balance, change.grant, now)
     transaction_id = connection.execute(
         sa.select(credit_transactions.c.id).where(credit_transactions.c.reference == change.reference)
     ).scalar_one()

@@ -31,6 +31,8 @@ from creditrelay.schema.database import utc
 from creditrelay.schema.money import exact_sum, summed
 from creditrelay.schema.shapes import to_json
 from creditrelay.schema.tables import (
+    credit_grants,
+    credit_holds,
     credit_transactions,
     reconcile_runs,
     usage_records,
@@ -116,6 +118,37 @@ def ledger_findings(connection: Connection) -> list[Finding]:
     )
     for entry in connection.execute(orphan):
         findings.append(Finding("transaction_without_usage", entry.reference, entry.email, "usage without its record"))
+    return findings + share_findings(connection)
+
+
+def share_findings(connection: Connection) -> list[Finding]:
+    """Grants and holds that do not add up: live grants holding more than a positive balance, and the
+    users' counts of live grants and open holds (what a charge reads to skip them) against the rows."""
+    live = dict.fromkeys(
+        connection.execute(sa.select(users.c.id).where((users.c.liveGrants != 0) | (users.c.openHolds != 0))).scalars()
+    )
+    grants = sa.select(credit_grants.c.userId, sa.func.count(), sa.func.sum(credit_grants.c.remaining))
+    counted = {row[0]: (int(row[1]), int(row[2])) for row in connection.execute(
+        grants.where(credit_grants.c.state == "live").group_by(credit_grants.c.userId))}  # fmt: skip
+    holds = sa.select(credit_holds.c.userId, sa.func.count()).where(credit_holds.c.state == "open")
+    held = {row[0]: int(row[1]) for row in connection.execute(holds.group_by(credit_holds.c.userId))}
+    findings = []
+    for user_id in sorted(set(live) | set(counted) | set(held)):
+        row = connection.execute(
+            sa.select(users.c.email, users.c.balance, users.c.liveGrants, users.c.openHolds).where(
+                users.c.id == user_id
+            )
+        ).one()
+        grant_count, remaining = counted.get(user_id, (0, 0))
+        if remaining > max(row.balance, 0):
+            detail = f"live grants hold {remaining} credits, the balance is {row.balance}"
+            findings.append(Finding("grants_past_balance", row.email, row.email, detail))
+        if (row.liveGrants, row.openHolds) != (grant_count, held.get(user_id, 0)):
+            detail = (
+                f"counted {row.liveGrants} live grants and {row.openHolds} open holds; "
+                f"there are {grant_count} and {held.get(user_id, 0)}"
+            )
+            findings.append(Finding("grant_hold_counts", row.email, row.email, detail))
     return findings
 
 

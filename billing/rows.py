@@ -38,21 +38,38 @@ def lock_balances(connection: Connection, user_ids: Collection[int]) -> dict[int
     return {user_id: balance for user_id, balance in rows}
 
 
-def lock_users(connection: Connection, user_ids: Collection[int]) -> dict[int, tuple[int, int]]:
-    """``lock_balances``, with each user's count of open polled usages (``billing.matching``) beside the
-    balance: what charging usage needs, in the same statement."""
+def lock_users(connection: Connection, user_ids: Collection[int]) -> dict[int, tuple[int, int, int]]:
+    """``lock_balances``, with each user's count of open polled usages (``billing.matching``) and of live
+    grants and open holds (``billing.grants``, ``billing.holds``; their sum: only whether either is
+    there matters) beside the balance: what charging usage needs, in the same statement."""
     rows = fetch_in(
         connection,
         "lock_users",
         lambda ids: (
-            sa.select(users.c.id, users.c.balance, users.c.openPollUsages)
+            sa.select(users.c.id, users.c.balance, users.c.openPollUsages, users.c.liveGrants + users.c.openHolds)
             .where(users.c.id.in_(ids))
             .order_by(users.c.id)
             .with_for_update()
         ),
         sorted(user_ids),
     )
-    return {user_id: (balance, waiting) for user_id, balance, waiting in rows}
+    return {user_id: (balance, waiting, grants) for user_id, balance, waiting, grants in rows}
+
+
+def lock_accounts(connection: Connection, user_ids: Collection[int]) -> dict[int, tuple[int, int]]:
+    """``lock_balances``, with each user's count of live grants beside the balance."""
+    rows = fetch_in(
+        connection,
+        "lock_accounts",
+        lambda ids: (
+            sa.select(users.c.id, users.c.balance, users.c.liveGrants)
+            .where(users.c.id.in_(ids))
+            .order_by(users.c.id)
+            .with_for_update()
+        ),
+        sorted(user_ids),
+    )
+    return {user_id: (balance, grants) for user_id, balance, grants in rows}
 
 
 def set_balances(connection: Connection, balances: Mapping[int, int], now: datetime) -> None:

@@ -13,6 +13,9 @@ reading first. The steps, each a function below:
 5. ``_plan``: each usage's outcome, its transaction and its user's new balance (pure: no statement).
 6. ``_write``: the transactions, the balances, what crossing a line queues (``billing.watch``), the
    gateway user ids learnt, and the usages opened for their other half.
+7. Only for users with live grants or open holds (``users.liveGrants``, ``users.openHolds``, read with
+   the lock): their expired grants end before the plan, what they spent is taken from their grants in
+   order (``billing.grants``), and the usages charged settle their holds (``billing.holds``).
 
 Every balance change is a ``credit_transactions`` row carrying the balance after it, so a user's balance
 is always the sum of their transactions and equals their newest transaction's ``balance``. Usage already
@@ -29,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from creditrelay.billing import autolink, matching
+from creditrelay.billing import autolink, grants, holds, matching
 from creditrelay.billing.batch import RACED, Batch, Raced
 from creditrelay.billing.rows import key_owners, lock_users, set_balances
 from creditrelay.billing.rules import rules_of
@@ -66,6 +69,7 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     gateway_user_id: str | None = None  # the user's id at the gateway, when the gateway says it
+    hold_id: int | None = None  # the credit hold this usage settles (billing.holds)
 
 
 @dataclass(slots=True)
@@ -101,12 +105,20 @@ def charge(connection: Connection, usages: Sequence[Usage], batch: Batch) -> lis
     locked = lock_users(connection, charging.users)
     if automatic:
         batch.linked |= autolink.link(connection, automatic, batch.now, batch.rules)
+    balances = {user: balance for user, (balance, _, _) in locked.items()}
+    granted = [user for user, (_, _, extra) in locked.items() if extra]  # live grants or open holds
+    if granted:  # their expired grants end first (billing.grants)
+        balances |= grants.close_due(connection, {user: balances[user] for user in granted}, batch.now)
     settled = _settle(connection, charging, locked, batch)
     records = _insert_records(connection, usages, charging, settled, batch)
     if records is None:
         return RACED
-    plan = _plan(usages, charging, settled, records, {user: balance for user, (balance, _) in locked.items()})
+    plan = _plan(usages, charging, settled, records, balances)
     _write(connection, usages, charging, settled, plan, records, batch)
+    if granted:
+        spent = {user: plan.before[user] - plan.balances[user] for user in granted if user in plan.balances}
+        grants.consume(connection, spent, batch.now)
+        _settle_holds(connection, plan, set(granted), batch)
     return plan.outcomes
 
 
@@ -125,6 +137,17 @@ def _owners(
     wanted = autolink.unowned(((u.remote_key_id, u.gateway_user_id) for u in usages), owners)
     automatic = autolink.candidates(connection, wanted, batch.rules)
     return ({**owners, **automatic} if automatic else owners), automatic
+
+
+def _settle_holds(connection: Connection, plan: "_Plan", users: set[int], batch: Batch) -> None:
+    """The holds of the usages charged here (newly: a redelivery is never charged, so never settles)."""
+    charged = [
+        (user_id, usage.hold_id, usage.request_id, usage.credit_cost, f"usage:{usage.usage_key}")
+        for usage, user_id, _ in plan.transactions
+        if user_id in users and (usage.hold_id is not None or usage.request_id is not None)
+    ]
+    if charged:
+        holds.settle(connection, charged, batch.now)
 
 
 @dataclass(slots=True)
@@ -159,7 +182,7 @@ def _arrival(usage: Usage, user_id: int) -> matching.Arrival:
 
 
 def _settle(
-    connection: Connection, charging: _Charging, locked: Mapping[int, tuple[int, int]], batch: Batch
+    connection: Connection, charging: _Charging, locked: Mapping[int, tuple[int, int, int]], batch: Batch
 ) -> matching.Settled:
     """``matching.settle`` for the arrivals that may pair (none, on the webhook hot path with request ids)."""
     if not charging.arrivals:
@@ -169,7 +192,7 @@ def _settle(
         connection,
         [a for a in arrivals if a.source == matching.WEBHOOK],
         [a for a in arrivals if a.source == matching.POLL],
-        {user_id: waiting for user_id, (_, waiting) in locked.items()},
+        {user_id: waiting for user_id, (_, waiting, _) in locked.items()},
         batch.paired,
         batch.rules.match_seconds,
         batch.now,

@@ -7,13 +7,16 @@ how far apart a usage's two paths may pair — is what the settings say, set onc
 The command line only parses arguments and prints; nothing below this module reads the environment.
 """
 
+import time
 from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from creditrelay.billing.rules import LedgerRules, with_rules
-from creditrelay.schema.database import make_engine
+from creditrelay.schema.database import make_engine, utc
 from creditrelay.schema.errors import SettingsError
 from creditrelay.settings import Settings
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from creditrelay.receiver.background import Worker
 
 ATTEMPTS = 6  # creditrelay.billing.polling.PollConfig.attempts, checked equal by a test
+EXPIRE_INTERVAL = 10.0  # seconds between expiry passes in serve (grants past expiry end sooner when used)
 
 
 def ledger_rules(settings: Settings) -> LedgerRules:
@@ -108,16 +112,24 @@ def make_enforcer(settings: Settings, engine: Engine) -> "Enforcer":
     return Enforcer(engine, client, config)
 
 
+def clock() -> datetime:
+    """The time, naive UTC, as the tables keep it."""
+    return utc(time.time())
+
+
 def workers(settings: Settings, engine: Engine) -> "list[Worker]":
     """What ``serve`` runs beside the requests: the gateway enforcer, about once a second, and the relay
     that delivers the alerts billing writes into the ledger's outbox (and, as every relay does, purges
     those delivered more than the default retention ago, hourly; dead ones stay). Every instance (and
     every worker process of one) runs both: claims with leases keep them from doing the same work twice,
-    and purges at once share theirs. Each worker's relay claims under a name of its own process."""
+    and purges at once share theirs. Each worker's relay claims under a name of its own process. And the
+    expiry pass (``billing.expiry``), every ``EXPIRE_INTERVAL`` seconds on every instance: passes at once
+    end each grant once."""
+    from creditrelay.billing.expiry import expire_once
     from creditrelay.receiver.background import every
     from creditrelay.receiver.metrics import GATEWAY_CALLS
 
-    found: list[Worker] = []
+    found: list[Worker] = [every(EXPIRE_INTERVAL, partial(expire_once, engine, clock), "expire")]
     if settings.gateway_enforcement != "off":
         enforcer = make_enforcer(settings, engine)
 

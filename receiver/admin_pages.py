@@ -144,6 +144,7 @@ def admin_pages(service: AdminService) -> Starlette:
         Route("/users", page(admin_users.users)),
         Route("/users/{user_id}", page(admin_users.user)),
         Route("/users/{user_id:int}/topup", page(admin_users.topup), methods=["POST"]),
+        Route("/users/{user_id:int}/grants/void", page(admin_users.void), methods=["POST"]),
         Route("/users/{user_id:int}/correct", page(admin_users.correct), methods=["POST"]),
         Route("/users/{user_id:int}/keys", page(admin_users.add_key), methods=["POST"]),
         Route("/users/{user_id:int}/keys/unlink", page(admin_users.remove_key), methods=["POST"]),

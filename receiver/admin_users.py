@@ -2,7 +2,7 @@
 transactions back to the first) and its forms (top-up, correction, link and unlink a key, the gateway
 user, suspend or resume at the gateway). Each route parses, calls billing, renders or redirects back with a notice."""
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -22,6 +22,8 @@ from creditrelay.billing.accounts import (
     top_up,
     unlink_key,
 )
+from creditrelay.billing.grants import GrantError, GrantTerms, UnknownGrant, grants_of, void_grant
+from creditrelay.billing.holds import open_holds
 from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter
 from creditrelay.receiver.access_words import FLAG_TEXT, access_flag, access_sentence
@@ -125,6 +127,8 @@ async def user(request: Request) -> Response:
         raise ApiError(404, f"No user {user_id}")
     page = await service.read(lambda c: user_queries.transactions(c, user_id, TRANSACTIONS, before))
     access = await service.read(lambda c: gateway_access.access_of(c, user_id))
+    granted = await service.read(lambda c: grants_of(c, user_id))
+    held = await service.read(lambda c: open_holds(c, user_id, now_of(service)))
     charts = {}
     if before is None:  # the charts on the first page only: older pages are for reading the ledger
         found = await service.read(lambda c: user_queries.activity(c, user_id, now_of(service)))
@@ -142,6 +146,8 @@ async def user(request: Request) -> Response:
         access_sentence=access_sentence(
             service.enforcement, below, service.suspend_at, access.standing, has_targets=targets
         ),
+        grants=to_json(granted),
+        holds=to_json(held),
         enforcement=service.enforcement,
         transactions=to_json(page.transactions),
         older=None if page.older is None else link(here, before=page.older),
@@ -172,14 +178,47 @@ async def topup(request: Request) -> Response:
     if not credits or not reference:
         return back(request, here, "A top-up needs a positive whole number of credits and a reference", kind="error")
     try:
-        outcome = await service.run(lambda c: top_up(c, user_id, credits, reference, now_of(service), reason))
+        terms = _terms(form)
+        outcome = await service.run(lambda c: top_up(c, user_id, credits, reference, now_of(service), reason, terms))
     except UnknownUser:
         raise ApiError(404, f"No user {user_id}") from None
-    except (AccountError, ReferenceConflict) as error:  # a bad amount or reference, or one used before
+    except (AccountError, ReferenceConflict, GrantError) as error:  # a bad amount, reference or term
         return back(request, here, f"Not topped up: {error}", kind="error")
     if outcome.status is CreditStatus.APPLIED:
         CREDITS_ADDED.labels("admin").inc(credits)
     return _credited(request, here, outcome, f"Topped up {credits:,} credits")
+
+
+def _terms(form: Any) -> GrantTerms:
+    """The top-up form's grant terms: expiry (the browser's ``datetime-local``, taken as UTC), priority,
+    kind; all empty is a plain top-up."""
+    expires, priority = _form_text(form, "expires_at"), _form_text(form, "priority")
+    try:
+        expires_at = datetime.fromisoformat(expires) if expires else None
+    except ValueError:
+        raise GrantError("expires-at: a date and time, e.g. 2026-12-31T00:00") from None
+    if expires_at is not None and expires_at.tzinfo is not None:
+        expires_at = expires_at.astimezone(UTC).replace(tzinfo=None)
+    number = plain_int(priority)
+    if priority and number is None:
+        raise GrantError("priority: a whole number, lower is spent first")
+    return GrantTerms(_form_text(form, "kind") or "paid", number, expires_at)
+
+
+async def void(request: Request) -> Response:
+    """End one of the user's live grants now; its remainder leaves as an expiry transaction."""
+    service = service_of(request)
+    user_id = path_int(request, "user_id")
+    here = f"/admin/users/{user_id}"
+    form = await form_of(request)
+    grant_id, reason = plain_int(_form_text(form, "grant_id")), _form_text(form, "reason") or "voided by admin"
+    if grant_id is None:
+        raise ApiError(400, "grant_id: a grant's id")
+    try:
+        ended = await service.run(lambda c: void_grant(c, grant_id, reason, now_of(service)))
+    except (UnknownGrant, GrantError) as error:
+        return back(request, here, f"Not voided: {error}", kind="error")
+    return back(request, here, f"Grant {grant_id} ended ({ended.state})", kind="warning")
 
 
 async def correct(request: Request) -> Response:

@@ -11,7 +11,17 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from creditrelay.billing.polling import Poller
-from creditrelay.receiver import admin_api, allowance, batches, credits, openapi, operator_api, portal_api
+from creditrelay.receiver import (
+    admin_api,
+    allowance,
+    batches,
+    credit_holds,
+    credits,
+    holds,
+    openapi,
+    operator_api,
+    portal_api,
+)
 from creditrelay.receiver.admin_pages import admin_pages
 from creditrelay.receiver.background import Worker, background_lifespan, polling
 from creditrelay.receiver.bodies import BodyDeadline
@@ -109,8 +119,15 @@ def create_app(
         Route("/api/credits/records/{telegram_id}", credits.counted("records", credits.records), methods=["GET"]),
         Route("/api/credits/balance", credits.counted("balance", credits.balance), methods=["GET"]),
         Route("/api/credits/records", credits.counted("records", credits.records), methods=["GET"]),
+        Route("/api/credits/holds", credits.counted("hold", credit_holds.hold), methods=["POST"]),
+        Route(
+            "/api/credits/holds/{hold_id}/capture", credits.counted("capture", credit_holds.capture), methods=["POST"]
+        ),
+        Route("/api/credits/holds/{hold_id}/void", credits.counted("void", credit_holds.void), methods=["POST"]),
         Route("/api/info", operator_api.info, methods=["GET"]),
         Route("/api/gateway/allowance/{remote_key_id:path}", allowance.allowance, methods=["GET"]),
+        Route("/api/gateway/holds", holds.place, methods=["POST"]),
+        Route("/api/gateway/holds/{hold_id}", holds.void, methods=["DELETE"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
         Route("/docs/static/{name}", openapi.docs_file, methods=["GET"]),
@@ -143,7 +160,7 @@ def create_app(
     )
     app.state.admin = admin_service
     app.state.portal = portal_service
-    app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance)
+    app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance, clock)
     app.state.operator = operator_api.OperatorService(
         database=engine.dialect.name,
         polling=poller is not None and bool(settings.poll_interval),  # what runs: serve polls with POLL_INTERVAL
@@ -155,5 +172,7 @@ def create_app(
         metrics_token=settings.metrics_token,
     )
     limiter = RateLimiter(settings.credit_rate_limit) if settings.credit_rate_limit else None
-    app.state.credits = credits.CreditService(engine, settings.credit_sync_secret, clock, limiter)
+    app.state.credits = credits.CreditService(
+        engine, settings.credit_sync_secret, clock, limiter, settings.suspend_at_balance
+    )
     return app

@@ -7,9 +7,11 @@ which members exist.
 """
 
 import hmac
+from collections.abc import Callable
 
 from creditrelay.billing.clients import Client
 from creditrelay.billing.credit_sync import SyncRefused, SyncUnavailable
+from creditrelay.schema.credit_holds import CaptureBody, HoldBody, VoidBody, expected_token
 from creditrelay.schema.credit_sync import (
     BALANCE,
     CREDIT,
@@ -27,14 +29,36 @@ _DOING = {BALANCE: "read balances", RECORDS: "read records", CREDIT: "add credit
 
 def verify_request(client: Client, body: SyncBody, now: float, default_secret: str | None) -> None:
     """Raise ``SyncRefused`` unless the body is the client's own, fresh, and signed with its secret."""
-    if not hmac.compare_digest(body.source.encode(), client.source.encode()):
+    _verify(client, body.source, body.timestamp, now, default_secret, lambda secret: token_matches(secret, body))
+
+
+def verify_hold_request(
+    client: Client, body: HoldBody | CaptureBody | VoidBody, hold_id: int | None, now: float, default_secret: str | None
+) -> None:
+    """``verify_request`` for the holds' bodies (``schema.credit_holds``), each signed its own way."""
+
+    def matches(secret: str) -> bool:
+        return hmac.compare_digest(expected_token(secret, body, hold_id), body.token.lower())
+
+    _verify(client, body.source, body.timestamp, now, default_secret, matches)
+
+
+def _verify(
+    client: Client,
+    source: str,
+    timestamp: int,
+    now: float,
+    default_secret: str | None,
+    matches: Callable[[str], bool],
+) -> None:
+    if not hmac.compare_digest(source.encode(), client.source.encode()):
         raise SyncRefused("source does not match the API key")
-    if abs(now - body.timestamp) > TOKEN_WINDOW_SECONDS:
+    if abs(now - timestamp) > TOKEN_WINDOW_SECONDS:
         raise SyncRefused(f"timestamp is more than {TOKEN_WINDOW_SECONDS} seconds away from the server's clock")
     secret = client.secret or default_secret
     if secret is None:
         raise SyncUnavailable("no secret for this client and CREDIT_SYNC_SECRET is not set")
-    if not token_matches(secret, body):
+    if not matches(secret):
         raise SyncRefused("Invalid token")
 
 

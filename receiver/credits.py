@@ -53,6 +53,7 @@ _ANSWERS: dict[SyncStatus, tuple[int, str]] = {
     SyncStatus.REPLAYED: (409, "This token was already used: sign a new request"),
     SyncStatus.CONFLICT: (409, "This external_reference was already used for another user or amount"),
     SyncStatus.INSUFFICIENT: (402, "Insufficient credits"),
+    SyncStatus.BAD_TERMS: (400, "expires_at: must be in the future"),
     SyncStatus.OUT_OF_RANGE: (422, f"amount: the balance would pass the maximum of ±{MAX_BALANCE} credits"),
     SyncStatus.UNKNOWN_USER: (404, "User not registered"),
 }
@@ -93,14 +94,15 @@ class CreditService:
     default_secret: str | None
     clock: Callable[[], float]
     limiter: RateLimiter | None = None
+    suspend_at: int = 0  # SUSPEND_AT_BALANCE: not available to a hold
 
 
-def _service(request: Request) -> CreditService:
+def service_of(request: Request) -> CreditService:
     service: CreditService = request.app.state.credits
     return service
 
 
-async def _client(request: Request, service: CreditService) -> Client:
+async def client_of(request: Request, service: CreditService) -> Client:
     api_key = request.headers.get("x-api-key", "")
     client = await run_in_threadpool(
         lambda: run_transaction(service.engine, lambda c: authenticate(c, api_key), read_only=True)
@@ -142,7 +144,7 @@ def _verified(client: Client, body: SyncBody, service: CreditService) -> None:
 def _answer(outcome: SyncOutcome) -> tuple[int, dict[str, Any]]:
     status, message = _ANSWERS[outcome.status]
     data = None
-    if outcome.status not in (SyncStatus.UNKNOWN_USER, SyncStatus.REPLAYED):  # nothing was looked up
+    if outcome.status not in (SyncStatus.UNKNOWN_USER, SyncStatus.REPLAYED, SyncStatus.BAD_TERMS):
         data = {
             outcome.member.field: outcome.member.value,
             "balance": outcome.balance,
@@ -163,7 +165,7 @@ async def _apply(service: CreditService, body: SyncBody) -> SyncOutcome:
     return outcome
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     body = await read_limited(request, BODY_LIMIT)
     require_json(request.headers)
     try:
@@ -174,10 +176,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 async def sync(request: Request) -> Response:
     structlog.contextvars.clear_contextvars()
-    service = _service(request)
-    client = await _client(request, service)
+    service = service_of(request)
+    client = await client_of(request, service)
     try:
-        body = parse_sync_body(await _json_body(request))
+        body = parse_sync_body(await json_body(request))
     except EnvelopeError as error:
         raise ApiError(400, str(error)) from None
     _verified(client, body, service)
@@ -192,9 +194,9 @@ async def batch(request: Request) -> Response:
     in one transaction, so a batch is all-or-nothing: an outage or a refused statement applies none of
     it (503 / 500, retry the whole batch), and a 200 means every item answered ``applied`` is committed."""
     structlog.contextvars.clear_contextvars()
-    service = _service(request)
-    client = await _client(request, service)
-    items = (await _json_body(request)).get("items")
+    service = service_of(request)
+    client = await client_of(request, service)
+    items = (await json_body(request)).get("items")
     if not isinstance(items, list) or not items:
         raise ApiError(400, "items: must be a non-empty list")
     if len(items) > MAX_BATCH_ITEMS:
@@ -229,8 +231,8 @@ async def batch(request: Request) -> Response:
 
 
 async def balance(request: Request) -> Response:
-    service = _service(request)
-    require_right(await _client(request, service), BALANCE)
+    service = service_of(request)
+    require_right(await client_of(request, service), BALANCE)
     member = _member(request)
     found = await run_in_threadpool(
         lambda: run_transaction(service.engine, lambda c: balance_of(c, member), read_only=True)
@@ -242,8 +244,8 @@ async def balance(request: Request) -> Response:
 
 
 async def records(request: Request) -> Response:
-    service = _service(request)
-    source = records_source(await _client(request, service))
+    service = service_of(request)
+    source = records_source(await client_of(request, service))
     member = _member(request)
     limit = query_int(request, "limit", 20, maximum=MAX_RECORDS)
     found = await run_in_threadpool(

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from creditrelay.receiver.errors import ApiError
+from creditrelay.receiver.openapi_holds import hold_paths
 from creditrelay.receiver.openapi_parts import (
     API_KEY_HEADER,
     SEED_EVENT,
@@ -296,7 +297,7 @@ def document() -> dict[str, Any]:
             }
         },
     }
-    paths |= portal_paths()
+    paths |= portal_paths() | hold_paths(client)
     tag_operations(paths)
     return {
         "openapi": "3.1.0",

@@ -7,6 +7,9 @@ either message, ``member`` being the identifier sent (the telegram id, the user 
 - v1 (the original): ``f"{member}:{amount}:{source}:{timestamp}"``;
 - v2: ``f"v2:{member}:{amount}:{source}:{timestamp}:{external_reference or ''}"``, which signs the
   reference too, so that a copy of a request cannot name another one.
+- v3, the only one accepted for a top-up with grant terms (``expires_at``, ``priority``, ``kind``):
+  ``f"v3:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}:{expires_at}:{priority}:{kind}"``
+  (an absent term as an empty field).
 
 The server accepts either; no field says which. ``timestamp`` must be within ``TOKEN_WINDOW_SECONDS`` of the
 server's clock. A token is used once (``billing.credit_tokens``).
@@ -16,7 +19,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
@@ -69,10 +72,34 @@ def sync_token_v2(
     return _hmac(secret, f"v2:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}")
 
 
+def sync_token_v3(
+    secret: str,
+    telegram_id: int | str,
+    amount: int,
+    source: str,
+    timestamp: int,
+    external_reference: str | None,
+    grant: "GrantFields",
+) -> str:
+    """The v3 token, for a top-up with grant terms: signs the reference and the terms too."""
+    expires, priority, kind = (("" if value is None else str(value)) for value in grant)
+    message = f"v3:{telegram_id}:{amount}:{source}:{timestamp}:{external_reference or ''}:{expires}:{priority}:{kind}"
+    return _hmac(secret, message)
+
+
+GrantFields = tuple[int | None, int | None, str | None]  # expires_at (Unix seconds), priority, kind
+
+
 def token_matches(secret: str, body: "SyncBody") -> bool:
-    """Whether the body's token is its v1 or its v2 token (both compared, in constant time)."""
+    """Whether the body's token is its v1 or its v2 token (both compared, in constant time); a body with
+    grant terms only by its v3 token, which signs them."""
     given = body.token.lower()
     member = body.member.value
+    if body.grant != (None, None, None):
+        v3 = sync_token_v3(
+            secret, member, body.amount, body.source, body.timestamp, body.external_reference, body.grant
+        )
+        return hmac.compare_digest(v3, given)
     v1 = sync_token(secret, member, body.amount, body.source, body.timestamp)
     v2 = sync_token_v2(secret, member, body.amount, body.source, body.timestamp, body.external_reference)
     return hmac.compare_digest(v1, given) | hmac.compare_digest(v2, given)
@@ -116,6 +143,20 @@ class SyncBody(BaseModel):
     timestamp: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP)]
     token: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
     external_reference: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    # a top-up's grant terms (docs/grants-and-holds.md), signed by the v3 token
+    expires_at: Annotated[int, Field(ge=1, le=MAX_TIMESTAMP)] | None = None
+    priority: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    kind: Literal["paid", "promo"] | None = None
+
+    @property
+    def grant(self) -> GrantFields:
+        return (self.expires_at, self.priority, self.kind)
+
+    @model_validator(mode="after")
+    def _terms_on_top_ups(self) -> "SyncBody":
+        if self.amount < 0 and self.grant != (None, None, None):
+            raise ValueError("expires_at, priority and kind are for a top-up (a positive amount) only")
+        return self
 
     @field_validator("amount")
     @classmethod

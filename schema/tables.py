@@ -12,28 +12,16 @@ rows are never cleaned up; ``credit_transactions.reference`` is unique per balan
 """
 
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp, register_exact_collation
+from creditrelay.schema.credit_tables import credit_grants as credit_grants  # the grants and holds, beside the rest
+from creditrelay.schema.credit_tables import credit_holds as credit_holds
+from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp
 from creditrelay.schema.outbox import outbox_tables
-
-metadata = SQLModel.metadata
-register_exact_collation(metadata)
-metadata.naming_convention = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def column(name: str, **kwargs: Any) -> Any:
-    """A SQLModel field whose SQL column is called ``name``."""
-    return Field(sa_column_kwargs={"name": name}, **kwargs)
+from creditrelay.schema.table_base import column
+from creditrelay.schema.table_base import metadata as metadata  # what alembic and the tests compare with
 
 
 class User(SQLModel, table=True):
@@ -57,6 +45,8 @@ class User(SQLModel, table=True):
     gateway_user_id: str | None = column("gatewayUserId", default=None, max_length=64)
     # the generation of the user's portal links: a link names the one it was made in; revoking moves it on
     portal_epoch: int = column("portalEpoch", default=0, sa_type=sa.BigInteger)
+    live_grants: int = column("liveGrants", default=0, sa_type=sa.BigInteger)  # none: a charge reads no grant
+    open_holds: int = column("openHolds", default=0, sa_type=sa.BigInteger)  # none: a usage settles no hold
     created_at: datetime = column("createdAt", sa_type=Timestamp)
     updated_at: datetime = column("updatedAt", sa_type=Timestamp)
 

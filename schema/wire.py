@@ -45,6 +45,7 @@ class UsageData(BaseModel):
     totalTokens: Count = 0
     requestId: Annotated[str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID)] | None = None
     userId: RemoteKeyId | None = None
+    holdId: Annotated[int, Field(ge=1, le=BIGINT_MAX)] | None = None  # the credit hold it settles
 
 
 class _Envelope(BaseModel):

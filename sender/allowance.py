@@ -1,5 +1,6 @@
 """Asking creditrelay whether a gateway key may be served (``GET /api/gateway/allowance/{remoteKeyId}``,
-docs/enforcement.md), from a gateway's event loop: the answers kept a few seconds, one ask per key at a
+docs/enforcement.md), or to hold credits for one call (``POST /api/gateway/holds``, and ``DELETE`` to give
+them back: docs/grants-and-holds.md), from a gateway's event loop: the answers kept a few seconds, one ask per key at a
 time, every ask bounded in time, and every failure an answer of its own ("cannot say"), never an error.
 """
 
@@ -75,6 +76,36 @@ class Allowance:
         self.answers[key] = _Answer(verdict, self.clock() + self.keep_seconds)
         return verdict
 
+    async def hold(self, key: str, amount: int, ttl_seconds: int) -> tuple[bool | None, int | None]:
+        """Ask creditrelay to hold ``amount`` credits of the key's member (``POST /api/gateway/holds``):
+        ``(True, holdId)`` when held, ``(False, None)`` when the available credits do not cover it (or
+        creditrelay does not know the key), ``(None, None)`` when it cannot be asked. Never kept: each
+        call holds its own."""
+        body = {"remoteKeyId": key, "amount": amount, "ttlSeconds": ttl_seconds}
+        try:
+            reply = await asyncio.wait_for(self._http().post("/api/gateway/holds", json=body), self.timeout)
+            if reply.status_code == 201:
+                hold_id = reply.json()["data"]["holdId"]
+                if isinstance(hold_id, int) and not isinstance(hold_id, bool):
+                    return True, hold_id
+            return _verdict(reply, key), None
+        except (httpx.HTTPError, TimeoutError, ValueError, KeyError, TypeError, PermissionError) as error:
+            level = log.error if isinstance(error, PermissionError) else log.warning
+            level("hold_unavailable", error=str(error)[:200] or type(error).__name__)
+        except Exception:  # whatever else went wrong, the fail mode decides: never the call's error
+            log.error("hold_failed", exc_info=True)
+        return None, None
+
+    async def release(self, hold_id: int) -> None:
+        """Void a hold (``DELETE /api/gateway/holds/{holdId}``); a failure is logged, and the hold expires
+        by itself."""
+        try:
+            reply = await asyncio.wait_for(self._http().delete(f"/api/gateway/holds/{hold_id}"), self.timeout)
+            if reply.status_code != 200:
+                log.warning("hold_not_released", hold_id=hold_id, status=reply.status_code)
+        except Exception as error:  # noqa: BLE001 - never the call's error: the hold runs out anyway
+            log.warning("hold_not_released", hold_id=hold_id, error=str(error)[:200] or type(error).__name__)
+
     def _cannot_say(self, key: str) -> None:
         self.answers[key] = _Answer(None, self.clock() + 1.0)
 
@@ -92,7 +123,7 @@ def _verdict(reply: httpx.Response, key: str) -> bool:
     if reply.status_code == 404 and answer.get("success") is False and answer.get("remoteKeyId") == key:
         return False
     data = answer.get("data")
-    allowed = data.get("allowed") if reply.status_code == 200 and isinstance(data, dict) else None
+    allowed = data.get("allowed") if reply.status_code in (200, 201) and isinstance(data, dict) else None
     if not isinstance(allowed, bool):
         raise ValueError(f"HTTP {reply.status_code} without a true or false data.allowed")
     return allowed

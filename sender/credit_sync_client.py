@@ -19,11 +19,14 @@ from typing import Any
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from creditrelay.schema.credit_sync import Member, sync_token_v2
+from creditrelay.schema.credit_holds import capture_token, hold_token, void_token
+from creditrelay.schema.credit_sync import GrantFields, Member, sync_token_v2, sync_token_v3
 from creditrelay.schema.errors import CreditRelayError
+from creditrelay.schema.holds import DEFAULT_TTL_SECONDS
 
 USER_AGENT = "creditrelay-credit-sdk/0.1"
 MemberRef = int | Member  # a Telegram id, or a Member naming the user id or email
+NO_GRANT: GrantFields = (None, None, None)
 __all__ = ["CreditSyncClient", "CreditSyncError", "Member", "SyncResult", "by_email", "by_user_id"]
 
 
@@ -92,19 +95,27 @@ class CreditSyncClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _signed(self, telegram_id: MemberRef, amount: int, reason: str, reference: str | None) -> dict[str, Any]:
+    def _signed(
+        self, telegram_id: MemberRef, amount: int, reason: str, reference: str | None, grant: GrantFields = NO_GRANT
+    ) -> dict[str, Any]:
         timestamp = int(self.clock())
         member = _member(telegram_id)
+        token = (
+            sync_token_v2(self.secret_key, member.value, amount, self.source, timestamp, reference)
+            if grant == NO_GRANT
+            else sync_token_v3(self.secret_key, member.value, amount, self.source, timestamp, reference, grant)
+        )
         body: dict[str, Any] = {
             member.field: member.value,
             "amount": amount,
             "source": self.source,
             "reason": reason,
             "timestamp": timestamp,
-            "token": sync_token_v2(self.secret_key, member.value, amount, self.source, timestamp, reference),
+            "token": token,
         }
         if reference is not None:
             body["external_reference"] = reference
+        body |= {name: value for name, value in zip(("expires_at", "priority", "kind"), grant, strict=True) if value}
         return body
 
     def _send(self, request: Callable[[], httpx.Response], idempotent: bool) -> httpx.Response:
@@ -127,11 +138,20 @@ class CreditSyncClient:
             bool(answer.get("success")), str(answer.get("message", "")), answer.get("data"), response.status_code
         )
 
-    def sync(self, telegram_id: MemberRef, amount: int, reason: str = "", reference: str | None = None) -> SyncResult:
-        """Change the balance by ``amount`` (negative deducts), once per ``reference``."""
+    def sync(
+        self,
+        telegram_id: MemberRef,
+        amount: int,
+        reason: str = "",
+        reference: str | None = None,
+        grant: GrantFields = NO_GRANT,
+    ) -> SyncResult:
+        """Change the balance by ``amount`` (negative deducts), once per ``reference``; a top-up may carry
+        grant terms ``(expires_at Unix seconds, priority, kind)``, signed with the rest (v3)."""
 
         def post() -> httpx.Response:
-            return self.http.post("/api/credits/sync", json=self._signed(telegram_id, amount, reason, reference))
+            body = self._signed(telegram_id, amount, reason, reference, grant)
+            return self.http.post("/api/credits/sync", json=body)
 
         try:
             return self._result(self._send(post, idempotent=reference is not None))
@@ -139,11 +159,21 @@ class CreditSyncClient:
             return SyncResult(False, f"network error: {type(error).__name__}: {error}")
 
     def add_credits(
-        self, telegram_id: MemberRef, amount: int, reason: str = "", reference: str | None = None
+        self,
+        telegram_id: MemberRef,
+        amount: int,
+        reason: str = "",
+        reference: str | None = None,
+        *,
+        expires_at: int | None = None,
+        priority: int | None = None,
+        kind: str | None = None,
     ) -> SyncResult:
+        """Add credits; with ``expires_at`` (Unix seconds), ``priority`` or ``kind`` (paid, promo) they are a
+        grant, spent before the credits without expiry (docs/grants-and-holds.md)."""
         if amount <= 0:
             raise ValueError("add_credits takes a positive amount")
-        return self.sync(telegram_id, amount, reason, reference)
+        return self.sync(telegram_id, amount, reason, reference, (expires_at, priority, kind))
 
     def deduct_credits(
         self, telegram_id: MemberRef, amount: int, reason: str = "", reference: str | None = None
@@ -168,6 +198,36 @@ class CreditSyncClient:
             return self._result(self._send(post, idempotent=all(r is not None for r in references)))
         except httpx.TransportError as error:
             return SyncResult(False, f"network error: {type(error).__name__}: {error}")
+
+    def _post(self, path: str, body: dict[str, Any], idempotent: bool) -> SyncResult:
+        try:
+            return self._result(self._send(lambda: self.http.post(path, json=body), idempotent=idempotent))
+        except httpx.TransportError as error:
+            return SyncResult(False, f"network error: {type(error).__name__}: {error}")
+
+    def hold(self, telegram_id: int, amount: int, reference: str, ttl: int = DEFAULT_TTL_SECONDS) -> SyncResult:
+        """Set ``amount`` credits aside for ``ttl`` seconds (a long job about to start), once per
+        ``reference``; ``.data["hold_id"]``, or ``success`` false (402) when the member's available credits
+        do not cover it."""
+        timestamp = int(self.clock())
+        token = hold_token(self.secret_key, telegram_id, amount, self.source, timestamp, reference, ttl)
+        body = {"telegram_id": telegram_id, "amount": amount, "source": self.source, "timestamp": timestamp,
+                "token": token, "reference": reference, "ttl": ttl}  # fmt: skip
+        return self._post("/api/credits/holds", body, idempotent=True)
+
+    def capture(self, hold_id: int, amount: int) -> SyncResult:
+        """Charge what the job cost, at most what was held, once; the rest is released."""
+        timestamp = int(self.clock())
+        token = capture_token(self.secret_key, hold_id, amount, self.source, timestamp)
+        body = {"amount": amount, "source": self.source, "timestamp": timestamp, "token": token}
+        return self._post(f"/api/credits/holds/{hold_id}/capture", body, idempotent=True)
+
+    def void(self, hold_id: int) -> SyncResult:
+        """Give the held credits back (the job did not run)."""
+        timestamp = int(self.clock())
+        token = void_token(self.secret_key, hold_id, self.source, timestamp)
+        body = {"source": self.source, "timestamp": timestamp, "token": token}
+        return self._post(f"/api/credits/holds/{hold_id}/void", body, idempotent=True)
 
     def _read(self, path: str, params: dict[str, int | str] | None = None) -> dict[str, Any] | None:
         try:

@@ -9,8 +9,10 @@ key's hash, or its alias or user id by ``CREDITRELAY_KEY_FIELD``;
 ``creditCost``: ``ceil(response_cost * CREDITS_PER_USD)``) and commits it to the outbox, off the event
 loop, before the hook returns; ``creditrelay relay`` delivers it. Nothing it does can fail or slow the
 call: each failure is logged and counted (``creditrelay_litellm_events_total``), never raised. The
-pre-call hook asks creditrelay's allowance endpoint, keeps the answer a few seconds, and raises LiteLLM's
-own budget error for a suspended key; when creditrelay cannot be asked it lets the call through
+pre-call hook holds the call's worst-case cost (``POST /api/gateway/holds``; the usage event carries
+``holdId`` and settles it, a failed call voids it), raising LiteLLM's own budget error when the member's
+available credits do not cover it; a call it cannot price asks the allowance endpoint instead, keeps the
+answer a few seconds, and is refused for a suspended key; when creditrelay cannot be asked it lets the call through
 (``CREDITRELAY_FAIL_MODE=open``, the default) or refuses it (``closed``).
 
 Needs the ``litellm`` extra (docs/litellm.md says how to install it): nothing else of creditrelay imports
@@ -27,7 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 import litellm
 import structlog
@@ -37,10 +39,12 @@ from prometheus_client import Counter
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from creditrelay.schema.errors import DatabaseUnavailable, SettingsError
+from creditrelay.schema.holds import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.wire import BIGINT_MAX, MAX_MODEL, MAX_TIMESTAMP, EnvelopeError, parse_event, web_url
 from creditrelay.sender.allowance import Allowance
 from creditrelay.sender.events import encode_event, usage_event
+from creditrelay.sender.litellm_costs import worst_case_credits
 from creditrelay.sender.outbox import DEFAULT_OUTBOX_URL, Outbox
 
 log = structlog.get_logger()
@@ -65,6 +69,7 @@ class LiteLLMSettings:
     gateway_token: str | None = None
     fail_closed: bool = False
     allowance_seconds: float = 5.0  # how long an answer of the allowance endpoint is kept
+    hold_seconds: int = DEFAULT_TTL_SECONDS  # how long a call's hold lasts if nothing settles it
     timeout: float = 2.0  # seconds the hook waits for creditrelay
 
     @classmethod
@@ -101,6 +106,11 @@ class LiteLLMSettings:
         if seconds > MAX_ALLOWANCE_SECONDS:
             raise SettingsError(f"CREDITRELAY_ALLOWANCE_SECONDS must be at most {MAX_ALLOWANCE_SECONDS}")
         cache_hit = get("CREDITRELAY_CACHE_HIT_CREDITS")
+        hold = get("CREDITRELAY_HOLD_SECONDS") or str(DEFAULT_TTL_SECONDS)
+        if not (hold.isascii() and hold.isdigit() and 0 < int(hold[:6]) <= MAX_TTL_SECONDS):
+            raise SettingsError(
+                f"CREDITRELAY_HOLD_SECONDS must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}"
+            )
         return cls(
             credits_per_usd=per_usd,
             outbox_url=get("CREDITRELAY_OUTBOX_URL") or DEFAULT_OUTBOX_URL,
@@ -111,6 +121,7 @@ class LiteLLMSettings:
             gateway_token=token,
             fail_closed=fail_mode == "closed",
             allowance_seconds=float(seconds),
+            hold_seconds=int(hold),
         )
 
 
@@ -199,7 +210,7 @@ def billed_key(configured: Any, key_hash: str, field: str) -> str:
     return key_hash
 
 
-def event_of(logged: Mapping[str, Any], settings: LiteLLMSettings) -> tuple[str, bytes]:
+def event_of(logged: Mapping[str, Any], settings: LiteLLMSettings, hold_id: int | None = None) -> tuple[str, bytes]:
     """The usage event of one logged call (its id, its exact bytes), checked as the receiver will check it.
 
     What bills (the key, the cost) must be right or the call is ``Skipped``; what only describes it is
@@ -248,6 +259,8 @@ def event_of(logged: Mapping[str, Any], settings: LiteLLMSettings) -> tuple[str,
     )
     if _text(call_id, 256) is not None:
         event["data"]["litellmCallId"] = call_id  # kept with the payload: to find the call in LiteLLM's logs
+    if hold_id is not None:
+        event["data"]["holdId"] = hold_id  # the usage settles the call's hold
     body = encode_event(event)
     try:
         parse_event(body)
@@ -267,6 +280,7 @@ class CreditRelayLogger(CustomLogger):
         self.allowance = Allowance(
             settings.receiver_url or "", settings.gateway_token or "", settings.allowance_seconds, settings.timeout
         )
+        self.holds: dict[str, int] = {}  # litellm_call_id -> the hold its pre-call hook placed
 
     @property
     def outbox(self) -> Outbox:
@@ -294,7 +308,9 @@ class CreditRelayLogger(CustomLogger):
         (SQLite's lock held past its timeout, a server away) is tried again for up to ``OUTBOX_PATIENCE``
         seconds, on this worker thread."""
         try:
-            event_id, body = event_of(kwargs.get("standard_logging_object") or {}, self.settings)
+            logged = kwargs.get("standard_logging_object") or {}
+            hold_id = self.take_hold(logged.get("litellm_call_id") if isinstance(logged, Mapping) else None)
+            event_id, body = event_of(logged, self.settings, hold_id)
             written = Retrying(
                 retry=retry_if_exception_type(DatabaseUnavailable),
                 stop=stop_after_delay(OUTBOX_PATIENCE),
@@ -317,16 +333,42 @@ class CreditRelayLogger(CustomLogger):
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self.record(kwargs)
 
+    def take_hold(self, call_id: Any) -> int | None:
+        """The hold the call's pre-call hook placed, once (its success or its failure takes it)."""
+        return self.holds.pop(call_id, None) if isinstance(call_id, str) else None
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        """A call that failed gives its hold back."""
+        hold_id = self.take_hold(kwargs.get("litellm_call_id") if isinstance(kwargs, dict) else None)
+        if hold_id is not None:
+            await self.allowance.release(hold_id)
+
+    async def _held(self, key: str, data: dict[str, Any]) -> bool | Literal["unpriced"] | None:
+        """Hold the call's worst-case cost (``litellm_costs``): whether it was held (None: creditrelay
+        cannot be asked), or ``"unpriced"`` when the call has no id or cannot be priced."""
+        call_id = data.get("litellm_call_id")
+        worst = worst_case_credits(data, self.settings.credits_per_usd) if isinstance(call_id, str) else None
+        if worst is None or not isinstance(call_id, str):
+            return "unpriced"
+        held, hold_id = await self.allowance.hold(key, worst, self.settings.hold_seconds)
+        if hold_id is not None:
+            self.holds[call_id] = hold_id
+        return held
+
     async def async_pre_call_hook(
         self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any]:
-        """Refuse the call of a key creditrelay has suspended, as LiteLLM refuses one over its budget."""
+        """Hold the call's worst-case cost, refused as LiteLLM refuses a call over its budget when the
+        member's available credits do not cover it; a call that cannot be priced is asked for as before:
+        refused while creditrelay has the key suspended."""
         token = getattr(user_api_key_dict, "token", None)  # a virtual key's hash, or no virtual key's call
         if self.settings.receiver_url is None or not isinstance(token, str) or not VIRTUAL_KEY.fullmatch(token):
             return data  # the master key, a service account, a JWT: billed to nobody, refused by nobody
         field = self.settings.key_field
         key = billed_key(getattr(user_api_key_dict, KEY_FIELDS[field], None), token, field)
-        allowed = await self.allowance.allowed(key)
+        allowed = await self._held(key, data)
+        if allowed == "unpriced":
+            allowed = await self.allowance.allowed(key)
         if allowed or (allowed is None and not self.settings.fail_closed):
             return data
         message = (

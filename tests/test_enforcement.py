@@ -107,9 +107,14 @@ def test_the_allowance_says_whether_a_key_may_be_served(database: Database) -> N
         assert client.get("/api/gateway/allowance/17").status_code == 401
         assert client.get("/api/gateway/allowance/17", headers={"Authorization": "Bearer nope"}).status_code == 401
         alice = client.get("/api/gateway/allowance/17", headers=bearer)
-        assert alice.json()["data"] == {"allowed": True, "balance": 5, "suspended": False}
+        assert alice.json()["data"] == {"allowed": True, "balance": 5, "suspended": False, "available": 5}
         bob = client.get("/api/gateway/allowance/18", headers=bearer).json()["data"]
-        assert bob == {"allowed": False, "balance": 0, "suspended": False}  # enforcement off: nothing suspended
+        assert bob == {
+            "allowed": False,
+            "balance": 0,
+            "suspended": False,
+            "available": 0,
+        }  # enforcement off: nothing suspended
         unknown = client.get("/api/gateway/allowance/99", headers=bearer)
         assert (unknown.status_code, unknown.json()["success"]) == (404, False)
         metrics = client.get("/metrics").text

@@ -4,7 +4,7 @@ Each prints one JSON object; a change is one transaction."""
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from creditrelay.cli.base import MAX_AMOUNT, CommandError, command, integer, now, remote_key, transaction
+from creditrelay.cli.base import MAX_AMOUNT, CommandError, command, instant, integer, now, remote_key, transaction
 from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,8 +39,24 @@ def cmd_user_set_gateway_user(args: argparse.Namespace, settings: Settings) -> i
 
 def cmd_user_show(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.billing.accounts import find_user
+    from creditrelay.billing.grants import grants_of
+    from creditrelay.billing.holds import open_holds
+    from creditrelay.schema.shapes import to_json
 
-    return transaction(settings, lambda c: find_user(c, args.user))
+    def work(connection: "Connection") -> dict[str, Any]:
+        user = find_user(connection, args.user)
+        grants = grants_of(connection, user.id)
+        held = open_holds(connection, user.id, now())
+        shown: dict[str, Any] = to_json(user)
+        return shown | {
+            "grants": grants.live,
+            "consumption": {"granted": grants.granted_used, "purchased": grants.purchased_used},
+            "expired": grants.expired,
+            "held": sum(hold.amount for hold in held),
+            "holds": held,
+        }
+
+    return transaction(settings, work)
 
 
 def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -83,6 +99,7 @@ def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_credit(args: argparse.Namespace, settings: Settings) -> int:
     """``topup`` and ``adjust``: the same answer, a change recorded once per reference."""
     from creditrelay.billing.accounts import adjust, find_user, top_up
+    from creditrelay.billing.grants import GrantTerms
     from creditrelay.billing.ledger import CreditStatus
 
     def work(connection: "Connection") -> dict[str, Any]:
@@ -90,7 +107,8 @@ def cmd_credit(args: argparse.Namespace, settings: Settings) -> int:
         if args.adjust:
             outcome = adjust(connection, user.id, args.amount, args.reference, args.reason, now())
         else:
-            outcome = top_up(connection, user.id, args.amount, args.reference, now(), args.reason)
+            terms = GrantTerms(args.kind, args.priority, args.expires_at)
+            outcome = top_up(connection, user.id, args.amount, args.reference, now(), args.reason, terms)
         return {
             "userId": user.id,
             "email": user.email,
@@ -102,6 +120,12 @@ def cmd_credit(args: argparse.Namespace, settings: Settings) -> int:
         }
 
     return transaction(settings, work)
+
+
+def cmd_grant_void(args: argparse.Namespace, settings: Settings) -> int:
+    from creditrelay.billing.grants import void_grant
+
+    return transaction(settings, lambda c: void_grant(c, args.grant_id, args.reason, now()))
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,6 +199,17 @@ def register(commands: Any) -> None:
             "--reference", required=True, help="an order or ticket id: the same reference again is a duplicate"
         )
         sub.add_argument("--reason", required=name == "adjust", help="why, kept with the transaction")
+        if name == "topup":
+            sub.add_argument("--expires-at", type=instant, metavar="ISO8601", help="the credits expire then (UTC)")
+            sub.add_argument(
+                "--priority", type=integer(0, 1_000_000), metavar="N", help="lower is spent first (default: after all)"
+            )
+            sub.add_argument("--kind", choices=("paid", "promo"), default="paid", help="paid (default) or promo")
+
+    grant = command(commands, "grant", cmd_grant_void, "credit grants (a top-up with an expiry or a priority)")
+    void = command(grant.add_subparsers(required=True, metavar="ACTION"), "void", cmd_grant_void, "end a grant now")
+    void.add_argument("grant_id", type=integer(1, MAX_ID), metavar="GRANT_ID", help="the grant's id (user show)")
+    void.add_argument("--reason", required=True, help="why, kept with its expiry transaction")
 
     replay = command(commands, "replay", cmd_replay, "run a stored webhook delivery through billing again")
     replay.add_argument("event_id", metavar="EVENT_ID", help="the delivery's eventId (a failed one is charged now)")

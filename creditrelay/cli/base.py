@@ -147,6 +147,15 @@ def remote_key(text: str) -> str:
     return key
 
 
+def instant(text: str) -> datetime:
+    """An ISO-8601 date/time (UTC unless it says otherwise), naive UTC as the tables keep it."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time (e.g. 2026-01-31T00:00:00Z): {text[:40]!r}") from None
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
 def moment(text: str) -> int:
     """Unix seconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
     if text.isascii() and text.isdigit() and len(text) <= 12:

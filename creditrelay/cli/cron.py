@@ -195,7 +195,14 @@ def rights_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def cmd_expire(_args: argparse.Namespace, settings: Settings) -> int:
+    from creditrelay.billing.expiry import expire_once
+
+    return emit(expire_once(ledger(settings), now))
+
+
 def register(commands: Any) -> None:
+    command(commands, "expire", cmd_expire, "end the grants and holds past their expiry (one pass)")
     poll = command(commands, "poll", cmd_poll, "bill new-api's consume log (one pass, or --every SECONDS)")
     poll.add_argument("--since", type=moment, help="start of the first window (default: watermark - overlap)")
     poll.add_argument("--every", type=number(1), metavar="SECONDS", help="keep polling at this interval")
