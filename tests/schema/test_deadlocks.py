@@ -45,7 +45,10 @@ def test_a_real_deadlock_is_retried_until_both_commit(database: Database) -> Non
         thread.join(60)
     balances = database.rows("SELECT balance FROM users WHERE id IN (:a, :b) ORDER BY id", a=ids[0], b=ids[1])
     assert [int(b) for (b,) in balances] == [2, 2]  # both committed, each once
-    assert sorted(attempts.values()) == [1, 2]  # the database chose a victim, which ran again
+    first, again = sorted(attempts.values())
+    # the database chose a victim, which ran again (on a loaded machine its rerun may also wait out the lock
+    # timeout while the winner commits, and run a third time: retried all the same)
+    assert first == 1 and again >= 2
 
 
 def _log_row(event_id: str) -> dict[str, Any]:
