@@ -134,7 +134,7 @@ def place_hold(connection: Connection, request: HoldRequest, suspend_at: int, no
     if request.request_id is not None:
         earlier = _by_request(connection, request.source, request.request_id)
         if earlier is not None:
-            return _again(earlier, request, available)
+            return _again(earlier, request, available, now)
     if request.amount > available:
         return HoldOutcome(False, available)
     row = {
@@ -149,16 +149,22 @@ def place_hold(connection: Connection, request: HoldRequest, suspend_at: int, no
         earlier = _by_request(connection, request.source, str(request.request_id))
         if earlier is None:
             raise
-        return _again(earlier, request, available)
+        return _again(earlier, request, available, now)
     assert created is not None
     _count_open(connection, {request.user_id: 1})
     hold = _hold(connection, int(created[0]))
     return HoldOutcome(True, available - request.amount, hold)
 
 
-def _again(earlier: Hold, request: HoldRequest, available: int) -> HoldOutcome:
+def _again(earlier: Hold, request: HoldRequest, available: int, now: datetime) -> HoldOutcome:
+    """The earlier hold of the same request id, while it still holds; one that ended (settled, voided,
+    captured, expired) sets nothing aside any more, so answering it as allowed would serve on credits
+    nobody holds: a conflict naming its state."""
     if earlier.user_id != request.user_id:
         raise HoldConflict(f"requestId {request.request_id} names another member's hold")
+    if earlier.state != OPEN or earlier.expires_at <= now:
+        state = earlier.state if earlier.state != OPEN else EXPIRED
+        raise HoldConflict(f"requestId {request.request_id} names hold {earlier.id}, which is {state}: use a new one")
     return HoldOutcome(True, available, earlier)
 
 
@@ -271,6 +277,8 @@ def capture(connection: Connection, hold_id: int, source: str, amount: int, now:
         return hold
     if hold.state != OPEN:
         raise HoldConflict(f"hold {hold_id} is {hold.state}: nothing to capture")
+    if hold.expires_at <= now:  # no longer counted as held: others may have spent its credits
+        raise HoldConflict(f"hold {hold_id} is {EXPIRED}: nothing to capture")
     reference = f"hold:{hold_id}:capture"
     if amount:
         change = CreditChange(hold.user_id, -amount, reference, "capture", source=source, allow_overdraft=True)

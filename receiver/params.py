@@ -53,14 +53,20 @@ def query_moment(request: Request, name: str) -> datetime | None:
     return None if text is None else moment(text, name)
 
 
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
+
+
 def query_day(request: Request, name: str, default: date) -> date:
     text = request.query_params.get(name)
     if not text:
         return default
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise ApiError(400, f"{name}: a day as YYYY-MM-DD") from None
+    if not FIRST_DAY <= day <= LAST_DAY:  # a range is counted from it in days: room on both sides
+        raise ApiError(400, f"{name}: a day from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def day_range(request: Request, today: date, default_days: int, most_days: int) -> tuple[date, date]:

@@ -91,8 +91,9 @@ async def statement(request: Request) -> Response:
     """The member's month as CSV, streamed from one read-only transaction."""
     service = service_of(request)
     user_id = await service.member(str(request.path_params["token"]))
-    text = request.query_params.get("month") or f"{service.today():%Y-%m}"
-    parse_month(text)  # a 400 naming month, before anything is streamed
+    given = request.query_params.get("month") or f"{service.today():%Y-%m}"
+    start, _ = parse_month(given)  # a 400 naming month, before anything is streamed
+    text = f"{start:%Y-%m}"  # as parsed: what was sent around it goes nowhere near the file name
 
     def lines() -> Any:
         with read_stream(service.engine) as connection:

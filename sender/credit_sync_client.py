@@ -115,7 +115,11 @@ class CreditSyncClient:
         }
         if reference is not None:
             body["external_reference"] = reference
-        body |= {name: value for name, value in zip(("expires_at", "priority", "kind"), grant, strict=True) if value}
+        body |= {
+            name: value
+            for name, value in zip(("expires_at", "priority", "kind"), grant, strict=True)
+            if value is not None
+        }
         return body
 
     def _send(self, request: Callable[[], httpx.Response], idempotent: bool) -> httpx.Response:

@@ -40,4 +40,6 @@ def worst_case_credits(data: Mapping[str, Any], credits_per_usd: Decimal) -> int
     if input_price is None or output_price is None or output is None:
         return None
     credits = math.ceil((input_price * prompt + output_price * output) * credits_per_usd)
-    return credits if 0 < credits <= MAX_AMOUNT else None
+    # past the bound of an amount, held at the bound (which no balance covers): a caller's huge max_tokens
+    # must not turn a hold into the allowance check
+    return min(credits, MAX_AMOUNT) if credits > 0 else None

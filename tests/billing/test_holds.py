@@ -16,6 +16,7 @@ from creditrelay.billing.holds import (
     HoldError,
     HoldOutcome,
     HoldRequest,
+    capture,
     end_hold,
     held,
     place_hold,
@@ -154,3 +155,32 @@ def test_a_grant_past_its_expiry_is_not_available_to_a_hold(database: Database) 
     outcome = in_transaction(database, lambda c: place_hold(c, asked, 0, NOW + timedelta(minutes=2)))
     assert (outcome.allowed, outcome.available) == (False, 0)
     assert database.count("credit_transactions", "type = 'expiry'") == 1
+
+
+def test_a_request_id_whose_hold_ended_is_refused_not_answered_as_held(database: Database) -> None:
+    """A hold voided, settled or past its time sets nothing aside: asking again by its request id is a
+    conflict naming its state, never ``allowed`` on credits nobody holds."""
+    alice = make_user(database, "alice@example.com", 100, "k1")
+    placed = hold(database, alice, 100, "req-void").hold
+    assert placed is not None
+    in_transaction(database, lambda c: end_hold(c, placed.id, GATEWAY, VOIDED, NOW))
+    with pytest.raises(HoldConflict, match="voided"):
+        hold(database, alice, 100, "req-void")
+    timed = hold(database, alice, 100, "req-late", ttl_seconds=60).hold
+    assert timed is not None
+    late = HoldRequest(alice, 100, GATEWAY, request_id="req-late")
+    with pytest.raises(HoldConflict, match="expired"):
+        in_transaction(database, lambda c: place_hold(c, late, 0, NOW + timedelta(seconds=61)))
+
+
+def test_a_hold_past_its_time_cannot_be_captured(database: Database) -> None:
+    """Once past its expiry a hold is no longer counted, so its credits may be spent by others: a capture
+    then is a conflict, not an overdraft."""
+    alice = make_user(database, "alice@example.com", 100, "k1")
+    asked = HoldRequest(alice, 100, "credit_api:bot", request_id="job-1", ttl_seconds=60)
+    placed = in_transaction(database, lambda c: place_hold(c, asked, 0, NOW)).hold
+    assert placed is not None
+    later = NOW + timedelta(seconds=61)
+    with pytest.raises(HoldConflict, match="expired"):
+        in_transaction(database, lambda c: capture(c, placed.id, "credit_api:bot", 100, later))
+    assert database.scalar("SELECT balance FROM users") == 100

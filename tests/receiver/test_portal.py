@@ -171,3 +171,19 @@ def test_the_json_api_answers_with_the_link_as_bearer(site: Site) -> None:
         answer = site.client.get("/api/portal/account", headers=refused)
         assert answer.status_code == 404
         assert answer.json() == {"success": False, "message": "Not found"}
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # the parameters' edges: no database work
+def test_days_at_the_calendars_edges_and_a_padded_month_are_a_400_or_clean(site: Site) -> None:
+    """A range counted from a day at the calendar's ends is a 400 naming the day, never an overflow; a
+    month sent with spaces around it downloads under the month's own name, nothing of the padding."""
+    for params in ({"to": "0001-01-01"}, {"from": "9999-12-30", "to": "9999-12-31"}):
+        answer = site.client.get(site.alice_path, params=params)
+        assert answer.status_code == 400
+        assert "a day from 1970-01-01" in answer.text
+    padded = site.client.get(f"{site.alice_path}/statement.csv", params={"month": "2026-02\u2003"})
+    assert padded.status_code == 200
+    assert padded.headers["content-disposition"] == 'attachment; filename="statement-2026-02.csv"'
+    broken = site.client.get(f"{site.alice_path}/statement.csv", params={"month": "2026-02\r\nX-Evil: 1"})
+    assert broken.status_code == 400
+    assert "x-evil" not in broken.headers

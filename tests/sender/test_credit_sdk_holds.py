@@ -102,3 +102,8 @@ def test_a_top_up_with_grant_terms_is_a_grant_signed_with_them(
     deduct = sdk._signed(TELEGRAM_ID, -5, "x", "d-1") | {"priority": 1}
     reply = httpx.post(f"{receiver.url}/api/credits/sync", json=deduct, headers={"X-Api-Key": creds.api_key})
     assert (reply.status_code, "top-up" in reply.json()["message"]) == (400, True)
+    first = sdk.add_credits(TELEGRAM_ID, 5, "first", reference="promo-0", priority=0)  # 0 is sent and signed
+    assert (first.success, database.scalar("SELECT priority FROM credit_grants WHERE reference LIKE '%promo-0'")) == (
+        True,
+        0,
+    )

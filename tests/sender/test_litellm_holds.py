@@ -19,6 +19,7 @@ import pytest
 from litellm.proxy._types import ProxyException, UserAPIKeyAuth
 
 from creditrelay.receiver.app import create_app
+from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.signing import WebhookSecret
 from creditrelay.sender.delivery import Signer
 from creditrelay.sender.litellm import CreditRelayLogger, LiteLLMSettings
@@ -140,3 +141,9 @@ def test_an_unpriced_call_asks_the_allowance_and_holds_nothing(site: str, databa
     assert asyncio.run(logger.async_pre_call_hook(UserAPIKeyAuth(token=KEY), None, data, "completion")) == data
     assert database.count("credit_holds") == 0
     assert worst_case_credits({"model": MODEL, "messages": []}, RATE) is None
+
+
+def test_a_worst_case_past_the_bound_is_held_at_the_bound_not_skipped() -> None:
+    """A caller's huge ``max_tokens`` prices the call past any amount: it is held at the bound (which no
+    balance covers, so it is refused), never sent to the allowance check instead."""
+    assert worst_case_credits(request(0) | {"max_tokens": 10**15}, RATE) == MAX_AMOUNT
