@@ -39,13 +39,9 @@ def post(client: httpx.Client, event_id: str, **fields: Any) -> httpx.Response:
     return client.post("/api/webhooks/events", content=body, headers=seed_headers(body), timeout=10)
 
 
-def test_serve_with_a_closed_log_pipe_answers_every_request(database: Database, tmp_path: Path) -> None:
-    """`serve` whose stderr is a pipe nobody reads any more (a dead log shipper, `| head`): charges, refusals
-    and health are answered as usual, at debug level too."""
-    add_user(database.engine)
+def _serve_without_logs(env: dict[str, str]) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """``serve`` on a free port with stdout and stderr pipes closed at once; None if it died starting."""
     port = free_port()
-    env = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": database.url.render_as_string(hide_password=False),
-           "LOG_LEVEL": "debug", "PATH": "/usr/bin:/bin"}  # fmt: skip
     server = subprocess.Popen(
         [CREDITRELAY, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
@@ -53,17 +49,33 @@ def test_serve_with_a_closed_log_pipe_answers_every_request(database: Database, 
     assert server.stderr is not None
     server.stdout.close()
     server.stderr.close()  # every log line from now on meets EPIPE
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while server.poll() is None:
+        try:
+            if httpx.get(f"{url}/api/webhooks/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.1)
+    return None, url
+
+
+def test_serve_with_a_closed_log_pipe_answers_every_request(database: Database, tmp_path: Path) -> None:
+    """`serve` whose stderr is a pipe nobody reads any more (a dead log shipper, `| head`): charges, refusals
+    and health are answered as usual, at debug level too."""
+    add_user(database.engine)
+    env = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": database.url.render_as_string(hide_password=False),
+           "LOG_LEVEL": "debug", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    # A port found free can be taken by another test's process before serve binds it; serve then exits (and,
+    # its stderr closed, says nothing): started again on another port, up to three times. A serve that dies
+    # at every start fails the test.
+    for _ in range(3):
+        server, url = _serve_without_logs(env)
+        if server is not None:
+            break
+    assert server is not None, "serve died at every start"
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None, "serve died"
-            try:
-                if httpx.get(f"{url}/api/webhooks/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "serve did not come up"
-                time.sleep(0.1)
         with httpx.Client(base_url=url) as client:
             assert post(client, "evt-1", cost=10).json()["duplicate"] is False
             assert post(client, "evt-1", cost=10).json()["duplicate"] is True
