@@ -15,12 +15,12 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.dbcpu import server_cpu_seconds
+from scripts.processes import revisions
 
 ROOT = Path(__file__).resolve().parents[1]
 URLS = {
@@ -63,20 +63,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=6000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    roots = {"this tree": ROOT}
-    if args.ref:
-        worktree = Path(tempfile.mkdtemp(prefix="creditrelay-ref-"))
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.ref], cwd=ROOT, check=True,
-                       capture_output=True)  # fmt: skip
-        roots[args.ref] = worktree
     print("the database server's CPU per event, the writer alone (batches of 32, unique events with requestId):")
-    for kind, url in URLS.items():
-        for name, root in roots.items():
-            try:
-                figure = f"{per_event_us(root, url, args.events, args.rounds):7.1f} µs"
-            except subprocess.CalledProcessError as error:  # a revision from before this database was supported
-                figure = f"(not measured: {error.stderr.decode().strip().splitlines()[-1][:80]})"
-            print(f"  {kind:10} {name:12} {figure}", flush=True)
+    with revisions(ROOT, [args.ref] if args.ref else []) as roots:
+        for kind, url in URLS.items():
+            for name, root in roots.items():
+                try:
+                    figure = f"{per_event_us(root, url, args.events, args.rounds):7.1f} µs"
+                except subprocess.CalledProcessError as error:  # a revision from before this database was supported
+                    figure = f"(not measured: {error.stderr.decode().strip().splitlines()[-1][:80]})"
+                print(f"  {kind:10} {name:12} {figure}", flush=True)
 
 
 if __name__ == "__main__":

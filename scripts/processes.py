@@ -1,11 +1,15 @@
 """The `creditrelay` console script as a real process: start it, wait for it, kill it like an operator would."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -52,3 +56,23 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(10)
         except subprocess.TimeoutExpired:
             kill_hard(process)
+
+
+@contextmanager
+def revisions(root: Path, refs: Sequence[str]) -> Iterator[dict[str, Path]]:
+    """``{"this tree": root}`` and each of ``refs`` checked out in a temporary git worktree, side by side;
+    the worktrees are removed (files and git's record of them) when the block ends, however it ends."""
+    trees = {"this tree": root}
+    try:
+        for ref in refs:
+            tree = Path(tempfile.mkdtemp(prefix="creditrelay-ref-"))
+            trees[ref] = tree
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=root, check=True,
+                           capture_output=True)  # fmt: skip
+        yield trees
+    finally:
+        for ref in refs:
+            if ref in trees:
+                subprocess.run(["git", "worktree", "remove", "--force", str(trees[ref])], cwd=root, check=False,
+                               capture_output=True)  # fmt: skip
+                shutil.rmtree(trees[ref], ignore_errors=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.processes import revisions
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "request-cost-secret-request-cost-secret"  # noqa: S105 - a throwaway server's
@@ -91,16 +92,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    roots = {"this tree": ROOT}
-    for ref in args.ref:
-        worktree = Path(tempfile.mkdtemp(prefix="creditrelay-ref-"))
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), ref], cwd=ROOT, check=True,
-                       capture_output=True)  # fmt: skip
-        roots[ref] = worktree
-    figures: dict[str, list[float]] = {name: [] for name in roots}
-    for _ in range(args.rounds):
-        for name, root in roots.items():
-            figures[name].append(one_run(root, args.seconds, args.events))
+    with revisions(ROOT, args.ref) as roots:
+        figures: dict[str, list[float]] = {name: [] for name in roots}
+        for _ in range(args.rounds):
+            for name, root in roots.items():
+                figures[name].append(one_run(root, args.seconds, args.events))
     print("the receiver's CPU per webhook request over HTTP (SQLite, unique events with requestId, wrk -c16):")
     for name, runs in figures.items():
         print(f"  {name:12} {statistics.median(runs):6.1f} µs  (rounds: {', '.join(f'{r:.0f}' for r in runs)})")

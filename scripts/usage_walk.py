@@ -21,6 +21,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.processes import revisions  # noqa: E402 - the checkout first on the path, as a script
+
 PACKAGES = ("receiver", "billing", "schema", "sender", "creditrelay")
 
 CHILD = r"""
@@ -117,15 +121,9 @@ def main() -> None:
     parser.add_argument("--ref", help="also walk this committed revision (in a temporary git worktree)")
     parser.add_argument("--hops", action="store_true", help="list each thread's hops too")
     args = parser.parse_args()
-    if args.ref:
-        with tempfile.TemporaryDirectory() as tree:
-            subprocess.run(["git", "worktree", "add", "--detach", tree, args.ref], cwd=ROOT, check=True,
-                           capture_output=True)  # fmt: skip
-            try:
-                report(args.ref, walk(Path(tree)), args.hops)
-            finally:
-                subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=True)
-    report("this checkout", walk(ROOT), args.hops)
+    with revisions(ROOT, [args.ref] if args.ref else []) as trees:
+        for name, tree in reversed(trees.items()):  # the older revision first, this checkout last
+            report("this checkout" if name == "this tree" else name, walk(tree), args.hops)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.processes import revisions  # noqa: E402 - the checkout first on the path, as a script
+
 EVENTS = (1056, 2080)  # 32 to warm up, then 32 or 64 batches of 32
 
 CHILD = """
@@ -72,17 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ref", help="also count this git revision (checked out in a temporary worktree)")
     args = parser.parse_args()
-    roots = {"this tree": ROOT}
-    if args.ref:
-        worktree = Path(tempfile.mkdtemp(prefix="creditrelay-ref-"))
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.ref], cwd=ROOT, check=True,
-                       capture_output=True)  # fmt: skip
-        roots[args.ref] = worktree
-    counts: dict[str, dict[str, int]] = {name: {} for name in roots}
-    for name, root in roots.items():
-        setup = per_event(root, SETUP)  # each tree's own: parsing an event is not the writer's work
-        for variant in VARIANTS if name == "this tree" else VARIANTS[:1]:
-            counts[name][variant] = per_event(root, variant) - setup
+    with revisions(ROOT, [args.ref] if args.ref else []) as roots:
+        counts: dict[str, dict[str, int]] = {name: {} for name in roots}
+        for name, root in roots.items():
+            setup = per_event(root, SETUP)  # each tree's own: parsing an event is not the writer's work
+            for variant in VARIANTS if name == "this tree" else VARIANTS[:1]:
+                counts[name][variant] = per_event(root, variant) - setup
     base = counts["this tree"]["with requestId"]
     print("instructions per event, the writer alone (callgrind, SQLite, batches of 32):")
     for name, variants in counts.items():
