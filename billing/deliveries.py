@@ -235,7 +235,8 @@ def _log_row(event: Event, now: datetime, outcome: DeliveryOutcome | None) -> di
         "payload": event.payload,
         "payloadHash": event.payload_hash,
         "remoteKeyId": None if event.usage is None else str(event.usage.remoteKeyId),
-        "status": LogStatus.PROCESSED if outcome is None else _FINAL.get(outcome.status, LogStatus.PROCESSED),
+        # the plain text, not the enum: a driver binds an exact str as it is, a subclass through its adapters
+        "status": (LogStatus.PROCESSED if outcome is None else _FINAL.get(outcome.status, LogStatus.PROCESSED)).value,
         "errorMsg": None if outcome is None else outcome.error,
         "processedAt": now,
         "createdAt": now,

@@ -74,11 +74,16 @@ class _Line:
         self.slack = timedelta(seconds=tolerance)
         self.outside = False  # a search asked about times the window does not cover
 
-    def near(self, match_key: str, at: datetime) -> list[Slot]:
-        """The slots within the tolerance of ``at``, nearest first (ties: older slot first)."""
+    def reach(self, at: datetime) -> tuple[datetime, datetime]:
+        """The times within the tolerance of ``at``, noting when the window does not cover them."""
         low, high = at - self.slack, at + self.slack
         if low < self.window[0] or high > self.window[1]:
             self.outside = True
+        return low, high
+
+    def near(self, match_key: str, at: datetime) -> list[Slot]:
+        """The slots within the tolerance of ``at``, nearest first (ties: older slot first)."""
+        low, high = self.reach(at)
         line = self.by_key.get(match_key, [])
         times = self.times.get(match_key, [])
         found = line[bisect.bisect_left(times, low) : bisect.bisect_right(times, high)]
@@ -116,7 +121,15 @@ def place(
         gap = abs(options[0].used_at - arrival.used_at) if options else line.slack * 2
         return gap, arrival.used_at, arrival.usage_key
 
-    for arrival in sorted(arrivals, key=nearest):
+    # An arrival whose fingerprint has no slot in the window pairs with nothing there: no search, only the
+    # note that a wider window is wanted when its own reach passes this one's
+    seeking = []
+    for arrival in arrivals:
+        if arrival.match_key in line.by_key:
+            seeking.append(arrival)
+        else:
+            line.reach(arrival.used_at)
+    for arrival in sorted(seeking, key=nearest):
         partner = Partner(arrival.usage_key, arrival.used_at, arrival.credit_cost, now)
         path = _augmenting_path(line, arrival.match_key, partner)
         if path is None:

@@ -14,6 +14,7 @@ Billing's ledger and the sender's outbox both use these engines; the transaction
 them are in ``schema.transactions``.
 """
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -172,6 +173,12 @@ def make_engine(
 
 
 def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
+    # The sqlite3 module adapts every parameter that is not exactly an int, float, str or bytearray, None
+    # included; with no adapter registered for a type, each such value costs a formatted AttributeError
+    # (~3,300 CPU instructions, callgrind). An adapter that answers None for None (a C method: no Python
+    # frame) makes it a dict hit, ~1,350 instructions less per NULL bound: the writer binds one to three
+    # per event (scripts/writer_instructions.py). The value bound stays None: nothing else changes.
+    sqlite3.register_adapter(type(None), _NONE.get)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
@@ -195,6 +202,9 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+_NONE: dict[Any, None] = {}  # its ``get`` answers None for None
 
 
 def _lower(value: Any) -> Any:

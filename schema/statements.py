@@ -317,8 +317,10 @@ def _checked(connection: Connection, sql: str, given: int) -> Any:
     check's ``SHOW WARNINGS`` is a call on the driver's connection, its errors translated as ``_run``'s (a
     Galera certification conflict can surface there)."""
     cursor = _run(connection, sql, None)
-    with _translated(connection, "SHOW WARNINGS", None, cursor):
+    try:
         return only_duplicates_ignored(cursor, given)
+    except connection.dialect.loaded_dbapi.Error as error:
+        raise _translated(connection, "SHOW WARNINGS", None, cursor, error) from error
 
 
 @cache
@@ -349,7 +351,7 @@ def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -
         cursor.adapters.register_dumper(int, Int8Dumper)
     else:
         cursor = raw.cursor()
-    with _translated(connection, sql, params, cursor):
+    try:  # a plain try, not a context manager: it runs for every statement of the hot path
         if many:
             cursor.executemany(sql, params)
         elif dialect.name == "mysql" and params:
@@ -358,21 +360,19 @@ def _run(connection: Connection, sql: str, params: Any, *, many: bool = False) -
             cursor.execute(sql, params, prepare=False)  # planned for its values, each time (the module's note)
         else:
             cursor.execute(sql, params)
+    except dialect.loaded_dbapi.Error as error:
+        raise _translated(connection, sql, params, cursor, error) from error
     return cursor
 
 
-@contextmanager
-def _translated(connection: Connection, sql: str, params: Any, cursor: Any) -> Iterator[None]:
-    """Driver errors raised inside come out as SQLAlchemy's exception types, so retries and 503s work as for
-    any other statement, and a connection the driver reports as broken is invalidated rather than
-    returned to the pool."""
+def _translated(connection: Connection, sql: str, params: Any, cursor: Any, error: Any) -> sa.exc.StatementError:
+    """A driver's error as SQLAlchemy's exception type, so retries and 503s work as for any other statement;
+    a connection the driver reports as broken is invalidated rather than returned to the pool."""
     dialect = connection.dialect
-    try:
-        yield
-    except dialect.loaded_dbapi.Error as error:
-        broken = dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)
-        if broken:
-            connection.invalidate(error)
-        raise sa.exc.DBAPIError.instance(
-            sql, params, error, dialect.loaded_dbapi.Error, connection_invalidated=broken, dialect=dialect
-        ) from error
+    broken = dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)
+    if broken:
+        connection.invalidate(error)
+    translated: sa.exc.StatementError = sa.exc.DBAPIError.instance(
+        sql, params, error, dialect.loaded_dbapi.Error, connection_invalidated=broken, dialect=dialect
+    )
+    return translated

@@ -179,9 +179,9 @@ def instructions() -> None:
     """The writer's instructions per event under callgrind (scripts/writer_instructions.py): the figure the
     host's noise does not move."""
     from scripts.writer_instructions import ROOT as TREE
-    from scripts.writer_instructions import SETUP, per_event
+    from scripts.writer_instructions import per_event
 
-    count = per_event(TREE, "with requestId") - per_event(TREE, SETUP)
+    count = per_event(TREE, "with requestId")
     print(f"\nthe writer's instructions per event (callgrind, SQLite, batches of 32, with requestId): {count:,}")
 
 
