@@ -80,26 +80,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self._malformed()
 
+    # The parser's callbacks run for every request: they call uvicorn's own by name, not through super(),
+    # and count only a head that arrived behind another request's (in a head, data_received counted it).
+
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._start_head()
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
+        if not self._in_head:
+            self._count(len(url))
+        HttpToolsProtocol.on_url(self, url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        super().on_header(name, value)
+        if not self._in_head:
+            self._count(len(name) + len(value))
+        HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         self._stop_head()
         self._in_head, self._head_bytes, self._tail = False, 0, b""
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_response_complete(self) -> None:
         self._in_head = True  # what comes next is the next request's head
-        super().on_response_complete()
+        HttpToolsProtocol.on_response_complete(self)
 
     def _head_arrived(self, data: bytes) -> int:
         """Count what of ``data`` belongs to the head (up to its blank line): the head's size so far. Counted
@@ -112,8 +117,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _count(self, size: int) -> None:
         """The parser's count, for a head that arrived behind another request's (pipelined)."""
-        if not self._in_head:
-            self._head_bytes += size
+        self._head_bytes += size
         if self._head_bytes > HEAD_LIMIT:
             self._too_large()
             raise _HeadRefused

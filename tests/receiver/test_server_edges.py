@@ -53,6 +53,18 @@ def test_a_head_past_its_limit_is_431_and_the_server_goes_on(receiver: Receiver)
     assert receiver.client.get("/api/webhooks/health").status_code == 200
 
 
+def test_a_head_past_its_limit_behind_another_request_is_431(receiver: Receiver) -> None:
+    """A request pipelined behind another, its head past 16 KiB, is refused too (the parser's count)."""
+    first = b"GET /api/webhooks/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    second = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 200_000 + b"\r\n\r\n"
+    with raw(receiver.url) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(first + second)
+        received = answer(sock)
+    assert b"HTTP/1.1 431 " in received
+    assert receiver.client.get("/api/webhooks/health").status_code == 200
+
+
 def test_a_head_that_does_not_arrive_in_time_is_cut_off(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection that sends nothing, or a header line now and then, is answered 408 and closed once
     the head's time is up (10 s; 0.5 s here)."""
