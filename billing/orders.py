@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from creditrelay.schema.errors import InvalidInput, NotFound
 from creditrelay.schema.orders import orders
 from creditrelay.schema.packages import CreditPackage, format_money
+from creditrelay.schema.shapes import iso
 
 PROVIDERS = ("stripe", "epay")
 CREATED, PAID, FAILED, REFUNDED, DISPUTED = "created", "paid", "failed", "refunded", "disputed"
@@ -71,7 +72,7 @@ class Order:
             "amount": self.price, "currency": self.currency, "status": self.status, "failure": self.failure,
             "refunded": format_money(self.refunded, self.currency), "takenBack": self.taken_back,
             "sessionId": self.session_id, "paymentIntentId": self.payment_intent_id,
-            "createdAt": self.created_at.isoformat(), "paidAt": self.paid_at.isoformat() if self.paid_at else None,
+            "createdAt": iso(self.created_at), "paidAt": iso(self.paid_at),
         }  # fmt: skip
 
 

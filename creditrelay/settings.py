@@ -182,6 +182,8 @@ def load_settings(
     if public is not None and not web_url(public):
         raise SettingsError("PUBLIC_BASE_URL must be an http:// or https:// URL with a host")
     packages, stripe, epay = _payments(config)
+    if epay["EPAY_URL"] is not None and public is None:
+        raise SettingsError("EPAY_URL needs PUBLIC_BASE_URL: EPay's notify and return URLs are made from it")
     return Settings(
         database_url=database_url,
         database_lock_timeout=_number(config, "DATABASE_LOCK_TIMEOUT", "5", minimum=0.1, integer=False),

@@ -10,6 +10,9 @@ KRW, … as Stripe lists them) takes a whole price.
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from creditrelay.schema.money import MAX_AMOUNT
 
@@ -110,3 +113,13 @@ def parse_packages(text: str) -> tuple[CreditPackage, ...]:
     if duplicated := sorted({name for name in names if names.count(name) > 1}):
         raise PackageError(f"package {duplicated[0]} is defined twice")
     return packages
+
+
+class OrderBody(BaseModel):
+    """``POST /api/portal/orders``: ``{"package", "provider": "stripe" | "epay", "type"?}``"""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    package: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    provider: Literal["stripe", "epay"]
+    type: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,16}$")] | None = None  # EPay's pay type
