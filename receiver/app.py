@@ -115,9 +115,7 @@ def create_app(
         if settings.epay_url and settings.epay_pid and settings.epay_key
         else None
     )
-    payment_service = payments.PaymentService(
-        engine, clock, settings.credit_packages, settings.public_base_url, epay
-    )
+    payment_service = payments.PaymentService(engine, clock, settings.credit_packages, settings.public_base_url, epay)
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
         Route("/api/webhooks/batch", batches.receive_batch, methods=["POST"]),
