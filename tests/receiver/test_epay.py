@@ -3,7 +3,6 @@ notify EPay sends (GET or POST form) is applied once and answered ``success``; a
 and recorded on the order, then the right one applies; a bad signature changes nothing; other statuses are
 acknowledged without effect. The test plays EPay: it signs with its own implementation of the scheme."""
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -16,6 +15,7 @@ from creditrelay.billing.portal import issue_link
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.packages import parse_packages
 from tests.support.database import Database
+from tests.support.fake_epay import epay_signature
 from tests.support.ledger import in_transaction, make_user
 from tests.support.receiver import settings_for
 from tests.support.server import serving
@@ -27,9 +27,7 @@ GATEWAY = "https://pay.example.com/submit.php"
 
 
 def sign(params: dict[str, str], key: str = KEY) -> str:
-    """EPay's signature, as the gateway's documentation gives it."""
-    text = "&".join(f"{k}={params[k]}" for k in sorted(params) if params[k] and k not in ("sign", "sign_type"))
-    return hashlib.md5((text + key).encode()).hexdigest()  # noqa: S324 - the provider's scheme
+    return epay_signature(params, key)
 
 
 @dataclass
