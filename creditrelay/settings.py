@@ -16,6 +16,7 @@ from starlette.config import Config
 from creditrelay.schema.database import DEFAULT_LOCK_TIMEOUT, with_driver
 from creditrelay.schema.errors import SettingsError as SettingsError  # raised here, defined with the others
 from creditrelay.schema.money import MAX_BALANCE
+from creditrelay.schema.packages import CreditPackage, PackageError, parse_packages
 from creditrelay.schema.portal_tokens import portal_key
 from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
 from creditrelay.schema.wire import web_url
@@ -55,6 +56,12 @@ class Settings:
     litellm_master_key: str | None = None
     portal_secret: str | None = None  # signs members' portal links (else the webhook secrets do)
     public_base_url: str | None = None  # where members reach creditrelay: portal links are printed as URLs
+    credit_packages: tuple[CreditPackage, ...] = ()  # what members can buy (CREDIT_PACKAGES)
+    stripe_webhook_secret: str | None = None  # whsec_…: verifies POST /api/payments/stripe
+    stripe_api_key: str | None = None  # creates Checkout Sessions
+    epay_url: str | None = None  # the EPay gateway's submit URL (…/submit.php)
+    epay_pid: str | None = None  # the merchant id
+    epay_key: str | None = None  # the merchant key: signs the submit URL, checks the notify
     log_level: str = "info"
     signing_from: str = "WEBHOOK_SECRET"  # or the development secret's file, when that was used
 
@@ -174,6 +181,9 @@ def load_settings(
     public = _optional(config, "PUBLIC_BASE_URL")
     if public is not None and not web_url(public):
         raise SettingsError("PUBLIC_BASE_URL must be an http:// or https:// URL with a host")
+    packages, stripe, epay = _payments(config)
+    if epay["EPAY_URL"] is not None and public is None:
+        raise SettingsError("EPAY_URL needs PUBLIC_BASE_URL: EPay's notify and return URLs are made from it")
     return Settings(
         database_url=database_url,
         database_lock_timeout=_number(config, "DATABASE_LOCK_TIMEOUT", "5", minimum=0.1, integer=False),
@@ -202,6 +212,12 @@ def load_settings(
         litellm_master_key=litellm["LITELLM_MASTER_KEY"],
         portal_secret=tokens["PORTAL_SECRET"],
         public_base_url=None if public is None else public.rstrip("/"),
+        credit_packages=packages,
+        stripe_webhook_secret=stripe["STRIPE_WEBHOOK_SECRET"],
+        stripe_api_key=stripe["STRIPE_API_KEY"],
+        epay_url=epay["EPAY_URL"],
+        epay_pid=epay["EPAY_PID"],
+        epay_key=epay["EPAY_KEY"],
         log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",
     )
 
@@ -211,3 +227,24 @@ def _balance(config: Config, name: str, default: str) -> int:
     if value > MAX_BALANCE:
         raise SettingsError(f"{name} must be at most {MAX_BALANCE}")
     return value
+
+
+def _payments(config: Config) -> tuple[tuple[CreditPackage, ...], dict[str, str | None], dict[str, str | None]]:
+    """CREDIT_PACKAGES, STRIPE_* and EPAY_* (docs/payments.md): each provider's settings go together."""
+    try:
+        packages = parse_packages(config("CREDIT_PACKAGES", default=""))
+    except PackageError as error:
+        raise SettingsError(f"CREDIT_PACKAGES: {error}") from None
+    stripe = {name: _optional(config, name) for name in ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY")}
+    if stripe["STRIPE_WEBHOOK_SECRET"] is not None and not stripe["STRIPE_WEBHOOK_SECRET"].startswith("whsec_"):
+        raise SettingsError("STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…)")
+    epay = {name: _optional(config, name) for name in ("EPAY_URL", "EPAY_PID", "EPAY_KEY")}
+    if any(epay.values()) and not all(epay.values()):
+        missing = ", ".join(name for name, value in epay.items() if not value)
+        raise SettingsError(f"{missing}: EPay needs EPAY_URL, EPAY_PID and EPAY_KEY")
+    if epay["EPAY_URL"] is not None and not web_url(epay["EPAY_URL"]):
+        raise SettingsError("EPAY_URL must be an http:// or https:// URL with a host (the gateway's submit.php)")
+    pid = epay["EPAY_PID"]
+    if pid is not None and (len(pid) > 64 or not pid.isascii() or not pid.isalnum()):
+        raise SettingsError("EPAY_PID must be the merchant id EPay gave (letters and digits)")
+    return packages, stripe, epay

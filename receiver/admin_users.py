@@ -26,6 +26,7 @@ from creditrelay.billing.grants import GrantError, GrantTerms, UnknownGrant, gra
 from creditrelay.billing.holds import open_holds
 from creditrelay.billing.ledger import CreditOutcome, CreditStatus, UnknownUser
 from creditrelay.billing.log_queries import LogFilter
+from creditrelay.billing.orders import list_orders
 from creditrelay.receiver.access_words import FLAG_TEXT, access_flag, access_sentence
 from creditrelay.receiver.admin_api import AdminService
 from creditrelay.receiver.admin_site import back, link, now_of, outcomes_text, render, replay, service_of
@@ -42,6 +43,7 @@ SHOWS = ("all", "below-zero", "low", "suspended")
 SORTS = {"balance": "lowest balance", "-balance": "highest balance", "email": "email", "newest": "newest"}
 PAGE = 50
 TRANSACTIONS = 50
+ORDERS = 20  # the newest orders the user page shows (`order list --user` has them all)
 
 
 def flags(service: AdminService, balance: int, standing: gateway_access.Standing | None) -> list[str]:
@@ -129,6 +131,7 @@ async def user(request: Request) -> Response:
     access = await service.read(lambda c: gateway_access.access_of(c, user_id))
     granted = await service.read(lambda c: grants_of(c, user_id))
     held = await service.read(lambda c: open_holds(c, user_id, now_of(service)))
+    bought = await service.read(lambda c: [o.as_json() for o in list_orders(c, user_id=user_id, limit=ORDERS)])
     charts = {}
     if before is None:  # the charts on the first page only: older pages are for reading the ledger
         found = await service.read(lambda c: user_queries.activity(c, user_id, now_of(service)))
@@ -148,6 +151,7 @@ async def user(request: Request) -> Response:
         ),
         grants=to_json(granted),
         holds=to_json(held),
+        orders=bought,
         enforcement=service.enforcement,
         transactions=to_json(page.transactions),
         older=None if page.older is None else link(here, before=page.older),

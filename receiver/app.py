@@ -20,6 +20,7 @@ from creditrelay.receiver import (
     holds,
     openapi,
     operator_api,
+    payments,
     portal_api,
 )
 from creditrelay.receiver.admin_pages import admin_pages
@@ -109,6 +110,12 @@ def create_app(
         public_base_url=settings.public_base_url,
     )
     portal_service = portal_api.PortalService(engine, settings.portal_keys, clock)
+    epay = (
+        payments.EpaySettings(settings.epay_url, settings.epay_pid, settings.epay_key)
+        if settings.epay_url and settings.epay_pid and settings.epay_key
+        else None
+    )
+    payment_service = payments.PaymentService(engine, clock, settings.credit_packages, settings.public_base_url, epay)
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
         Route("/api/webhooks/batch", batches.receive_batch, methods=["POST"]),
@@ -132,10 +139,13 @@ def create_app(
         Route("/docs", openapi.docs, methods=["GET"]),
         Route("/docs/static/{name}", openapi.docs_file, methods=["GET"]),
         Mount("/admin", app=admin_pages(admin_service)),
-        Mount("/portal", app=portal_pages(portal_service)),
+        Mount("/portal", app=portal_pages(portal_service, payment_service)),
         Route("/api/portal/account", portal_api.account, methods=["GET"]),
         Route("/api/portal/usage", portal_api.usage, methods=["GET"]),
         Route("/api/portal/transactions", portal_api.transactions, methods=["GET"]),
+        Route("/api/portal/orders", payments.create, methods=["POST"]),
+        Route(payments.NOTIFY_PATH, payments.epay_notify, methods=["GET", "POST"]),
+        Route(payments.RETURN_PATH, payments.returned, methods=["GET"]),
         Route("/api/admin/users", admin_api.users, methods=["GET"]),
         Route("/api/admin/users/{user_id}", admin_api.user, methods=["GET"]),
         Route("/api/admin/users/{user_id}/topup", admin_api.topup, methods=["POST"]),
@@ -160,6 +170,7 @@ def create_app(
     )
     app.state.admin = admin_service
     app.state.portal = portal_service
+    app.state.payments = payment_service
     app.state.allowance = allowance.AllowanceService(engine, settings.gateway_token, settings.suspend_at_balance, clock)
     app.state.operator = operator_api.OperatorService(
         database=engine.dialect.name,

@@ -53,12 +53,17 @@ def service_of(request: Request) -> PortalService:
     return service
 
 
-async def _bearer_member(request: Request) -> tuple[PortalService, int]:
-    service = service_of(request)
+def bearer_token(request: Request) -> str:
+    """The portal token of ``Authorization: Bearer …``; a 404 without one."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(404, NOT_FOUND)
-    return service, await service.member(token.strip())
+    return token.strip()
+
+
+async def bearer_member(request: Request) -> tuple[PortalService, int]:
+    service = service_of(request)
+    return service, await service.member(bearer_token(request))
 
 
 def _ok(data: Any) -> Response:
@@ -66,12 +71,12 @@ def _ok(data: Any) -> Response:
 
 
 async def account(request: Request) -> Response:
-    service, user_id = await _bearer_member(request)
+    service, user_id = await bearer_member(request)
     return _ok(await service.read(lambda c: portal.account(c, user_id)))
 
 
 async def usage(request: Request) -> Response:
-    service, user_id = await _bearer_member(request)
+    service, user_id = await bearer_member(request)
     start, end = day_range(request, service.today(), DEFAULT_RANGE_DAYS, portal.MAX_RANGE_DAYS)
     group_by = request.query_params.get("groupBy") or "day"
     if group_by not in GROUPS:
@@ -84,7 +89,7 @@ async def usage(request: Request) -> Response:
 
 
 async def transactions(request: Request) -> Response:
-    service, user_id = await _bearer_member(request)
+    service, user_id = await bearer_member(request)
     before = query_optional_int(request, "before")
     limit = int(query_optional_int(request, "limit", maximum=200) or TRANSACTIONS)
     page = await service.read(lambda c: user_queries.transactions(c, user_id, limit, before))

@@ -23,6 +23,7 @@ from creditrelay.receiver.admin_site import HEADERS, STATIC, link, when
 from creditrelay.receiver.charts import Frame, bars, horizontal_bars, top_series
 from creditrelay.receiver.errors import EXCEPTION_HANDLERS
 from creditrelay.receiver.params import day_range, query_optional_int
+from creditrelay.receiver.payments import PaymentService, buy_form, history, package_rows, payments_of
 from creditrelay.receiver.portal_api import DEFAULT_RANGE_DAYS, TRANSACTIONS, PortalService, service_of
 from creditrelay.schema.errors import CreditRelayError
 from creditrelay.schema.shapes import to_json
@@ -33,8 +34,10 @@ templates.env.filters["when"] = when
 PAGE_HEADERS = HEADERS | {"Cache-Control": "no-store", "X-Robots-Tag": "noindex"}
 
 
-def _render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=PAGE_HEADERS)
+def _render(
+    request: Request, name: str, status_code: int = 200, headers: dict[str, str] = PAGE_HEADERS, **context: Any
+) -> Response:
+    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=headers)
 
 
 def usage_charts(found: portal.Usage) -> dict[str, Any]:
@@ -67,12 +70,16 @@ async def page(request: Request) -> Response:
     account = await service.read(lambda c: portal.account(c, user_id))
     found = await service.read(lambda c: portal.usage(c, user_id, start, end))
     transactions = await service.read(lambda c: user_queries.transactions(c, user_id, TRANSACTIONS, before))
+    orders = await service.read(lambda c: history(c, user_id))
+    shop = payments_of(request)
     charts = await run_in_threadpool(usage_charts, found)  # drawing is CPU: off the event loop
     here = f"/portal/{token}"
     keep = {"from": request.query_params.get("from"), "to": request.query_params.get("to")}
+    policy = shop.page_policy(PAGE_HEADERS["Content-Security-Policy"])  # the Buy form goes to the provider
     return _render(
         request,
         "portal.html",
+        headers=PAGE_HEADERS | {"Content-Security-Policy": policy},
         here=here,
         account=to_json(account),
         start=start.isoformat(),
@@ -83,6 +90,9 @@ async def page(request: Request) -> Response:
         older=link(here, **keep, before=transactions.older) if transactions.older is not None else None,
         newest=link(here, **keep) if before is not None else None,
         months=months_between(account.first_month, today),
+        packages=package_rows(shop.packages) if shop.providers else [],
+        providers=shop.providers,
+        orders=orders,
         **charts,
     )
 
@@ -113,13 +123,15 @@ async def error_page(request: Request, exc: Exception) -> Response:
     return _render(request, "error.html", status, message=message)
 
 
-def portal_pages(service: PortalService) -> Starlette:
+def portal_pages(service: PortalService, payments: PaymentService) -> Starlette:
     routes = [
         Mount("/static", StaticFiles(directory=str(STATIC)), name="portal-static"),
         Route("/{token}", page, methods=["GET"]),
         Route("/{token}/statement.csv", statement, methods=["GET"]),
+        Route("/{token}/buy", buy_form, methods=["POST"]),
     ]
     handlers = EXCEPTION_HANDLERS | {CreditRelayError: error_page, HTTPException: error_page}
     pages = Starlette(routes=routes, exception_handlers=handlers)
     pages.state.portal = service
+    pages.state.payments = payments
     return pages

@@ -19,6 +19,7 @@ from sqlmodel import Field, SQLModel
 from creditrelay.schema.credit_tables import credit_grants as credit_grants  # the grants and holds, beside the rest
 from creditrelay.schema.credit_tables import credit_holds as credit_holds
 from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp
+from creditrelay.schema.orders import orders as orders  # what members bought (billing.orders)
 from creditrelay.schema.outbox import outbox_tables
 from creditrelay.schema.table_base import column
 from creditrelay.schema.table_base import metadata as metadata  # what alembic and the tests compare with

@@ -47,7 +47,7 @@ COMMAND_TIMEOUT = 60.0
 SETTINGS = (
     *("DATABASE_", "WEBHOOK_", "ADMIN_", "NEW_API_", "CREDIT", "POLL_", "LOG_LEVEL", "USAGE_MATCH_"),
     *("BODY_READ_", "PROMETHEUS_", "FORWARDED_ALLOW_IPS", "BACKUP_DIR", "KEEP_DAYS", "VIRTUAL_ENV"),
-    *("PORTAL_", "PUBLIC_BASE_URL"),
+    *("PORTAL_", "PUBLIC_BASE_URL", "EPAY_", "STRIPE_"),
 )
 
 # Commands a page shows in a console block that this test does not run, with the reason. Keep it short:
@@ -57,7 +57,7 @@ SKIP: dict[str, str] = {}
 FENCE = re.compile(r"^( *)```(\S*)\s*$")  # a fence indented inside a list item too
 HEREDOC = re.compile(r"(?<!<)<<-?\s*['\"]?(\w+)['\"]?")  # not a here-string (<<<)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-DOC_PORT = re.compile(rf"\b(?:localhost|127\.0\.0\.1):({SERVER_PORT}|{RELAY_PORT})\b")
+DOC_PORT = re.compile(rf"(?:\b(?:localhost|127\.0\.0\.1):|--port )({SERVER_PORT}|{RELAY_PORT})\b")
 LISTEN = re.compile(r"(?:--listen \S+:|--port )(\d+)")
 INSIDER_WORDS = re.compile(r"seed 0\d\d|§|\.\./shared|CONTRACT\.md", re.IGNORECASE)
 
@@ -241,6 +241,12 @@ def dev_server(checkout: Path, environment: dict[str, str], ports: dict[str, str
         stop(server)
 
 
+def _other_port(match: re.Match[str], ports: dict[str, str]) -> str:
+    """A page's port, an address (``localhost:4000``) or an option (``--port 4100``), moved to a free one."""
+    port = ports[match.group(1)]
+    return f"--port {port}" if match.group(0).startswith("--") else f"127.0.0.1:{port}"
+
+
 def page_id(page: Path) -> str:
     return page.relative_to(ROOT).as_posix()
 
@@ -259,7 +265,7 @@ def test_page_commands_run_as_shown(
             where = f"{page_id(page)}:{command.line}: {command.text.splitlines()[0]}"
             if any(command.text.startswith(prefix) for prefix in SKIP):
                 continue
-            text = DOC_PORT.sub(lambda match: f"127.0.0.1:{ports[match.group(1)]}", command.text)
+            text = DOC_PORT.sub(lambda match: _other_port(match, ports), command.text)
             status, output = shell.run(text)
             assert status == 0, f"{where}\nexited with {status}:\n{output}"
             assert output_matches(command.output, output), f"{where}\nshowed:\n{output}\nthe page says:\n" + "\n".join(

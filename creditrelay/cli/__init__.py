@@ -1,6 +1,6 @@
 """``creditrelay``: the one command line. Each module of the project has its subcommands here:
 ``server`` (migrate, serve), ``accounts`` (users, keys, credits, replay), ``cron`` (poll, reconcile,
-cleanup, credit API clients), ``gateway`` (check), ``outbox`` (send, relay, outbox).
+cleanup, credit API clients), ``orders`` (order list), ``gateway`` (check), ``outbox`` (send, relay, outbox).
 
 Building the parser imports nothing heavy: each command imports what it uses when it runs, so a cron job
 or an account command starts quickly. Account commands print one JSON object on stdout; errors are one
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import DBAPIError
 
 from creditrelay import __version__
-from creditrelay.cli import accounts, cron, gateway, outbox, server
+from creditrelay.cli import accounts, cron, gateway, orders, outbox, server
 from creditrelay.cli.base import Handler, Parser, fail
 from creditrelay.schema.errors import CreditRelayError, DatabaseUnavailable, SettingsError
 
@@ -26,7 +26,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"creditrelay {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=Parser)
-    for module in (server, accounts, cron, gateway, outbox):
+    for module in (server, accounts, orders, cron, gateway, outbox):
         module.register(commands)
     return parser
 
