@@ -12,6 +12,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts.benchkit import ROOT as TREE
 from scripts.benchkit import (
     Result,
     Summary,
@@ -34,6 +36,7 @@ from scripts.benchkit import (
     writer_cost_us,
 )
 from scripts.dbcpu import server_cpu_seconds
+from scripts.processes import revisions
 
 HERE = Path(__file__).resolve().parent
 SECRET = "bench-secret-bench-secret-bench-secret-0123"  # noqa: S105 - a throwaway secret for local servers
@@ -54,13 +57,18 @@ class Plan:
         return self.connections is None
 
 
-def scenario(plan: Plan, args: argparse.Namespace, *, pinned: bool = True) -> Result:
+def scenario(plan: Plan, args: argparse.Namespace, *, pinned: bool = True, root: Path = TREE) -> Result:
     """A fresh database, creditrelay serve on it under wrk, and the ledger checked afterwards; the database
-    server's CPU per event measured around the load."""
+    server's CPU per event measured around the load. ``root``: another revision's checkout, whose own
+    migrations make the database and whose own command line serves."""
     cpu, load_cpu = (args.server_cpu, args.load_cpu) if pinned else (None, None)
-    make_database(plan.url)
+    if root == TREE:
+        make_database(plan.url)
+    else:
+        code = "import sys; sys.path.insert(0, sys.argv[1]); import scripts.benchkit as k; k.make_database(sys.argv[2])"
+        subprocess.run([sys.executable, "-c", code, str(root), plan.url], cwd=root, check=True, capture_output=True)
     env = {"DATABASE_URL": plan.url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "warning"}
-    with serve(["serve", "--workers", str(plan.workers)], env, cpu=cpu) as server:
+    with serve(["serve", "--workers", str(plan.workers)], env, cpu=cpu, root=root) as server:
         before = server_cpu_seconds(plan.url)
         result = run_load(server, plan.requests_file, args, connections=plan.connections, load_cpu=load_cpu)
         after = server_cpu_seconds(plan.url)
@@ -112,6 +120,7 @@ def main() -> None:
     parser.add_argument(
         "--unpinned-only", action="store_true", help="only the unpinned shares and the database server's CPU"
     )
+    parser.add_argument("--ref", help="the unpinned runs of this git revision too, interleaved with this tree's")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("make bench needs wrk (Debian: apt-get install wrk); `make bench` installs it")
@@ -155,13 +164,18 @@ def main() -> None:
 def unpinned(args: argparse.Namespace, work: Path, unique: Path, measure_ceiling: Callable[[bool], float]) -> None:
     """The same unique-event runs with nothing pinned — the receiver, wrk and the database server share the
     cores as they do on a real host — against the ceiling measured the same way beside each: the share of
-    the bare rate that counts the database server's own CPU too (pinned, it runs on the core wrk uses)."""
-    ceilings, shares = [measure_ceiling(False)], {}
-    for _ in range(args.repeat):
-        for kind, url in kinds(args, work):
-            result = scenario(Plan(f"{kind}: unique events, unpinned", url, unique), args, pinned=False)
-            ceilings.append(measure_ceiling(False))
-            shares.setdefault(kind, []).append((result.rps / ((ceilings[-2] + ceilings[-1]) / 2), result))
+    the bare rate that counts the database server's own CPU too (pinned, it runs on the core wrk uses).
+    With ``--ref``, that revision's runs interleave with this tree's, each beside a ceiling of its own."""
+    with revisions(TREE, [args.ref] if args.ref else []) as roots:
+        ceilings, shares = [measure_ceiling(False)], {}
+        for _ in range(args.repeat):
+            for kind, url in kinds(args, work):
+                for name, root in roots.items():
+                    plan = Plan(f"{kind}: unique events, unpinned", url, unique)
+                    result = scenario(plan, args, pinned=False, root=root)
+                    ceilings.append(measure_ceiling(False))
+                    label = kind if name == "this tree" else f"{kind} {name}"
+                    shares.setdefault(label, []).append((result.rps / ((ceilings[-2] + ceilings[-1]) / 2), result))
     print("\nunpinned (receiver, wrk and database server share the cores), unique events, medians:")
     for kind, runs in shares.items():
         ratios = [ratio for ratio, _ in runs]
@@ -169,7 +183,7 @@ def unpinned(args: argparse.Namespace, work: Path, unique: Path, measure_ceiling
         rps = statistics.median(r.rps for _, r in runs)
         server = f", database server {statistics.median(cpu):.0f} µs CPU per event" if cpu else ""
         print(
-            f"  {kind:10} {rps:7.0f} events/s, share of the bare rate {statistics.median(ratios):.2f}"
+            f"  {kind:18} {rps:7.0f} events/s, share of the bare rate {statistics.median(ratios):.2f}"
             f" ({min(ratios):.2f}-{max(ratios):.2f}){server}"
         )
     print(f"  unpinned ceiling {min(ceilings):.0f}-{max(ceilings):.0f} requests/s")

@@ -128,20 +128,35 @@ def _pinned(command: list[str], cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu, *command] if cpu is not None and os.path.exists("/usr/bin/taskset") else command
 
 
+def program(root: Path) -> list[str]:
+    """The command line of the revision checked out at ``root``, run from there: ``creditrelay.cli`` since one
+    import namespace, ``receiver.cli`` before."""
+    if (root / "creditrelay" / "__main__.py").exists():
+        return [sys.executable, "-m", "creditrelay"]
+    return [sys.executable, "-c", "import sys; from receiver.cli import main; sys.exit(main())"]
+
+
 @contextmanager
 def serve(
-    command: list[str] | None, env: dict[str, str], *, cpu: str | None, ceiling: bool = False, port: int = 0
+    command: list[str] | None,
+    env: dict[str, str],
+    *,
+    cpu: str | None,
+    ceiling: bool = False,
+    port: int = 0,
+    root: Path = ROOT,
 ) -> Iterator[Server]:
-    """creditrelay serve (or the bare ceiling app) on ``port`` (or a free one), with the same uvicorn settings."""
+    """creditrelay serve (or the bare ceiling app) on ``port`` (or a free one), with the same uvicorn settings;
+    ``root``: another revision's checkout, whose own command line serves."""
     port = port or _free_port()
     if ceiling:
         argv = [sys.executable, "-m", "uvicorn", "--app-dir", "scripts/bench", "ceiling:app", "--port", str(port),
                 "--workers", "1", "--no-access-log", "--log-level", "warning", "--no-server-header"]  # fmt: skip
     else:
         assert command is not None
-        argv = [CREDITRELAY, *command, "--port", str(port)]
+        argv = [*([CREDITRELAY] if root == ROOT else program(root)), *command, "--port", str(port)]
     with Path(os.environ.get("CREDITRELAY_BENCH_LOG", "/dev/null")).open("ab") as log:
-        process = subprocess.Popen(_pinned(argv, cpu), env=os.environ | env, cwd=ROOT, stdout=log, stderr=log)
+        process = subprocess.Popen(_pinned(argv, cpu), env=os.environ | env, cwd=root, stdout=log, stderr=log)
     server = Server(f"http://127.0.0.1:{port}", process)
     deadline = time.monotonic() + 60
     while True:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.benchkit import program
 from scripts.processes import revisions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def one_run(root: Path, seconds: int, events: int) -> float:
     port = 20000 + os.getpid() % 10000
     env = os.environ | {"DATABASE_URL": url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "warning"}
     log = (work / "serve.log").open("wb")
-    server = subprocess.Popen([*_command(root), "serve", "--port", str(port)], cwd=root, env=env, stdout=log,
+    server = subprocess.Popen([*program(root), "serve", "--port", str(port)], cwd=root, env=env, stdout=log,
                               stderr=log)  # fmt: skip
     try:
         for _ in range(300):
@@ -76,13 +77,6 @@ def one_run(root: Path, seconds: int, events: int) -> float:
         server.wait(20)
     sent = sum(int(s) - int(f) for s, f in re.findall(r"thread \d+ sent (\d+) non200 (\d+)", output))
     return spent / sent * 1e6
-
-
-def _command(root: Path) -> list[str]:
-    """The revision's command line: ``creditrelay.cli`` since one import namespace, ``receiver.cli`` before."""
-    if (root / "creditrelay" / "__main__.py").exists():
-        return [sys.executable, "-m", "creditrelay"]
-    return [sys.executable, "-c", "import sys; from receiver.cli import main; sys.exit(main())"]
 
 
 def main() -> None:
