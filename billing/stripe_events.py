@@ -59,6 +59,7 @@ class Handled:
     object_id: str | None = None
     payment_intent: str | None = None
     amount: int | None = None
+    retry: bool = False  # failed, and Stripe's retry may apply it once the operator has fixed the cause
 
 
 def handle_event(
@@ -105,7 +106,11 @@ def _paid(connection: Connection, event: StripeEvent, packages: tuple[CreditPack
     outcome = apply_payment(connection, payment, packages, now)
     order = outcome.order
     if outcome.status is PaymentStatus.FAILED:
-        return Handled(EventStatus.FAILED, outcome.reason or "failed", session.id, session.payment_intent)
+        # a session naming no member, package or order of ours was not made for creditrelay (another
+        # product of the account, `stripe trigger`): kept as failed, but no fix can make it apply
+        ours = any((session.member, session.package, session.out_trade_no)) or order.credits is not None
+        reason = outcome.reason or "failed"
+        return Handled(EventStatus.FAILED, reason, session.id, session.payment_intent, retry=ours)
     detail = f"order {order.out_trade_no} {'paid' if outcome.status is PaymentStatus.APPLIED else 'was paid before'}"
     taken = _pending_for(connection, order, now)
     return Handled(EventStatus.PROCESSED, detail + taken, session.id, session.payment_intent)

@@ -9,7 +9,9 @@ nothing before it can read or change the body the signature is over. Then, in or
 - not a Stripe event, or a field creditrelay needs missing: 400 naming it, nothing recorded;
 - applied (billing.stripe_events): 200 — also for an event ignored or pending, which Stripe must not send
   again; a payment that cannot be applied is recorded (on its order and in ``stripe_events``) and answered
-  422, so that Stripe sends it again and the retry after the operator's fix applies it;
+  422, so that Stripe sends it again and the retry after the operator's fix applies it — unless the
+  session names nothing of creditrelay's (no member, package or order: not made for it), which no fix
+  can apply: recorded as failed all the same, and answered 200;
 - the database out of reach: 503, nothing half-written; Stripe retries.
 """
 
@@ -50,4 +52,4 @@ async def stripe_event(request: Request) -> Response:
     log.info("stripe_event", event_id=event.id, type=event.type, status=handled.status.value, detail=handled.detail)
     failed = handled.status is EventStatus.FAILED
     body = {"success": not failed, "message": handled.detail, "eventId": event.id, "status": handled.status.value}
-    return JSONResponse(body, status_code=422 if failed else 200)
+    return JSONResponse(body, status_code=422 if handled.retry else 200)

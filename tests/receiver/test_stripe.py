@@ -211,11 +211,29 @@ def test_a_wrong_amount_is_recorded_as_failed_and_answered_422(shop: Shop) -> No
     assert shop.events() == [("checkout.session.completed", "failed")]
 
 
+def test_an_unknown_package_is_failed_then_applied_by_the_retry_after_the_fix(database: Database) -> None:
+    """A session naming the member and a package not (yet) on sale: 422 and a failed order; the same
+    event again once the operator has defined the package: the credits, once."""
+    alice = make_user(database, "alice@example.com", 0)
+    completed = event("checkout.session.completed", session(2000, "usd", user=alice, package="plus"))
+    body, headers = signed(completed, SECRET)
+    before, after = shop_settings(database), shop_settings(database)
+    after = replace(after, credit_packages=parse_packages(PACKAGES + ",plus=2500:20.00:USD"))
+    answers = []
+    for settings in (before, after, after):
+        with serving(create_app(settings, database.engine, clock=clock)) as url:
+            answers.append(httpx.post(f"{url}/api/payments/stripe", content=body, headers=headers, timeout=30))
+    assert [a.status_code for a in answers] == [422, 200, 200]
+    assert answers[0].json()["message"] == "unknown package 'plus'"
+    assert database.scalar("SELECT balance FROM users") == 2500
+    assert database.scalar("SELECT status FROM orders") == "paid"
+
+
 def test_a_triggered_session_without_member_or_package_is_kept_as_failed(shop: Shop) -> None:
     """What ``stripe trigger checkout.session.completed`` sends: no client_reference_id, no metadata —
-    an order recorded failed for the operator, nothing credited."""
+    an order recorded failed for the operator, nothing credited, answered 200: no fix could apply it."""
     answer = shop.send(event("checkout.session.completed", session(3000, "usd", user=None, package=None)))
-    assert answer.status_code == 422
+    assert (answer.status_code, answer.json()["status"]) == (200, "failed")
     assert tuple(shop.database.rows("SELECT status, failure FROM orders")[0]) == ("failed", "unknown package ''")
 
 
