@@ -3,6 +3,7 @@ a Checkout Session paid tops up once across duplicated and reordered events; ref
 credits back once, also when they arrive before the payment; a bad or stale signature is a 400 that records
 nothing; the portal's order makes a Checkout Session at the fake Stripe API."""
 
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -14,7 +15,7 @@ import pytest
 from creditrelay.billing.portal import issue_link
 from creditrelay.receiver.app import create_app
 from creditrelay.schema.packages import parse_packages
-from creditrelay.settings import Settings
+from creditrelay.settings import Settings, SettingsError, load_settings
 from tests.support.database import Database
 from tests.support.fake_stripe import FakeStripe, charge, dispute, event, fake_stripe, session, signed
 from tests.support.ledger import in_transaction, make_user
@@ -327,3 +328,21 @@ def test_a_database_outage_is_a_503_then_the_retry_pays(database: Database) -> N
         retried = httpx.post(f"{url}/api/payments/stripe", content=body, headers=headers, timeout=30)
     assert retried.status_code == 200, retried.text
     assert database.scalar("SELECT balance FROM users") == 1000
+
+
+def test_stripe_settings_are_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """STRIPE_API_KEY without PUBLIC_BASE_URL, a secret that is not whsec_, the stripe package missing:
+    each refused with a message naming the setting."""
+    base = {"WEBHOOK_SECRET": "w" * 40}
+
+    def refused(environ: dict[str, str]) -> str:
+        with pytest.raises(SettingsError) as error:
+            load_settings(base | environ, env_file=None, dev_secret_file=None)
+        return str(error.value)
+
+    assert refused({"STRIPE_API_KEY": API_KEY}).startswith("STRIPE_API_KEY needs PUBLIC_BASE_URL")
+    assert refused({"STRIPE_WEBHOOK_SECRET": "secret"}).startswith("STRIPE_WEBHOOK_SECRET must be")
+    loaded = load_settings(base | {"STRIPE_WEBHOOK_SECRET": SECRET}, env_file=None, dev_secret_file=None)
+    assert loaded.stripe_webhook_secret == SECRET
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "stripe" else ...)
+    assert "pip install 'creditrelay[stripe]'" in refused({"STRIPE_WEBHOOK_SECRET": SECRET})
