@@ -96,7 +96,7 @@ def _one_at_a_time(connection: Connection) -> None:
 def _paid(connection: Connection, event: StripeEvent, packages: tuple[CreditPackage, ...], now: datetime) -> Handled:
     session = checkout_session(event.object)
     if not session.paid:
-        detail = "the session is not paid yet (a delayed payment method): its async_payment_succeeded pays it"
+        detail = f"payment_status {session.payment_status}: nothing paid yet (async_payment_succeeded pays it)"
         return Handled(EventStatus.IGNORED, detail, session.id, session.payment_intent)
     payment = Payment(
         "stripe", (session.out_trade_no or session.id)[:64], session.amount_total, session.currency,

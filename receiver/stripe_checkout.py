@@ -55,10 +55,11 @@ async def create_checkout(
     import stripe  # the optional extra, needed only with Stripe configured
 
     assert settings.api_key is not None
+    http = stripe.HTTPXClient(timeout=TIMEOUT)
     client = stripe.StripeClient(
         settings.api_key,
         base_addresses={"api": settings.api_base} if settings.api_base else None,
-        http_client=stripe.HTTPXClient(timeout=TIMEOUT),
+        http_client=http,
         max_network_retries=1,
     )
     tags = {"package": order.package, "outTradeNo": order.out_trade_no}
@@ -83,6 +84,8 @@ async def create_checkout(
         log.error("stripe_refused_checkout", order=order.out_trade_no, error=str(error), status=error.http_status)
         message = "Stripe refused to start the payment; nothing was charged. The operator's log says why"
         raise CheckoutRefused(502, message, f"Stripe refused the checkout: {error}"[:255]) from None
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]  # stripe leaves it unannotated
     if not session.id or not session.url:
         raise CheckoutRefused(502, "Stripe answered without a checkout page", "Stripe answered no session URL")
     return Checkout(session.id, session.url)

@@ -36,7 +36,11 @@ class CheckoutSession:
     package: str | None  # metadata.package
     out_trade_no: str | None  # metadata.outTradeNo: the order creditrelay made for the session
     payment_intent: str | None
-    paid: bool  # payment_status == "paid"
+    payment_status: str  # paid, unpaid (a delayed method still pending), no_payment_required
+
+    @property
+    def paid(self) -> bool:
+        return self.payment_status == "paid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,7 @@ def checkout_session(found: dict[str, Any]) -> CheckoutSession:
         package=_optional(metadata, "package", "metadata."),
         out_trade_no=_optional(metadata, "outTradeNo", "metadata."),
         payment_intent=_optional(found, "payment_intent"),
-        paid=found.get("payment_status") == "paid",
+        payment_status=_text(found, "payment_status", 32, "data.object."),
     )
 
 

@@ -108,6 +108,9 @@ def test_buy_makes_a_checkout_session_for_the_order(shop: Shop) -> None:
     assert sent["idempotency_key"] == f"creditrelay-order-{trade_no}"
     assert shop.database.scalar("SELECT sessionId FROM orders") == made["id"]
     assert made["url"].startswith(shop.stripe.url + "/c/pay/cs_test_")
+    page = shop.client.get(f"/portal/{shop.token}")
+    assert "form-action 'self' https://checkout.stripe.com" in page.headers["Content-Security-Policy"]
+    assert '<button name="provider" value="stripe">Buy</button>' in page.text
 
 
 def test_a_paid_session_tops_up_once_however_often_stripe_says_so(shop: Shop) -> None:
