@@ -175,6 +175,17 @@ def test_a_dispute_takes_everything_back_once(shop: Shop) -> None:
     assert (shop.balance(), shop.order()) == (0, ("disputed", 5000, 7000))
 
 
+def test_a_dispute_after_a_partial_refund_takes_the_rest(shop: Shop) -> None:
+    """3.00 of 10.00 refunded (300 credits back), then the rest disputed: the other 700, once."""
+    completed = shop.paid()
+    shop.send(completed)
+    shop.send(event("charge.refunded", charge(1000, "usd", intent(completed), 300)))
+    assert shop.balance() == 700
+    for _ in range(2):
+        shop.send(event("charge.dispute.created", dispute(700, "usd", intent(completed))))
+    assert (shop.balance(), shop.order()) == (0, ("disputed", 1000, 1000))
+
+
 @pytest.mark.parametrize("kind", ["refund", "dispute"])
 def test_a_refund_or_dispute_before_its_payment_is_taken_back_after_it(shop: Shop, kind: str) -> None:
     """Reordered: the refund (or dispute) first waits as pending; the payment then credits and takes back
