@@ -102,7 +102,7 @@ def apply_payment(
     amount, currency = values.get("amount", order.amount), values.get("currency", order.currency)
     reason = None
     if order.credits is None and package is None:
-        reason = f"unknown package {order.package!r}"
+        reason = f"unknown package {order.package!r}" if order.package else "the payment names no package"
     elif user_id is None:
         reason = "the payment names no member" if payment.member is None else f"unknown member {payment.member!r}"
     elif (payment.amount, payment.currency.upper()) != (amount, currency):

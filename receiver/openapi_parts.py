@@ -5,6 +5,7 @@ credit sync, a portal account), the tags the endpoints are grouped by, and the p
 from typing import Any
 
 from creditrelay.schema.credit_sync import sync_token_v2
+from creditrelay.schema.packages import OrderBody
 
 TAGS = [
     {"name": "webhooks", "description": "Usage events from the gateway, signed (docs/webhooks.md)"},
@@ -209,6 +210,14 @@ PORTAL_HEADER = header(
 )
 
 
+ORDER = {
+    "orderId": 7,
+    "redirectUrl": "https://pay.example.com/submit.php?pid=1001&type=alipay&out_trade_no=20261206112055f1b14a478174"
+    "&notify_url=…&return_url=…&name=pro&money=50.00&sign=…&sign_type=MD5",
+    "outTradeNo": "20261206112055f1b14a478174",
+}
+
+
 def portal_paths() -> dict[str, Any]:
     """The member's portal: its JSON API, and its page and statement (HTML and CSV)."""
     security: list[dict[str, list[str]]] = [{"portalToken": []}]
@@ -262,6 +271,21 @@ def portal_paths() -> dict[str, Any]:
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, 50),
                 ],
                 "responses": answer(TRANSACTIONS),
+            }
+        },
+        "/api/portal/orders": {
+            "post": {
+                "tags": ["portal"],
+                "summary": "Buy a credit package: the order made, and where to send the member to pay "
+                "(docs/payments.md); 503 when that provider is not configured",
+                "security": security,
+                "requestBody": body(
+                    OrderBody.model_json_schema(), {"package": "pro", "provider": "epay", "type": "alipay"}
+                ),
+                "responses": {
+                    "201": json_answer(ok, "The order, created", {"success": True, "message": "", "data": ORDER}),
+                    **answers(400, 404, 503),
+                },
             }
         },
         "/portal/{token}/statement.csv": {

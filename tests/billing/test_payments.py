@@ -212,3 +212,10 @@ def test_an_amount_out_of_bounds_is_refused(database: Database, amount: int) -> 
     with pytest.raises(ValueError, match="amount paid"):
         pay(database, "x1", amount)
     assert database.count("orders") == 0
+
+
+def test_a_payment_naming_no_package_is_recorded_as_such(database: Database) -> None:
+    """A payment for an order creditrelay never made, naming no package: failed, saying so."""
+    outcome = pay(database, "made-elsewhere-2", 1000)
+    assert (outcome.status, outcome.reason) == (PaymentStatus.FAILED, "the payment names no package")
+    assert database.count("orders", "status = 'failed'") == 1

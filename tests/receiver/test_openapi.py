@@ -8,6 +8,8 @@ import httpx
 
 from creditrelay.receiver.openapi import document
 from creditrelay.schema.credit_sync import parse_sync_body
+from creditrelay.schema.holds import parse_body
+from creditrelay.schema.packages import OrderBody
 from creditrelay.schema.wire import parse_event
 from tests.support.receiver import Receiver
 
@@ -29,6 +31,9 @@ def test_every_endpoint_is_grouped_and_every_refusal_says_success_false() -> Non
                     assert example["message"], (path, code)
     assert "/api/portal/account" in found["paths"]
     assert found["paths"]["/api/portal/usage"]["get"]["tags"] == ["portal"]
+    ordering = found["paths"]["/api/portal/orders"]["post"]
+    assert ordering["tags"] == ["portal"]
+    assert parse_body(OrderBody, ordering["requestBody"]["content"]["application/json"]["example"]).package == "pro"
 
 
 def test_signature_headers_are_parameters_and_examples_are_real() -> None:
