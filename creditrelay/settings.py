@@ -4,6 +4,7 @@ A ``.env`` file in the working directory is read too; the real environment wins 
 refused with a ``SettingsError`` that names the variable and never repeats a secret.
 """
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -184,6 +185,8 @@ def load_settings(
     packages, stripe, epay = _payments(config)
     if epay["EPAY_URL"] is not None and public is None:
         raise SettingsError("EPAY_URL needs PUBLIC_BASE_URL: EPay's notify and return URLs are made from it")
+    if stripe["STRIPE_API_KEY"] is not None and public is None:
+        raise SettingsError("STRIPE_API_KEY needs PUBLIC_BASE_URL: Checkout sends the member back to the portal there")
     return Settings(
         database_url=database_url,
         database_lock_timeout=_number(config, "DATABASE_LOCK_TIMEOUT", "5", minimum=0.1, integer=False),
@@ -238,6 +241,8 @@ def _payments(config: Config) -> tuple[tuple[CreditPackage, ...], dict[str, str 
     stripe = {name: _optional(config, name) for name in ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY")}
     if stripe["STRIPE_WEBHOOK_SECRET"] is not None and not stripe["STRIPE_WEBHOOK_SECRET"].startswith("whsec_"):
         raise SettingsError("STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…)")
+    if any(stripe.values()) and importlib.util.find_spec("stripe") is None:
+        raise SettingsError("STRIPE_WEBHOOK_SECRET, STRIPE_API_KEY: Stripe needs pip install 'creditrelay[stripe]'")
     epay = {name: _optional(config, name) for name in ("EPAY_URL", "EPAY_PID", "EPAY_KEY")}
     if any(epay.values()) and not all(epay.values()):
         missing = ", ".join(name for name, value in epay.items() if not value)

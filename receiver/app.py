@@ -22,6 +22,7 @@ from creditrelay.receiver import (
     operator_api,
     payments,
     portal_api,
+    stripe_webhook,
 )
 from creditrelay.receiver.admin_pages import admin_pages
 from creditrelay.receiver.background import Worker, background_lifespan, polling
@@ -31,6 +32,7 @@ from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import ledger_registry
 from creditrelay.receiver.portal_pages import portal_pages
 from creditrelay.receiver.rate_limit import RateLimiter
+from creditrelay.receiver.stripe_checkout import StripeSettings
 from creditrelay.receiver.webhooks import WebhookService, health, receive_event
 from creditrelay.settings import Settings
 
@@ -96,9 +98,11 @@ def create_app(
     clock: Callable[[], float] = time.time,
     poller: Poller | None = None,
     workers: Sequence[Worker] = (),
+    stripe_api_base: str | None = None,
 ) -> Starlette:
     """The receiver for ``settings``, on ``engine`` (already migrated); with ``poller`` and ``POLL_INTERVAL``
-    it also polls new-api in the background, and runs ``workers`` beside (see ``background``)."""
+    it also polls new-api in the background, and runs ``workers`` beside (see ``background``).
+    ``stripe_api_base``: a stand-in for Stripe's API (a test's fake, stripe-mock)."""
     admin_service = admin_api.AdminService(
         engine,
         settings.admin_token,
@@ -115,7 +119,14 @@ def create_app(
         if settings.epay_url and settings.epay_pid and settings.epay_key
         else None
     )
-    payment_service = payments.PaymentService(engine, clock, settings.credit_packages, settings.public_base_url, epay)
+    stripe = (
+        StripeSettings(settings.stripe_webhook_secret, settings.stripe_api_key, stripe_api_base)
+        if settings.stripe_webhook_secret or settings.stripe_api_key
+        else None
+    )
+    payment_service = payments.PaymentService(
+        engine, clock, settings.credit_packages, settings.public_base_url, epay, stripe
+    )
     routes = [
         Route(EVENTS_PATH, receive_event, methods=["POST"]),
         Route("/api/webhooks/batch", batches.receive_batch, methods=["POST"]),
@@ -145,6 +156,7 @@ def create_app(
         Route("/api/portal/transactions", portal_api.transactions, methods=["GET"]),
         Route("/api/portal/orders", payments.create, methods=["POST"]),
         Route(payments.NOTIFY_PATH, payments.epay_notify, methods=["GET", "POST"]),
+        Route(stripe_webhook.PATH, stripe_webhook.stripe_event, methods=["POST"]),
         Route(payments.RETURN_PATH, payments.returned, methods=["GET"]),
         Route("/api/admin/users", admin_api.users, methods=["GET"]),
         Route("/api/admin/users/{user_id}", admin_api.user, methods=["GET"]),

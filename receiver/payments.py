@@ -1,6 +1,7 @@
 """Members pay for credit packages (docs/payments.md): ``POST /api/portal/orders`` (the member's portal
 token) makes an order and answers where to send the member; ``GET|POST /api/payments/epay`` takes EPay's
-notify; ``GET /payments/return`` is where a provider sends the member back.
+notify (``POST /api/payments/stripe``, Stripe's events, is receiver.stripe_webhook); ``GET /payments/return``
+is where a provider sends the member back.
 
 Starting a payment is one function per provider in ``STARTERS`` (the order made, the provider's URL
 built); a provider creditrelay is not configured for is a 503 saying so.
@@ -17,11 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from creditrelay.billing.orders import Order, create_order, list_orders
+from creditrelay.billing.orders import Order, create_order, list_orders, set_session
 from creditrelay.billing.payments import Payment, PaymentOutcome, PaymentStatus, apply_payment
+from creditrelay.billing.stripe_events import fail_order
 from creditrelay.receiver.bodies import read_limited, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.portal_api import bearer_token, service_of
+from creditrelay.receiver.stripe_checkout import CheckoutRefused, StripeSettings, create_checkout
 from creditrelay.schema.database import utc
 from creditrelay.schema.epay import (
     ANSWER_OK,
@@ -60,6 +63,7 @@ class PaymentService:
     packages: tuple[CreditPackage, ...]
     public_base_url: str | None
     epay: EpaySettings | None
+    stripe: StripeSettings | None = None
 
     def package(self, name: str) -> CreditPackage:
         if not self.packages:
@@ -72,15 +76,17 @@ class PaymentService:
     @property
     def providers(self) -> list[str]:
         """The providers a member can pay with now."""
-        return ["epay"] if self.epay is not None and self.public_base_url is not None else []
+        if self.public_base_url is None:
+            return []
+        stripe = self.stripe is not None and self.stripe.api_key is not None
+        return ["stripe"] * stripe + ["epay"] * (self.epay is not None)
 
     @property
     def form_targets(self) -> list[str]:
         """The origins the portal's Buy form is redirected to (its Content-Security-Policy allows them)."""
-        if self.epay is None:
-            return []
-        url = urlsplit(self.epay.url)
-        return [f"{url.scheme}://{url.netloc}"]
+        epay = [urlsplit(self.epay.url)] if self.epay is not None else []
+        stripe = self.stripe.origins if self.stripe is not None and self.stripe.api_key is not None else []
+        return stripe + [f"{url.scheme}://{url.netloc}" for url in epay]
 
     def page_policy(self, policy: str) -> str:
         """``policy`` with the Buy form's redirect targets added to its ``form-action``."""
@@ -109,7 +115,9 @@ class Started:
         return {"orderId": self.order.id, "redirectUrl": self.redirect_url, "outTradeNo": self.order.out_trade_no}
 
 
-async def _start_epay(service: PaymentService, user_id: int, package: CreditPackage, pay_type: str | None) -> Started:
+async def _start_epay(
+    service: PaymentService, user_id: int, package: CreditPackage, pay_type: str | None, _token: str
+) -> Started:
     epay = service.epay
     if epay is None or service.public_base_url is None:
         raise ApiError(503, "EPay is not configured (EPAY_URL, EPAY_PID, EPAY_KEY)")
@@ -125,11 +133,29 @@ async def _start_epay(service: PaymentService, user_id: int, package: CreditPack
     return Started(order, submit_url(epay.url, wire, epay.key))
 
 
-async def _start_stripe(_service: PaymentService, _user_id: int, _package: CreditPackage, _type: str | None) -> Started:
-    raise ApiError(503, "Stripe is not configured")
+async def _start_stripe(
+    service: PaymentService, user_id: int, package: CreditPackage, _type: str | None, token: str
+) -> Started:
+    """A Checkout Session for a new order, recorded on it; a session Stripe refuses leaves the order
+    ``failed`` with Stripe's reason (no session exists, so nothing can pay it)."""
+    stripe = service.stripe
+    if stripe is None or stripe.api_key is None or service.public_base_url is None:
+        raise ApiError(503, "Stripe is not configured (STRIPE_API_KEY, PUBLIC_BASE_URL)")
+    now = utc(service.clock())
+    order = await service.write(lambda c: create_order(c, user_id, package, "stripe", now))
+    portal = f"{service.public_base_url}/portal/{token}"
+    product = f"{package.credits:,} credits ({package.name})"
+    try:
+        checkout = await create_checkout(stripe, order, product, portal, portal)
+    except CheckoutRefused as refused:
+        reason = refused.reason
+        await service.write(lambda c: fail_order(c, order, reason, utc(service.clock())))
+        raise
+    await service.write(lambda c: set_session(c, order.id, checkout.session_id, utc(service.clock())))
+    return Started(order, checkout.url)
 
 
-Starter = Callable[[PaymentService, int, CreditPackage, str | None], Awaitable[Started]]
+Starter = Callable[[PaymentService, int, CreditPackage, str | None, str], Awaitable[Started]]
 STARTERS: dict[str, Starter] = {"epay": _start_epay, "stripe": _start_stripe}
 
 
@@ -138,7 +164,7 @@ async def start(request: Request, token: str, body: OrderBody) -> Started:
     user_id = await service_of(request).member(token)
     service = payments_of(request)
     package = service.package(body.package)
-    return await STARTERS[body.provider](service, user_id, package, body.type)
+    return await STARTERS[body.provider](service, user_id, package, body.type, token)
 
 
 async def create(request: Request) -> Response:

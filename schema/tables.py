@@ -21,6 +21,7 @@ from creditrelay.schema.credit_tables import credit_holds as credit_holds
 from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, LongText, Timestamp
 from creditrelay.schema.orders import orders as orders  # what members bought (billing.orders)
 from creditrelay.schema.outbox import outbox_tables
+from creditrelay.schema.stripe_events import stripe_events as stripe_events  # Stripe events received
 from creditrelay.schema.table_base import column
 from creditrelay.schema.table_base import metadata as metadata  # what alembic and the tests compare with
 

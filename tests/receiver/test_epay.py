@@ -167,7 +167,9 @@ def test_ordering_refuses_what_cannot_be_bought(shop: Shop) -> None:
         "/api/portal/orders", json={"package": "starter", "provider": "stripe"},
         headers={"Authorization": f"Bearer {shop.token}"},
     )  # fmt: skip
-    assert (stripe.status_code, stripe.json()["message"]) == (503, "Stripe is not configured")
+    assert (stripe.status_code, stripe.json()["message"]) == (
+        503, "Stripe is not configured (STRIPE_API_KEY, PUBLIC_BASE_URL)"
+    )  # fmt: skip
     wrong = shop.client.post("/api/portal/orders", json={"package": "starter", "provider": "epay"},
                              headers={"Authorization": "Bearer nope"})  # fmt: skip
     assert wrong.status_code == 404
