@@ -104,6 +104,16 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert (starting["database"], starting["webhook_secret"]) == (f"sqlite:///{tmp_path}/empty.db", "WEBHOOK_SECRET")
 
 
+def test_serve_warns_when_portal_links_are_signed_with_the_webhook_secret(tmp_path: Path) -> None:
+    """Without PORTAL_SECRET serve says at start that whoever holds WEBHOOK_SECRET could sign portal links."""
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    warned = run(None, "serve", DATABASE_URL=url, WEBHOOK_SECRET=SECRET)
+    assert "portal_secret_missing" in warned.stdout + warned.stderr
+    quiet = run(None, "serve", DATABASE_URL=url, WEBHOOK_SECRET=SECRET, PORTAL_SECRET="p" * 32)
+    assert "starting" in quiet.stdout + quiet.stderr
+    assert "portal_secret_missing" not in quiet.stdout + quiet.stderr
+
+
 def test_client_commands_print_credentials_once(database: Database) -> None:
     """client add prints the key and secret; list never does; rotate issues new ones; revoke retires them."""
     ok(database, "migrate")

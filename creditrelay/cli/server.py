@@ -83,6 +83,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         enforcement=settings.gateway_enforcement,
         polling=settings.polling_enabled,
     )
+    if settings.portal_secret is None:  # every webhook sender holds WEBHOOK_SECRET: it must not sign members' links
+        structlog.get_logger().warning(
+            "portal_secret_missing", hint="set PORTAL_SECRET: portal links are signed with WEBHOOK_SECRET meanwhile"
+        )
     if schema_is_current(make_engine(settings.database_url), is_current) is False:
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
     log_gateway_check(settings)
