@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -45,6 +45,7 @@ templates.env.filters["when"] = when
 STATIC = Path(__file__).with_name("static")
 Page = Callable[[Request], Awaitable[Response]]
 COOKIE = "creditrelay_admin"
+NOTICE_COOKIE = "creditrelay_notice"  # a private notice, for the next page only
 NOTICE_KINDS = ("ok", "warning", "error")
 # pygal's charts carry their own <style>: inline styles are allowed, scripts never
 POLICY = (
@@ -105,9 +106,11 @@ def _signature(session: Session, kind: str, notice: str) -> str:
 
 
 def _notice(request: Request, session: Session | None) -> tuple[str, str]:
-    """The notice a form left in the URL, and its kind, if this session's form left it (a link someone
-    made up shows none)."""
-    params = request.query_params
+    """The notice a form left in the URL (or, a private one, in its cookie), and its kind, if this session's
+    form left it (a link someone made up shows none)."""
+    params: Mapping[str, str] = request.query_params
+    if "notice" not in params and (cookie := request.cookies.get(NOTICE_COOKIE)):
+        params = dict(parse_qsl(cookie))
     notice, kind, signature = params.get("notice", ""), params.get("kind", "ok"), params.get("said", "")
     if not notice or session is None or kind not in NOTICE_KINDS:
         return "", "ok"
@@ -126,7 +129,10 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
         "path": request.url.path,
         **context,
     }
-    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=HEADERS)
+    response = templates.TemplateResponse(request, name, context, status_code=status_code, headers=HEADERS)
+    if NOTICE_COOKIE in request.cookies:  # read once
+        response.delete_cookie(NOTICE_COOKIE, path="/admin")
+    return response
 
 
 async def error_page(request: Request, exc: Exception) -> Response:
@@ -143,10 +149,22 @@ async def http_error_page(request: Request, exc: Exception) -> Response:
 
 def back(request: Request, path: str, notice: str, *, kind: str = "ok", **query: Any) -> Response:
     """To ``path`` (with ``query``), saying ``notice`` in a box of ``kind`` (ok, warning or error)."""
-    session: Session = request.state.session
     given = {k: v for k, v in query.items() if v not in (None, "")}
-    params = given | {"notice": notice, "kind": kind, "said": _signature(session, kind, notice)}
-    return RedirectResponse(f"{path}?{urlencode(params)}", status_code=303)
+    return RedirectResponse(f"{path}?{urlencode(given | _said(request, notice, kind))}", status_code=303)
+
+
+def back_privately(request: Request, path: str, notice: str) -> Response:
+    """``back``, for a notice that holds a credential (a member's portal link): it travels in a cookie the
+    next page reads once, never in a URL that browser history or a proxy's log would keep."""
+    response = RedirectResponse(path, status_code=303)
+    response.set_cookie(NOTICE_COOKIE, urlencode(_said(request, notice, "ok")), max_age=60, path="/admin",
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
+    return response
+
+
+def _said(request: Request, notice: str, kind: str) -> dict[str, str]:
+    session: Session = request.state.session
+    return {"notice": notice, "kind": kind, "said": _signature(session, kind, notice)}
 
 
 def local_time(fields: Mapping[str, Any], name: str) -> datetime | None:

@@ -29,7 +29,16 @@ from creditrelay.billing.log_queries import LogFilter
 from creditrelay.billing.orders import list_orders
 from creditrelay.receiver.access_words import FLAG_TEXT, access_flag, access_sentence
 from creditrelay.receiver.admin_api import AdminService
-from creditrelay.receiver.admin_site import back, link, now_of, outcomes_text, render, replay, service_of
+from creditrelay.receiver.admin_site import (
+    back,
+    back_privately,
+    link,
+    now_of,
+    outcomes_text,
+    render,
+    replay,
+    service_of,
+)
 from creditrelay.receiver.charts import Frame, Series, bars, horizontal_bars, lines, top_series
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
@@ -351,4 +360,4 @@ async def portal_link(request: Request) -> Response:
     except AccountError:
         raise ApiError(404, f"No user {user_id}") from None
     where = (service.public_base_url or "") + made.path
-    return back(request, here, f"Portal link (until {iso(made.expires_at)}): {where}")
+    return back_privately(request, here, f"Portal link (until {iso(made.expires_at)}): {where}")

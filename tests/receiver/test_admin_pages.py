@@ -260,10 +260,12 @@ def test_the_user_page_makes_and_ends_portal_links(site: str, database: Database
     with closing(client):
         assert client.post(here, data={"days": "7"}).status_code == 403
         made = client.post(here, data={"csrf": csrf, "days": "7"})
+        assert "portal" not in made.headers["location"]  # the link is in no URL (history, proxy logs)
         kind, text = _notice(client, made)
         assert kind == "ok"
         path = "/portal/" + text.split("/portal/")[1]
         assert "alice@example.com" in httpx.get(f"{site}{path}").text
+        assert _notice(client, made) == ("", "")  # said once
         assert _notice(client, client.post(here, data={"csrf": csrf, "days": "400"}))[0] == "error"
         ended = client.post(here, data={"csrf": csrf, "action": "revoke"})
         assert _notice(client, ended)[0] == "warning"
