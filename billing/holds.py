@@ -4,8 +4,9 @@ A hold moves no balance. While ``open`` and not past its ``expiresAt`` it lowers
 *available* — ``balance - Σ open holds - SUSPEND_AT_BALANCE`` — so a gateway that asks for a hold before
 serving never lets a member spend what they do not have. It ends once, one way:
 
-- ``settled`` by the usage that carries it (``data.holdId``, or the hold's ``requestId``), in the usage's
-  own transaction and only when the usage is newly charged, at the usage's actual cost (``settle``);
+- ``settled`` by the usage that carries it (``data.holdId``, or the hold's ``requestId``; a gateway hold
+  only), in the usage's own transaction and only when the usage is newly charged, at the usage's actual
+  cost (``settle``);
 - ``captured`` by a credit API client: up to the held amount, once, the rest released (``capture``);
 - ``voided`` by the gateway or the client, or ``expired`` once past ``expiresAt`` (the expiry pass).
 
@@ -215,15 +216,13 @@ def settle(
     connection: Connection, charged: Sequence[tuple[int, int | None, str | None, int, str]], now: datetime
 ) -> None:
     """Settle the holds of usages just charged (under their users' locks): each ``(user, holdId,
-    requestId, cost, reference)`` closes that user's open hold by id, else the gateway hold of its request
-    id, at the usage's cost."""
+    requestId, cost, reference)`` closes that user's open gateway hold by id, else the gateway hold of its
+    request id, at the usage's cost. A credit-API hold is its client's to capture or void: a usage naming
+    one settles nothing."""
     ended: dict[int, int] = {}
     for user_id, hold_id, request_id, cost, reference in charged:
-        where = (
-            credit_holds.c.id == hold_id
-            if hold_id is not None
-            else sa.and_(credit_holds.c.source == GATEWAY, credit_holds.c.requestId == request_id)
-        )
+        named = credit_holds.c.id == hold_id if hold_id is not None else credit_holds.c.requestId == request_id
+        where = sa.and_(credit_holds.c.source == GATEWAY, named)
         closed = connection.execute(
             credit_holds.update()
             .where(where, credit_holds.c.userId == user_id, credit_holds.c.state == OPEN)

@@ -107,6 +107,21 @@ def test_a_usage_settles_its_hold_once_at_its_actual_cost(database: Database) ->
     assert_ledger_consistent(database)
 
 
+def test_a_usage_naming_a_credit_api_hold_leaves_it_to_its_client(database: Database) -> None:
+    """A usage's holdId settles gateway holds only: a credit-API client's hold stays open for its capture."""
+    alice = make_user(database, "alice@example.com", 100, "k1")
+    asked = HoldRequest(alice, 30, "credit_api:bot", request_id="job-1", ttl_seconds=60)
+    placed = in_transaction(database, lambda c: place_hold(c, asked, 0, NOW)).hold
+    assert placed is not None
+    [charged] = in_transaction(database, lambda c: apply_usage(c, [usage("e1", 12, hold_id=placed.id)], NOW))
+    assert charged.status is UsageStatus.CHARGED
+    assert (state(database, placed.id)[0], open_holds(database)) == ("open", 1)
+    captured = in_transaction(database, lambda c: capture(c, placed.id, "credit_api:bot", 30, NOW))
+    assert captured.state == "captured"
+    assert database.scalar("SELECT balance FROM users") == 58
+    assert_ledger_consistent(database)
+
+
 def test_a_usage_settles_the_hold_of_its_request_id_whichever_path_comes_first(database: Database) -> None:
     """A polled row carries no holdId, but its request id names the hold; the webhook after it is a
     duplicate and settles nothing again."""
