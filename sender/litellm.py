@@ -280,7 +280,8 @@ class CreditRelayLogger(CustomLogger):
         self.allowance = Allowance(
             settings.receiver_url or "", settings.gateway_token or "", settings.allowance_seconds, settings.timeout
         )
-        self.holds: dict[str, int] = {}  # litellm_call_id -> the hold its pre-call hook placed
+        # (virtual key's hash, litellm_call_id) -> its hold: a client may choose the id, two keys the same one
+        self.holds: dict[tuple[str, str], int] = {}
 
     @property
     def outbox(self) -> Outbox:
@@ -309,7 +310,7 @@ class CreditRelayLogger(CustomLogger):
         seconds, on this worker thread."""
         try:
             logged = kwargs.get("standard_logging_object") or {}
-            hold_id = self.take_hold(logged.get("litellm_call_id") if isinstance(logged, Mapping) else None)
+            hold_id = self.take_hold(logged)
             event_id, body = event_of(logged, self.settings, hold_id)
             written = Retrying(
                 retry=retry_if_exception_type(DatabaseUnavailable),
@@ -333,17 +334,24 @@ class CreditRelayLogger(CustomLogger):
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self.record(kwargs)
 
-    def take_hold(self, call_id: Any) -> int | None:
+    def take_hold(self, logged: Any) -> int | None:
         """The hold the call's pre-call hook placed, once (its success or its failure takes it)."""
-        return self.holds.pop(call_id, None) if isinstance(call_id, str) else None
+        if not isinstance(logged, Mapping):
+            return None
+        metadata = logged.get("metadata")
+        key_hash = metadata.get("user_api_key_hash") if isinstance(metadata, Mapping) else None
+        call_id = logged.get("litellm_call_id")
+        if not isinstance(key_hash, str) or not isinstance(call_id, str):
+            return None
+        return self.holds.pop((key_hash, call_id), None)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A call that failed gives its hold back."""
-        hold_id = self.take_hold(kwargs.get("litellm_call_id") if isinstance(kwargs, dict) else None)
+        hold_id = self.take_hold(kwargs.get("standard_logging_object") if isinstance(kwargs, dict) else None)
         if hold_id is not None:
             await self.allowance.release(hold_id)
 
-    async def _held(self, key: str, data: dict[str, Any]) -> bool | Literal["unpriced"] | None:
+    async def _held(self, token: str, key: str, data: dict[str, Any]) -> bool | Literal["unpriced"] | None:
         """Hold the call's worst-case cost (``litellm_costs``): whether it was held (None: creditrelay
         cannot be asked), or ``"unpriced"`` when the call has no id or cannot be priced."""
         call_id = data.get("litellm_call_id")
@@ -352,7 +360,7 @@ class CreditRelayLogger(CustomLogger):
             return "unpriced"
         held, hold_id = await self.allowance.hold(key, worst, self.settings.hold_seconds)
         if hold_id is not None:
-            self.holds[call_id] = hold_id
+            self.holds[token, call_id] = hold_id
         return held
 
     async def async_pre_call_hook(
@@ -366,7 +374,7 @@ class CreditRelayLogger(CustomLogger):
             return data  # the master key, a service account, a JWT: billed to nobody, refused by nobody
         field = self.settings.key_field
         key = billed_key(getattr(user_api_key_dict, KEY_FIELDS[field], None), token, field)
-        allowed = await self._held(key, data)
+        allowed = await self._held(token, key, data)
         if allowed == "unpriced":
             allowed = await self.allowance.allowed(key)
         if allowed or (allowed is None and not self.settings.fail_closed):

@@ -63,17 +63,17 @@ def _logger(tmp_path: Path, url: str) -> CreditRelayLogger:
     return CreditRelayLogger(settings)
 
 
-async def _call(logger: CreditRelayLogger, i: int, answer: Any = "an answer") -> bool:
+async def _call(logger: CreditRelayLogger, i: int, answer: Any = "an answer", key: str = KEY) -> bool:
     """One call as the proxy makes it: the hook, then (unless refused) the model; whether it was served."""
     data = request(i)
     try:
-        await logger.async_pre_call_hook(UserAPIKeyAuth(token=KEY), None, data, "completion")
+        await logger.async_pre_call_hook(UserAPIKeyAuth(token=key), None, data, "completion")
     except ProxyException:
         return False
     try:
         await litellm.acompletion(
             model=MODEL, messages=data["messages"], max_tokens=MAX_TOKENS, mock_response=answer,
-            litellm_call_id=data["litellm_call_id"], metadata={"user_api_key_hash": KEY},
+            litellm_call_id=data["litellm_call_id"], metadata={"user_api_key_hash": key},
         )  # fmt: skip
     except litellm.exceptions.APIError:
         return False
@@ -113,6 +113,26 @@ def test_fifty_parallel_calls_serve_what_the_credits_cover(site: str, database: 
     assert 0 < charged < WORST  # what the calls cost: far less than held
     assert database.scalar("SELECT balance FROM users") == 10 * WORST + WORST // 2 - charged
     assert database.scalar("SELECT openHolds FROM users") == 0
+
+
+def test_two_keys_calls_with_one_call_id_settle_their_own_holds(site: str, database: Database, tmp_path: Path) -> None:
+    """A client chooses its call id: two keys' calls naming the same one each settle the hold they placed."""
+    other = "5" * 64
+    add_user(database.engine, credits=2 * WORST, key=other, email="bob@example.com")
+    logger = _logger(tmp_path, site)
+    litellm.callbacks = [logger]
+
+    async def run() -> list[bool]:
+        served = await asyncio.gather(_call(logger, 7), _call(logger, 7, key=other))
+        await _settled(logger, site, sum(served))
+        return list(served)
+
+    try:
+        assert asyncio.run(run()) == [True, True]
+    finally:
+        litellm.logging_callback_manager.drop_callbacks([logger])
+    assert database.rows("SELECT state FROM credit_holds") == [("settled",), ("settled",)]
+    assert database.scalar("SELECT SUM(openHolds) FROM users") == 0
 
 
 def test_a_failed_call_gives_its_hold_back(site: str, database: Database, tmp_path: Path) -> None:
