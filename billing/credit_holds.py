@@ -15,7 +15,7 @@ from creditrelay.billing.credit_sync import user_of
 from creditrelay.billing.credit_tokens import TokenUse, use_tokens
 from creditrelay.billing.holds import VOIDED, Hold, HoldRequest, capture, end_hold, place_hold
 from creditrelay.schema.credit_holds import CaptureBody, HoldBody, VoidBody
-from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS, Member
+from creditrelay.schema.credit_sync import TOKEN_WINDOW_SECONDS
 from creditrelay.schema.database import utc
 
 
@@ -49,7 +49,7 @@ def hold_credits(connection: Connection, body: HoldBody, suspend_at: int, now: d
     source = source_of(body.source)
     if not _first_use(connection, body, f"hold:{source}:{body.reference}"):
         return CreditHoldOutcome(HoldStatus.REPLAYED)
-    user_id = user_of(connection, Member("telegram_id", body.telegram_id))
+    user_id = user_of(connection, body.member)
     if user_id is None:
         return CreditHoldOutcome(HoldStatus.UNKNOWN_USER)
     asked = HoldRequest(user_id, body.amount, source, body.ttl, body.reference)

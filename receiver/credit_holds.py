@@ -80,7 +80,8 @@ async def hold(request: Request) -> Response:
     outcome = await run_in_threadpool(
         run_transaction, service.engine, lambda c: hold_credits(c, body, service.suspend_at, now)
     )
-    log.info("credit_hold", status=outcome.status.value, telegram_id=body.telegram_id, amount=body.amount)
+    member = body.member
+    log.info("credit_hold", status=outcome.status.value, **{member.field: member.value}, amount=body.amount)
     return _answer(outcome, created=True)
 
 

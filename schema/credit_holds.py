@@ -2,7 +2,8 @@
 ``…/{id}/capture`` and ``…/{id}/void``, and the tokens that sign them — each a message of its own, so a
 token of one kind of request never passes for another:
 
-- hold: ``v2:hold:{telegram_id}:{amount}:{source}:{timestamp}:{reference}:{ttl}``
+- hold: ``v2:hold:{member}:{amount}:{source}:{timestamp}:{reference}:{ttl}`` (``member``: the one identifier
+  sent, ``telegram_id``, ``user_id`` or ``email``, as ``sync``'s token signs it)
 - capture: ``v2:capture:{hold_id}:{amount}:{source}:{timestamp}``
 - void: ``v2:void:{hold_id}:{source}:{timestamp}``
 
@@ -13,11 +14,12 @@ import hashlib
 import hmac
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from creditrelay.schema.credit_sync import IDENTIFIERS, ONE_MEMBER, Email, Identifier, Member, member_of
 from creditrelay.schema.holds import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, M, parse_body
 from creditrelay.schema.money import MAX_AMOUNT
-from creditrelay.schema.wire import BIGINT_MAX, MAX_TIMESTAMP
+from creditrelay.schema.wire import MAX_TIMESTAMP
 
 Source = Annotated[str, StringConstraints(min_length=1, max_length=48)]
 Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP)]
@@ -33,10 +35,22 @@ class _Signed(BaseModel):
 
 
 class HoldBody(_Signed):
-    telegram_id: Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+    telegram_id: Identifier | None = None
+    user_id: Identifier | None = None
+    email: Email | None = None
     amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
     reference: Annotated[str, StringConstraints(min_length=1, max_length=128)]  # the same again: the same hold
     ttl: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
+
+    @model_validator(mode="after")
+    def _one_member(self) -> "HoldBody":
+        if sum(getattr(self, name) is not None for name in IDENTIFIERS) != 1:
+            raise ValueError(ONE_MEMBER)
+        return self
+
+    @property
+    def member(self) -> Member:
+        return member_of(self.__dict__)
 
 
 class CaptureBody(_Signed):
@@ -52,9 +66,9 @@ def _hmac(secret: str, message: str) -> str:
 
 
 def hold_token(
-    secret: str, telegram_id: int, amount: int, source: str, timestamp: int, reference: str, ttl: int
+    secret: str, member: int | str, amount: int, source: str, timestamp: int, reference: str, ttl: int
 ) -> str:
-    return _hmac(secret, f"v2:hold:{telegram_id}:{amount}:{source}:{timestamp}:{reference}:{ttl}")
+    return _hmac(secret, f"v2:hold:{member}:{amount}:{source}:{timestamp}:{reference}:{ttl}")
 
 
 def capture_token(secret: str, hold_id: int, amount: int, source: str, timestamp: int) -> str:
@@ -68,7 +82,8 @@ def void_token(secret: str, hold_id: int, source: str, timestamp: int) -> str:
 def expected_token(secret: str, body: "HoldBody | CaptureBody | VoidBody", hold_id: int | None) -> str:
     """The token ``body`` must carry (``hold_id``: the path's, for capture and void)."""
     if isinstance(body, HoldBody):
-        return hold_token(secret, body.telegram_id, body.amount, body.source, body.timestamp, body.reference, body.ttl)
+        member = body.member.value
+        return hold_token(secret, member, body.amount, body.source, body.timestamp, body.reference, body.ttl)
     assert hold_id is not None
     if isinstance(body, CaptureBody):
         return capture_token(secret, hold_id, body.amount, body.source, body.timestamp)

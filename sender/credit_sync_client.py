@@ -209,13 +209,14 @@ class CreditSyncClient:
         except httpx.TransportError as error:
             return SyncResult(False, f"network error: {type(error).__name__}: {error}")
 
-    def hold(self, telegram_id: int, amount: int, reference: str, ttl: int = DEFAULT_TTL_SECONDS) -> SyncResult:
+    def hold(self, telegram_id: MemberRef, amount: int, reference: str, ttl: int = DEFAULT_TTL_SECONDS) -> SyncResult:
         """Set ``amount`` credits aside for ``ttl`` seconds (a long job about to start), once per
         ``reference``; ``.data["hold_id"]``, or ``success`` false (402) when the member's available credits
         do not cover it."""
+        member = _member(telegram_id)
         timestamp = int(self.clock())
-        token = hold_token(self.secret_key, telegram_id, amount, self.source, timestamp, reference, ttl)
-        body = {"telegram_id": telegram_id, "amount": amount, "source": self.source, "timestamp": timestamp,
+        token = hold_token(self.secret_key, member.value, amount, self.source, timestamp, reference, ttl)
+        body = {member.field: member.value, "amount": amount, "source": self.source, "timestamp": timestamp,
                 "token": token, "reference": reference, "ttl": ttl}  # fmt: skip
         return self._post("/api/credits/holds", body, idempotent=True)
 

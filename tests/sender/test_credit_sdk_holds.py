@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
-from creditrelay.schema.credit_holds import void_token
-from creditrelay.sender.credit_sync_client import CreditSyncClient
+from creditrelay.schema.credit_holds import hold_token, void_token
+from creditrelay.sender.credit_sync_client import CreditSyncClient, by_email, by_user_id
 from tests.support.credits import TELEGRAM_ID, Credentials, add_telegram_user, register_client
 from tests.support.database import Database
 from tests.support.receiver import Receiver
@@ -15,7 +15,7 @@ from tests.support.receiver import Receiver
 
 @pytest.fixture
 def creds(receiver: Receiver, database: Database) -> Credentials:
-    add_telegram_user(database.engine, credits=100)
+    add_telegram_user(database.engine, credits=100)  # its email: f"tg{TELEGRAM_ID}@example.com"
     return register_client(database.engine)
 
 
@@ -51,6 +51,28 @@ def test_hold_capture_releases_the_rest_once(sdk: CreditSyncClient, database: Da
     late = sdk.void(hold_id)  # a hold ended is answered as it is: nothing released twice
     assert (late.status_code, late.data["state"]) == (200, "captured")  # type: ignore[index]
     assert balance(sdk) == 35
+
+
+def test_a_hold_names_its_member_by_user_id_or_email_too(
+    receiver: Receiver, creds: Credentials, sdk: CreditSyncClient, database: Database
+) -> None:
+    """As sync does: exactly one of telegram_id, user_id or email, the token signing the one sent."""
+    user_id = database.scalar(f"SELECT id FROM users WHERE email = 'tg{TELEGRAM_ID}@example.com'")
+    by_id = sdk.hold(by_user_id(user_id), 30, "job-by-id")
+    by_mail = sdk.hold(by_email(f"tg{TELEGRAM_ID}@example.com"), 30, "job-by-email")
+    assert (by_id.status_code, by_mail.status_code) == (201, 201)
+    assert by_mail.data is not None
+    assert by_mail.data["available"] == 40
+    assert sdk.hold(by_email("nobody@example.com"), 1, "job-nobody").status_code == 404
+    timestamp = int(time.time())
+    token = hold_token(creds.secret, user_id, 1, creds.source, timestamp, "two", 600)
+    both = {"telegram_id": TELEGRAM_ID, "user_id": user_id, "amount": 1, "source": creds.source,
+            "timestamp": timestamp, "token": token, "reference": "two"}  # fmt: skip
+    with httpx.Client(base_url=receiver.url, headers={"X-Api-Key": creds.api_key}) as client:
+        refused = client.post("/api/credits/holds", json=both)
+    assert refused.status_code == 400
+    assert "exactly one of telegram_id, user_id or email" in refused.json()["message"]
+    assert database.count("credit_holds") == 2
 
 
 def test_void_gives_the_credits_back(sdk: CreditSyncClient) -> None:
