@@ -103,7 +103,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_response_complete(self) -> None:
-        self._in_head = True  # what comes next is the next request's head
+        # What comes next is the next request's head — unless the answer went out before the request's
+        # body was all read (a 413): the rest of that body comes first, and the parser counts the next head
+        self._in_head = self.cycle is None or not self.cycle.more_body
         HttpToolsProtocol.on_response_complete(self)
 
     def _head_arrived(self, data: bytes) -> int:

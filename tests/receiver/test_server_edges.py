@@ -65,6 +65,21 @@ def test_a_head_past_its_limit_behind_another_request_is_431(receiver: Receiver)
     assert receiver.client.get("/api/webhooks/health").status_code == 200
 
 
+def test_the_rest_of_a_refused_body_is_not_taken_for_the_next_head(receiver: Receiver) -> None:
+    """A body answered 413 before it was all read: what is left of it, arriving after the answer, is body,
+    not a head past its limit; the next request on the connection is served."""
+    head = b"POST /api/webhooks/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    body = b"[" + b"x" * 200_000 + b"]"
+    with raw(receiver.url) as sock:
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000])
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 413 "), first[:80]
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(body[1000:] + b"GET /api/webhooks/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        rest = answer(sock)
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:80]
+
+
 def test_a_head_that_does_not_arrive_in_time_is_cut_off(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection that sends nothing, or a header line now and then, is answered 408 and closed once
     the head's time is up (10 s; 0.5 s here)."""
