@@ -90,8 +90,9 @@ def apply_payment(
     known = {package.name: package for package in packages}
     order_id = _order_of(connection, payment, known, now)
     order = find_order(connection, order_id=order_id, lock=True)
-    if order.status in DONE:
-        return PaymentOutcome(PaymentStatus.DUPLICATE, order)
+    other = _not_the_order(connection, order, payment)
+    if order.status in DONE:  # a payment that is not this order's changes nothing of it, and says so
+        return PaymentOutcome(PaymentStatus.DUPLICATE if other is None else PaymentStatus.FAILED, order, other)
     ids = {"paymentIntentId": payment.payment_intent_id, "providerTradeNo": payment.provider_trade_no}
     values: dict[str, Any] = {name: value for name, value in ids.items() if value is not None} | {"updatedAt": now}
     package = known.get(order.package) if order.credits is None else None
@@ -100,14 +101,7 @@ def apply_payment(
     user_id = order.user_id if order.user_id is not None else _member(connection, payment.member)
     values["userId"] = user_id
     amount, currency = values.get("amount", order.amount), values.get("currency", order.currency)
-    reason = None
-    if order.credits is None and package is None:
-        reason = f"unknown package {order.package!r}" if order.package else "the payment names no package"
-    elif user_id is None:
-        reason = "the payment names no member" if payment.member is None else f"unknown member {payment.member!r}"
-    elif (payment.amount, payment.currency.upper()) != (amount, currency):
-        paid = format_money(payment.amount, payment.currency.upper())
-        reason = f"paid {paid} {payment.currency.upper()}, the order is {format_money(amount, currency)} {currency}"
+    reason = other or _unpayable(order, payment, package, user_id, (amount, currency))
     if reason is None and user_id is not None:
         try:
             with savepoint(connection, "apply_payment"):
@@ -121,6 +115,22 @@ def apply_payment(
     return PaymentOutcome(status, find_order(connection, order_id=order_id), reason)
 
 
+def _unpayable(
+    order: Order, payment: Payment, package: CreditPackage | None, user_id: int | None, price: tuple[int, str]
+) -> str | None:
+    """Why a payment of ``order`` cannot be applied (no package, no member, another price), or None."""
+    if order.credits is None and package is None:
+        named = order.package or payment.package
+        return f"unknown package {named!r}" if named else "the payment names no package"
+    if user_id is None:
+        return "the payment names no member" if payment.member is None else f"unknown member {payment.member!r}"
+    amount, currency = price
+    if (payment.amount, payment.currency.upper()) != (amount, currency):
+        paid = format_money(payment.amount, payment.currency.upper())
+        return f"paid {paid} {payment.currency.upper()}, the order is {format_money(amount, currency)} {currency}"
+    return None
+
+
 def _order_of(connection: Connection, payment: Payment, known: dict[str, CreditPackage], now: datetime) -> int:
     """The order the payment pays: by its Stripe session, else by its number — made from the payment when
     there is none yet (a payment creditrelay did not start), at the price of the package it names."""
@@ -129,18 +139,35 @@ def _order_of(connection: Connection, payment: Payment, known: dict[str, CreditP
         if found is not None:
             return int(found)
     reference = f"{payment.provider}:{payment.out_trade_no}"
-    name = (payment.package or "")[:32]
+    name = payment.package or ""
     package = known.get(name)
+    name = name if len(name) <= 32 else ""  # no package has a longer name: unknown, and said whole in its failure
     paid = {"amount": payment.amount, "currency": payment.currency.upper()[:3]}
     terms = package_terms(package) if package is not None else paid
     row = {
-        "provider": payment.provider, "reference": reference, "outTradeNo": payment.out_trade_no[:64],
+        "provider": payment.provider, "reference": reference, "outTradeNo": payment.out_trade_no,
         "sessionId": payment.session_id, "userId": None, "member": (payment.member or None) and payment.member[:191],
         "package": name, "credits": None, "bonus": 0, "bonusFirstOnly": False, "bonusDays": None, **terms,
         "status": CREATED, "bonusGiven": 0, "refunded": 0, "takenBack": 0, "createdAt": now, "updatedAt": now,
     }  # fmt: skip
     insert_new(connection, orders, [row], "reference")
     return int(connection.execute(sa.select(orders.c.id).where(orders.c.reference == reference)).scalar_one())
+
+
+def _not_the_order(connection: Connection, order: Order, payment: Payment) -> str | None:
+    """Why ``payment`` is not a payment of ``order`` as it was made: another amount or currency, and for a
+    Stripe session (whose member and package creditrelay set) another member or package; None when it is."""
+    if order.credits is not None and (payment.amount, payment.currency.upper()) != (order.amount, order.currency):
+        paid = f"{format_money(payment.amount, payment.currency.upper())} {payment.currency.upper()}"
+        return f"paid {paid}, the order is {format_money(order.amount, order.currency)} {order.currency}"
+    if payment.provider != "stripe":  # EPay names no member, and a gateway may re-encode the name it echoes
+        return None
+    if payment.package is not None and order.package and payment.package != order.package:
+        return f"the payment names package {payment.package[:40]!r}, the order is for {order.package!r}"
+    named = None if payment.member is None or order.user_id is None else _member(connection, payment.member)
+    if payment.member is not None and order.user_id is not None and named != order.user_id:
+        return f"the payment names member {payment.member[:40]!r}, the order is user {order.user_id}'s"
+    return None
 
 
 def _member(connection: Connection, member: str | None) -> int | None:

@@ -14,6 +14,7 @@ events, which Stripe does not promise:
 The caller owns the transaction and commits whatever it returns, a failure too (it is recorded).
 """
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,6 +87,14 @@ def handle_event(
     return handled
 
 
+def order_number_of(session_id: str) -> str:
+    """The order number of a session creditrelay did not start: its id, or where that is longer than an
+    order number may be (Stripe's are 66 characters), ``cs_`` and a digest of it — never the id cut."""
+    if len(session_id) <= 64:
+        return session_id
+    return "cs_" + hashlib.sha256(session_id.encode()).hexdigest()[:61]
+
+
 def _one_at_a_time(connection: Connection) -> None:
     """Lock the row every Stripe event's transaction locks first (made by the first event ever)."""
     epoch = datetime(1970, 1, 1, tzinfo=UTC).replace(tzinfo=None)
@@ -99,7 +108,7 @@ def _paid(connection: Connection, event: StripeEvent, packages: tuple[CreditPack
         detail = f"payment_status {session.payment_status}: nothing paid yet (async_payment_succeeded pays it)"
         return Handled(EventStatus.IGNORED, detail, session.id, session.payment_intent)
     payment = Payment(
-        "stripe", (session.out_trade_no or session.id)[:64], session.amount_total, session.currency,
+        "stripe", session.out_trade_no or order_number_of(session.id), session.amount_total, session.currency,
         member=session.member, package=session.package, session_id=session.id,
         payment_intent_id=session.payment_intent,
     )  # fmt: skip

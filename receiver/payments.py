@@ -217,7 +217,7 @@ async def epay_notify(request: Request) -> Response:
     if service.epay is None:
         return _answer(ANSWER_RETRY, 503)
     params = await _notify_params(request)
-    if not verify_sign(params, service.epay.key) or params.get("pid", service.epay.pid) != service.epay.pid:
+    if not verify_sign(params, service.epay.key) or params.get("pid") != service.epay.pid:
         log.warning("epay_bad_signature", out_trade_no=params.get("out_trade_no", "")[:64])
         return _answer(ANSWER_RETRY, 400)
     if params.get("trade_status") != TRADE_SUCCESS:

@@ -19,7 +19,7 @@ TRADE_SUCCESS = "TRADE_SUCCESS"
 ANSWER_OK, ANSWER_RETRY = "success", "fail"
 PAY_TYPES = re.compile(r"[a-z0-9_]{1,16}")  # alipay, wxpay, qqpay, bank, … as the gateway names them
 DEFAULT_TYPE = "alipay"
-_MONEY = re.compile(r"\d{1,10}(\.\d{1,2})?")
+_MONEY = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")  # ASCII digits only, not every Unicode digit
 
 
 def epay_sign(params: Mapping[str, str], key: str) -> str:

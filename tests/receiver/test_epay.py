@@ -127,6 +127,26 @@ def test_wrong_money_is_refused_and_recorded_then_the_right_money_applies(shop: 
     assert balance(shop) == 1000
 
 
+def test_a_paid_orders_notify_with_other_money_is_refused_and_changes_nothing(shop: Shop) -> None:
+    """Once paid, a notify naming other money is ``fail`` (400), the order still paid, nothing credited."""
+    order = submitted(shop)
+    assert notify(shop, order).text == "success"
+    other = notify(shop, order, money="99.00")
+    assert (other.status_code, other.text) == (400, "fail")
+    assert (shop.database.scalar("SELECT status FROM orders"), balance(shop)) == ("paid", 1000)
+
+
+def test_a_notify_without_our_pid_or_with_other_digits_is_refused(shop: Shop) -> None:
+    """A signed notify that leaves out ``pid``, or writes its money in non-ASCII digits: 400, nothing paid."""
+    order = submitted(shop)
+    base = {"trade_no": "1", "out_trade_no": order["out_trade_no"], "type": order["type"], "name": order["name"],
+            "trade_status": "TRADE_SUCCESS"}  # fmt: skip
+    for params in (base | {"money": "10.00"}, base | {"pid": PID, "money": "\uff11\uff10.00"}):
+        params |= {"sign": sign(params), "sign_type": "MD5"}
+        assert shop.client.get("/api/payments/epay", params=params).status_code == 400
+    assert (shop.database.scalar("SELECT status FROM orders"), balance(shop)) == ("created", 0)
+
+
 def test_a_bad_signature_changes_nothing(shop: Shop) -> None:
     """Signed with another key, or tampered after signing: 400, not ``success``, nothing recorded."""
     order = submitted(shop)

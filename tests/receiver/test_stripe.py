@@ -244,6 +244,42 @@ def test_an_unknown_package_is_failed_then_applied_by_the_retry_after_the_fix(da
     assert database.scalar("SELECT status FROM orders") == "paid"
 
 
+def test_a_session_naming_another_member_or_package_than_its_order_pays_nothing(shop: Shop) -> None:
+    """A session that names a Buy order by its number but another member, or another package, fails with
+    the reason (422), nothing credited; the order's own session then pays it."""
+    bob = make_user(shop.database, "bob@example.com", 0)
+    made = shop.buy("starter")
+    trade_no = made["metadata"]["outTradeNo"]
+    for user, package in ((bob, "starter"), (shop.alice, "pro")):
+        forged = session(1000, "usd", user=user, package=package, out_trade_no=trade_no)
+        answer = shop.send(event("checkout.session.completed", forged))
+        assert answer.status_code == 422
+        assert answer.json()["message"].startswith("the payment names ")
+    assert shop.database.scalar("SELECT SUM(balance) FROM users") == 0
+    assert shop.send(shop.stripe.completed(made["id"])).status_code == 200
+    assert (shop.balance(), shop.database.scalar("SELECT balance FROM users WHERE id = :id", id=bob)) == (1000, 0)
+
+
+def test_long_session_ids_and_package_names_are_never_cut(database: Database) -> None:
+    """Stripe's 66-character session ids that share their first 64 are two orders, each paid; a package
+    name that a known one of 32 characters begins is no package (failed, nothing credited)."""
+    alice = make_user(database, "alice@example.com", 0)
+    longest = "team-annual-plan-for-big-orgs-32"
+    settings = replace(shop_settings(database), credit_packages=parse_packages(f"{longest}=1000:10.00:USD"))
+    first, second = "cs_test_a1" + "B" * 54 + "AA", "cs_test_a1" + "B" * 54 + "ZZ"
+    sessions = [session(1000, "usd", user=alice, package=longest, session_id=s) for s in (first, second)]
+    sessions.append(session(1000, "usd", user=alice, package=longest + "-and-more"))
+    with serving(create_app(settings, database.engine, clock=clock)) as url:
+        answers = [
+            httpx.post(f"{url}/api/payments/stripe", content=body, headers=headers, timeout=30)
+            for body, headers in (signed(event("checkout.session.completed", s), SECRET) for s in sessions)
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 422]
+    assert answers[2].json()["message"] == f"unknown package '{longest}-and-more'"
+    assert database.scalar("SELECT balance FROM users") == 2000
+    assert database.scalar("SELECT COUNT(DISTINCT outTradeNo) FROM orders") == 3
+
+
 def test_a_triggered_session_without_member_or_package_is_kept_as_failed(shop: Shop) -> None:
     """What ``stripe trigger checkout.session.completed`` sends: no client_reference_id, no metadata —
     an order recorded failed for the operator, nothing credited, answered 200: no fix could apply it."""
