@@ -14,9 +14,9 @@ import hashlib
 import hmac
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from creditrelay.schema.credit_sync import IDENTIFIERS, ONE_MEMBER, Email, Identifier, Member, member_of
+from creditrelay.schema.credit_sync import NamedMember
 from creditrelay.schema.holds import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, M, parse_body
 from creditrelay.schema.money import MAX_AMOUNT
 from creditrelay.schema.wire import MAX_TIMESTAMP
@@ -34,23 +34,10 @@ class _Signed(BaseModel):
     token: Token
 
 
-class HoldBody(_Signed):
-    telegram_id: Identifier | None = None
-    user_id: Identifier | None = None
-    email: Email | None = None
+class HoldBody(_Signed, NamedMember):
     amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
     reference: Annotated[str, StringConstraints(min_length=1, max_length=128)]  # the same again: the same hold
     ttl: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
-
-    @model_validator(mode="after")
-    def _one_member(self) -> "HoldBody":
-        if sum(getattr(self, name) is not None for name in IDENTIFIERS) != 1:
-            raise ValueError(ONE_MEMBER)
-        return self
-
-    @property
-    def member(self) -> Member:
-        return member_of(self.__dict__)
 
 
 class CaptureBody(_Signed):

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
@@ -129,14 +129,29 @@ def member_of(fields: Mapping[str, Any]) -> Member:
     return Member(given[0], fields[given[0]])
 
 
-class SyncBody(BaseModel):
-    """``POST /api/credits/sync`` (and each item of ``/batch``)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+class NamedMember(BaseModel):
+    """The member of a credit API body: exactly one of ``IDENTIFIERS`` (``sync``'s and a hold's)."""
 
     telegram_id: Identifier | None = None
     user_id: Identifier | None = None
     email: Email | None = None
+
+    @model_validator(mode="after")
+    def _one_member(self) -> Self:
+        if sum(getattr(self, name) is not None for name in IDENTIFIERS) != 1:
+            raise ValueError(ONE_MEMBER)
+        return self
+
+    @property
+    def member(self) -> Member:
+        return member_of(self.__dict__)
+
+
+class SyncBody(NamedMember):
+    """``POST /api/credits/sync`` (and each item of ``/batch``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
     amount: Annotated[int, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
     source: Annotated[str, StringConstraints(min_length=1, max_length=48)]
     reason: Annotated[str, StringConstraints(max_length=255)]
@@ -164,16 +179,6 @@ class SyncBody(BaseModel):
         if value == 0:
             raise ValueError("must not be zero")
         return value
-
-    @model_validator(mode="after")
-    def _one_member(self) -> "SyncBody":
-        if sum(getattr(self, name) is not None for name in IDENTIFIERS) != 1:
-            raise ValueError(ONE_MEMBER)
-        return self
-
-    @property
-    def member(self) -> Member:
-        return member_of(self.__dict__)
 
 
 def parse_sync_body(value: Any, where: str = "") -> SyncBody:
