@@ -124,11 +124,15 @@ def _unpayable(
         return f"unknown package {named!r}" if named else "the payment names no package"
     if user_id is None:
         return "the payment names no member" if payment.member is None else f"unknown member {payment.member!r}"
-    amount, currency = price
-    if (payment.amount, payment.currency.upper()) != (amount, currency):
-        paid = format_money(payment.amount, payment.currency.upper())
-        return f"paid {paid} {payment.currency.upper()}, the order is {format_money(amount, currency)} {currency}"
-    return None
+    return _other_price(payment, *price)
+
+
+def _other_price(payment: Payment, amount: int, currency: str) -> str | None:
+    """What differs when ``payment`` is not ``amount`` minor units of ``currency``, or None."""
+    paid = payment.currency.upper()
+    if (payment.amount, paid) == (amount, currency):
+        return None
+    return f"paid {format_money(payment.amount, paid)} {paid}, the order is {format_money(amount, currency)} {currency}"
 
 
 def _order_of(connection: Connection, payment: Payment, known: dict[str, CreditPackage], now: datetime) -> int:
@@ -157,17 +161,15 @@ def _order_of(connection: Connection, payment: Payment, known: dict[str, CreditP
 def _not_the_order(connection: Connection, order: Order, payment: Payment) -> str | None:
     """Why ``payment`` is not a payment of ``order`` as it was made: another amount or currency, and for a
     Stripe session (whose member and package creditrelay set) another member or package; None when it is."""
-    if order.credits is not None and (payment.amount, payment.currency.upper()) != (order.amount, order.currency):
-        paid = f"{format_money(payment.amount, payment.currency.upper())} {payment.currency.upper()}"
-        return f"paid {paid}, the order is {format_money(order.amount, order.currency)} {order.currency}"
+    if order.credits is not None and (other := _other_price(payment, order.amount, order.currency)) is not None:
+        return other
     if payment.provider != "stripe":  # EPay names no member, and a gateway may re-encode the name it echoes
         return None
     if payment.package is not None and order.package and payment.package != order.package:
         return f"the payment names package {payment.package[:40]!r}, the order is for {order.package!r}"
-    named = None if payment.member is None or order.user_id is None else _member(connection, payment.member)
-    if payment.member is not None and order.user_id is not None and named != order.user_id:
-        return f"the payment names member {payment.member[:40]!r}, the order is user {order.user_id}'s"
-    return None
+    if payment.member is None or order.user_id is None or _member(connection, payment.member) == order.user_id:
+        return None
+    return f"the payment names member {payment.member[:40]!r}, the order is user {order.user_id}'s"
 
 
 def _member(connection: Connection, member: str | None) -> int | None:

@@ -137,7 +137,7 @@ async def _start_stripe(
     service: PaymentService, user_id: int, package: CreditPackage, _type: str | None, token: str
 ) -> Started:
     """A Checkout Session for a new order, recorded on it; a session Stripe refuses leaves the order
-    ``failed`` with Stripe's reason (no session exists, so nothing can pay it)."""
+    ``failed`` with Stripe's reason (the member presses Buy again for a new one)."""
     stripe = service.stripe
     if stripe is None or stripe.api_key is None or service.public_base_url is None:
         raise ApiError(503, "Stripe is not configured (STRIPE_API_KEY, PUBLIC_BASE_URL)")
