@@ -3,7 +3,6 @@ package, the Buy button through a fake EPay gateway (which notifies creditrelay 
 the return page, and the portal then showing the credits and the paid order; kept in
 test-artifacts/portal/."""
 
-import socket
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -17,16 +16,10 @@ from tests.support.database import Database
 from tests.support.fake_epay import fake_epay
 from tests.support.ledger import in_transaction, make_user
 from tests.support.receiver import settings_for
-from tests.support.server import serving
+from tests.support.server import free_port, serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("database", ["sqlite"], indirect=True)]
 PACKAGES = "starter=1000:10.00:CNY,pro=6000:50.00:CNY:+1000first:30d,team=30000:200.00:CNY:+3000"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_a_member_buys_a_package_and_sees_the_credits(database: Database) -> None:
