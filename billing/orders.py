@@ -12,12 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from creditrelay.schema.errors import InvalidInput, NotFound
-from creditrelay.schema.orders import orders
+from creditrelay.schema.orders import STATUSES, orders
 from creditrelay.schema.packages import CreditPackage, format_money
-from creditrelay.schema.shapes import iso
 
 PROVIDERS = ("stripe", "epay")
-CREATED, PAID, FAILED, REFUNDED, DISPUTED = "created", "paid", "failed", "refunded", "disputed"
+CREATED, PAID, FAILED, REFUNDED, DISPUTED = STATUSES
 DONE = (PAID, REFUNDED, DISPUTED)  # a payment was applied: another report of it is a duplicate
 
 
@@ -64,16 +63,6 @@ class Order:
     @property
     def price(self) -> str:
         return format_money(self.amount, self.currency)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "provider": self.provider, "outTradeNo": self.out_trade_no, "userId": self.user_id,
-            "member": self.member, "package": self.package, "credits": self.credits, "bonus": self.bonus_given,
-            "amount": self.price, "currency": self.currency, "status": self.status, "failure": self.failure,
-            "refunded": format_money(self.refunded, self.currency), "takenBack": self.taken_back,
-            "sessionId": self.session_id, "paymentIntentId": self.payment_intent_id,
-            "createdAt": iso(self.created_at), "paidAt": iso(self.paid_at),
-        }  # fmt: skip
 
 
 def package_terms(package: CreditPackage) -> dict[str, Any]:

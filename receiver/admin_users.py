@@ -44,6 +44,7 @@ from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.forms import form_of
 from creditrelay.receiver.metrics import CREDITS_ADDED, CREDITS_DEDUCTED
 from creditrelay.receiver.params import path_int, query_optional_int
+from creditrelay.receiver.payments import order_json
 from creditrelay.schema.portal_tokens import DEFAULT_DAYS, MAX_DAYS
 from creditrelay.schema.shapes import iso, to_json
 from creditrelay.schema.wire import plain_int
@@ -140,7 +141,7 @@ async def user(request: Request) -> Response:
     access = await service.read(lambda c: gateway_access.access_of(c, user_id))
     granted = await service.read(lambda c: grants_of(c, user_id))
     held = await service.read(lambda c: open_holds(c, user_id, now_of(service)))
-    bought = await service.read(lambda c: [o.as_json() for o in list_orders(c, user_id=user_id, limit=ORDERS)])
+    bought = await service.read(lambda c: [order_json(o) for o in list_orders(c, user_id=user_id, limit=ORDERS)])
     charts = {}
     if before is None:  # the charts on the first page only: older pages are for reading the ledger
         found = await service.read(lambda c: user_queries.activity(c, user_id, now_of(service)))

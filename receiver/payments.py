@@ -252,7 +252,21 @@ link again.</p></body></html>"""
 
 def history(connection: Connection, user_id: int) -> list[dict[str, Any]]:
     """A member's newest orders, as the portal shows them."""
-    return [to_json(order.as_json()) for order in list_orders(connection, user_id=user_id, limit=HISTORY)]
+    return [order_json(order) for order in list_orders(connection, user_id=user_id, limit=HISTORY)]
+
+
+def order_json(order: Order) -> dict[str, Any]:
+    """An order as the portal, the admin page and ``order list`` give it: prices as the provider writes
+    them, the bonus given (not the package's), times in ISO 8601."""
+    shown = {
+        "id": order.id, "provider": order.provider, "outTradeNo": order.out_trade_no, "userId": order.user_id,
+        "member": order.member, "package": order.package, "credits": order.credits, "bonus": order.bonus_given,
+        "amount": order.price, "currency": order.currency, "status": order.status, "failure": order.failure,
+        "refunded": format_money(order.refunded, order.currency), "takenBack": order.taken_back,
+        "sessionId": order.session_id, "paymentIntentId": order.payment_intent_id,
+        "createdAt": order.created_at, "paidAt": order.paid_at,
+    }  # fmt: skip
+    return dict(to_json(shown))
 
 
 def package_rows(packages: tuple[CreditPackage, ...]) -> list[Mapping[str, Any]]:

@@ -16,6 +16,8 @@ from sqlmodel import Field, SQLModel
 from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, Timestamp
 from creditrelay.schema.table_base import column, metadata
 
+STATUSES = ("created", "paid", "failed", "refunded", "disputed")  # created, then paid (then refunded or disputed) or failed
+
 
 class Order(SQLModel, table=True):
     """A purchase of a credit package through a payment provider."""

@@ -5,22 +5,22 @@ from typing import TYPE_CHECKING, Any
 
 from creditrelay.cli.accounts import USER
 from creditrelay.cli.base import command, integer, transaction
+from creditrelay.schema.orders import STATUSES
 from creditrelay.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-STATUSES = ("created", "paid", "failed", "refunded", "disputed")
-
 
 def cmd_order_list(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.billing.accounts import find_user
     from creditrelay.billing.orders import list_orders
+    from creditrelay.receiver.payments import order_json
 
     def work(connection: "Connection") -> dict[str, Any]:
         user = find_user(connection, args.user) if args.user is not None else None
         found = list_orders(connection, user_id=None if user is None else user.id, status=args.status, limit=args.limit)
-        return {"orders": [order.as_json() for order in found]}
+        return {"orders": [order_json(order) for order in found]}
 
     return transaction(settings, work)
 
