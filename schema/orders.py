@@ -16,7 +16,8 @@ from sqlmodel import Field, SQLModel
 from creditrelay.schema.database import MYSQL_TABLE_OPTIONS, Id, Timestamp
 from creditrelay.schema.table_base import column, metadata
 
-STATUSES = ("created", "paid", "failed", "refunded", "disputed")  # created, then paid (then refunded or disputed) or failed
+# an order's status: created, then paid (then refunded or disputed) or failed
+STATUSES = ("created", "paid", "failed", "refunded", "disputed")
 
 
 class Order(SQLModel, table=True):
