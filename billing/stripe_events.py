@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from creditrelay.billing.orders import CREATED, DISPUTED, FAILED, REFUNDED, Order, UnknownOrder, find_order
-from creditrelay.billing.payments import Payment, PaymentStatus, TakeBackStatus, apply_payment, take_back
+from creditrelay.billing.payments import Payment, PaymentStatus, TakeBack, TakeBackStatus, apply_payment, take_back
 from creditrelay.schema.inserts import insert_new
 from creditrelay.schema.orders import orders
 from creditrelay.schema.packages import CreditPackage
@@ -187,17 +187,10 @@ def _take_back(connection: Connection, event: StripeEvent, now: datetime) -> Han
     return Handled(EventStatus.PROCESSED, detail, back.id, back.payment_intent, back.amount)
 
 
-@dataclass(frozen=True, slots=True)
-class _Done:
-    status: TakeBackStatus
-    credits: int
-
-
-def _apply_takeback(connection: Connection, order: Order, kind: str, amount: int | None, now: datetime) -> _Done:
+def _apply_takeback(connection: Connection, order: Order, kind: str, amount: int | None, now: datetime) -> TakeBack:
     """A refund (``amount``: refunded so far) or a dispute (all of it: Stripe withdraws the disputed sum at
     once, and a dispute of a partly refunded charge disputes the rest) of the order, taken back once."""
     refunded = amount if kind == REFUNDED else None
     what = "Stripe refund" if kind == REFUNDED else "Stripe dispute"
     reason = f"{what} of {order.provider} order {order.out_trade_no} ({order.package})"
-    result = take_back(connection, order, refunded, kind, reason, now)
-    return _Done(result.status, result.credits)
+    return take_back(connection, order, refunded, kind, reason, now)
