@@ -7,6 +7,7 @@ how far apart a usage's two paths may pair — is what the settings say, set onc
 The command line only parses arguments and prints; nothing below this module reads the environment.
 """
 
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -152,6 +153,15 @@ def workers(settings: Settings, engine: Engine) -> "list[Worker]":
     return found
 
 
+def writer_processes(settings: Settings, cpus: int | None = None) -> bool:
+    """Whether the webhook writers apply their batches in processes of their own (decision 0037):
+    WEBHOOK_WRITER=process, or auto when this process may run on more than one CPU (``cpus``: how many it
+    may, by default its CPU affinity). On one CPU a writer process only adds a hand-off and memory."""
+    if settings.webhook_writer != "auto":
+        return settings.webhook_writer == "process"
+    return (cpus if cpus is not None else len(os.sched_getaffinity(0))) > 1
+
+
 def build_app(settings: Settings) -> "Starlette":
     """The receiver as ``serve`` runs it: the ledger opened with its rules, the poller when POLL_INTERVAL
     asks for one, and the background workers the settings call for."""
@@ -161,4 +171,9 @@ def build_app(settings: Settings) -> "Starlette":
     polls = settings.polling_enabled and settings.poll_interval
     poller = make_poller(settings, committed=count_polled) if polls else None
     engine = open_ledger(settings)
-    return create_app(settings, engine, poller=poller, workers=workers(settings, engine))
+    writer = None
+    if writer_processes(settings):
+        from creditrelay.receiver.writers import ProcessWriter
+
+        writer = ProcessWriter(partial(open_ledger, settings), settings.log_level)
+    return create_app(settings, engine, poller=poller, workers=workers(settings, engine), writer=writer)

@@ -24,6 +24,7 @@ from creditrelay.schema.wire import web_url
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
 ENFORCEMENT_MODES = ("off", "tokens", "users", "litellm")
+WRITER_MODES = ("auto", "process", "thread")  # WEBHOOK_WRITER; the first is the default
 DEV_SECRET_FILE = Path("data/dev-webhook-secret")  # written by `make run` (scripts/dev_server.py)
 DEFAULT_BODY_LIMIT = 64 * 1024
 
@@ -64,6 +65,10 @@ class Settings:
     epay_pid: str | None = None  # the merchant id
     epay_key: str | None = None  # the merchant key: signs the submit URL, checks the notify
     log_level: str = "info"
+    # where the group commit applies its batches: on its threads (an app built in code: tests, embedding),
+    # in a process per thread, or (auto, WEBHOOK_WRITER unset) in processes when the worker may use more
+    # than one CPU (creditrelay.app.writer_processes)
+    webhook_writer: str = "thread"
     signing_from: str = "WEBHOOK_SECRET"  # or the development secret's file, when that was used
 
     @property
@@ -222,7 +227,16 @@ def load_settings(
         epay_pid=epay["EPAY_PID"],
         epay_key=epay["EPAY_KEY"],
         log_level=config("LOG_LEVEL", default="info").strip().lower() or "info",
+        webhook_writer=_choice(config, "WEBHOOK_WRITER", WRITER_MODES),
     )
+
+
+def _choice(config: Config, name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when unset), case and surrounding space ignored."""
+    value = config(name, default=choices[0]).strip().lower() or choices[0]
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _balance(config: Config, name: str, default: str) -> int:

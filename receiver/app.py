@@ -34,6 +34,7 @@ from creditrelay.receiver.portal_pages import portal_pages
 from creditrelay.receiver.rate_limit import RateLimiter
 from creditrelay.receiver.stripe_checkout import StripeSettings
 from creditrelay.receiver.webhooks import WebhookService, health, receive_event
+from creditrelay.receiver.writers import Writer
 from creditrelay.settings import Settings
 
 EVENTS_PATH = "/api/webhooks/events"
@@ -99,10 +100,12 @@ def create_app(
     poller: Poller | None = None,
     workers: Sequence[Worker] = (),
     stripe_api_base: str | None = None,
+    writer: Writer | None = None,
 ) -> Starlette:
     """The receiver for ``settings``, on ``engine`` (already migrated); with ``poller`` and ``POLL_INTERVAL``
     it also polls new-api in the background, and runs ``workers`` beside (see ``background``).
-    ``stripe_api_base``: a stand-in for Stripe's API (a test's fake, stripe-mock)."""
+    ``stripe_api_base``: a stand-in for Stripe's API (a test's fake, stripe-mock); ``writer``: where the
+    webhook batches are applied (by default on the writer threads)."""
     admin_service = admin_api.AdminService(
         engine,
         settings.admin_token,
@@ -176,7 +179,7 @@ def create_app(
     app.state.webhooks = WebhookService(
         secrets=settings.require_secrets(),
         body_limit=settings.body_limit,
-        ingestor=Ingestor(engine, clock),
+        ingestor=Ingestor(engine, clock, writer=writer),
         engine=engine,
         clock=clock,
     )

@@ -2,12 +2,12 @@
 its own outcome, after the commit.
 
 Requests put their verified, parsed events in a queue; a writer takes whatever is waiting (at most
-``max_batch``; under no load that is one event, so nobody waits for a batch to fill), applies it through
-billing's batch-first ``record_deliveries`` in one transaction on a thread of its own — never on the
-event loop — and resolves each request's future. A batch that fails (the database refuses it, or a bug
-trips on it) is retried one event at a time, so a poison event fails alone and the writer goes on; when
-the database is unreachable every event of the batch gets ``DatabaseUnavailable`` (503) and nothing of
-it was committed.
+``max_batch``; under no load that is one event, so nobody waits for a batch to fill), applies it in one
+transaction from a thread of its own — never on the event loop; under ``serve`` the thread hands it to a
+writer process and waits (``receiver/writers.py``) — and resolves each request's future. A batch that
+fails (the database refuses it, or a bug trips on it) is retried one event at a time, so a poison event
+fails alone and the writer goes on; when the database is unreachable every event of the batch gets
+``DatabaseUnavailable`` (503) and nothing of it was committed.
 
 Nothing outside a batch's own work can end a writer: a failure in handing a batch over, logging or
 counting fails that batch's requests (500) and the writer takes the next one. A writer task that stops

@@ -17,6 +17,7 @@ from creditrelay.receiver.bodies import header_map, read_body, require_json
 from creditrelay.receiver.errors import ApiError
 from creditrelay.receiver.ingest import Ingestor
 from creditrelay.receiver.metrics import EVENTS, REQUEST_SECONDS
+from creditrelay.receiver.writers import WriterFailed, WriterStopped
 from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.shapes import iso
 from creditrelay.schema.signing import WebhookSecret, verify_signature
@@ -125,6 +126,8 @@ async def health(request: Request) -> Response:
         await committer.check(fresh=HEALTH_FRESH_SECONDS, timeout=HEALTH_PROBE_SECONDS)
     except DatabaseUnavailable:
         return _unhealthy("Database unavailable", now)
+    except (WriterStopped, WriterFailed) as error:
+        return _unhealthy(f"The webhook writer could not commit: {error}", now)
     except TimeoutError:
         return _unhealthy(f"The webhook writers could not commit within {HEALTH_PROBE_SECONDS:g} s", now)
     return JSONResponse({"success": True, "message": "Webhook service is healthy", "timestamp": now})

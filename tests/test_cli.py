@@ -83,6 +83,7 @@ def test_a_second_user_with_the_same_email_is_refused(database: Database) -> Non
         ({"WEBHOOK_SECRET": SECRET, "POLL_INTERVAL": "often"}, "POLL_INTERVAL"),
         ({"WEBHOOK_SECRET": SECRET, "CREDIT_PACKAGES": "starter=1000:10.001:CNY"}, "CREDIT_PACKAGES"),
         ({"WEBHOOK_SECRET": SECRET, "EPAY_URL": "https://pay.example.com/submit.php"}, "EPAY_KEY"),
+        ({"WEBHOOK_SECRET": SECRET, "WEBHOOK_WRITER": "fork"}, "WEBHOOK_WRITER"),
     ],
 )
 def test_serve_refuses_bad_settings_naming_the_variable(database: Database, env: dict[str, str], variable: str) -> None:

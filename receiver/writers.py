@@ -1,0 +1,269 @@
+"""Where the group commit's batches are applied: on the writer thread itself (``ThreadWriter``), or in a
+process of the writer thread's own (``ProcessWriter``, what ``serve`` runs unless ``WEBHOOK_WRITER=thread``).
+
+One uvicorn worker is one interpreter: HTTP parsing, the route and a writer thread take turns on its lock,
+so billing's work for a batch (and PyMySQL's protocol) and the next requests' HTTP wait for each other
+while the machine's other core has time to spare. A ``ProcessWriter`` keeps a child process per writer
+thread, started as the app is built (a start under load would hold the first batches for the half second
+a child takes to import), each with a pipe: a thread takes an idle child, sends the batch's parsed events
+and waits, without the lock, until the child answers with their outcomes after its commit. A 200 still
+means the charge is on disk: the request is answered only with the child's answer
+(docs/decisions/0037-the-writer-in-a-process-of-its-own.md).
+
+The child is spawned (nothing of the worker's threads, sockets or connections is copied into it), opens the
+ledger with the function it is given (``creditrelay.app.open_ledger``, so its rules are the settings'),
+applies each batch with a ``ThreadWriter`` of its own, and ends when its pipe closes: the worker exited or
+died. What fails a batch comes back as a value: ``DatabaseUnavailable`` as itself (503); anything else as
+``WriterFailed`` with the child's message, which the group committer treats as it treats a failure on a
+thread (it splits the batch, so only the failing event fails). A child that dies (killed, out of memory)
+fails the batch in flight with ``WriterStopped`` (503: its events may or may not have committed, and a
+retry is answered as a duplicate if they did); a new child is started for the next batch.
+"""
+
+import contextlib
+import gc
+import multiprocessing
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.process import BaseProcess
+from typing import Protocol, TextIO
+
+import structlog
+from sqlalchemy import Connection, Engine
+
+from creditrelay.billing.deliveries import DeliveryOutcome, deliver
+from creditrelay.schema.database import utc
+from creditrelay.schema.errors import CreditRelayError, DatabaseUnavailable
+from creditrelay.schema.tables import webhook_logs
+from creditrelay.schema.transactions import connect, run_transaction
+from creditrelay.schema.wire import Event
+
+log = structlog.get_logger()
+
+# an UPDATE that matches no row: it needs what any commit of a delivery needs (SQLite's write lock,
+# MySQL's global intention lock, which FLUSH TABLES WITH READ LOCK holds back, a PostgreSQL server that is
+# not read-only), waits for locks no longer than the lock timeout, and changes nothing
+_NOTHING = webhook_logs.update().where(webhook_logs.c.id == 0).values(status=webhook_logs.c.status)
+
+
+class Writer(Protocol):
+    """Applies a batch in one transaction and returns after the commit; called on a writer thread."""
+
+    def start(self, count: int) -> None:
+        """Be ready for ``count`` writer threads (called once, as the app is built)."""
+
+    def deliver(self, events: Sequence[Event]) -> list[DeliveryOutcome]: ...
+
+    def probe(self) -> None:
+        """A write transaction that writes nothing, where the batches are written (health)."""
+
+
+class WriterFailed(Exception):
+    """A batch failed in the writer process; the message is what failed it there."""
+
+
+class WriterStopped(CreditRelayError):
+    """The writer process ended while it held a batch: whether the batch committed is unknown."""
+
+    status_code = 503
+    headers = {"Retry-After": "5"}  # noqa: RUF012 - a constant, never mutated
+
+    @property
+    def public_message(self) -> str:
+        return "The webhook writer stopped; retry (an event that was recorded is answered as a duplicate)"
+
+
+class ThreadWriter:
+    """Each writer thread applies its batches on a connection of its own, in this process."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._local = threading.local()
+
+    def start(self, count: int) -> None:
+        """Nothing to start: each thread connects at its first batch."""
+
+    def deliver(self, events: Sequence[Event]) -> list[DeliveryOutcome]:
+        return deliver(self._connection(), events, utc(self.clock()))
+
+    def probe(self) -> None:
+        run_transaction(self._connection(), lambda c: c.execute(_NOTHING), attempts=1)
+
+    def _connection(self) -> Connection:
+        connection: Connection | None = getattr(self._local, "connection", None)
+        if connection is None or connection.closed:
+            connection = self._local.connection = connect(self.engine)
+        return connection
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What the child answers instead of outcomes when a batch failed there."""
+
+    unavailable: bool  # DatabaseUnavailable: nothing was written
+    message: str
+
+
+@dataclass
+class _Child:
+    process: BaseProcess
+    pipe: Pipe
+
+
+class ProcessWriter:
+    """Batches applied by writer processes, one per writer thread at a time (see the module)."""
+
+    def __init__(self, open_engine: Callable[[], Engine], log_level: str = "info") -> None:
+        self.open_engine = open_engine  # pickled into the child: a module-level function, or a partial of one
+        self.log_level = log_level
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: list[_Child] = []  # the children no thread holds now
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self, count: int) -> None:
+        """Start ``count`` writer processes now (each takes about half a second to import and open the
+        ledger), so that the first batches under load do not wait for one."""
+        children = [self._spawn() for _ in range(count - len(self._idle))]
+        with self._lock:
+            self._idle += children
+
+    def deliver(self, events: Sequence[Event]) -> list[DeliveryOutcome]:
+        outcomes = self._ask("deliver", list(events))
+        assert outcomes is not None  # a batch's answer is its outcomes, or raised
+        return outcomes
+
+    def probe(self) -> None:
+        self._ask("probe", [])
+
+    def pids(self) -> list[int]:
+        """The process ids of the children waiting for a batch."""
+        with self._lock:
+            return [child.process.pid for child in self._idle if child.process.is_alive() and child.process.pid]
+
+    def close(self) -> None:
+        """End every child: its pipe closes and it leaves its loop (a child holding a batch, when the batch
+        is answered)."""
+        with self._lock:
+            self._closed, children, self._idle = True, self._idle, []
+        for child in children:
+            child.pipe.close()
+        for child in children:
+            child.process.join(10)
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join()
+
+    def _ask(self, kind: str, events: list[Event]) -> list[DeliveryOutcome] | None:
+        child = self._take()
+        try:
+            child.pipe.send((kind, events))
+            answer: list[DeliveryOutcome] | _Failure | None = child.pipe.recv()
+        except (EOFError, OSError) as error:
+            child.pipe.close()
+            child.process.join(5)
+            log.error("writer_process_stopped", pid=child.process.pid, exitcode=child.process.exitcode)
+            raise WriterStopped(f"the writer process {child.process.pid} stopped: {error!r}") from None
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._idle.append(child)
+        if closed:
+            child.pipe.close()
+        if isinstance(answer, _Failure):
+            raise DatabaseUnavailable(answer.message) if answer.unavailable else WriterFailed(answer.message)
+        return answer
+
+    def _take(self) -> _Child:
+        """A child no thread holds, started (again) when there is none or the one there was has ended."""
+        with self._lock:
+            while self._idle:
+                child = self._idle.pop()
+                if child.process.is_alive():
+                    return child
+                child.pipe.close()  # ended between batches: nothing of ours was in it
+                log.warning("writer_process_restarted", pid=child.process.pid, exitcode=child.process.exitcode)
+        return self._spawn()
+
+    def _spawn(self) -> _Child:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=serve_batches,
+            args=(theirs, self.open_engine, self.log_level),
+            name="creditrelay-writer",
+            daemon=True,
+        )
+        try:
+            with _std_streams_flush_quietly():
+                process.start()
+        except OSError as error:  # no process to be had (a limit on processes, no memory)
+            ours.close()
+            theirs.close()
+            log.error("writer_process_not_started", error=repr(error))
+            raise WriterStopped(f"the writer process could not start: {error!r}") from None
+        theirs.close()  # the child holds its end: when it ends, our recv sees EOF
+        return _Child(process, ours)
+
+
+class _QuietFlush:
+    """A stream whose ``flush`` ignores a pipe that nobody reads any more."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.flush()
+
+
+@contextlib.contextmanager
+def _std_streams_flush_quietly() -> Iterator[None]:
+    """multiprocessing flushes stdout and stderr before it starts a process, and raises when one is a pipe
+    whose reader went away (a log shipper gone; what was in it is lost with the pipe): for that moment a
+    failed flush of either is ignored (lines written meanwhile still go to the stream)."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_QuietFlush(s) if s is not None else None for s in streams)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def serve_batches(pipe: Pipe, open_engine: Callable[[], Engine], log_level: str) -> None:
+    """The child's loop: a batch in, its outcomes (or ``_Failure``) out, until the pipe closes."""
+    from creditrelay.receiver.logs import configure_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker decides when to end
+    configure_logging(log_level)
+    writer = ThreadWriter(open_engine(), time.time)
+    gc.collect()
+    gc.freeze()  # as serve does after start: what is loaded lives as long as the process
+    while True:
+        try:
+            kind, events = pipe.recv()
+        except (EOFError, OSError):
+            return
+        answer: list[DeliveryOutcome] | _Failure | None = None
+        try:
+            if kind == "deliver":
+                answer = writer.deliver(events)
+            else:
+                writer.probe()
+        except DatabaseUnavailable as error:
+            answer = _Failure(unavailable=True, message=str(error))
+        except Exception as error:  # a batch's failure goes back to the worker; the loop goes on
+            log.warning("writer_batch_failed", size=len(events), exc_info=True)  # the traceback is only here
+            answer = _Failure(unavailable=False, message=repr(error))
+        try:
+            pipe.send(answer)
+        except OSError:
+            return

@@ -1,0 +1,252 @@
+"""The webhook writer in a process of its own (``ProcessWriter``, serve's default): batches charged once
+and answered after the commit, failures carried back as what they are, and a child that dies replaced.
+On every database, with real child processes."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import make_url
+from structlog.testing import capture_logs
+
+from creditrelay.app import writer_processes
+from creditrelay.billing.deliveries import DeliveryStatus
+from creditrelay.receiver.writers import ProcessWriter, WriterFailed, WriterStopped
+from creditrelay.schema.database import make_engine
+from creditrelay.schema.errors import DatabaseUnavailable
+from creditrelay.schema.wire import Event, parse_event
+from creditrelay.settings import load_settings
+from scripts.processes import CREDITRELAY, free_port, kill_hard, start, stop, wait_healthy
+from tests.support.database import Database
+from tests.support.receiver import OPENING, add_user
+from tests.support.signing import SECRET, encode, seed_headers, usage_event
+
+
+def event(event_id: str, cost: int = 10, key: str = "1") -> Event:
+    return parse_event(encode(usage_event(event_id, cost=cost, key=key)))
+
+
+@pytest.fixture
+def writer(database: Database) -> Iterator[ProcessWriter]:
+    process_writer = ProcessWriter(partial(make_engine, database.url))
+    try:
+        yield process_writer
+    finally:
+        process_writer.close()
+
+
+def child_pid(writer: ProcessWriter) -> int:
+    """The one writer process ``writer`` has waiting (not this process)."""
+    pids = writer.pids()
+    assert len(pids) == 1
+    assert pids[0] != os.getpid()
+    return pids[0]
+
+
+def test_start_has_the_writer_processes_running_before_the_first_batch(database: Database) -> None:
+    """``start`` (called as the app is built) spawns one process per writer thread; batches then use them
+    rather than starting more."""
+    writer = ProcessWriter(partial(make_engine, database.url))
+    try:
+        writer.start(2)
+        started = sorted(writer.pids())
+        assert len(started) == 2
+        writer.probe()
+        writer.probe()
+        assert sorted(writer.pids()) == started
+    finally:
+        writer.close()
+
+
+def test_a_batch_is_charged_once_in_the_writer_process(database: Database, writer: ProcessWriter) -> None:
+    """Outcomes come back in order, after the commit: an id given twice in the batch and again later is
+    charged once, and the balance on disk has moved when ``deliver`` returns."""
+    add_user(database.engine)
+    outcomes = writer.deliver([event("p-1"), event("p-2", cost=5), event("p-1")])
+    assert [o.status for o in outcomes] == [DeliveryStatus.CHARGED, DeliveryStatus.CHARGED, DeliveryStatus.DUPLICATE]
+    assert database.scalar("SELECT balance FROM users") == OPENING - 15
+    again = writer.deliver([event("p-1"), event("p-3", key="999")])
+    assert [o.status for o in again] == [DeliveryStatus.DUPLICATE, DeliveryStatus.UNBILLABLE]
+    assert "unknown remoteKeyId 999" in (again[1].error or "")
+    assert database.scalar("SELECT COUNT(*) FROM usage_records") == 2
+    child_pid(writer)  # it ran in a child, not here
+
+
+def test_a_child_that_ended_between_batches_is_started_again(database: Database, writer: ProcessWriter) -> None:
+    """A writer process killed while idle is replaced before the next batch, which is charged."""
+    add_user(database.engine)
+    writer.probe()
+    first = child_pid(writer)
+    os.kill(first, signal.SIGKILL)
+    _wait_ended(first)
+    with capture_logs() as logs:
+        assert writer.deliver([event("q-1")])[0].status is DeliveryStatus.CHARGED
+    assert child_pid(writer) != first
+    assert [line["event"] for line in logs] == ["writer_process_restarted"]
+    assert database.scalar("SELECT balance FROM users") == OPENING - 10
+
+
+def test_a_child_that_dies_holding_a_batch_fails_it_as_unknown(database: Database, writer: ProcessWriter) -> None:
+    """The batch in flight when its writer process dies is answered ``WriterStopped`` (503: it may or may
+    not have committed); the next batch goes to a new process, and the event sent again is charged once."""
+    add_user(database.engine)
+    writer.probe()
+    pid = child_pid(writer)
+    os.kill(pid, signal.SIGSTOP)  # the batch waits in the pipe until the process is killed
+    killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+    killer.start()
+    with pytest.raises(WriterStopped) as stopped:
+        writer.deliver([event("r-1")])
+    killer.join()
+    assert stopped.value.status_code == 503
+    assert writer.deliver([event("r-1")])[0].status is DeliveryStatus.CHARGED
+    assert database.scalar("SELECT balance FROM users") == OPENING - 10
+
+
+def test_a_failed_batch_comes_back_with_what_failed_it(tmp_path: Path) -> None:
+    """An error in the writer process (here: a database without creditrelay's tables) is raised in the
+    worker as ``WriterFailed`` naming it, and the process goes on to the next batch."""
+    writer = ProcessWriter(partial(make_engine, make_url(f"sqlite:///{tmp_path / 'empty.db'}")))
+    try:
+        with pytest.raises(WriterFailed, match="no such table"):
+            writer.deliver([event("s-1")])
+        pid = child_pid(writer)
+        with pytest.raises(WriterFailed, match="no such table"):
+            writer.probe()  # its UPDATE finds no table either, in the same process
+        assert child_pid(writer) == pid
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("scheme", ["mysql+pymysql://root", "postgresql+psycopg://postgres"])
+def test_an_unreachable_database_is_database_unavailable(scheme: str) -> None:
+    """A database that does not answer is ``DatabaseUnavailable`` in the worker (503), for batches and
+    for health's probe alike."""
+    writer = ProcessWriter(partial(make_engine, make_url(f"{scheme}@127.0.0.1:{free_port()}/nowhere")))
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            writer.deliver([event("t-1")])
+        with pytest.raises(DatabaseUnavailable):
+            writer.probe()
+    finally:
+        writer.close()
+
+
+def test_close_ends_the_writer_processes(database: Database) -> None:
+    writer = ProcessWriter(partial(make_engine, database.url))
+    writer.probe()
+    pid = child_pid(writer)
+    writer.close()
+    _wait_ended(pid)
+    assert writer.pids() == []
+
+
+def test_serve_writes_in_a_process_of_its_own_and_replaces_it(database: Database, tmp_path: Path) -> None:
+    """`serve` with WEBHOOK_WRITER=process: the worker starts a writer process per writer thread, the charge is
+    made there; killed, the children are replaced and the next event is charged. With WEBHOOK_WRITER=thread
+    the worker has no such child."""
+    add_user(database.engine)
+    url = database.url.render_as_string(hide_password=False)
+    writers = 1 if database.kind == "sqlite" else 2
+    for mode, expect_child in (("process", True), ("thread", False)):
+        port = free_port()
+        env = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": url, "WEBHOOK_WRITER": mode}
+        server = start(["serve", "--port", str(port)], env, tmp_path / "serve.log")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(f"{base}/api/webhooks/health", server, tmp_path / "serve.log")
+            with httpx.Client(base_url=base, timeout=30) as client:
+                children = _writer_children(server.pid)  # one per writer thread, started with the app
+                assert len(children) == (writers if expect_child else 0)
+                assert _post(client, f"{mode}-1").status_code == 200
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)
+                    _wait_ended(pid)
+                assert _post(client, f"{mode}-2").status_code == 200
+                assert client.get("/api/webhooks/health").status_code == 200
+                replaced = _writer_children(server.pid)  # as many as the batches since needed
+                assert bool(replaced) is expect_child
+                assert not set(replaced) & set(children)
+        finally:
+            stop(server)
+    assert database.scalar("SELECT balance FROM users") == OPENING - 4 * 15
+
+
+def _post(client: httpx.Client, event_id: str) -> httpx.Response:
+    body = encode(usage_event(event_id))
+    return client.post("/api/webhooks/events", content=body, headers=seed_headers(body))
+
+
+def _writer_children(pid: int) -> list[int]:
+    """The spawned writer processes under ``pid`` (not multiprocessing's resource tracker)."""
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def _wait_ended(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+        assert time.monotonic() < deadline, f"process {pid} did not end"
+        time.sleep(0.02)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+@pytest.mark.parametrize(
+    ("mode", "cpus", "expected"),
+    [("auto", 2, True), ("auto", 1, False), ("process", 1, True), ("thread", 2, False)],
+)
+def test_auto_writes_in_processes_only_with_more_than_one_cpu(mode: str, cpus: int, expected: bool) -> None:
+    """WEBHOOK_WRITER=auto (unset): writer processes when the worker may run on more than one CPU; on one
+    they would only add a hand-off and memory. process and thread are what they say."""
+    settings = load_settings({"WEBHOOK_SECRET": SECRET, "WEBHOOK_WRITER": mode}, env_file=None, dev_secret_file=None)
+    assert writer_processes(settings, cpus) is expected
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not Path("/usr/bin/taskset").exists(), reason="one CPU")
+def test_serve_pinned_to_one_cpu_writes_on_its_threads(database: Database, tmp_path: Path) -> None:
+    """`serve` under `taskset -c 0` with WEBHOOK_WRITER unset starts no writer process, and charges."""
+    add_user(database.engine)
+    port = free_port()
+    env = os.environ | {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": database.url.render_as_string(hide_password=False)}
+    env.pop("WEBHOOK_WRITER", None)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            ["taskset", "-c", "0", CREDITRELAY, "serve", "--port", str(port)], env=env, stdout=sink, stderr=sink
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/api/webhooks/health", server, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert _post(client, "pinned-1").status_code == 200
+        assert _writer_children(server.pid) == []
+    finally:
+        stop(server)
+    assert database.scalar("SELECT balance FROM users") == OPENING - 15
+
+
+def test_writer_processes_end_when_serve_is_killed(database: Database, tmp_path: Path) -> None:
+    """`kill -9` of `serve` leaves no writer process behind: each leaves its loop when its pipe closes."""
+    port = free_port()
+    env = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": database.url.render_as_string(hide_password=False)}
+    server = start(["serve", "--port", str(port)], env | {"WEBHOOK_WRITER": "process"}, tmp_path / "serve.log")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/api/webhooks/health", server, tmp_path / "serve.log")
+        children = _writer_children(server.pid)
+        assert children
+    finally:
+        kill_hard(server)
+    for pid in children:
+        _wait_ended(pid)
