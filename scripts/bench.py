@@ -51,6 +51,7 @@ class Plan:
     requests_file: Path
     workers: int = 1
     connections: int | None = None  # None: --connections, full load, compared with the ceiling
+    writer: str | None = None  # WEBHOOK_WRITER (None: serve's default, process)
 
     @property
     def full_load(self) -> bool:
@@ -68,6 +69,8 @@ def scenario(plan: Plan, args: argparse.Namespace, *, pinned: bool = True, root:
         code = "import sys; sys.path.insert(0, sys.argv[1]); import scripts.benchkit as k; k.make_database(sys.argv[2])"
         subprocess.run([sys.executable, "-c", code, str(root), plan.url], cwd=root, check=True, capture_output=True)
     env = {"DATABASE_URL": plan.url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "warning"}
+    if plan.writer is not None:
+        env["WEBHOOK_WRITER"] = plan.writer
     with serve(["serve", "--workers", str(plan.workers)], env, cpu=cpu, root=root) as server:
         before = server_cpu_seconds(plan.url)
         result = run_load(server, plan.requests_file, args, connections=plan.connections, load_cpu=load_cpu)
@@ -165,16 +168,19 @@ def unpinned(args: argparse.Namespace, work: Path, unique: Path, measure_ceiling
     """The same unique-event runs with nothing pinned — the receiver, wrk and the database server share the
     cores as they do on a real host — against the ceiling measured the same way beside each: the share of
     the bare rate that counts the database server's own CPU too (pinned, it runs on the core wrk uses).
-    With ``--ref``, that revision's runs interleave with this tree's, each beside a ceiling of its own."""
+    This tree runs twice, its writer in a process of its own (serve's default) and on the worker's thread
+    (``WEBHOOK_WRITER=thread``). With ``--ref``, that revision's runs interleave with this tree's, each
+    beside a ceiling of its own."""
     with revisions(TREE, [args.ref] if args.ref else []) as roots:
         ceilings, shares = [measure_ceiling(False)], {}
+        variants = [(name, root, None) for name, root in roots.items()] + [("thread", TREE, "thread")]
         for _ in range(args.repeat):
             for kind, url in kinds(args, work):
-                for name, root in roots.items():
-                    plan = Plan(f"{kind}: unique events, unpinned", url, unique)
+                for name, root, writer in variants:
+                    plan = Plan(f"{kind}: unique events, unpinned", url, unique, writer=writer)
                     result = scenario(plan, args, pinned=False, root=root)
                     ceilings.append(measure_ceiling(False))
-                    label = kind if name == "this tree" else f"{kind} {name}"
+                    label = {"this tree": kind, "thread": f"{kind} WEBHOOK_WRITER=thread"}.get(name, f"{kind} {name}")
                     shares.setdefault(label, []).append((result.rps / ((ceilings[-2] + ceilings[-1]) / 2), result))
     print("\nunpinned (receiver, wrk and database server share the cores), unique events, medians:")
     for kind, runs in shares.items():

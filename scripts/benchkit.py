@@ -110,18 +110,25 @@ def _free_port() -> int:
 
 
 def _rss_kb(pid: int) -> int:
-    """Resident memory of a process and its children (uvicorn workers)."""
+    """Resident memory of a process and its descendants (uvicorn workers, their writer processes)."""
     total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        status = Path(f"/proc/{p}/status")
-        if status.exists():
-            match = re.search(r"VmRSS:\s+(\d+)", status.read_text())
-            total += int(match.group(1)) if match else 0
+    pending = [pid]
+    while pending:
+        process = Path(f"/proc/{pending.pop()}")
+        try:
+            match = re.search(r"VmRSS:\s+(\d+)", (process / "status").read_text())
+            pending += [int(child) for task in (process / "task").iterdir() for child in _children(task)]
+        except OSError:  # it ended meanwhile
+            continue
+        total += int(match.group(1)) if match else 0
     return total
+
+
+def _children(task: Path) -> list[str]:
+    try:
+        return (task / "children").read_text().split()
+    except OSError:
+        return []
 
 
 def _pinned(command: list[str], cpu: str | None) -> list[str]:

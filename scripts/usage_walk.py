@@ -3,11 +3,13 @@ by tracing a real request rather than by reading the code.
 
 A child process serves the app ``serve`` builds (on a fresh SQLite database), sends one signed webhook to
 warm it up, then traces a second one: every call made by a function of ours, on every thread (the
-request's and the group-commit writer's). It prints, for each thread, the modules in the order the usage
-first enters them, and two figures: the modules it passes, and its hops — the calls from one of our
-modules into another, each counted once per pair of modules (calling back into a module already passed
-counts too: that is the back-and-forth a reader has to follow). Run it with ``--ref REV`` to walk a
-committed revision the same way (a git worktree), side by side; ``docs/design.md`` quotes its output.
+request's and the group-commit writer's; the writer applies its batches on its own thread, as with
+``WEBHOOK_WRITER=thread``, so that one trace sees what a writer process runs). It prints, for each
+thread, the modules in the order the usage first enters them, and two figures: the modules it passes,
+and its hops — the calls from one of our modules into another, each counted once per pair of modules
+(calling back into a module already passed counts too: that is the back-and-forth a reader has to
+follow). Run it with ``--ref REV`` to walk a committed revision the same way (a git worktree), side by
+side; ``docs/design.md`` quotes its output.
 
     .venv/bin/python scripts/usage_walk.py [--ref e850494]
 """
@@ -34,6 +36,7 @@ root = Path(sys.argv[1])
 sys.path.insert(0, str(root))
 work = Path(sys.argv[2])
 os.environ.update(DATABASE_URL=f"sqlite:///{work}/walk.db", WEBHOOK_SECRET="walk-secret-walk-secret-walk-secret-00")
+os.environ["WEBHOOK_WRITER"] = "thread"  # the writer process runs the same modules, where this trace cannot see
 from scripts.benchkit import make_database
 make_database(os.environ["DATABASE_URL"])
 from starlette.testclient import TestClient
