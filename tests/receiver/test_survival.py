@@ -56,8 +56,11 @@ def _serve_without_logs(env: dict[str, str]) -> tuple[subprocess.Popen[bytes] | 
             if httpx.get(f"{url}/api/webhooks/health", timeout=2).status_code == 200:
                 return server, url
         except httpx.TransportError:
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.1)
+            pass
+        if time.monotonic() > deadline:  # up but never healthy fails too
+            stop(server)
+            raise AssertionError("serve did not come up healthy")
+        time.sleep(0.1)
     return None, url
 
 
