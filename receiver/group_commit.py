@@ -15,7 +15,8 @@ anyway is started again on the next request or health check, and ``stalled`` tel
 writer has made progress for ``stall_seconds`` while events wait.
 
 Health asks the writers themselves (``check``): a batch committed a moment ago answers it; otherwise a
-probe runs on a writer's thread and connection, a write transaction that writes nothing (``probe``). So
+probe runs where a writer's batches run (its thread's connection, or its writer process), a write
+transaction that writes nothing (``probe``). So
 health says what the writers can do now — not whether one more connection opens (the writers hold theirs
 when ``max_connections`` is full), nor whether a read answers (it does under ``FLUSH TABLES WITH READ
 LOCK``, which no commit gets past).

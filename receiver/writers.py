@@ -16,8 +16,9 @@ applies each batch with a ``ThreadWriter`` of its own, and ends when its pipe cl
 died. What fails a batch comes back as a value: ``DatabaseUnavailable`` as itself (503); anything else as
 ``WriterFailed`` with the child's message, which the group committer treats as it treats a failure on a
 thread (it splits the batch, so only the failing event fails). A child that dies (killed, out of memory)
-fails the batch in flight with ``WriterStopped`` (503: its events may or may not have committed, and a
-retry is answered as a duplicate if they did); a new child is started for the next batch.
+fails the batch in flight with ``WriterStopped``, a ``DatabaseUnavailable`` (503 for the whole batch: its
+events may or may not have committed, and a retry is answered as a duplicate if they did); a new child is
+started for the next batch.
 """
 
 import contextlib
@@ -35,10 +36,11 @@ from typing import Protocol, TextIO
 
 import structlog
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from creditrelay.billing.deliveries import DeliveryOutcome, deliver
 from creditrelay.schema.database import utc
-from creditrelay.schema.errors import CreditRelayError, DatabaseUnavailable
+from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.transactions import connect, run_transaction
 from creditrelay.schema.wire import Event
@@ -67,11 +69,16 @@ class WriterFailed(Exception):
     """A batch failed in the writer process; the message is what failed it there."""
 
 
-class WriterStopped(CreditRelayError):
-    """The writer process ended while it held a batch: whether the batch committed is unknown."""
+class WriterRefused(WriterFailed, SQLAlchemyError):
+    """The database refused a batch's statement in the writer process: answered as such a refusal is on a
+    thread (500, "the database refused this request")."""
 
-    status_code = 503
-    headers = {"Retry-After": "5"}  # noqa: RUF012 - a constant, never mutated
+
+class WriterStopped(DatabaseUnavailable):
+    """The writer process ended (or could not start) while a batch waited for it. Handled as the database
+    being unavailable — 503 with ``Retry-After`` for the whole batch, never split into a process per event —
+    except that the batch may have committed before the process ended: a retry is then answered as a
+    duplicate."""
 
     @property
     def public_message(self) -> str:
@@ -108,6 +115,7 @@ class _Failure:
 
     unavailable: bool  # DatabaseUnavailable: nothing was written
     message: str
+    refused: bool = False  # the database refused a statement (SQLAlchemyError)
 
 
 @dataclass
@@ -130,7 +138,10 @@ class ProcessWriter:
     def start(self, count: int) -> None:
         """Start ``count`` writer processes now (each takes about half a second to import and open the
         ledger), so that the first batches under load do not wait for one."""
-        children = [self._spawn() for _ in range(count - len(self._idle))]
+        try:
+            children = [self._spawn() for _ in range(count - len(self._idle))]
+        except WriterStopped:  # logged; the first batch tries again
+            return
         with self._lock:
             self._idle += children
 
@@ -177,7 +188,9 @@ class ProcessWriter:
         if closed:
             child.pipe.close()
         if isinstance(answer, _Failure):
-            raise DatabaseUnavailable(answer.message) if answer.unavailable else WriterFailed(answer.message)
+            if answer.unavailable:
+                raise DatabaseUnavailable(answer.message)
+            raise WriterRefused(answer.message) if answer.refused else WriterFailed(answer.message)
         return answer
 
     def _take(self) -> _Child:
@@ -192,7 +205,11 @@ class ProcessWriter:
         return self._spawn()
 
     def _spawn(self) -> _Child:
-        ours, theirs = self._context.Pipe()
+        try:
+            ours, theirs = self._context.Pipe()
+        except OSError as error:  # no descriptors left
+            log.error("writer_process_not_started", error=repr(error))
+            raise WriterStopped(f"the writer process could not start: {error!r}") from None
         process = self._context.Process(
             target=serve_batches,
             args=(theirs, self.open_engine, self.log_level),
@@ -204,10 +221,10 @@ class ProcessWriter:
                 process.start()
         except OSError as error:  # no process to be had (a limit on processes, no memory)
             ours.close()
-            theirs.close()
             log.error("writer_process_not_started", error=repr(error))
             raise WriterStopped(f"the writer process could not start: {error!r}") from None
-        theirs.close()  # the child holds its end: when it ends, our recv sees EOF
+        finally:
+            theirs.close()  # the child holds its end: when it ends, our recv sees EOF
         return _Child(process, ours)
 
 
@@ -230,19 +247,25 @@ def _std_streams_flush_quietly() -> Iterator[None]:
     """multiprocessing flushes stdout and stderr before it starts a process, and raises when one is a pipe
     whose reader went away (a log shipper gone; what was in it is lost with the pipe): for that moment a
     failed flush of either is ignored (lines written meanwhile still go to the stream)."""
-    streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (_QuietFlush(s) if s is not None else None for s in streams)
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = streams
+    with _SWAPPING:  # two writer threads starting processes at once would restore each other's wrapper
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = (_QuietFlush(s) if s is not None else None for s in streams)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = streams
+
+
+_SWAPPING = threading.Lock()
 
 
 def serve_batches(pipe: Pipe, open_engine: Callable[[], Engine], log_level: str) -> None:
     """The child's loop: a batch in, its outcomes (or ``_Failure``) out, until the pipe closes."""
     from creditrelay.receiver.logs import configure_logging
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker decides when to end
+    # Ctrl-C (and systemd's stop, KillMode=control-group) reach the whole group: the child ends when the
+    # worker closes its pipe, after the worker has answered the batches in flight
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(log_level)
     writer = ThreadWriter(open_engine(), time.time)
     gc.collect()
@@ -252,8 +275,13 @@ def serve_batches(pipe: Pipe, open_engine: Callable[[], Engine], log_level: str)
             kind, events = pipe.recv()
         except (EOFError, OSError):
             return
+        except Exception as error:  # a message that does not unpickle: answered, the loop goes on
+            log.error("writer_message_unreadable", exc_info=True)
+            kind, events = "unreadable", [error]
         answer: list[DeliveryOutcome] | _Failure | None = None
         try:
+            if kind == "unreadable":
+                raise events[0]
             if kind == "deliver":
                 answer = writer.deliver(events)
             else:
@@ -262,8 +290,11 @@ def serve_batches(pipe: Pipe, open_engine: Callable[[], Engine], log_level: str)
             answer = _Failure(unavailable=True, message=str(error))
         except Exception as error:  # a batch's failure goes back to the worker; the loop goes on
             log.warning("writer_batch_failed", size=len(events), exc_info=True)  # the traceback is only here
-            answer = _Failure(unavailable=False, message=repr(error))
+            answer = _Failure(unavailable=False, message=repr(error), refused=isinstance(error, SQLAlchemyError))
         try:
             pipe.send(answer)
         except OSError:
             return
+        except Exception as error:  # an answer that does not pickle: say so instead
+            log.error("writer_answer_unsendable", exc_info=True)
+            pipe.send(_Failure(unavailable=False, message=repr(error)))

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from creditrelay.app import writer_processes
 from creditrelay.billing.deliveries import DeliveryStatus
+from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.receiver.writers import ProcessWriter, WriterFailed, WriterStopped
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.errors import DatabaseUnavailable
@@ -100,14 +101,49 @@ def test_a_child_that_dies_holding_a_batch_fails_it_as_unknown(database: Databas
     writer.probe()
     pid = child_pid(writer)
     os.kill(pid, signal.SIGSTOP)  # the batch waits in the pipe until the process is killed
-    killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
-    killer.start()
+    killer = _kill_once_taken(writer, pid)
     with pytest.raises(WriterStopped) as stopped:
         writer.deliver([event("r-1")])
     killer.join()
     assert stopped.value.status_code == 503
     assert writer.deliver([event("r-1")])[0].status is DeliveryStatus.CHARGED
     assert database.scalar("SELECT balance FROM users") == OPENING - 10
+
+
+def test_a_batch_whose_process_dies_fails_whole_and_is_not_split(database: Database, writer: ProcessWriter) -> None:
+    """Through the group committer: a batch of three held by a process that dies is answered unavailable
+    (503) for all three at once — not split into a process started per event — and sent again, each event
+    is charged once."""
+    add_user(database.engine)
+    writer.probe()
+    pid = child_pid(writer)
+    committer = GroupCommitter(writer.deliver)
+    batch = [event("u-1"), event("u-2"), event("u-3")]
+    os.kill(pid, signal.SIGSTOP)
+    killer = _kill_once_taken(writer, pid)
+    outcomes = committer.apply_isolated(batch)
+    killer.join()
+    assert len(outcomes) == 3
+    assert all(isinstance(outcome, WriterStopped) for outcome in outcomes)
+    assert writer.pids() == []  # no process was started for the events one by one
+    again = committer.apply_isolated(batch)
+    assert [o.status for o in again if not isinstance(o, Exception)] == [DeliveryStatus.CHARGED] * 3
+    assert database.scalar("SELECT balance FROM users") == OPENING - 30
+
+
+def _kill_once_taken(writer: ProcessWriter, pid: int) -> threading.Thread:
+    """SIGKILL ``pid`` as soon as a batch has taken it from the idle ones (a thread, started)."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 10
+        while pid in writer.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the batch is on its way down the pipe; the stopped process cannot read it
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    return killer
 
 
 def test_a_failed_batch_comes_back_with_what_failed_it(tmp_path: Path) -> None:
@@ -137,15 +173,6 @@ def test_an_unreachable_database_is_database_unavailable(scheme: str) -> None:
             writer.probe()
     finally:
         writer.close()
-
-
-def test_close_ends_the_writer_processes(database: Database) -> None:
-    writer = ProcessWriter(partial(make_engine, database.url))
-    writer.probe()
-    pid = child_pid(writer)
-    writer.close()
-    _wait_ended(pid)
-    assert writer.pids() == []
 
 
 def test_serve_writes_in_a_process_of_its_own_and_replaces_it(database: Database, tmp_path: Path) -> None:
@@ -205,14 +232,24 @@ def _state(pid: int) -> str:
 
 
 @pytest.mark.parametrize(
-    ("mode", "cpus", "expected"),
-    [("auto", 2, True), ("auto", 1, False), ("process", 1, True), ("thread", 2, False)],
+    ("mode", "cpus", "workers", "expected"),
+    [
+        ("auto", 2, 1, True),
+        ("auto", 1, 1, False),
+        ("auto", 2, 2, False),
+        ("auto", 4, 2, True),
+        ("process", 1, 1, True),
+        ("thread", 2, 1, False),
+    ],
 )
-def test_auto_writes_in_processes_only_with_more_than_one_cpu(mode: str, cpus: int, expected: bool) -> None:
-    """WEBHOOK_WRITER=auto (unset): writer processes when the worker may run on more than one CPU; on one
-    they would only add a hand-off and memory. process and thread are what they say."""
+def test_auto_writes_in_processes_only_where_cpus_outnumber_workers(
+    mode: str, cpus: int, workers: int, expected: bool
+) -> None:
+    """WEBHOOK_WRITER=auto (unset): writer processes when the CPUs outnumber serve's workers; where the
+    workers fill them, a writer process would only add a hand-off and memory. process and thread are what
+    they say."""
     settings = load_settings({"WEBHOOK_SECRET": SECRET, "WEBHOOK_WRITER": mode}, env_file=None, dev_secret_file=None)
-    assert writer_processes(settings, cpus) is expected
+    assert writer_processes(settings, cpus, workers) is expected
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not Path("/usr/bin/taskset").exists(), reason="one CPU")
