@@ -153,13 +153,17 @@ def workers(settings: Settings, engine: Engine) -> "list[Worker]":
     return found
 
 
-def writer_processes(settings: Settings, cpus: int | None = None) -> bool:
+def writer_processes(settings: Settings, cpus: int | None = None, workers: int = 1) -> bool:
     """Whether the webhook writers apply their batches in processes of their own (decision 0037):
-    WEBHOOK_WRITER=process, or auto when this process may run on more than one CPU (``cpus``: how many it
-    may, by default its CPU affinity). On one CPU a writer process only adds a hand-off and memory."""
+    WEBHOOK_WRITER=process, or auto when the CPUs this process may run on (``cpus``: by default its CPU
+    affinity) outnumber the ``workers`` serving. Where the workers already fill the CPUs, a writer process
+    only adds a hand-off and memory."""
     if settings.webhook_writer != "auto":
         return settings.webhook_writer == "process"
-    return (cpus if cpus is not None else len(os.sched_getaffinity(0))) > 1
+    if cpus is None:
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU counts
+        cpus = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return cpus > workers
 
 
 def build_app(settings: Settings) -> "Starlette":

@@ -90,6 +90,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if schema_is_current(make_engine(settings.database_url), is_current) is False:
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
     log_gateway_check(settings)
+    if settings.webhook_writer == "auto":  # decided here, where the number of workers is known
+        from creditrelay.app import writer_processes
+
+        os.environ["WEBHOOK_WRITER"] = "process" if writer_processes(settings, workers=args.workers) else "thread"
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # every worker writes its metrics here and /metrics adds them up, whichever worker is scraped
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditrelay-metrics-")
