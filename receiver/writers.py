@@ -113,9 +113,8 @@ class ThreadWriter:
 class _Failure:
     """What the child answers instead of outcomes when a batch failed there."""
 
-    unavailable: bool  # DatabaseUnavailable: nothing was written
+    error: type[Exception]  # raised in the worker: DatabaseUnavailable, WriterRefused or WriterFailed
     message: str
-    refused: bool = False  # the database refused a statement (SQLAlchemyError)
 
 
 @dataclass
@@ -188,9 +187,7 @@ class ProcessWriter:
         if closed:
             child.pipe.close()
         if isinstance(answer, _Failure):
-            if answer.unavailable:
-                raise DatabaseUnavailable(answer.message)
-            raise WriterRefused(answer.message) if answer.refused else WriterFailed(answer.message)
+            raise answer.error(answer.message)
         return answer
 
     def _take(self) -> _Child:
@@ -287,14 +284,14 @@ def serve_batches(pipe: Pipe, open_engine: Callable[[], Engine], log_level: str)
             else:
                 writer.probe()
         except DatabaseUnavailable as error:
-            answer = _Failure(unavailable=True, message=str(error))
+            answer = _Failure(DatabaseUnavailable, str(error))
         except Exception as error:  # a batch's failure goes back to the worker; the loop goes on
             log.warning("writer_batch_failed", size=len(events), exc_info=True)  # the traceback is only here
-            answer = _Failure(unavailable=False, message=repr(error), refused=isinstance(error, SQLAlchemyError))
+            answer = _Failure(WriterRefused if isinstance(error, SQLAlchemyError) else WriterFailed, repr(error))
         try:
             pipe.send(answer)
         except OSError:
             return
         except Exception as error:  # an answer that does not pickle: say so instead
             log.error("writer_answer_unsendable", exc_info=True)
-            pipe.send(_Failure(unavailable=False, message=repr(error)))
+            pipe.send(_Failure(WriterFailed, repr(error)))
