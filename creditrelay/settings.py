@@ -23,7 +23,7 @@ from creditrelay.schema.signing import SecretError, WebhookSecret, parse_secrets
 from creditrelay.schema.wire import web_url
 
 DEFAULT_DATABASE_URL = "sqlite:///data/creditrelay.db"
-ENFORCEMENT_MODES = ("off", "tokens", "users", "litellm")
+ENFORCEMENT_MODES = ("off", "tokens", "users", "litellm")  # GATEWAY_ENFORCEMENT; the first is the default
 WRITER_MODES = ("auto", "process", "thread")  # WEBHOOK_WRITER; the first is the default
 DEV_SECRET_FILE = Path("data/dev-webhook-secret")  # written by `make run` (scripts/dev_server.py)
 DEFAULT_BODY_LIMIT = 64 * 1024
@@ -66,8 +66,8 @@ class Settings:
     epay_key: str | None = None  # the merchant key: signs the submit URL, checks the notify
     log_level: str = "info"
     # where the group commit applies its batches: on its threads (an app built in code: tests, embedding),
-    # in a process per thread, or (auto, WEBHOOK_WRITER unset) in processes when the worker may use more
-    # than one CPU (creditrelay.app.writer_processes)
+    # in a process per thread, or (auto, WEBHOOK_WRITER unset) in processes where the CPUs outnumber
+    # serve's workers (creditrelay.app.writer_processes)
     webhook_writer: str = "thread"
     signing_from: str = "WEBHOOK_SECRET"  # or the development secret's file, when that was used
 
@@ -153,9 +153,7 @@ def load_settings(
     if any(polling.values()) and not all(polling.values()):
         missing = ", ".join(name for name, value in polling.items() if not value)
         raise SettingsError(f"{missing}: polling needs NEW_API_BASE_URL, NEW_API_ADMIN_TOKEN and NEW_API_USER_ID")
-    enforcement = config("GATEWAY_ENFORCEMENT", default="off").strip().lower() or "off"
-    if enforcement not in ENFORCEMENT_MODES:
-        raise SettingsError(f"GATEWAY_ENFORCEMENT must be one of {', '.join(ENFORCEMENT_MODES)}")
+    enforcement = _choice(config, "GATEWAY_ENFORCEMENT", ENFORCEMENT_MODES)
     litellm = {name: _optional(config, name) for name in ("LITELLM_BASE_URL", "LITELLM_MASTER_KEY")}
     if litellm["LITELLM_BASE_URL"] is not None and not web_url(litellm["LITELLM_BASE_URL"]):
         raise SettingsError("LITELLM_BASE_URL must be an http:// or https:// URL with a host")

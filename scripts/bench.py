@@ -182,6 +182,7 @@ def unpinned(args: argparse.Namespace, work: Path, unique: Path, measure_ceiling
                     ceilings.append(measure_ceiling(False))
                     label = {"this tree": kind, "thread": f"{kind} WEBHOOK_WRITER=thread"}.get(name, f"{kind} {name}")
                     shares.setdefault(label, []).append((result.rps / ((ceilings[-2] + ceilings[-1]) / 2), result))
+    width = max(map(len, shares))
     print("\nunpinned (receiver, wrk and database server share the cores), unique events, medians:")
     for kind, runs in shares.items():
         ratios = [ratio for ratio, _ in runs]
@@ -189,7 +190,7 @@ def unpinned(args: argparse.Namespace, work: Path, unique: Path, measure_ceiling
         rps = statistics.median(r.rps for _, r in runs)
         server = f", database server {statistics.median(cpu):.0f} µs CPU per event" if cpu else ""
         print(
-            f"  {kind:18} {rps:7.0f} events/s, share of the bare rate {statistics.median(ratios):.2f}"
+            f"  {kind:{width}} {rps:7.0f} events/s, share of the bare rate {statistics.median(ratios):.2f}"
             f" ({min(ratios):.2f}-{max(ratios):.2f}){server}"
         )
     print(f"  unpinned ceiling {min(ceilings):.0f}-{max(ceilings):.0f} requests/s")

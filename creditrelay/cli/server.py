@@ -76,12 +76,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from creditrelay.schema.migrate import is_current
 
     settings.require_secrets()
+    if settings.webhook_writer == "auto":  # decided here, where the number of workers is known
+        from creditrelay.app import writer_processes
+
+        os.environ["WEBHOOK_WRITER"] = "process" if writer_processes(settings, workers=args.workers) else "thread"
     structlog.get_logger().info(
         "starting",
         database=settings.database_url.set(query={}).render_as_string(hide_password=True),  # no credentials
         webhook_secret=settings.signing_from,
         enforcement=settings.gateway_enforcement,
         polling=settings.polling_enabled,
+        webhook_writer=os.environ.get("WEBHOOK_WRITER", settings.webhook_writer),
     )
     if settings.portal_secret is None:  # every webhook sender holds WEBHOOK_SECRET: it must not sign members' links
         structlog.get_logger().warning(
@@ -90,10 +95,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if schema_is_current(make_engine(settings.database_url), is_current) is False:
         raise CommandError("the database schema is not up to date: run `creditrelay migrate` first")
     log_gateway_check(settings)
-    if settings.webhook_writer == "auto":  # decided here, where the number of workers is known
-        from creditrelay.app import writer_processes
-
-        os.environ["WEBHOOK_WRITER"] = "process" if writer_processes(settings, workers=args.workers) else "thread"
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # every worker writes its metrics here and /metrics adds them up, whichever worker is scraped
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditrelay-metrics-")

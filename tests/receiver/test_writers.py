@@ -271,6 +271,7 @@ def test_serve_pinned_to_one_cpu_writes_on_its_threads(database: Database, tmp_p
         assert _writer_children(server.pid) == []
     finally:
         stop(server)
+    assert '"webhook_writer": "thread"' in log.read_text()  # what serve decided, in its starting line
     assert database.scalar("SELECT balance FROM users") == OPENING - 15
 
 
