@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from creditrelay.app import writer_processes
 from creditrelay.billing.deliveries import DeliveryStatus
 from creditrelay.receiver.group_commit import GroupCommitter
-from creditrelay.receiver.writers import ProcessWriter, WriterFailed, WriterStopped
+from creditrelay.receiver.writers import ProcessWriter, WriterRefused, WriterStopped
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.wire import Event, parse_event
@@ -148,13 +148,14 @@ def _kill_once_taken(writer: ProcessWriter, pid: int) -> threading.Thread:
 
 def test_a_failed_batch_comes_back_with_what_failed_it(tmp_path: Path) -> None:
     """An error in the writer process (here: a database without creditrelay's tables) is raised in the
-    worker as ``WriterFailed`` naming it, and the process goes on to the next batch."""
+    worker naming it — a statement the database refused as ``WriterRefused``, answered as such a refusal
+    is on a thread — and the process goes on to the next batch."""
     writer = ProcessWriter(partial(make_engine, make_url(f"sqlite:///{tmp_path / 'empty.db'}")))
     try:
-        with pytest.raises(WriterFailed, match="no such table"):
+        with pytest.raises(WriterRefused, match="no such table"):
             writer.deliver([event("s-1")])
         pid = child_pid(writer)
-        with pytest.raises(WriterFailed, match="no such table"):
+        with pytest.raises(WriterRefused, match="no such table"):
             writer.probe()  # its UPDATE finds no table either, in the same process
         assert child_pid(writer) == pid
     finally:
