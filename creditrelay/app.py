@@ -177,7 +177,8 @@ def build_app(settings: Settings) -> "Starlette":
     engine = open_ledger(settings)
     writer = None
     if writer_processes(settings):
-        from creditrelay.receiver.writers import ProcessWriter
+        from creditrelay.receiver.writers import ProcessWriter, deadline_for
 
-        writer = ProcessWriter(partial(open_ledger, settings), settings.log_level)
+        deadline = deadline_for(settings.database_lock_timeout)
+        writer = ProcessWriter(partial(open_ledger, settings), settings.log_level, deadline=deadline)
     return create_app(settings, engine, poller=poller, workers=workers(settings, engine), writer=writer)

@@ -18,7 +18,9 @@ died. What fails a batch comes back as a value: ``DatabaseUnavailable`` as itsel
 thread (it splits the batch, so only the failing event fails). A child that dies (killed, out of memory)
 fails the batch in flight with ``WriterStopped``, a ``DatabaseUnavailable`` (503 for the whole batch: its
 events may or may not have committed, and a retry is answered as a duplicate if they did); a new child is
-started for the next batch.
+started for the next batch. So does a child that holds a batch past ``deadline`` (stopped, frozen by its
+cgroup, or waiting on a database host that went silent without closing the connection): a watchdog kills
+it, and its batch's requests are answered instead of waiting for ever.
 """
 
 import contextlib
@@ -39,7 +41,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from creditrelay.billing.deliveries import DeliveryOutcome, deliver
-from creditrelay.schema.database import utc
+from creditrelay.schema.database import DEFAULT_LOCK_TIMEOUT, utc
 from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.tables import webhook_logs
 from creditrelay.schema.transactions import connect, run_transaction
@@ -117,21 +119,41 @@ class _Failure:
     message: str
 
 
-@dataclass
+@dataclass(eq=False)
 class _Child:
     process: BaseProcess
     pipe: Pipe
+    hung: bool = False  # killed by the watchdog: it held a batch past the deadline
+
+
+def deadline_for(lock_timeout: float) -> float:
+    """Seconds past which a batch held by a writer process is not coming back by itself. A batch takes at
+    most two transactions (``deliveries.deliver``'s second pass); each waits at most twice the lock timeout
+    for locks (a second lock wait makes it unavailable) and connects at most five times, 5 s each, while the
+    database is away: four times the lock timeout + 50 s, and 10 s for the batch's own work (80 s at the default
+    5 s lock timeout)."""
+    return 4 * lock_timeout + 60
+
+
+DEFAULT_DEADLINE = deadline_for(DEFAULT_LOCK_TIMEOUT)
 
 
 class ProcessWriter:
     """Batches applied by writer processes, one per writer thread at a time (see the module)."""
 
-    def __init__(self, open_engine: Callable[[], Engine], log_level: str = "info") -> None:
+    def __init__(
+        self, open_engine: Callable[[], Engine], log_level: str = "info", *, deadline: float = DEFAULT_DEADLINE
+    ) -> None:
+        """``deadline``: the seconds a child may hold a batch before the watchdog kills it (longer than any
+        batch that ends by itself takes: ``deadline_for``)."""
         self.open_engine = open_engine  # pickled into the child: a module-level function, or a partial of one
         self.log_level = log_level
+        self.deadline = deadline
         self._context = multiprocessing.get_context("spawn")
         self._idle: list[_Child] = []  # the children no thread holds now
+        self._held: dict[_Child, float] = {}  # the children holding a batch, and when each must answer by
         self._lock = threading.Lock()
+        self._watching: threading.Thread | None = None
         self._closed = False
 
     def start(self, count: int) -> None:
@@ -172,15 +194,25 @@ class ProcessWriter:
 
     def _ask(self, kind: str, events: list[Event]) -> list[DeliveryOutcome] | None:
         child = self._take()
+        with self._lock:
+            self._held[child] = time.monotonic() + self.deadline
+        self._watch()
         try:
             child.pipe.send((kind, events))
             answer: list[DeliveryOutcome] | _Failure | None = child.pipe.recv()
         except (EOFError, OSError) as error:
             child.pipe.close()
             child.process.join(5)
+            with self._lock:
+                self._held.pop(child, None)
+            if child.hung:
+                raise WriterStopped(
+                    f"the writer process {child.process.pid} did not answer within {self.deadline:g} s"
+                ) from None
             log.error("writer_process_stopped", pid=child.process.pid, exitcode=child.process.exitcode)
             raise WriterStopped(f"the writer process {child.process.pid} stopped: {error!r}") from None
         with self._lock:
+            self._held.pop(child, None)
             closed = self._closed
             if not closed:
                 self._idle.append(child)
@@ -189,6 +221,26 @@ class ProcessWriter:
         if isinstance(answer, _Failure):
             raise answer.error(answer.message)
         return answer
+
+    def _watch(self) -> None:
+        """Start the watchdog, once: a daemon thread that kills a child holding a batch past its deadline."""
+        if self._watching is None:
+            with self._lock:
+                if self._watching is None:
+                    self._watching = threading.Thread(target=self._watchdog, name="writer-watchdog", daemon=True)
+                    self._watching.start()
+
+    def _watchdog(self) -> None:
+        while not self._closed:
+            time.sleep(min(1.0, self.deadline / 4))
+            now = time.monotonic()
+            with self._lock:
+                overdue = [child for child, by in self._held.items() if by < now and not child.hung]
+            for child in overdue:  # its asking thread sees the end of the pipe and answers the batch 503
+                child.hung = True
+                log.error("writer_process_hung", pid=child.process.pid, seconds=self.deadline)
+                with contextlib.suppress(OSError):
+                    child.process.kill()
 
     def _take(self) -> _Child:
         """A child no thread holds, started (again) when there is none or the one there was has ended."""

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from sqlalchemy import make_url
 from structlog.testing import capture_logs
 
-from creditrelay.app import writer_processes
+from creditrelay.app import build_app, writer_processes
 from creditrelay.billing.deliveries import DeliveryStatus
 from creditrelay.receiver.group_commit import GroupCommitter
 from creditrelay.receiver.writers import ProcessWriter, WriterRefused, WriterStopped
@@ -108,6 +109,51 @@ def test_a_child_that_dies_holding_a_batch_fails_it_as_unknown(database: Databas
     assert stopped.value.status_code == 503
     assert writer.deliver([event("r-1")])[0].status is DeliveryStatus.CHARGED
     assert database.scalar("SELECT balance FROM users") == OPENING - 10
+
+
+def test_a_child_that_holds_a_batch_past_the_deadline_is_killed(database: Database) -> None:
+    """A writer process that does not answer (here stopped, as a cgroup freezes it or a silent database
+    host holds it) is killed by the watchdog at the deadline: its batch is answered ``WriterStopped`` naming
+    the deadline (503, not a request waiting for ever), the next batch goes to a new process, and the event
+    sent again is charged once."""
+    add_user(database.engine)
+    writer = ProcessWriter(partial(make_engine, database.url))
+    try:
+        writer.probe()  # under the default deadline: the process's start (imports) counts in the first
+        writer.deadline = 1.0
+        pid = child_pid(writer)
+        os.kill(pid, signal.SIGSTOP)
+        pool = ThreadPoolExecutor(1)
+        with capture_logs() as logs:
+            answer = pool.submit(writer.deliver, [event("h-1")])
+            try:
+                error = answer.exception(timeout=60)  # without a watchdog: TimeoutError, not a hung test
+            finally:
+                pool.shutdown(wait=False)
+        assert isinstance(error, WriterStopped)
+        assert str(error) == f"the writer process {pid} did not answer within 1 s"
+        assert {"event": "writer_process_hung", "pid": pid, "seconds": 1.0, "log_level": "error"} in logs
+        _wait_ended(pid)
+        assert writer.deliver([event("h-1")])[0].status is DeliveryStatus.CHARGED
+        assert child_pid(writer) != pid
+    finally:
+        writer.close()
+    assert database.scalar("SELECT balance FROM users") == OPENING - 10
+
+
+def test_serve_gives_its_writer_processes_a_deadline_past_the_lock_timeout(database: Database) -> None:
+    """The deadline follows DATABASE_LOCK_TIMEOUT: 80 s at the default 5 s, 180 s at 30 s — longer than a
+    batch that ends by itself can take."""
+    url = database.url.render_as_string(hide_password=False)
+    for lock_timeout, deadline in (("5", 80.0), ("30", 180.0)):
+        environ = {"WEBHOOK_SECRET": SECRET, "DATABASE_URL": url, "WEBHOOK_WRITER": "process"}
+        settings = load_settings(environ | {"DATABASE_LOCK_TIMEOUT": lock_timeout}, env_file=None, dev_secret_file=None)
+        writer = build_app(settings).state.webhooks.ingestor.writer
+        try:
+            assert isinstance(writer, ProcessWriter)
+            assert writer.deadline == deadline
+        finally:
+            writer.close()
 
 
 def test_a_batch_whose_process_dies_fails_whole_and_is_not_split(database: Database, writer: ProcessWriter) -> None:
