@@ -18,15 +18,17 @@ died. What fails a batch comes back as a value: ``DatabaseUnavailable`` as itsel
 thread (it splits the batch, so only the failing event fails). A child that dies (killed, out of memory)
 fails the batch in flight with ``WriterStopped``, a ``DatabaseUnavailable`` (503 for the whole batch: its
 events may or may not have committed, and a retry is answered as a duplicate if they did); a new child is
-started for the next batch. So does a child that holds a batch past ``deadline`` (stopped, frozen by its
-cgroup, or waiting on a database host that went silent without closing the connection): a watchdog kills
-it, and its batch's requests are answered instead of waiting for ever.
+started for the next batch. So does a child that holds a batch past ``deadline`` (stopped, or waiting on a
+database host that went silent without closing the connection): a watchdog kills it and ends the worker's
+side of its socket, so the writer is free for the next batch and the batch's requests are answered.
 """
 
 import contextlib
 import gc
 import multiprocessing
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -126,12 +128,25 @@ class _Child:
     hung: bool = False  # killed by the watchdog: it held a batch past the deadline
 
 
+def _stop(child: _Child) -> None:
+    """Kill a child that holds a batch past its deadline, and end our side of its socket too: a process
+    that the kill does not reach at once (in an uninterruptible wait on a stalled disk) would otherwise
+    keep the asking thread waiting. The thread then sees the end of the stream and answers the batch."""
+    with contextlib.suppress(OSError):
+        child.process.kill()
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(child.pipe.fileno())) as ours:
+        ours.shutdown(socket.SHUT_RDWR)
+
+
 def deadline_for(lock_timeout: float) -> float:
-    """Seconds past which a batch held by a writer process is not coming back by itself. A batch takes at
-    most two transactions (``deliveries.deliver``'s second pass); each waits at most twice the lock timeout
-    for locks (a second lock wait makes it unavailable) and connects at most five times, 5 s each, while the
-    database is away: four times the lock timeout + 50 s, and 10 s for the batch's own work (80 s at the default
-    5 s lock timeout)."""
+    """Seconds after which a writer process holding a batch is taken for stuck: four lock timeouts and 60 s,
+    80 s at the default 5 s. A rule of thumb, not a bound: a batch takes at most two transactions
+    (``deliveries.deliver``'s second pass), each giving up at its second lock wait past the lock timeout
+    and connecting at most five times (5 s to reach the server) while the database is away, and its own
+    work is well under a second; waits that end just inside the lock timeout, or a commit the server holds
+    up (an fsync stall), can still take longer. Being wrong costs a 503 for a batch that would have
+    committed (its retry is answered as a duplicate), never a charge. Senders give up sooner (10 s); what
+    the deadline frees is the writer, which otherwise takes no batch again."""
     return 4 * lock_timeout + 60
 
 
@@ -203,21 +218,20 @@ class ProcessWriter:
         except (EOFError, OSError) as error:
             child.pipe.close()
             child.process.join(5)
-            with self._lock:
-                self._held.pop(child, None)
             if child.hung:
                 raise WriterStopped(
                     f"the writer process {child.process.pid} did not answer within {self.deadline:g} s"
                 ) from None
             log.error("writer_process_stopped", pid=child.process.pid, exitcode=child.process.exitcode)
             raise WriterStopped(f"the writer process {child.process.pid} stopped: {error!r}") from None
-        with self._lock:
-            self._held.pop(child, None)
-            closed = self._closed
-            if not closed:
-                self._idle.append(child)
-        if closed:
-            child.pipe.close()
+        finally:
+            with self._lock:
+                self._held.pop(child, None)
+                reuse = not self._closed and not child.hung and not child.pipe.closed
+                if reuse:
+                    self._idle.append(child)
+        if not reuse:
+            child.pipe.close()  # closed, or killed as it answered: the answer stands, the process does not
         if isinstance(answer, _Failure):
             raise answer.error(answer.message)
         return answer
@@ -233,14 +247,15 @@ class ProcessWriter:
     def _watchdog(self) -> None:
         while not self._closed:
             time.sleep(min(1.0, self.deadline / 4))
-            now = time.monotonic()
-            with self._lock:
-                overdue = [child for child, by in self._held.items() if by < now and not child.hung]
-            for child in overdue:  # its asking thread sees the end of the pipe and answers the batch 503
-                child.hung = True
-                log.error("writer_process_hung", pid=child.process.pid, seconds=self.deadline)
-                with contextlib.suppress(OSError):
-                    child.process.kill()
+            with self._lock:  # under the lock: a child that answered meanwhile is no longer held
+                now, overdue = time.monotonic(), []
+                for child, by in self._held.items():
+                    if by < now and not child.hung:
+                        child.hung = True
+                        _stop(child)
+                        overdue.append(child.process.pid)
+            for pid in overdue:
+                log.error("writer_process_hung", pid=pid, seconds=self.deadline)
 
     def _take(self) -> _Child:
         """A child no thread holds, started (again) when there is none or the one there was has ended."""

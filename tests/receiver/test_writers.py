@@ -2,6 +2,7 @@
 and answered after the commit, failures carried back as what they are, and a child that dies replaced.
 On every database, with real child processes."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from structlog.testing import capture_logs
 from creditrelay.app import build_app, writer_processes
 from creditrelay.billing.deliveries import DeliveryStatus
 from creditrelay.receiver.group_commit import GroupCommitter
-from creditrelay.receiver.writers import ProcessWriter, WriterRefused, WriterStopped
+from creditrelay.receiver.writers import DEFAULT_DEADLINE, ProcessWriter, WriterRefused, WriterStopped
 from creditrelay.schema.database import make_engine
 from creditrelay.schema.errors import DatabaseUnavailable
 from creditrelay.schema.wire import Event, parse_event
@@ -114,29 +115,34 @@ def test_a_child_that_dies_holding_a_batch_fails_it_as_unknown(database: Databas
 def test_a_child_that_holds_a_batch_past_the_deadline_is_killed(database: Database) -> None:
     """A writer process that does not answer (here stopped, as a cgroup freezes it or a silent database
     host holds it) is killed by the watchdog at the deadline: its batch is answered ``WriterStopped`` naming
-    the deadline (503, not a request waiting for ever), the next batch goes to a new process, and the event
-    sent again is charged once."""
+    the deadline (503, and the writer free for the next batch), the next batch goes to a new process, and
+    the event sent again is charged once."""
     add_user(database.engine)
     writer = ProcessWriter(partial(make_engine, database.url))
+    pid = 0
     try:
         writer.probe()  # under the default deadline: the process's start (imports) counts in the first
-        writer.deadline = 1.0
         pid = child_pid(writer)
+        writer.deadline = 1.0
         os.kill(pid, signal.SIGSTOP)
         pool = ThreadPoolExecutor(1)
         with capture_logs() as logs:
             answer = pool.submit(writer.deliver, [event("h-1")])
             try:
-                error = answer.exception(timeout=60)  # without a watchdog: TimeoutError, not a hung test
+                error = answer.exception(timeout=60)  # without a watchdog: TimeoutError
             finally:
                 pool.shutdown(wait=False)
         assert isinstance(error, WriterStopped)
         assert str(error) == f"the writer process {pid} did not answer within 1 s"
         assert {"event": "writer_process_hung", "pid": pid, "seconds": 1.0, "log_level": "error"} in logs
         _wait_ended(pid)
+        writer.deadline = DEFAULT_DEADLINE  # the new process's start counts in its first batch's time
         assert writer.deliver([event("h-1")])[0].status is DeliveryStatus.CHARGED
         assert child_pid(writer) != pid
     finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # a broken watchdog leaves it stopped: pytest would wait at exit
         writer.close()
     assert database.scalar("SELECT balance FROM users") == OPENING - 10
 
