@@ -4,11 +4,13 @@
         [--writer process|thread] [--duration 10] [--connections 64]
 
 One worker, unique events with ``requestId`` (what ``make bench`` sends), nothing pinned: the receiver,
-its writer processes, the database server and wrk share the cores. Over the middle of the run it reads
-each process's CPU time from /proc and prints each one's share of a core, and the machine's idle share;
-from the worker's /metrics, the events per batch and the milliseconds from a batch's hand-over to its
-answer. Idle CPU beside a flat rate says the run waits on a chain (a batch's round trips), not on the
-cores. Prints figures; asserts nothing. Linux only.
+its writer processes, the database server and wrk share the cores. Over the middle of the run it reads,
+for each process, from /proc/<pid>/task/*/schedstat, the time its threads ran and the time they were
+ready to run but waited for a core, and prints both as shares of a core beside the machine's idle share;
+from the worker's /metrics at both ends of the same window, the events, the events per batch, the
+milliseconds from a batch's hand-over to its answer and how many batches were in flight on average. Idle
+CPU beside processes that wait for a core says the run waits on a chain of hand-offs, not on the cores'
+capacity. Prints figures; asserts nothing. Linux only.
 """
 
 import argparse
@@ -30,19 +32,22 @@ SECRET = "anatomy-secret-anatomy-secret-anatomy-secret-0"  # noqa: S105 - a thro
 SERVERS = {"mariadbd": "database server", "mysqld": "database server", "postgres": "database server"}
 
 
-def cpu_ticks() -> dict[int, tuple[str, int]]:
-    """Every process's name and CPU time (user + system, in clock ticks)."""
-    ticks = {}
+def sched_times() -> dict[int, tuple[str, int, int]]:
+    """Every process's name, and the nanoseconds its live threads have run and have waited for a core."""
+    times = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
+            ran = waited = 0
+            for task in Path(f"/proc/{entry}/task").iterdir():
+                run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+                ran, waited = ran + int(run_ns), waited + int(wait_ns)
+        except (OSError, ValueError):
             continue
-        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        ticks[int(entry)] = (name, int(fields[11]) + int(fields[12]))
-    return ticks
+        times[int(entry)] = (stat[stat.index("(") + 1 : stat.rindex(")")], ran, waited)
+    return times
 
 
 def idle_ticks() -> tuple[int, int]:
@@ -83,34 +88,52 @@ def main() -> None:
         done: list[Result] = []
         load = threading.Thread(target=lambda: done.append(run_load(server, requests, args, load_cpu=None)))
         load.start()
-        time.sleep(2)
-        window = max(1.0, args.duration - 4)
-        before, (idle0, total0) = cpu_ticks(), idle_ticks()
+        while batch_metrics(server.url)[0] == 0:  # wrk reads its requests file before it sends
+            time.sleep(0.1)
+        time.sleep(1)
+        window = max(1.0, args.duration - 3)
+        before, (idle0, total0), metrics0 = sched_times(), idle_ticks(), batch_metrics(server.url)
         time.sleep(window)
-        after, (idle1, total1) = cpu_ticks(), idle_ticks()
-        roles = {pid: role(pid, name, server.process.pid) for pid, (name, _) in after.items()}  # while they run
+        after, (idle1, total1), metrics1 = sched_times(), idle_ticks(), batch_metrics(server.url)
+        roles = {pid: role(pid, name, server.process.pid) for pid, (name, _, _) in after.items()}  # while they run
         load.join()
-        metrics = httpx.get(f"{server.url}/metrics").text
-    shares: dict[str, float] = {}
-    hertz = os.sysconf("SC_CLK_TCK")
-    for pid, (_, ticks) in after.items():
-        if pid in before and ticks > before[pid][1]:
-            shares[roles[pid]] = shares.get(roles[pid], 0.0) + (ticks - before[pid][1]) / hertz / window * 100
-    cpus = len(os.sched_getaffinity(0))
+    events, batches, seconds = (end - start for start, end in zip(metrics0, metrics1, strict=True))
+    rate = events / window
     [result] = done
-    print(f"{args.writer} writer, {args.connections} connections: {result.rps:.0f} events/s, p99 {result.p99_ms} ms")
-    for key, share in sorted(shares.items(), key=lambda item: -item[1]):
-        print(f"  {key:26} {share:4.0f} % of a core, {share / 100 / result.rps * 1e6:4.0f} µs per event")
-    print(f"  {'idle':26} {(idle1 - idle0) / (total1 - total0) * cpus * 100:4.0f} % of a core ({cpus} CPUs)")
-
-    def metric(name: str) -> float:
-        return float(re.search(rf"^creditrelay_{name} (\S+)$", metrics, re.M).group(1))  # type: ignore[union-attr]
-
-    batches = metric("batch_commit_seconds_count")
     print(
-        f"  batches: {metric('batch_events_sum') / batches:.1f} events each, "
-        f"{metric('batch_commit_seconds_sum') / batches * 1000:.1f} ms from hand-over to answer"
+        f"{args.writer} writer, {args.connections} connections: {rate:.0f} events/s over the window "
+        f"(wrk: {result.rps:.0f} requests/s, p99 {result.p99_ms} ms, {result.non_200} not 200)"
     )
+    ran: dict[str, float] = {}
+    waited: dict[str, float] = {}
+    for pid, (_, run_ns, wait_ns) in after.items():
+        if pid in before:
+            ran[roles[pid]] = ran.get(roles[pid], 0.0) + (run_ns - before[pid][1]) / 1e9 / window
+            waited[roles[pid]] = waited.get(roles[pid], 0.0) + (wait_ns - before[pid][2]) / 1e9 / window
+    print(f"  {'':26} {'ran':>16} {'per event':>10} {'waited for a core':>18}")
+    for key in sorted(ran, key=lambda key: -ran[key]):
+        if ran[key] >= 0.005:
+            per_event = ran[key] / rate * 1e6 if rate else 0.0
+            share, wait = ran[key] * 100, waited[key] * 100
+            print(f"  {key:26} {share:5.0f} % of a core {per_event:7.0f} µs {wait:8.0f} % of a core")
+    cpus = len(os.sched_getaffinity(0))
+    print(f"  {'idle':26} {(idle1 - idle0) / (total1 - total0) * cpus * 100:5.0f} % of a core ({cpus} CPUs)")
+    if batches:
+        print(
+            f"  batches: {events / batches:.1f} events each, {seconds / batches * 1000:.1f} ms from hand-over to "
+            f"answer, {seconds / window:.1f} in flight on average"
+        )
+
+
+def batch_metrics(url: str) -> tuple[float, float, float]:
+    """From the worker's /metrics: the events written in batches, the batches, and their seconds in all."""
+    text = httpx.get(f"{url}/metrics").text
+
+    def value(name: str) -> float:
+        found = re.search(rf"^creditrelay_{name} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return value("batch_events_sum"), value("batch_commit_seconds_count"), value("batch_commit_seconds_sum")
 
 
 if __name__ == "__main__":
