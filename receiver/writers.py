@@ -159,8 +159,8 @@ class ProcessWriter:
     def __init__(
         self, open_engine: Callable[[], Engine], log_level: str = "info", *, deadline: float = DEFAULT_DEADLINE
     ) -> None:
-        """``deadline``: the seconds a child may hold a batch before the watchdog kills it (longer than any
-        batch that ends by itself takes: ``deadline_for``)."""
+        """``deadline``: the seconds a child may hold a batch before the watchdog kills it
+        (``deadline_for``)."""
         self.open_engine = open_engine  # pickled into the child: a module-level function, or a partial of one
         self.log_level = log_level
         self.deadline = deadline
@@ -327,8 +327,8 @@ def serve_batches(pipe: Pipe, open_engine: Callable[[], Engine], log_level: str)
     """The child's loop: a batch in, its outcomes (or ``_Failure``) out, until the pipe closes."""
     from creditrelay.receiver.logs import configure_logging
 
-    # Ctrl-C (and systemd's stop, KillMode=control-group) reach the whole group: the child ends when the
-    # worker closes its pipe, after the worker has answered the batches in flight
+    # Ctrl-C (and systemd's stop under its default KillMode=control-group) reach the whole group: the child
+    # ends when the worker closes its pipe, after the worker has answered the batches in flight
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(log_level)
     writer = ThreadWriter(open_engine(), time.time)
